@@ -1,0 +1,132 @@
+// conv2d on the CPU: argument checks, weight/bias preparation and the choice
+// of per-ISA kernel; the loops themselves are in cpu/conv2d_cpu_kernel_isa.cpp.
+#include <ATen/ATen.h>
+#include <ATen/Version.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "common/activation.h"
+#include "conv/conv2d_backward.h"
+#include "conv/conv2d_shape.h"
+#include "conv/cpu/conv2d_cpu_kernel.h"
+
+namespace pydl {
+namespace conv_cpu {
+
+PackedGeometry packed_geometry(const Conv2dGeometry& g) {
+  PackedGeometry p{};
+  p.grid_h = (g.in_h + 2 * g.pad_h + g.stride_h - 1) / g.stride_h;
+  p.grid_w = (g.in_w + 2 * g.pad_w + g.stride_w - 1) / g.stride_w;
+  p.image_stride = p.grid_h * p.grid_w * g.in_channels;
+  p.phase_stride = g.batch * p.image_stride;
+  // Discarded output columns read up to one grid row plus the largest
+  // column shift past their image; keep that much zeroed memory at the end.
+  const int64_t max_dy = (g.dil_h * (g.kernel_h - 1)) / g.stride_h;
+  const int64_t max_dx = (g.dil_w * (g.kernel_w - 1)) / g.stride_w;
+  p.tail_pixels = (max_dy + 1) * p.grid_w + max_dx + 1;
+  return p;
+}
+
+const KernelTable& kernel_for_this_cpu() {
+  static const KernelTable table = [] {
+    // ATen's own choice ("DEFAULT", "AVX2", "AVX512", ...), which already
+    // honours ATEN_CPU_CAPABILITY and what the processor supports.
+    const std::string cap = at::get_cpu_capability();
+    (void)cap;
+#if defined(PYDL_HAVE_AVX512_KERNELS)
+    if (cap == "AVX512") return kernel_table_AVX512();
+#endif
+#if defined(PYDL_HAVE_AVX2_KERNELS)
+    if (cap == "AVX2" || cap == "AVX512") return kernel_table_AVX2();
+#endif
+    return kernel_table_DEFAULT();
+  }();
+  return table;
+}
+
+std::string selected_isa() { return kernel_for_this_cpu().isa; }
+
+namespace {
+
+void copy_strides(const at::Tensor& t, int64_t* dst) {
+  for (int i = 0; i < 4; ++i) dst[i] = t.stride(i);
+}
+
+// The input already is the packed layout (no padding, no phases, no shifts).
+bool input_is_packed(const at::Tensor& input, const Conv2dGeometry& g, at::ScalarType acc) {
+  return g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
+         g.pad_h == 0 && g.pad_w == 0 && input.scalar_type() == acc &&
+         input.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
+                      const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                      c10::string_view activation, const std::optional<at::Tensor>& residual) {
+  const Conv2dGeometry g =
+      check_conv2d_args(input, weight, bias, stride, padding, dilation, groups, residual);
+  const Activation act = parse_activation(activation);
+  at::Tensor out =
+      at::empty(out_sizes(g), input.options().memory_format(conv_memory_format(input)));
+  if (out.numel() == 0) return out;
+
+  const at::ScalarType acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  // GEMM path: [kh, kw, groups, Cin/g, Cout/g]; depthwise: [kh, kw, C].
+  const at::Tensor w = weight.to(acc);
+  const at::Tensor packed_weight =
+      g.is_depthwise()
+          ? w.reshape({g.out_channels, taps}).t().contiguous()
+          : w.reshape({g.groups, g.out_per_group(), g.in_per_group(), g.kernel_h, g.kernel_w})
+                .permute({3, 4, 0, 2, 1})
+                .contiguous();
+  at::Tensor packed_bias = bias.has_value() ? bias->to(acc).contiguous() : at::Tensor();
+
+  ForwardArgs a{};
+  a.g = g;
+  a.p = packed_geometry(g);
+  a.dtype = input.scalar_type();
+  a.act = act;
+  a.input = input.const_data_ptr();
+  copy_strides(input, a.input_strides);
+  a.input_is_packed = input_is_packed(input, g, acc);
+  at::Tensor packed_input;
+  if (a.input_is_packed) {
+    a.packed = const_cast<void*>(input.const_data_ptr());
+  } else {
+    const int64_t phases = g.stride_h * g.stride_w;
+    packed_input = at::empty({phases * a.p.phase_stride + a.p.tail_pixels * g.in_channels},
+                             input.options().dtype(acc));
+    a.packed = packed_input.mutable_data_ptr();
+  }
+  a.weight = packed_weight.const_data_ptr();
+  a.bias = packed_bias.defined() ? packed_bias.const_data_ptr() : nullptr;
+  if (residual.has_value()) {
+    a.residual = residual->const_data_ptr();
+    copy_strides(*residual, a.residual_strides);
+  }
+  a.out = out.mutable_data_ptr();
+  copy_strides(out, a.out_strides);
+  kernel_for_this_cpu().forward(a);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+    const at::Tensor& out, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups, c10::string_view activation,
+    std::array<bool, 4> output_mask) {
+  return conv2d_backward(grad_out, input, weight, bias, residual, out, stride, padding, dilation,
+                         groups, activation, output_mask);
+}
+
+}  // namespace
+}  // namespace conv_cpu
+}  // namespace pydl
+
+TORCH_LIBRARY_IMPL(pydl, CPU, m) {
+  m.impl("conv2d", &pydl::conv_cpu::conv2d_cpu);
+  m.impl("conv2d_backward", &pydl::conv_cpu::conv2d_backward_cpu);
+}

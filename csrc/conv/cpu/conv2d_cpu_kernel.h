@@ -1,0 +1,80 @@
+// Interface between the conv2d CPU entry point (conv2d_cpu.cpp) and its
+// hot loops, which are compiled once per CPU ISA (conv2d_cpu_kernel_*.cpp)
+// and picked at run time. Only plain pointers and sizes cross this boundary,
+// so the ISA-specific translation units stay small.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+#include <string>
+
+#include "../../common/activation.h"
+#include "../conv2d_geometry.h"
+
+namespace pydl {
+namespace conv_cpu {
+
+// The "phase-packed" input layout that turns a convolution into a sum of
+// shifted GEMMs. The zero-padded input is split into stride_h*stride_w phases;
+// phase (a, b) holds padded pixels (i*stride_h + a, j*stride_w + b) as a
+// [batch, grid_h, grid_w, channels] block. In that layout every kernel tap
+// (r, s) reads, for output grid position q = oh*grid_w + ow, the packed pixel
+// q + shift(r, s) of one phase: a GEMM over contiguous rows with no im2col.
+// Output columns ow in [out_w, grid_w) are computed and discarded.
+struct PackedGeometry {
+  int64_t grid_h, grid_w;      // per-phase spatial size
+  int64_t phase_stride;        // elements between phases
+  int64_t image_stride;        // elements between images inside a phase
+  int64_t tail_pixels;         // zero pixels after the last image (shift overrun)
+};
+
+PackedGeometry packed_geometry(const Conv2dGeometry& g);
+
+// Offset (in pixels, from the start of phase 0) of tap (r, s) relative to q.
+inline int64_t tap_pixel_offset(const Conv2dGeometry& g, const PackedGeometry& p, int64_t r,
+                                int64_t s) {
+  const int64_t ry = r * g.dil_h, sx = s * g.dil_w;
+  const int64_t phase = (ry % g.stride_h) * g.stride_w + (sx % g.stride_w);
+  return phase * (p.phase_stride / g.in_channels) + (ry / g.stride_h) * p.grid_w +
+         (sx / g.stride_w);
+}
+
+struct ForwardArgs {
+  Conv2dGeometry g;
+  PackedGeometry p;
+  c10::ScalarType dtype;     // of input/residual/output
+  Activation act;
+  const void* input;         // dtype, strides in input_strides (n, c, h, w)
+  int64_t input_strides[4];
+  void* packed;              // acc type, p.phase_stride * phases + tail; may alias input
+  bool input_is_packed;      // 1x1/stride-1/unpadded channels_last: no copy needed
+  const void* weight;        // acc type; GEMM: [kh, kw, groups, Cin/g, Cout/g]; depthwise: [kh, kw, C]
+  const void* bias;          // acc type [Cout] or nullptr
+  const void* residual;      // dtype, strides in residual_strides, or nullptr
+  int64_t residual_strides[4];
+  void* out;                 // dtype, strides in out_strides
+  int64_t out_strides[4];
+};
+
+using ForwardFn = void (*)(const ForwardArgs&);
+
+// One implementation per ISA; each file defines its own in a namespace named
+// after the ISA and registers it here.
+struct KernelTable {
+  ForwardFn forward;
+  const char* isa;
+};
+
+// Named after ATen's CPU_CAPABILITY values; the x86 variants exist only when
+// setup.py built them (PYDL_HAVE_AVX2_KERNELS / PYDL_HAVE_AVX512_KERNELS).
+KernelTable kernel_table_DEFAULT();
+KernelTable kernel_table_AVX2();
+KernelTable kernel_table_AVX512();
+
+// The table for the CPU we run on (respects ATEN_CPU_CAPABILITY).
+const KernelTable& kernel_for_this_cpu();
+std::string selected_isa();
+
+}  // namespace conv_cpu
+}  // namespace pydl

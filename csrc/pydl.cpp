@@ -1,0 +1,41 @@
+// Every pydl op schema, in one place. Kernels register per backend in
+// csrc/<family>/*_cpu.cpp and *_cuda.cu; Python entry points live in
+// pydl/ops/<family>.py.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "common/build_info.h"
+#include "conv/cpu/conv2d_cpu_kernel.h"
+
+// A stub module init: the library registers its ops with the dispatcher when
+// the .so is loaded; no pybind11 module state is needed.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+namespace {
+std::string build_info_op() { return pydl::build_info_string(); }
+}  // namespace
+
+TORCH_LIBRARY(pydl, m) {
+  // Build facts as "key=value;..." (torch version built against, CUDA, CPU ISAs).
+  m.def("build_info() -> str", &build_info_op);
+  // Which per-ISA build of the CPU conv2d loops this machine runs.
+  m.def("conv2d_cpu_isa() -> str", &pydl::conv_cpu::selected_isa);
+
+  // out = act(conv2d(input, weight) + bias + residual); act in
+  // {none, relu, gelu, gelu_tanh, silu}.
+  m.def(
+      "conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups, str activation, Tensor? residual) -> Tensor");
+  // Gradients of conv2d: (grad_input, grad_weight, grad_bias, grad_residual).
+  // `out` is the forward's output (enough for relu); smooth activations
+  // recompute the pre-activation. output_mask selects which grads are computed.
+  m.def(
+      "conv2d_backward(Tensor grad_out, Tensor input, Tensor weight, Tensor? bias, "
+      "Tensor? residual, Tensor out, int[2] stride, int[2] padding, int[2] dilation, "
+      "int groups, str activation, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+}

@@ -1,0 +1,77 @@
+"""Per-call backend choice for every op family, and the reason for it.
+
+Policy (DESIGN.md, "Backends and fallback"):
+  * pydl's kernel when the extension is loaded and supports the device/dtype;
+  * on CUDA only once the family is verified on a GPU (pydl/_verified.py) or
+    PYDL_EXPERIMENTAL_CUDA=1;
+  * otherwise torch's own op. With PYDL_STRICT=1 a fallback raises instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from pydl import _ext
+from pydl._verified import VERIFIED_CUDA
+
+PYDL = "pydl"
+TORCH = "torch"
+
+# Devices and dtypes each family's kernels accept.
+SUPPORTED = {
+    "conv2d": {
+        "cpu": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
+        "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
+    },
+}
+
+
+class FallbackError(RuntimeError):
+    """Raised under PYDL_STRICT=1 when a call would not use pydl's kernel."""
+
+
+def strict() -> bool:
+    return os.environ.get("PYDL_STRICT") == "1"
+
+
+def experimental_cuda() -> bool:
+    return os.environ.get("PYDL_EXPERIMENTAL_CUDA") == "1"
+
+
+def explain(family: str, device_type: str, dtype: torch.dtype | None = None) -> tuple[str, str]:
+    """(backend, reason) for one family on one device type (and dtype)."""
+    if not _ext.loaded():
+        return TORCH, _ext.load_error() or "extension not loaded"
+    devices = SUPPORTED[family]
+    if device_type not in devices:
+        return TORCH, f"no pydl {family} kernel for device '{device_type}'"
+    if dtype is not None and dtype not in devices[device_type]:
+        return TORCH, f"pydl's {family} kernel on {device_type} does not support {dtype}"
+    if device_type == "cuda":
+        if not _ext.built_with_cuda():
+            return TORCH, "extension was built without CUDA kernels (PYDL_CUDA=0 or no nvcc)"
+        if family in VERIFIED_CUDA:
+            card, torch_version, date, _ = VERIFIED_CUDA[family]
+            return PYDL, f"CUDA kernel verified on {card} (torch {torch_version}, {date})"
+        if experimental_cuda():
+            return PYDL, "unverified CUDA kernel enabled by PYDL_EXPERIMENTAL_CUDA=1"
+        return TORCH, (
+            "CUDA kernel not yet verified on a GPU (scripts/gpu_check.sh); "
+            "set PYDL_EXPERIMENTAL_CUDA=1 to use it"
+        )
+    return PYDL, "pydl kernel"
+
+
+def use_pydl(family: str, tensor: torch.Tensor) -> bool:
+    """Whether this call should run pydl's kernel; raises under PYDL_STRICT=1 otherwise."""
+    backend, reason = explain(family, tensor.device.type, tensor.dtype)
+    if backend == PYDL:
+        return True
+    if strict():
+        raise FallbackError(
+            f"PYDL_STRICT=1: {family} on {tensor.device.type}/{tensor.dtype} would fall back "
+            f"to torch: {reason}"
+        )
+    return False

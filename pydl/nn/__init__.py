@@ -1,0 +1,3 @@
+"""Drop-in replacements for torch.nn layers, backed by pydl's kernels."""
+
+from pydl.nn.conv import Conv2d  # noqa: F401

@@ -1,0 +1,4 @@
+"""Python entry points of pydl's ops: torch.ops.pydl.* with fake kernels,
+autograd and the fallback to torch's own ops."""
+
+from pydl.ops.conv import conv2d  # noqa: F401
