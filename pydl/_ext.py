@@ -25,6 +25,7 @@ def _parse_build_info(text: str) -> dict:
 
 
 def _load() -> None:
+    _state.update(loaded=False, error=None, build={})
     if os.environ.get("PYDL_DISABLE_EXTENSION") == "1":
         _state["error"] = "disabled by PYDL_DISABLE_EXTENSION=1"
         return

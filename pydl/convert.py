@@ -39,8 +39,11 @@ class ConversionReport:
 
 
 def _qualname(cls: type) -> str:
-    module = cls.__module__.replace("torch.nn.modules.conv", "torch.nn").replace("pydl.nn.conv", "pydl.nn")
-    return f"{module}.{cls.__qualname__}"
+    """torch.nn.Conv2d / pydl.nn.Conv2d rather than the defining submodule."""
+    for package in ("torch.nn", "pydl.nn"):
+        if cls.__module__.startswith(package + "."):
+            return f"{package}.{cls.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _swap_class(module: torch.nn.Module, new_cls: type, extra: dict) -> torch.nn.Module:

@@ -1,7 +1,9 @@
 // Column-major GEMM from the BLAS that libtorch_cpu links (MKL on x86),
 // called directly: ATen's cpublas::gemm is not exported to extensions, and a
 // tensor-level at::mm per small tile costs more than the tile's arithmetic.
-// Called inside at::parallel_for, MKL runs each call on the calling thread.
+// Inside at::parallel_for each worker must keep MKL to its own thread
+// (SingleThreadedBlas): MKL does not see torch's OpenMP region and would
+// otherwise start its own threads per call.
 #pragma once
 
 #include <cstdint>
@@ -13,9 +15,27 @@ void sgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
             const double* beta, double* c, const int* ldc);
+// MKL only (weak: absent with other BLAS libraries).
+// (mkl_service.h maps mkl_set_num_threads_local to this C entry point; the
+// lowercase symbol is the Fortran one, which takes a pointer.)
+int MKL_Set_Num_Threads_Local(int nthreads) __attribute__((weak));
 }
 
 namespace pydl {
+
+// RAII: BLAS calls on this thread run single-threaded until destruction.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas() : previous_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0) {}
+  ~SingleThreadedBlas() {
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous_);
+  }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  int previous_;
+};
 
 // C[m x n] = alpha * A[m x k] * B[k x n] + beta * C, all column-major, no transposes.
 inline void gemm_nn(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,

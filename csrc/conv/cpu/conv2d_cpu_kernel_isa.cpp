@@ -189,6 +189,7 @@ void gemm_tiles(const ForwardArgs& a) {
   const Epilogue<scalar_t, acc_t> epilogue{a};
 
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    const SingleThreadedBlas one_thread_per_gemm;
     std::vector<acc_t> tile(t.rows * t.cols);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t kb = item % k_blocks;
