@@ -37,21 +37,22 @@ class SingleThreadedBlas {
   int previous_;
 };
 
-// C[m x n] = alpha * A[m x k] * B[k x n] + beta * C, all column-major, no transposes.
-inline void gemm_nn(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-                    const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  const char no = 'N';
+// C[m x n] = alpha * op(A)[m x k] * B[k x n] + beta * C, column-major;
+// op(A) = A^T when trans_a (A stored k x m).
+inline void gemm(bool trans_a, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                 int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  const char no = 'N', ta = trans_a ? 'T' : 'N';
   const int m_ = static_cast<int>(m), n_ = static_cast<int>(n), k_ = static_cast<int>(k);
   const int lda_ = static_cast<int>(lda), ldb_ = static_cast<int>(ldb), ldc_ = static_cast<int>(ldc);
-  sgemm_(&no, &no, &m_, &n_, &k_, &alpha, a, &lda_, b, &ldb_, &beta, c, &ldc_);
+  sgemm_(&ta, &no, &m_, &n_, &k_, &alpha, a, &lda_, b, &ldb_, &beta, c, &ldc_);
 }
 
-inline void gemm_nn(int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
-                    const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
-  const char no = 'N';
+inline void gemm(bool trans_a, int64_t m, int64_t n, int64_t k, double alpha, const double* a,
+                 int64_t lda, const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
+  const char no = 'N', ta = trans_a ? 'T' : 'N';
   const int m_ = static_cast<int>(m), n_ = static_cast<int>(n), k_ = static_cast<int>(k);
   const int lda_ = static_cast<int>(lda), ldb_ = static_cast<int>(ldb), ldc_ = static_cast<int>(ldc);
-  dgemm_(&no, &no, &m_, &n_, &k_, &alpha, a, &lda_, b, &ldb_, &beta, c, &ldc_);
+  dgemm_(&ta, &no, &m_, &n_, &k_, &alpha, a, &lda_, b, &ldb_, &beta, c, &ldc_);
 }
 
 }  // namespace pydl

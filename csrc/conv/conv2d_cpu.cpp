@@ -7,6 +7,7 @@
 #include <string>
 
 #include "common/activation.h"
+#include "common/workspace.h"
 #include "conv/conv2d_backward.h"
 #include "conv/conv2d_shape.h"
 #include "conv/cpu/conv2d_cpu_kernel.h"
@@ -73,14 +74,12 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
 
   const at::ScalarType acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const int64_t taps = g.kernel_h * g.kernel_w;
-  // GEMM path: [kh, kw, groups, Cin/g, Cout/g]; depthwise: [kh, kw, C].
+  // GEMM path: [Cout, kh, kw, Cin/g] (free for channels_last weights);
+  // depthwise: [kh, kw, C].
   const at::Tensor w = weight.to(acc);
-  const at::Tensor packed_weight =
-      g.is_depthwise()
-          ? w.reshape({g.out_channels, taps}).t().contiguous()
-          : w.reshape({g.groups, g.out_per_group(), g.in_per_group(), g.kernel_h, g.kernel_w})
-                .permute({3, 4, 0, 2, 1})
-                .contiguous();
+  const at::Tensor packed_weight = g.is_depthwise()
+                                       ? w.reshape({g.out_channels, taps}).t().contiguous()
+                                       : w.permute({0, 2, 3, 1}).contiguous();
   at::Tensor packed_bias = bias.has_value() ? bias->to(acc).contiguous() : at::Tensor();
 
   ForwardArgs a{};
@@ -91,14 +90,12 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   a.input = input.const_data_ptr();
   copy_strides(input, a.input_strides);
   a.input_is_packed = input_is_packed(input, g, acc);
-  at::Tensor packed_input;
   if (a.input_is_packed) {
     a.packed = const_cast<void*>(input.const_data_ptr());
   } else {
-    const int64_t phases = g.stride_h * g.stride_w;
-    packed_input = at::empty({phases * a.p.phase_stride + a.p.tail_pixels * g.in_channels},
-                             input.options().dtype(acc));
-    a.packed = packed_input.mutable_data_ptr();
+    const int64_t count = g.stride_h * g.stride_w * a.p.phase_stride + a.p.tail_pixels * g.in_channels;
+    const int64_t bytes = count * static_cast<int64_t>(at::elementSize(acc));
+    a.packed = Workspace::get<unsigned char>(WorkspaceSlot::PackedInput, bytes);
   }
   a.weight = packed_weight.const_data_ptr();
   a.bias = packed_bias.defined() ? packed_bias.const_data_ptr() : nullptr;

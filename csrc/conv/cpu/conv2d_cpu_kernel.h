@@ -48,8 +48,9 @@ struct ForwardArgs {
   const void* input;         // dtype, strides in input_strides (n, c, h, w)
   int64_t input_strides[4];
   void* packed;              // acc type, p.phase_stride * phases + tail; may alias input
+                             // (a per-thread workspace, see common/workspace.h)
   bool input_is_packed;      // 1x1/stride-1/unpadded channels_last: no copy needed
-  const void* weight;        // acc type; GEMM: [kh, kw, groups, Cin/g, Cout/g]; depthwise: [kh, kw, C]
+  const void* weight;        // acc type; GEMM: [Cout, kh, kw, Cin/g]; depthwise: [kh, kw, C]
   const void* bias;          // acc type [Cout] or nullptr
   const void* residual;      // dtype, strides in residual_strides, or nullptr
   int64_t residual_strides[4];

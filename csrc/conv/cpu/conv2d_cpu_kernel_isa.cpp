@@ -10,10 +10,12 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
 #include "common/blas.h"
+#include "common/workspace.h"
 #include "conv/cpu/conv2d_cpu_kernel.h"
 
 #ifndef CPU_CAPABILITY
@@ -152,71 +154,149 @@ std::vector<int64_t> tap_offsets(const ForwardArgs& a) {
   return offs;
 }
 
+// Copies n elements; short runs (the stem's 3 channels) skip memcpy's call.
+template <typename T>
+inline void copy_run(T* dst, const T* src, int64_t n) {
+  if (n * static_cast<int64_t>(sizeof(T)) >= 64) {
+    std::memcpy(dst, src, n * sizeof(T));
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
+  }
+}
+
 struct Tiles {
-  int64_t rows;   // output grid rows per tile (M)
-  int64_t cols;   // output channels per tile (N), within one group
+  int64_t rows;  // output pixels per tile (GEMM N in the column-major view)
+  int64_t cols;  // output channels per tile, within one group (GEMM M)
 };
 
-// Tiles sized so the A rows and the accumulator stay in L2, then shrunk
+// Tiles: as many output pixels as keep the im2col rows within ~1 MB of L2
+// (few pixel tiles means the weights stream from memory few times; small
+// late-stage layers then take all their pixels in one tile), then shrunk
 // until every thread has a few tiles.
-Tiles choose_tiles(int64_t M, int64_t Cg, int64_t Kg, int64_t batch, int64_t groups) {
+Tiles choose_tiles(int64_t pixels, int64_t k_depth, int64_t Kg, int64_t groups) {
   Tiles t;
   t.cols = Kg <= 256 ? Kg : 128;
-  t.rows = std::clamp<int64_t>((32768 / std::max<int64_t>(Cg, t.cols)) / 16 * 16, 32, 512);
+  t.rows = std::clamp<int64_t>((262144 / std::max<int64_t>(k_depth, t.cols)) / 16 * 16, 32, 512);
+  t.rows = ceil_div(pixels, ceil_div(pixels, t.rows));  // balanced tiles
   const int64_t want = 4 * at::get_num_threads();
-  auto items = [&] { return batch * ceil_div(M, t.rows) * groups * ceil_div(Kg, t.cols); };
-  while (items() < want && t.rows > 32) t.rows = std::max<int64_t>(32, t.rows / 2 / 16 * 16);
+  auto items = [&] { return ceil_div(pixels, t.rows) * groups * ceil_div(Kg, t.cols); };
   while (items() < want && t.cols >= 64 && t.cols % 32 == 0) t.cols /= 2;
+  while (items() < want && t.rows > 32) t.rows = std::max<int64_t>(32, ceil_div(t.rows, 2));
   return t;
 }
 
-// Dense and grouped convolution: per tile, one GEMM per kernel tap
-// accumulating into a cache-resident tile, then the fused epilogue.
+// Dense and grouped convolution as implicit GEMM in cache-sized tiles: a tile
+// of output pixels gathers its im2col rows (kh*kw contiguous channel runs per
+// pixel, thanks to the packed layout) into an L2-resident buffer, one GEMM
+// with K = kh*kw*Cin/g produces the accumulator tile, and the fused epilogue
+// writes it out. 1x1 unpadded convolutions read the packed input directly.
 template <typename scalar_t, typename acc_t>
 void gemm_tiles(const ForwardArgs& a) {
   const Conv2dGeometry& g = a.g;
   const PackedGeometry& p = a.p;
   const int64_t C = g.in_channels, Cg = g.in_per_group(), Kg = g.out_per_group();
   const int64_t G = g.groups;
-  const int64_t M = g.out_h * p.grid_w;
   const std::vector<int64_t> offs = tap_offsets(a);
   const int64_t taps = static_cast<int64_t>(offs.size());
-  const Tiles t = choose_tiles(M, Cg, Kg, g.batch, G);
-  const int64_t m_tiles = ceil_div(M, t.rows), k_blocks = ceil_div(Kg, t.cols);
-  const int64_t items = g.batch * m_tiles * G * k_blocks;
+  const int64_t k_depth = taps * Cg;
+  const int64_t pixels = g.batch * g.out_h * g.out_w;
+  // Output pixel i is packed row i: no gather needed.
+  const bool direct = taps == 1 && offs[0] == 0 && p.grid_w == g.out_w && p.grid_h == g.out_h;
+  const Tiles t = choose_tiles(pixels, direct ? Cg : k_depth, Kg, G);
+  const int64_t m_tiles = ceil_div(pixels, t.rows), k_blocks = ceil_div(Kg, t.cols);
+  const int64_t items = m_tiles * G * k_blocks;
   const acc_t* xp = static_cast<const acc_t*>(a.packed);
-  const acc_t* wt = static_cast<const acc_t*>(a.weight);
+  const acc_t* wt = static_cast<const acc_t*>(a.weight);  // [G * Kg][taps][Cg]
   const Epilogue<scalar_t, acc_t> epilogue{a};
+  const int64_t hw = g.out_h * g.out_w;
 
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     const SingleThreadedBlas one_thread_per_gemm;
-    std::vector<acc_t> tile(t.rows * t.cols);
+    acc_t* cols_buf = direct ? nullptr : Workspace::get<acc_t>(WorkspaceSlot::Im2colTile, t.rows * k_depth);
+    acc_t* tile = Workspace::get<acc_t>(WorkspaceSlot::AccumulatorTile, t.rows * t.cols);
+    int64_t gathered = -1;  // (m tile, group) whose im2col rows are in cols_buf
     for (int64_t item = begin; item < end; ++item) {
       const int64_t kb = item % k_blocks;
       const int64_t grp = (item / k_blocks) % G;
-      const int64_t mt = (item / (k_blocks * G)) % m_tiles;
-      const int64_t n = item / (k_blocks * G * m_tiles);
-      const int64_t m0 = mt * t.rows, rows = std::min(t.rows, M - m0);
+      const int64_t mt = item / (k_blocks * G);
+      const int64_t m0 = mt * t.rows, rows = std::min(t.rows, pixels - m0);
       const int64_t k0 = kb * t.cols, cols = std::min(t.cols, Kg - k0);
-      const acc_t* x_tile = xp + n * p.image_stride + m0 * C + grp * Cg;
-      for (int64_t tap = 0; tap < taps; ++tap) {
-        // Column-major view: tile^T[cols x rows] += W_tap^T[cols x Cg] * X^T[Cg x rows].
-        gemm_nn(cols, rows, Cg, acc_t(1), wt + ((tap * G + grp) * Cg) * Kg + k0, Kg,
-                x_tile + offs[tap] * C, C, tap == 0 ? acc_t(0) : acc_t(1), tile.data(), t.cols);
+      const acc_t* A;
+      int64_t lda;
+      if (direct) {
+        A = xp + m0 * C + grp * Cg;
+        lda = C;
+      } else {
+        if (gathered != mt * G + grp) {
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t pix = m0 + r, n = pix / hw, oh = (pix % hw) / g.out_w,
+                          ow = pix % g.out_w;
+            const acc_t* src = xp + n * p.image_stride + (oh * p.grid_w + ow) * C + grp * Cg;
+            acc_t* dst = cols_buf + r * k_depth;
+            for (int64_t tap = 0; tap < taps; ++tap) copy_run(dst + tap * Cg, src + offs[tap] * C, Cg);
+          }
+          gathered = mt * G + grp;
+        }
+        A = cols_buf;
+        lda = k_depth;
       }
+      // Column-major view: tile^T[cols x rows] = W[cols x K] * A^T[K x rows],
+      // W read as the transpose of its [K x cols] column-major storage.
+      gemm(true, cols, rows, k_depth, acc_t(1), wt + (grp * Kg + k0) * k_depth, k_depth, A, lda,
+           acc_t(0), tile, t.cols);
       for (int64_t r = 0; r < rows; ++r) {
-        const int64_t q = m0 + r, oh = q / p.grid_w, ow = q % p.grid_w;
-        if (ow < g.out_w) epilogue(tile.data() + r * t.cols, n, oh, ow, grp * Kg + k0, cols);
+        const int64_t pix = m0 + r;
+        epilogue(tile + r * t.cols, pix / hw, (pix % hw) / g.out_w, pix % g.out_w, grp * Kg + k0,
+                 cols);
       }
     }
   });
 }
 
 // Depthwise: each output channel reads one input channel, so no GEMM; vectors
-// run along the (innermost) channel dimension of the packed input.
+// run along the (innermost) channel dimension of the packed input. For each
+// channel vector the kernel taps' weights are loaded once per output row
+// (kept in registers when kTaps is known at compile time, e.g. 3x3).
+template <typename acc_t, int kTaps>
+void depthwise_row(const acc_t* x_row, const int64_t* offs, int64_t taps, const acc_t* wt,
+                   int64_t C, int64_t out_w, acc_t* acc) {
+  using V = Vec<acc_t>;
+  int64_t c = 0;
+  for (; c + V::size() <= C; c += V::size()) {
+    if constexpr (kTaps > 0) {
+      V w[kTaps];
+      int64_t o[kTaps];
+      for (int t = 0; t < kTaps; ++t) {
+        w[t] = V::loadu(wt + t * C + c);
+        o[t] = offs[t] * C + c;
+      }
+      for (int64_t ow = 0; ow < out_w; ++ow) {
+        const acc_t* xq = x_row + ow * C;
+        V sum = V::loadu(xq + o[0]) * w[0];
+        for (int t = 1; t < kTaps; ++t) sum = at::vec::fmadd(V::loadu(xq + o[t]), w[t], sum);
+        sum.store(acc + ow * C + c);
+      }
+    } else {
+      for (int64_t ow = 0; ow < out_w; ++ow) {
+        const acc_t* xq = x_row + ow * C + c;
+        V sum(acc_t(0));
+        for (int64_t t = 0; t < taps; ++t)
+          sum = at::vec::fmadd(V::loadu(xq + offs[t] * C), V::loadu(wt + t * C + c), sum);
+        sum.store(acc + ow * C + c);
+      }
+    }
+  }
+  for (; c < C; ++c) {
+    for (int64_t ow = 0; ow < out_w; ++ow) {
+      acc_t sum = 0;
+      for (int64_t t = 0; t < taps; ++t) sum += x_row[(ow + offs[t]) * C + c] * wt[t * C + c];
+      acc[ow * C + c] = sum;
+    }
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 void depthwise(const ForwardArgs& a) {
-  using V = Vec<acc_t>;
   const Conv2dGeometry& g = a.g;
   const PackedGeometry& p = a.p;
   const int64_t C = g.in_channels;
@@ -226,25 +306,15 @@ void depthwise(const ForwardArgs& a) {
   const acc_t* wt = static_cast<const acc_t*>(a.weight);  // [taps][C]
   const Epilogue<scalar_t, acc_t> epilogue{a};
   at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(C);
+    acc_t* acc = Workspace::get<acc_t>(WorkspaceSlot::AccumulatorTile, g.out_w * C);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / g.out_h, oh = item % g.out_h;
-      for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        const acc_t* xq = xp + n * p.image_stride + (oh * p.grid_w + ow) * C;
-        int64_t c = 0;
-        for (; c + V::size() <= C; c += V::size()) {
-          V sum(acc_t(0));
-          for (int64_t tap = 0; tap < taps; ++tap)
-            sum = at::vec::fmadd(V::loadu(xq + offs[tap] * C + c), V::loadu(wt + tap * C + c), sum);
-          sum.store(acc.data() + c);
-        }
-        for (; c < C; ++c) {
-          acc_t sum = 0;
-          for (int64_t tap = 0; tap < taps; ++tap) sum += xq[offs[tap] * C + c] * wt[tap * C + c];
-          acc[c] = sum;
-        }
-        epilogue(acc.data(), n, oh, ow, 0, C);
-      }
+      const acc_t* x_row = xp + n * p.image_stride + oh * p.grid_w * C;
+      if (taps == 9)
+        depthwise_row<acc_t, 9>(x_row, offs.data(), taps, wt, C, g.out_w, acc);
+      else
+        depthwise_row<acc_t, 0>(x_row, offs.data(), taps, wt, C, g.out_w, acc);
+      for (int64_t ow = 0; ow < g.out_w; ++ow) epilogue(acc + ow * C, n, oh, ow, 0, C);
     }
   });
 }
