@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -133,11 +135,13 @@ def _set_tf32(enabled: bool):
     return old
 
 
+def _dtype(dtype_name: str) -> torch.dtype:
+    return torch.float32 if dtype_name in ("tf32", "float32") else getattr(torch, dtype_name)
+
+
 def _check(dtype_name, args, act):
     """Runs pydl and asserts the per-dtype criterion."""
-    dtype = {"tf32": torch.float32, "float32": torch.float32}.get(
-        dtype_name, getattr(torch, dtype_name)
-    )
+    dtype = _dtype(dtype_name)
     x, w, b, res, stride, padding, dilation, groups = args
     assert x.dtype == dtype
     ref = _reference(x, w, b, res, stride, padding, dilation, groups, act)
@@ -178,7 +182,7 @@ def test_cuda_kernel_registered():
 def test_conv2d_shapes(case, dtype_name, channels_last):
     i = list(CASES).index(case)
     act = ACTIVATIONS[i % len(ACTIVATIONS)]
-    dtype = torch.float32 if dtype_name in ("tf32", "float32") else getattr(torch, dtype_name)
+    dtype = _dtype(dtype_name)
     args = _make(CASES[case], dtype, channels_last, seed=i, bias=i % 3 != 1, residual=i % 2 == 0)
     _check(dtype_name, args, act)
 
@@ -187,14 +191,14 @@ def test_conv2d_shapes(case, dtype_name, channels_last):
 @pytest.mark.parametrize("act", ACTIVATIONS)
 @pytest.mark.parametrize("case", ["3x3", "depthwise", "groups4_cin_g3"])
 def test_conv2d_activations_bias_residual(case, act, dtype_name):
-    dtype = torch.float32 if dtype_name in ("tf32", "float32") else getattr(torch, dtype_name)
+    dtype = _dtype(dtype_name)
     args = _make(CASES[case], dtype, channels_last=True, seed=7, bias=True, residual=True)
     _check(dtype_name, args, act)
 
 
 @pytest.mark.parametrize("dtype_name", DTYPES)
 def test_conv2d_random_shapes(dtype_name):
-    dtype = torch.float32 if dtype_name in ("tf32", "float32") else getattr(torch, dtype_name)
+    dtype = _dtype(dtype_name)
     rng = random.Random(1234)
     for trial in range(12):
         groups = rng.choice([1, 1, 1, 2, 3, 4, "dw"])
@@ -245,7 +249,7 @@ def test_conv2d_non_contiguous_inputs(dtype_name):
 def test_conv2d_misaligned_storage(dtype_name):
     """channels_last tensors whose data pointer is not 16-byte aligned take the
     scalar-load path (Cin % 8 == 0 would otherwise choose vector loads)."""
-    dtype = torch.float32 if dtype_name == "tf32" else getattr(torch, dtype_name)
+    dtype = _dtype(dtype_name)
     n, c, h, w = 2, 32, 7, 9
     g = torch.Generator().manual_seed(5)
     flat = torch.randn(n * c * h * w + 1, generator=g).to("cuda", dtype)
@@ -293,16 +297,35 @@ def test_conv2d_runs_on_current_stream_and_device():
     torch.testing.assert_close(y.cpu(), ref, rtol=1e-10, atol=1e-10)
 
 
-def test_conv2d_bad_arguments_raise():
-    x = torch.randn(1, 8, 5, 5, device="cuda")
-    with pytest.raises(RuntimeError, match="divisible"):
-        _pydl(
-            x, torch.randn(6, 8, 3, 3, device="cuda"), None, None, (1, 1), (1, 1), (1, 1), 4, "none"
-        )
-    with pytest.raises(RuntimeError, match="activation"):
-        _pydl(
-            x, torch.randn(4, 8, 3, 3, device="cuda"), None, None, (1, 1), (1, 1), (1, 1), 1, "tanh"
-        )
+_BAD_ARGUMENTS = [
+    # (weight shape, groups, activation, expected message)
+    ((6, 8, 3, 3), 4, "none", "divisible"),
+    ((4, 8, 3, 3), 1, "tanh", "activation"),
+    ((4, 4, 3, 3), 1, "none", "expects"),
+]
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+@pytest.mark.parametrize("bad", _BAD_ARGUMENTS, ids=[b[3] for b in _BAD_ARGUMENTS])
+def test_conv2d_bad_arguments_raise(bad, device):
+    """Bad input raises a RuntimeError; it must never crash the process, so
+    the call runs in a child interpreter (a crash there fails this test
+    instead of ending the whole test session)."""
+    shape, groups, act, message = bad
+    code = (
+        "import torch, pydl._C\n"
+        f"x = torch.randn(1, 8, 5, 5, device='{device}')\n"
+        f"w = torch.randn{shape}.to('{device}')\n"
+        "try:\n"
+        f"    torch.ops.pydl.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], {groups}, '{act}', None)\n"
+        "except RuntimeError as e:\n"
+        "    print('RAISED', e)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, f"child exited with {proc.returncode}: {proc.stderr[-2000:]}"
+    assert "RAISED" in proc.stdout and message in proc.stdout, proc.stdout
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS)

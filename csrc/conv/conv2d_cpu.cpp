@@ -74,17 +74,26 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
 
   const at::ScalarType acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const int64_t taps = g.kernel_h * g.kernel_w;
-  // GEMM path: [Cout, kh, kw, Cin/g] (free for channels_last weights);
+  const PackedGeometry p = packed_geometry(g);
+  // GEMM path: [Cout, taps, Cin/g] with taps in gemm_tap_order (for stride 1
+  // that is [Cout, kh, kw, Cin/g]: free for channels_last weights);
   // depthwise: [kh, kw, C].
   const at::Tensor w = weight.to(acc);
-  const at::Tensor packed_weight = g.is_depthwise()
-                                       ? w.reshape({g.out_channels, taps}).t().contiguous()
-                                       : w.permute({0, 2, 3, 1}).contiguous();
+  at::Tensor packed_weight;
+  if (g.is_depthwise()) {
+    packed_weight = w.reshape({g.out_channels, taps}).t().contiguous();
+  } else {
+    const std::vector<int64_t> order = gemm_tap_order(g, p);
+    packed_weight = w.permute({0, 2, 3, 1}).reshape({g.out_channels, taps, g.in_per_group()});
+    if (!std::is_sorted(order.begin(), order.end()))
+      packed_weight = packed_weight.index_select(1, at::tensor(order, at::kLong));
+    packed_weight = packed_weight.contiguous();
+  }
   at::Tensor packed_bias = bias.has_value() ? bias->to(acc).contiguous() : at::Tensor();
 
   ForwardArgs a{};
   a.g = g;
-  a.p = packed_geometry(g);
+  a.p = p;
   a.dtype = input.scalar_type();
   a.act = act;
   a.input = input.const_data_ptr();

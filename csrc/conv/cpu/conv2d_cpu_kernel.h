@@ -6,7 +6,9 @@
 
 #include <c10/core/ScalarType.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 #include <string>
 
 #include "../../common/activation.h"
@@ -40,6 +42,22 @@ inline int64_t tap_pixel_offset(const Conv2dGeometry& g, const PackedGeometry& p
          (sx / g.stride_w);
 }
 
+// The GEMM path's order of kernel taps along K: sorted by packed offset, so
+// taps that read adjacent packed pixels (a kernel row within one phase) are
+// neighbours and, with groups == 1, one contiguous copy. The weight's K
+// order follows it (conv2d_cpu.cpp). Identity for stride-1 kernels.
+inline std::vector<int64_t> gemm_tap_order(const Conv2dGeometry& g, const PackedGeometry& p) {
+  std::vector<int64_t> order(g.kernel_h * g.kernel_w);
+  std::vector<int64_t> offset(order.size());
+  for (int64_t t = 0; t < static_cast<int64_t>(order.size()); ++t) {
+    order[t] = t;
+    offset[t] = tap_pixel_offset(g, p, t / g.kernel_w, t % g.kernel_w);
+  }
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t x, int64_t y) { return offset[x] < offset[y]; });
+  return order;
+}
+
 struct ForwardArgs {
   Conv2dGeometry g;
   PackedGeometry p;
@@ -50,7 +68,7 @@ struct ForwardArgs {
   void* packed;              // acc type, p.phase_stride * phases + tail; may alias input
                              // (a per-thread workspace, see common/workspace.h)
   bool input_is_packed;      // 1x1/stride-1/unpadded channels_last: no copy needed
-  const void* weight;        // acc type; GEMM: [Cout, kh, kw, Cin/g]; depthwise: [kh, kw, C]
+  const void* weight;        // acc type; GEMM: [Cout, taps in gemm_tap_order, Cin/g]; depthwise: [kh, kw, C]
   const void* bias;          // acc type [Cout] or nullptr
   const void* residual;      // dtype, strides in residual_strides, or nullptr
   int64_t residual_strides[4];

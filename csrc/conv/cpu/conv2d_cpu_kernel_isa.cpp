@@ -154,6 +154,29 @@ std::vector<int64_t> tap_offsets(const ForwardArgs& a) {
   return offs;
 }
 
+// A contiguous piece of one pixel's im2col row: `length` elements read from
+// packed pixel offset `offset` (relative to the output pixel's own).
+struct CopyRun {
+  int64_t offset, length;
+};
+
+// The im2col row of a pixel as few contiguous copies: taps in gemm_tap_order,
+// neighbouring packed pixels merged when a group spans all channels.
+std::vector<CopyRun> im2col_runs(const ForwardArgs& a) {
+  const int64_t Cg = a.g.in_per_group();
+  std::vector<CopyRun> runs;
+  for (int64_t t : gemm_tap_order(a.g, a.p)) {
+    const int64_t off = tap_pixel_offset(a.g, a.p, t / a.g.kernel_w, t % a.g.kernel_w);
+    if (a.g.groups == 1 && !runs.empty() &&
+        runs.back().offset + runs.back().length / Cg == off) {
+      runs.back().length += Cg;
+    } else {
+      runs.push_back({off, Cg});
+    }
+  }
+  return runs;
+}
+
 // Copies n elements; short runs (the stem's 3 channels) skip memcpy's call.
 template <typename T>
 inline void copy_run(T* dst, const T* src, int64_t n) {
@@ -196,12 +219,12 @@ void gemm_tiles(const ForwardArgs& a) {
   const PackedGeometry& p = a.p;
   const int64_t C = g.in_channels, Cg = g.in_per_group(), Kg = g.out_per_group();
   const int64_t G = g.groups;
-  const std::vector<int64_t> offs = tap_offsets(a);
-  const int64_t taps = static_cast<int64_t>(offs.size());
-  const int64_t k_depth = taps * Cg;
+  const std::vector<CopyRun> runs = im2col_runs(a);
+  const int64_t k_depth = g.kernel_h * g.kernel_w * Cg;
   const int64_t pixels = g.batch * g.out_h * g.out_w;
   // Output pixel i is packed row i: no gather needed.
-  const bool direct = taps == 1 && offs[0] == 0 && p.grid_w == g.out_w && p.grid_h == g.out_h;
+  const bool direct = k_depth == Cg && runs[0].offset == 0 && p.grid_w == g.out_w &&
+                      p.grid_h == g.out_h;
   const Tiles t = choose_tiles(pixels, direct ? Cg : k_depth, Kg, G);
   const int64_t m_tiles = ceil_div(pixels, t.rows), k_blocks = ceil_div(Kg, t.cols);
   const int64_t items = m_tiles * G * k_blocks;
@@ -233,7 +256,10 @@ void gemm_tiles(const ForwardArgs& a) {
                           ow = pix % g.out_w;
             const acc_t* src = xp + n * p.image_stride + (oh * p.grid_w + ow) * C + grp * Cg;
             acc_t* dst = cols_buf + r * k_depth;
-            for (int64_t tap = 0; tap < taps; ++tap) copy_run(dst + tap * Cg, src + offs[tap] * C, Cg);
+            for (const CopyRun& run : runs) {
+              copy_run(dst, src + run.offset * C, run.length);
+              dst += run.length;
+            }
           }
           gathered = mt * G + grp;
         }

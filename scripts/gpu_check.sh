@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# One command for the lent GPU machine: build pydl from source there, run the
+# `gpu` tests (and the CPU suite), run the quick GPU benchmarks, and write a
+# report under $OUT (default ./gpu_check_out). That machine reaches no package
+# registry: it uses its own torch, nvcc, ninja, pytest (PYDL_SKIP_PIP=1).
+# $OUT gets at most 8 files: report.md, build.log, gpu_tests.log, bench.log
+# and the benchmark's CSV/PNG files under bench/.
+#
+#   bash scripts/gpu_check.sh            # everything
+#   STEPS="tests" bash scripts/gpu_check.sh   # a subset: build tests bench
+cd "$(dirname "$0")/.."
+export PYDL_SKIP_PIP=1 PYDL_CUDA=1 PYTHONUNBUFFERED=1
+OUT=${OUT:-$PWD/gpu_check_out}
+mkdir -p "$OUT"
+STEPS=${STEPS:-"build tests bench"}
+if [ -z "${CUDA_HOME:-}" ]; then
+  nvcc_path=$(command -v nvcc || true)
+  [ -n "$nvcc_path" ] && export CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$nvcc_path")")")
+fi
+source scripts/env.sh
+set +e
+report="$OUT/report.md"
+{
+  echo "# pydl gpu_check $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+} | tee "$report"
+
+if [[ $STEPS == *build* ]]; then
+  start=$SECONDS
+  TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} \
+    "$PYTHON" setup.py build_ext --inplace > "$OUT/build.log" 2>&1
+  echo "build: exit $? in $((SECONDS - start)) s" | tee -a "$report"
+  tail -n 5 "$OUT/build.log"
+fi
+"$PYTHON" -c "import pydl; print(pydl.info())" 2>&1 | tee -a "$report"
+g++ --version | head -n 1 | tee -a "$report"
+
+# Bad input must raise, never crash; if it crashes, keep a backtrace.
+bad_input='import torch, pydl
+x, w = torch.randn(1, 8, 5, 5), torch.randn(6, 8, 3, 3)
+try:
+    torch.ops.pydl.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 4, "none", None)
+except RuntimeError as e:
+    print("bad input raised:", str(e).splitlines()[0])'
+"$PYTHON" -c "$bad_input" 2>&1 | tee -a "$report"
+if [ "${PIPESTATUS[0]}" -ne 0 ] && command -v cuda-gdb > /dev/null; then
+  echo "bad input crashed; backtrace:" | tee -a "$report"
+  timeout 120 cuda-gdb -batch -ex run -ex bt --args "$PYTHON" -c "$bad_input" 2>&1 \
+    | grep -E "^#|signal" | head -n 25 | tee -a "$report"
+fi
+
+if [[ $STEPS == *tests* ]]; then
+  PYDL_EXPERIMENTAL_CUDA=1 timeout 600 "$PYTHON" -m pytest tests -m gpu -q -x -p no:cacheprovider \
+    > "$OUT/gpu_tests.log" 2>&1
+  echo "gpu tests: exit $? — $(tail -n 1 "$OUT/gpu_tests.log")" | tee -a "$report"
+  grep -E "^(FAILED|ERROR)" "$OUT/gpu_tests.log" | head -n 20 | tee -a "$report"
+  PYDL_STRICT=1 timeout 300 "$PYTHON" -m pytest tests -m "not gpu" -q -p no:cacheprovider \
+    > /tmp/pydl_cpu_tests.log 2>&1
+  echo "cpu tests: exit $? — $(tail -n 1 /tmp/pydl_cpu_tests.log)" | tee -a "$report"
+  grep -E "^(FAILED|ERROR)" /tmp/pydl_cpu_tests.log | head -n 20 | tee -a "$report"
+fi
+
+if [[ $STEPS == *bench* ]]; then
+  PYDL_EXPERIMENTAL_CUDA=1 timeout 400 "$PYTHON" -m benchmarks --device cuda --quick \
+    --out "$OUT/bench" > "$OUT/bench.log" 2>&1
+  echo "bench: exit $?" | tee -a "$report"
+  tail -n 60 "$OUT/bench.log" | tee -a "$report"
+fi
