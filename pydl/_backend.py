@@ -52,11 +52,16 @@ def explain(family: str, device_type: str, dtype: torch.dtype | None = None) -> 
     if device_type == "cuda":
         if not _ext.built_with_cuda():
             return TORCH, "extension was built without CUDA kernels (PYDL_CUDA=0 or no nvcc)"
-        if family in VERIFIED_CUDA:
-            card, torch_version, date, _ = VERIFIED_CUDA[family]
-            return PYDL, f"CUDA kernel verified on {card} (torch {torch_version}, {date})"
+        verified = VERIFIED_CUDA.get(family)
+        if verified is not None and verified.default:
+            return PYDL, f"CUDA kernel verified on {verified.card} (torch {verified.torch}, {verified.date})"
         if experimental_cuda():
-            return PYDL, "unverified CUDA kernel enabled by PYDL_EXPERIMENTAL_CUDA=1"
+            return PYDL, "opt-in CUDA kernel enabled by PYDL_EXPERIMENTAL_CUDA=1"
+        if verified is not None:
+            return TORCH, (
+                f"CUDA kernel verified on {verified.card} but not the default: {verified.note}; "
+                "set PYDL_EXPERIMENTAL_CUDA=1 to use it"
+            )
         return TORCH, (
             "CUDA kernel not yet verified on a GPU (scripts/gpu_check.sh); "
             "set PYDL_EXPERIMENTAL_CUDA=1 to use it"

@@ -7,7 +7,8 @@
 # and the benchmark's CSV/PNG files under bench/.
 #
 #   bash scripts/gpu_check.sh            # everything
-#   STEPS="tests" bash scripts/gpu_check.sh   # a subset: build tests bench
+#   STEPS="tests" bash scripts/gpu_check.sh   # a subset of: build tests cputests bench
+#   BENCH_ARGS="--quick --only /b32/" ...     # what `python -m benchmarks --device cuda` gets
 cd "$(dirname "$0")/.."
 export PYDL_SKIP_PIP=1 PYDL_CUDA=1 PYTHONUNBUFFERED=1
 OUT=${OUT:-$PWD/gpu_check_out}
@@ -51,11 +52,15 @@ if [ "${PIPESTATUS[0]}" -ne 0 ] && command -v cuda-gdb > /dev/null; then
     | grep -E "^#|signal" | head -n 25 | tee -a "$report"
 fi
 
-if [[ $STEPS == *tests* ]]; then
-  PYDL_EXPERIMENTAL_CUDA=1 timeout 600 "$PYTHON" -m pytest tests -m gpu -q -x -p no:cacheprovider \
+if [[ $STEPS == *" tests"* || $STEPS == "tests"* ]]; then
+  start=$SECONDS
+  PYDL_EXPERIMENTAL_CUDA=1 timeout ${TEST_TIMEOUT:-300} "$PYTHON" -m pytest tests -m gpu -q -p no:cacheprovider \
     > "$OUT/gpu_tests.log" 2>&1
-  echo "gpu tests: exit $? — $(tail -n 1 "$OUT/gpu_tests.log")" | tee -a "$report"
+  echo "gpu tests: exit $? in $((SECONDS - start)) s — $(tail -n 1 "$OUT/gpu_tests.log")" | tee -a "$report"
   grep -E "^(FAILED|ERROR)" "$OUT/gpu_tests.log" | head -n 20 | tee -a "$report"
+fi
+
+if [[ $STEPS == *cputests* ]]; then
   PYDL_STRICT=1 timeout 300 "$PYTHON" -m pytest tests -m "not gpu" -q -p no:cacheprovider \
     > /tmp/pydl_cpu_tests.log 2>&1
   echo "cpu tests: exit $? — $(tail -n 1 /tmp/pydl_cpu_tests.log)" | tee -a "$report"
@@ -63,8 +68,10 @@ if [[ $STEPS == *tests* ]]; then
 fi
 
 if [[ $STEPS == *bench* ]]; then
-  PYDL_EXPERIMENTAL_CUDA=1 timeout 400 "$PYTHON" -m benchmarks --device cuda --quick \
-    --out "$OUT/bench" > "$OUT/bench.log" 2>&1
-  echo "bench: exit $?" | tee -a "$report"
+  start=$SECONDS
+  # shellcheck disable=SC2086
+  PYDL_EXPERIMENTAL_CUDA=1 timeout ${BENCH_TIMEOUT:-400} "$PYTHON" -m benchmarks --device cuda \
+    ${BENCH_ARGS:---quick} --out "$OUT/bench" > "$OUT/bench.log" 2>&1
+  echo "bench: exit $? in $((SECONDS - start)) s" | tee -a "$report"
   tail -n 60 "$OUT/bench.log" | tee -a "$report"
 fi

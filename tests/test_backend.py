@@ -37,7 +37,8 @@ def test_unverified_cuda_is_opt_in(monkeypatch):
         pytest.skip("extension not loaded")
     monkeypatch.setitem(_ext._state, "build", dict(_ext._state["build"], cuda="1"))
     monkeypatch.delenv("PYDL_EXPERIMENTAL_CUDA", raising=False)
-    if "conv2d" not in pydl._verified.VERIFIED_CUDA:
+    verified = pydl._verified.VERIFIED_CUDA.get("conv2d")
+    if verified is None or not verified.default:
         backend, reason = _backend.explain("conv2d", "cuda", torch.bfloat16)
         assert backend == "torch" and "PYDL_EXPERIMENTAL_CUDA" in reason
     monkeypatch.setenv("PYDL_EXPERIMENTAL_CUDA", "1")
