@@ -51,6 +51,18 @@ if not X86:
 ISA_MACROS = ["-DPYDL_HAVE_AVX2_KERNELS", "-DPYDL_HAVE_AVX512_KERNELS"] if X86 else []
 
 
+def torch_cxx_standard() -> str:
+    """The -std flag BuildExtension adds for this torch (C++17 up to 2.11, C++20 in 2.14);
+    the per-ISA objects are compiled outside BuildExtension and need the same."""
+    import re
+
+    import torch.utils.cpp_extension as cpp_extension
+
+    with open(cpp_extension.__file__) as f:
+        found = re.search(r"common_cflags \+= \['-std=(c\+\+\d+)'", f.read())
+    return f"-std={found.group(1)}" if found else "-std=c++17"
+
+
 def want_cuda() -> bool:
     flag = os.environ.get("PYDL_CUDA")
     if flag == "0":
@@ -115,7 +127,7 @@ class BuildWithIsaVariants(BuildExtension):
         if not os.path.exists(wrapper) or open(wrapper).read() != content:
             with open(wrapper, "w") as f:
                 f.write(content)
-        cxx = [a for a in ext.extra_compile_args.get("cxx", [])]
+        cxx = list(ext.extra_compile_args.get("cxx", [])) + [torch_cxx_standard()]
         objs = self.compiler.compile(
             [wrapper],
             output_dir=os.path.join(self.build_temp, "isa_obj"),
@@ -139,11 +151,8 @@ def generated_include_dir() -> str:
 
 def make_extension():
     use_cuda = want_cuda()
-    cxx_flags = [
-        "-O3",
-        "-std=c++20",
-        "-fvisibility=hidden",
-    ] + ISA_MACROS
+    # No -std here: BuildExtension adds the standard the running torch needs.
+    cxx_flags = ["-O3"] + ISA_MACROS
     cpp_sources = [s for s in sources("csrc/**/*.cpp") if not s.endswith("_kernel_isa.cpp")]
     include_dirs = [os.path.join(ROOT, "csrc"), generated_include_dir()]
     if not use_cuda:
@@ -157,7 +166,6 @@ def make_extension():
     cxx_flags.append("-DPYDL_WITH_CUDA")
     nvcc_flags = [
         "-O3",
-        "-std=c++20",
         "-DPYDL_WITH_CUDA",
         "--expt-relaxed-constexpr",
         "-lineinfo",

@@ -20,6 +20,14 @@ if [ -z "${CUDA_HOME:-}" ]; then
 fi
 source scripts/env.sh
 set +e
+# The GPU image's Python names /opt/gcc/bin/g++ as its compiler, and that
+# toolchain put a static copy of libstdc++ into _C.so: a second libstdc++ in
+# the process, whose locale facets crash on the first formatted integer (seen
+# 2026-11-26 on an H200: every TORCH_CHECK message with a number segfaulted).
+# Build with the system compiler, which links the process's own libstdc++.
+if [ -x /usr/bin/g++ ] && [ -z "${CXX:-}" ]; then
+  export CC=/usr/bin/gcc CXX=/usr/bin/g++ LDSHARED="/usr/bin/g++ -shared"
+fi
 report="$OUT/report.md"
 {
   echo "# pydl gpu_check $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -36,7 +44,9 @@ if [[ $STEPS == *build* ]]; then
   tail -n 5 "$OUT/build.log"
 fi
 "$PYTHON" -c "import pydl; print(pydl.info())" 2>&1 | tee -a "$report"
-g++ --version | head -n 1 | tee -a "$report"
+"${CXX:-g++}" --version | head -n 1 | tee -a "$report"
+nm -C pydl/_C*.so 2>/dev/null | grep -q " [TtWw] .*std::locale::" \
+  && echo "WARNING: _C.so carries its own libstdc++ (static link)" | tee -a "$report"
 
 # Bad input must raise, never crash; if it crashes, keep a backtrace.
 bad_input='import torch, pydl
