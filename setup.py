@@ -152,7 +152,9 @@ def generated_include_dir() -> str:
 def make_extension():
     use_cuda = want_cuda()
     # No -std here: BuildExtension adds the standard the running torch needs.
-    cxx_flags = ["-O3"] + ISA_MACROS
+    # -fopenmp: at::parallel_for is a header template that runs serially
+    # unless its caller is compiled with OpenMP (links torch's own libgomp).
+    cxx_flags = ["-O3", "-fopenmp"] + ISA_MACROS
     cpp_sources = [s for s in sources("csrc/**/*.cpp") if not s.endswith("_kernel_isa.cpp")]
     include_dirs = [os.path.join(ROOT, "csrc"), generated_include_dir()]
     if not use_cuda:
@@ -161,6 +163,7 @@ def make_extension():
             cpp_sources,
             include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=["-fopenmp"],
         )
     default_arch_list()
     cxx_flags.append("-DPYDL_WITH_CUDA")
@@ -176,6 +179,7 @@ def make_extension():
         cpp_sources + sources("csrc/**/*.cu"),
         include_dirs=include_dirs + nvidia_wheel_includes() + cutlass_includes(),
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        extra_link_args=["-fopenmp"],
     )
 
 
