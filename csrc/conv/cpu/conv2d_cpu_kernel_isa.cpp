@@ -203,7 +203,9 @@ Tiles choose_tiles(int64_t pixels, int64_t k_depth, int64_t Kg, int64_t groups) 
   t.rows = ceil_div(pixels, ceil_div(pixels, t.rows));  // balanced tiles
   const int64_t want = 4 * at::get_num_threads();
   auto items = [&] { return ceil_div(pixels, t.rows) * groups * ceil_div(Kg, t.cols); };
-  while (items() < want && t.cols >= 64 && t.cols % 32 == 0) t.cols /= 2;
+  // Narrow channel tiles make poor GEMMs: split pixels first, down to 128.
+  while (items() < want && t.rows > 128) t.rows = std::max<int64_t>(128, ceil_div(t.rows, 2));
+  while (items() < want && t.cols >= 128 && t.cols % 32 == 0) t.cols /= 2;
   while (items() < want && t.rows > 32) t.rows = std::max<int64_t>(32, ceil_div(t.rows, 2));
   return t;
 }
