@@ -15,7 +15,7 @@ import time
 import torch
 
 import pydl
-from benchmarks import harness
+from benchmarks import harness, report
 from benchmarks.cases import Config, collect
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16,
@@ -85,10 +85,10 @@ def write_outputs(rows, out_dir: str, device: str, dtype: torch.dtype) -> list[s
     written = []
     for stem, group in groups.items():
         csv_path = os.path.join(out_dir, f"{stem}_{suffix}.csv")
-        harness.write_csv(group, csv_path)
+        report.write_csv(group, csv_path)
         written.append(csv_path)
         png_path = csv_path[:-4] + ".png"
-        if harness.plot_csv(csv_path, png_path):
+        if report.plot_csv(csv_path, png_path):
             written.append(png_path)
     return written
 
@@ -126,11 +126,11 @@ def main(argv=None) -> int:
         "threads": torch.get_num_threads(), "mode": "quick" if args.quick else "full",
         "torch": torch.__version__, "pydl": pydl.__version__, "date": harness.now(),
     }
-    rows = harness.to_rows(results, peak, meta)
+    rows = report.to_rows(results, peak, meta)
     print()
-    print(harness.format_table(rows))
+    print(report.format_table(rows))
     print()
-    print(harness.summary(rows))
+    print(report.summary(rows))
     print("speedup = torch time / provider time (>1: faster than torch); %peak of the "
           "matmul above, %bw of the copy above")
     for path in write_outputs(rows, args.out, args.device, args.dtype):

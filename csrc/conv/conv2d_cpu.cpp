@@ -99,7 +99,11 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   a.input = input.const_data_ptr();
   copy_strides(input, a.input_strides);
   a.input_is_packed = input_is_packed(input, g, acc);
-  if (a.input_is_packed) {
+  a.depthwise_direct = g.is_depthwise() && input.scalar_type() == acc &&
+                       input.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                       out.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                       (!residual.has_value() || residual->stride(1) == 1);
+  if (a.input_is_packed || a.depthwise_direct) {
     a.packed = const_cast<void*>(input.const_data_ptr());
   } else {
     const int64_t count = g.stride_h * g.stride_w * a.p.phase_stride + a.p.tail_pixels * g.in_channels;
