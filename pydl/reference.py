@@ -194,6 +194,18 @@ def conv2d(
 # --------------------------------------------------------------------------
 
 
+def _check_broadcasts_to(mask: Tensor, full_shape: tuple, name: str) -> None:
+    try:
+        ok = torch.broadcast_shapes(tuple(mask.shape), full_shape) == full_shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"scaled_dot_product_attention: {name} of shape {tuple(mask.shape)} does not "
+            f"broadcast to {full_shape}"
+        )
+
+
 def scaled_dot_product_attention(
     query: Tensor,
     key: Tensor,
@@ -299,15 +311,7 @@ def scaled_dot_product_attention(
     neg_inf = torch.tensor(float("-inf"), dtype=scores.dtype, device=scores.device)
 
     if attn_mask is not None:
-        try:
-            ok = torch.broadcast_shapes(tuple(attn_mask.shape), full_shape) == full_shape
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(
-                f"scaled_dot_product_attention: attn_mask of shape {tuple(attn_mask.shape)} does not "
-                f"broadcast to {full_shape}"
-            )
+        _check_broadcasts_to(attn_mask, full_shape, "attn_mask")
         if attn_mask.dtype == torch.bool:
             scores = torch.where(attn_mask, scores, neg_inf)
         else:
@@ -333,15 +337,7 @@ def scaled_dot_product_attention(
 
     if dropout_mask is not None:
         keep_scale = 0.0 if dropout_p >= 1.0 else 1.0 / (1.0 - dropout_p)
-        try:
-            ok = torch.broadcast_shapes(tuple(dropout_mask.shape), full_shape) == full_shape
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(
-                f"scaled_dot_product_attention: dropout_mask of shape {tuple(dropout_mask.shape)} "
-                f"does not broadcast to {full_shape}"
-            )
+        _check_broadcasts_to(dropout_mask, full_shape, "dropout_mask")
         weights = torch.where(dropout_mask, weights * keep_scale, torch.zeros_like(weights))
 
     out = torch.matmul(weights, value)

@@ -122,21 +122,11 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
-    const at::Tensor& out, at::IntArrayRef stride, at::IntArrayRef padding,
-    at::IntArrayRef dilation, int64_t groups, c10::string_view activation,
-    std::array<bool, 4> output_mask) {
-  return conv2d_backward(grad_out, input, weight, bias, residual, out, stride, padding, dilation,
-                         groups, activation, output_mask);
-}
-
 }  // namespace
 }  // namespace conv_cpu
 }  // namespace pydl
 
 TORCH_LIBRARY_IMPL(pydl, CPU, m) {
   m.impl("conv2d", &pydl::conv_cpu::conv2d_cpu);
-  m.impl("conv2d_backward", &pydl::conv_cpu::conv2d_backward_cpu);
+  m.impl("conv2d_backward", &pydl::conv2d_backward);  // shared with CUDA
 }

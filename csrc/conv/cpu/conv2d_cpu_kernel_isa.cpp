@@ -55,49 +55,65 @@ inline Vec<acc_t> activate(Activation act, Vec<acc_t> v) {
   }
 }
 
-// Writes act(acc + bias + residual) for `len` channels of one output pixel.
-// `out`/`res` step by `out_cs`/`res_cs` between channels.
+// Writes act(acc + bias + residual) for `len` contiguous accumulator values:
+// the channels of one pixel (bias_step 1) or the pixels of one channel run
+// (bias_step 0: one bias value). `out`/`res` step by `out_step`/`res_step`.
 template <typename scalar_t, typename acc_t>
-inline void epilogue_pixel(const acc_t* acc, const acc_t* bias, const scalar_t* res, int64_t res_cs,
-                           scalar_t* out, int64_t out_cs, int64_t len, Activation act) {
+inline void epilogue_run(const acc_t* acc, const acc_t* bias, int64_t bias_step,
+                         const scalar_t* res, int64_t res_step, scalar_t* out, int64_t out_step,
+                         int64_t len, Activation act) {
   using V = Vec<acc_t>;
-  int64_t c = 0;
+  int64_t i = 0;
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    if (out_cs == 1 && (res == nullptr || res_cs == 1)) {
-      for (; c + V::size() <= len; c += V::size()) {
-        V v = V::loadu(acc + c);
-        if (bias) v = v + V::loadu(bias + c);
-        if (res) v = v + V::loadu(res + c);
-        activate<acc_t>(act, v).store(out + c);
+    if (out_step == 1 && (res == nullptr || res_step == 1)) {
+      for (; i + V::size() <= len; i += V::size()) {
+        V v = V::loadu(acc + i);
+        if (bias) v = v + (bias_step ? V::loadu(bias + i) : V(*bias));
+        if (res) v = v + V::loadu(res + i);
+        activate<acc_t>(act, v).store(out + i);
       }
     }
   }
-  for (; c < len; ++c) {
-    acc_t v = acc[c];
-    if (bias) v += bias[c];
-    if (res) v += static_cast<acc_t>(res[c * res_cs]);
-    out[c * out_cs] = static_cast<scalar_t>(apply_activation<acc_t>(act, v));
+  for (; i < len; ++i) {
+    acc_t v = acc[i];
+    if (bias) v += bias[i * bias_step];
+    if (res) v += static_cast<acc_t>(res[i * res_step]);
+    out[i * out_step] = static_cast<scalar_t>(apply_activation<acc_t>(act, v));
   }
 }
 
 template <typename scalar_t, typename acc_t>
 struct Epilogue {
   const ForwardArgs& a;
-  // One output pixel (n, oh, ow), channels [co0, co0 + len).
+
+  scalar_t* out_at(int64_t n, int64_t co, int64_t oh, int64_t ow) const {
+    const int64_t* os = a.out_strides;
+    return static_cast<scalar_t*>(a.out) + n * os[0] + co * os[1] + oh * os[2] + ow * os[3];
+  }
+  const scalar_t* res_at(int64_t n, int64_t co, int64_t oh, int64_t ow) const {
+    if (!a.residual) return nullptr;
+    const int64_t* rs = a.residual_strides;
+    return static_cast<const scalar_t*>(a.residual) + n * rs[0] + co * rs[1] + oh * rs[2] +
+           ow * rs[3];
+  }
+  const acc_t* bias_at(int64_t co) const {
+    return a.bias ? static_cast<const acc_t*>(a.bias) + co : nullptr;
+  }
+
+  // One output pixel (n, oh, ow), channels [co0, co0 + len) contiguous in acc.
   void operator()(const acc_t* acc, int64_t n, int64_t oh, int64_t ow, int64_t co0,
                   int64_t len) const {
-    const int64_t* os = a.out_strides;
-    scalar_t* out = static_cast<scalar_t*>(a.out) + n * os[0] + co0 * os[1] + oh * os[2] + ow * os[3];
-    const scalar_t* res = nullptr;
-    int64_t res_cs = 0;
-    if (a.residual) {
-      const int64_t* rs = a.residual_strides;
-      res = static_cast<const scalar_t*>(a.residual) + n * rs[0] + co0 * rs[1] + oh * rs[2] +
-            ow * rs[3];
-      res_cs = rs[1];
-    }
-    const acc_t* bias = a.bias ? static_cast<const acc_t*>(a.bias) + co0 : nullptr;
-    epilogue_pixel<scalar_t, acc_t>(acc, bias, res, res_cs, out, os[1], len, a.act);
+    epilogue_run<scalar_t, acc_t>(acc, bias_at(co0), 1, res_at(n, co0, oh, ow),
+                                  a.residual_strides[1], out_at(n, co0, oh, ow),
+                                  a.out_strides[1], len, a.act);
+  }
+
+  // One channel co of the output pixels (n, oh, ow0 .. ow0 + len) of one row.
+  void channel_run(const acc_t* acc, int64_t n, int64_t oh, int64_t ow0, int64_t co,
+                   int64_t len) const {
+    epilogue_run<scalar_t, acc_t>(acc, bias_at(co), 0, res_at(n, co, oh, ow0),
+                                  a.residual_strides[3], out_at(n, co, oh, ow0),
+                                  a.out_strides[3], len, a.act);
   }
 };
 
@@ -234,6 +250,7 @@ void gemm_tiles(const ForwardArgs& a) {
   const acc_t* wt = static_cast<const acc_t*>(a.weight);  // [G * Kg][taps][Cg]
   const Epilogue<scalar_t, acc_t> epilogue{a};
   const int64_t hw = g.out_h * g.out_w;
+  const bool channel_major = a.out_strides[1] != 1;
 
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     const SingleThreadedBlas one_thread_per_gemm;
@@ -268,14 +285,31 @@ void gemm_tiles(const ForwardArgs& a) {
         A = cols_buf;
         lda = k_depth;
       }
-      // Column-major view: tile^T[cols x rows] = W[cols x K] * A^T[K x rows],
-      // W read as the transpose of its [K x cols] column-major storage.
-      gemm(true, cols, rows, k_depth, acc_t(1), wt + (grp * Kg + k0) * k_depth, k_depth, A, lda,
-           acc_t(0), tile, t.cols);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t pix = m0 + r;
-        epilogue(tile + r * t.cols, pix / hw, (pix % hw) / g.out_w, pix % g.out_w, grp * Kg + k0,
-                 cols);
+      const acc_t* w_block = wt + (grp * Kg + k0) * k_depth;
+      if (!channel_major) {
+        // Column-major view: tile^T[cols x rows] = W[cols x K] * A^T[K x rows],
+        // W read as the transpose of its [K x cols] column-major storage.
+        gemm(true, cols, rows, k_depth, acc_t(1), w_block, k_depth, A, lda, acc_t(0), tile,
+             t.cols);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t pix = m0 + r;
+          epilogue(tile + r * t.cols, pix / hw, (pix % hw) / g.out_w, pix % g.out_w,
+                   grp * Kg + k0, cols);
+        }
+      } else {
+        // NCHW-like output: tile[rows x cols] column-major, i.e. a run of
+        // pixels per channel, so the epilogue writes along the output rows.
+        gemm(true, rows, cols, k_depth, acc_t(1), A, lda, w_block, k_depth, acc_t(0), tile,
+             t.rows);
+        for (int64_t co = 0; co < cols; ++co) {
+          for (int64_t r = 0; r < rows;) {
+            const int64_t pix = m0 + r, ow = pix % g.out_w;
+            const int64_t len = std::min(rows - r, g.out_w - ow);
+            epilogue.channel_run(tile + co * t.rows + r, pix / hw, (pix % hw) / g.out_w, ow,
+                                 grp * Kg + k0 + co, len);
+            r += len;
+          }
+        }
       }
     }
   });
