@@ -103,7 +103,9 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                        input.is_contiguous(at::MemoryFormat::ChannelsLast) &&
                        out.is_contiguous(at::MemoryFormat::ChannelsLast) &&
                        (!residual.has_value() || residual->stride(1) == 1);
-  if (a.input_is_packed || a.depthwise_direct) {
+  a.depthwise_planes = g.is_depthwise() && !a.depthwise_direct && input.scalar_type() == acc &&
+                       input.is_contiguous() && out.is_contiguous();
+  if (a.input_is_packed || a.depthwise_direct || a.depthwise_planes) {
     a.packed = const_cast<void*>(input.const_data_ptr());
   } else {
     const int64_t count = g.stride_h * g.stride_w * a.p.phase_stride + a.p.tail_pixels * g.in_channels;

@@ -70,6 +70,8 @@ struct ForwardArgs {
   bool input_is_packed;      // 1x1/stride-1/unpadded channels_last: no copy needed
   bool depthwise_direct;     // depthwise reading the channels_last input itself
                              // (input and output channels_last, compute dtype)
+  bool depthwise_planes;     // depthwise reading a contiguous NCHW input per channel
+                             // plane (output NCHW, compute dtype)
   const void* weight;        // acc type; GEMM: [Cout, taps in gemm_tap_order, Cin/g]; depthwise: [kh, kw, C]
   const void* bias;          // acc type [Cout] or nullptr
   const void* residual;      // dtype, strides in residual_strides, or nullptr

@@ -522,10 +522,54 @@ void depthwise_direct(const ForwardArgs& a) {
   });
 }
 
+// Depthwise straight from a contiguous NCHW input into an NCHW output: each
+// channel is a 2-D stencil; a row accumulates tap by tap, vectorized along
+// the output row when stride_w == 1.
+template <typename acc_t>
+void depthwise_planes(const ForwardArgs& a) {
+  using V = Vec<acc_t>;
+  const Conv2dGeometry& g = a.g;
+  const int64_t C = g.in_channels, H = g.in_h, W = g.in_w, OW = g.out_w;
+  const acc_t* x = static_cast<const acc_t*>(a.input);
+  const acc_t* wt = static_cast<const acc_t*>(a.weight);  // [taps][C]
+  const Epilogue<acc_t, acc_t> epilogue{a};
+  at::parallel_for(0, g.batch * C, 1, [&](int64_t begin, int64_t end) {
+    acc_t* row = Workspace::get<acc_t>(WorkspaceSlot::AccumulatorTile, OW);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = plane / C, c = plane % C;
+      const acc_t* xp = x + plane * H * W;
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        std::fill(row, row + OW, acc_t(0));
+        for (int64_t r = 0; r < g.kernel_h; ++r) {
+          const int64_t ih = oh * g.stride_h - g.pad_h + r * g.dil_h;
+          if (ih < 0 || ih >= H) continue;
+          const acc_t* x_row = xp + ih * W;
+          for (int64_t s = 0; s < g.kernel_w; ++s) {
+            const acc_t wv = wt[(r * g.kernel_w + s) * C + c];
+            const int64_t col = s * g.dil_w - g.pad_w;  // input column of output column 0
+            // Output columns whose input column col + ow * stride_w is inside [0, W).
+            const int64_t lo = col >= 0 ? 0 : ceil_div(-col, g.stride_w);
+            const int64_t hi = std::min(OW, W - 1 - col < 0 ? 0 : (W - 1 - col) / g.stride_w + 1);
+            int64_t ow = lo;
+            if (g.stride_w == 1) {
+              const V wvec(wv);
+              for (; ow + V::size() <= hi; ow += V::size())
+                at::vec::fmadd(V::loadu(x_row + col + ow), wvec, V::loadu(row + ow)).store(row + ow);
+            }
+            for (; ow < hi; ++ow) row[ow] += x_row[col + ow * g.stride_w] * wv;
+          }
+        }
+        epilogue.channel_run(row, n, oh, 0, c, OW);
+      }
+    }
+  });
+}
+
 template <typename scalar_t, typename acc_t>
 void forward_typed(const ForwardArgs& a) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     if (a.depthwise_direct) return depthwise_direct<acc_t>(a);
+    if (a.depthwise_planes) return depthwise_planes<acc_t>(a);
   }
   if (!a.input_is_packed) pack_input<scalar_t, acc_t>(a);
   if (a.g.is_depthwise())
