@@ -209,20 +209,24 @@ struct Tiles {
 };
 
 // Tiles: as many output pixels as keep the im2col rows within ~1 MB of L2
-// (few pixel tiles means the weights stream from memory few times; small
-// late-stage layers then take all their pixels in one tile), then shrunk
-// until every thread has a few tiles.
+// (larger GEMMs run faster, and few pixel tiles means the weights stream
+// from memory few times), then a tile count that splits evenly over the
+// threads: at::parallel_for hands each thread one contiguous range of tiles.
 Tiles choose_tiles(int64_t pixels, int64_t k_depth, int64_t Kg, int64_t groups) {
+  const int64_t threads = at::get_num_threads();
   Tiles t;
   t.cols = Kg <= 256 ? Kg : 128;
-  t.rows = std::clamp<int64_t>((262144 / std::max<int64_t>(k_depth, t.cols)) / 16 * 16, 32, 512);
-  t.rows = ceil_div(pixels, ceil_div(pixels, t.rows));  // balanced tiles
-  const int64_t want = 4 * at::get_num_threads();
-  auto items = [&] { return ceil_div(pixels, t.rows) * groups * ceil_div(Kg, t.cols); };
-  // Narrow channel tiles make poor GEMMs: split pixels first, down to 128.
-  while (items() < want && t.rows > 128) t.rows = std::max<int64_t>(128, ceil_div(t.rows, 2));
-  while (items() < want && t.cols >= 128 && t.cols % 32 == 0) t.cols /= 2;
-  while (items() < want && t.rows > 32) t.rows = std::max<int64_t>(32, ceil_div(t.rows, 2));
+  const int64_t max_rows =
+      std::clamp<int64_t>((262144 / std::max<int64_t>(k_depth, t.cols)) / 16 * 16, 32, 512);
+  int64_t m_tiles = ceil_div(pixels, max_rows);
+  const auto per_m_tile = [&] { return groups * ceil_div(Kg, t.cols); };
+  // Too little work for every thread: narrower channel tiles (down to 64).
+  while (m_tiles * per_m_tile() < threads && t.cols >= 128 && t.cols % 32 == 0) t.cols /= 2;
+  // Round the tile count up to a multiple of the thread count while tiles
+  // keep at least 32 pixels.
+  while ((m_tiles * per_m_tile()) % threads != 0 && ceil_div(pixels, m_tiles + 1) >= 32)
+    ++m_tiles;
+  t.rows = ceil_div(pixels, m_tiles);
   return t;
 }
 
