@@ -181,7 +181,8 @@ def run_case(case: Case, device: str, dtype: torch.dtype, budget_s: float, round
     providers = case.make_providers()
     outs: dict[str, Any] = {}
     checks: dict[str, str] = {}
-    with torch.no_grad():
+    # Autograd only for training cases (tags["train"]): inference rows stay graph-free.
+    with torch.set_grad_enabled(bool(case.tags.get("train", False))):
         for name, fn in providers.items():
             try:
                 outs[name] = fn()

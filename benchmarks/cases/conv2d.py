@@ -4,7 +4,9 @@ Rows per layer, batch and memory format (input and weight in the same format
 on both sides):
   * plain conv:      "pydl" (pydl.ops.conv2d) vs "torch" (F.conv2d);
   * conv+bias+relu:  "pydl" (fused, activation="relu"), "pydl unfused" (pydl
-    conv+bias, then torch's relu) and torch's conv+bias followed by relu.
+    conv+bias, then torch's relu) and torch's conv+bias followed by relu;
+  * training (a few layers, batch 1): forward + backward of conv+bias+relu
+    (all gradients), pydl vs torch; FLOPs counted as 3x the forward.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ LAYERS = [
     ("mbv2_dw3x3_960@7", 960, 960, 7, 3, 1, 1, 960),
 ]
 
+# Layers that also get a forward+backward row (batch 1).
+TRAIN_LAYERS = {"r50_3x3_64@56", "r50_1x1_256to64@56", "mbv2_dw3x3_144@56_s2"}
+
 # The quick CPU run (batch 8) leaves out its slowest layers to stay in budget.
 QUICK_SKIP = {"r50_stem7x7_3to64@224"}
 
@@ -45,7 +50,7 @@ def _batches(cfg) -> tuple[int, ...]:
     return (1, 32)
 
 
-def _make(layer, n, fmt, fused, cfg):
+def _make(layer, n, fmt, fused, cfg, train=False):
     _, c, k, h, ks, s, p, g = layer
 
     def make_providers():
@@ -54,6 +59,21 @@ def _make(layer, n, fmt, fused, cfg):
         x = torch.randn(n, c, h, h, **opts).contiguous(memory_format=mf)
         w = torch.randn(k, c // g, ks, ks, **opts) / (c // g * ks * ks) ** 0.5
         w = w.contiguous(memory_format=mf)
+        if train:
+            b = torch.randn(k, **opts)
+            for t in (x, w, b):
+                t.requires_grad_()
+            grad = torch.randn_like(torch_conv2d(x, w, b, s, p, 1, g, "relu", None))
+
+            def step(forward):
+                out = forward()
+                out.backward(grad)
+                return out.detach()
+
+            return {
+                "pydl": lambda: step(lambda: conv2d(x, w, b, s, p, 1, g, activation="relu")),
+                "torch": lambda: step(lambda: torch_conv2d(x, w, b, s, p, 1, g, "relu", None)),
+            }
         if not fused:
             return {
                 "pydl": lambda: conv2d(x, w, None, s, p, 1, g),
@@ -92,5 +112,16 @@ def cases(cfg) -> list[Case]:
                         bytes=nbytes,
                         make_providers=_make(layer, n, fmt, fused, cfg),
                         tags={"layer": name, "batch": n, "format": fmt, "fused": fused},
+                    ))
+                if n == 1 and name in TRAIN_LAYERS:
+                    out.append(Case(
+                        name=f"conv2d/{name}/b{n}/{fmt}/train",
+                        family=FAMILY,
+                        shape=shape,
+                        flops=3 * flops,
+                        bytes=3 * nbytes,
+                        make_providers=_make(layer, n, fmt, True, cfg, train=True),
+                        tags={"layer": name, "batch": n, "format": fmt, "fused": True,
+                              "train": True},
                     ))
     return out
