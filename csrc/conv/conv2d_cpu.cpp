@@ -103,8 +103,10 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                        input.is_contiguous(at::MemoryFormat::ChannelsLast) &&
                        out.is_contiguous(at::MemoryFormat::ChannelsLast) &&
                        (!residual.has_value() || residual->stride(1) == 1);
+  // Plane-wise depthwise vectorizes along output rows: only worth it for wide
+  // rows (measured: 7- and 14-wide rows ran 2-4x slower than the packed path).
   a.depthwise_planes = g.is_depthwise() && !a.depthwise_direct && input.scalar_type() == acc &&
-                       input.is_contiguous() && out.is_contiguous();
+                       input.is_contiguous() && out.is_contiguous() && g.out_w >= 24;
   if (a.input_is_packed || a.depthwise_direct || a.depthwise_planes) {
     a.packed = const_cast<void*>(input.const_data_ptr());
   } else {
