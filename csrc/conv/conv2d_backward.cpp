@@ -116,6 +116,49 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     return {grad_input, grad_weight, grad_bias, grad_residual};
   }
 
+  if (g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_h == 0 &&
+      g.pad_w == 0 && g.groups == 1) {
+    // A 1x1 convolution is a matmul: no packing needed. NCHW: per image
+    // [K x HW] planes; channels_last: one [pixels x K] matrix.
+    const int64_t hw = g.in_h * g.in_w;
+    const at::Tensor w2 = weight.to(acc).reshape({g.out_channels, g.in_channels});
+    if (fmt == at::MemoryFormat::Contiguous) {
+      const at::Tensor gz3 = gz.to(acc).contiguous().view({g.batch, g.out_channels, hw});
+      if (output_mask[0]) {
+        // Per image: at::matmul would broadcast the weight and copy the result.
+        at::Tensor gx = at::empty({g.batch, g.in_channels, hw}, gz3.options());
+        for (int64_t n = 0; n < g.batch; ++n) {
+          at::Tensor gx_n = gx[n];
+          at::mm_out(gx_n, w2.t(), gz3[n]);
+        }
+        grad_input = gx.view(input.sizes()).to(input.scalar_type());
+      }
+      if (output_mask[1]) {
+        const at::Tensor x3 = input.to(acc).contiguous().view({g.batch, g.in_channels, hw});
+        grad_weight = at::bmm(gz3, x3.transpose(1, 2)).sum(0);
+      }
+    } else {
+      const int64_t rows = g.batch * hw;
+      const at::Tensor gz_rows = gz.to(acc).permute({0, 2, 3, 1}).reshape({rows, g.out_channels});
+      if (output_mask[0])
+        grad_input = at::mm(gz_rows, w2)
+                         .view({g.batch, g.in_h, g.in_w, g.in_channels})
+                         .permute({0, 3, 1, 2})
+                         .to(input.scalar_type())
+                         .contiguous(fmt);
+      if (output_mask[1]) {
+        const at::Tensor x_rows =
+            input.to(acc).permute({0, 2, 3, 1}).reshape({rows, g.in_channels});
+        grad_weight = at::mm(gz_rows.t(), x_rows);
+      }
+    }
+    if (output_mask[1])
+      grad_weight = grad_weight.view(weight.sizes())
+                        .to(weight.scalar_type())
+                        .contiguous(weight.suggest_memory_format());
+    return {grad_input, grad_weight, grad_bias, grad_residual};
+  }
+
   const conv_cpu::PackedGeometry p = conv_cpu::packed_geometry(g);
   const int64_t G = g.groups, Cg = g.in_per_group(), Kg = g.out_per_group();
   const int64_t K = g.out_channels, C = g.in_channels;
