@@ -116,6 +116,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     return {grad_input, grad_weight, grad_bias, grad_residual};
   }
 
+  if (input.is_cpu() && g.is_depthwise()) {
+    // Memory-bound: a direct channels_last kernel beats packing + per-tap ATen passes.
+    const auto cl = at::MemoryFormat::ChannelsLast;
+    const at::Tensor gz_cl = gz.to(acc).contiguous(cl);
+    const at::Tensor x_cl = input.to(acc).contiguous(cl);
+    const at::Tensor w_taps =
+        weight.to(acc).reshape({g.out_channels, g.kernel_h * g.kernel_w}).t().contiguous();
+    at::Tensor gx, gw;
+    conv_cpu::DepthwiseBackwardArgs args{};
+    args.g = g;
+    args.is_double = acc == at::kDouble;
+    args.grad = gz_cl.const_data_ptr();
+    args.input = x_cl.const_data_ptr();
+    args.weight = w_taps.const_data_ptr();
+    if (output_mask[0]) {
+      gx = at::empty_like(x_cl, cl);
+      args.grad_input = gx.mutable_data_ptr();
+    }
+    if (output_mask[1]) {
+      gw = at::empty_like(w_taps);
+      args.grad_weight = gw.mutable_data_ptr();
+    }
+    conv_cpu::kernel_for_this_cpu().depthwise_backward(args);
+    if (output_mask[0]) grad_input = gx.to(input.scalar_type()).contiguous(fmt);
+    if (output_mask[1])
+      grad_weight = gw.t().reshape(weight.sizes()).to(weight.scalar_type()).contiguous(
+          weight.suggest_memory_format());
+    return {grad_input, grad_weight, grad_bias, grad_residual};
+  }
   if (g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_h == 0 &&
       g.pad_w == 0 && g.groups == 1) {
     // A 1x1 convolution is a matmul: no packing needed. NCHW: per image

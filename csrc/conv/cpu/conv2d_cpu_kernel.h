@@ -82,10 +82,26 @@ struct ForwardArgs {
 
 using ForwardFn = void (*)(const ForwardArgs&);
 
+// Depthwise backward on channels_last tensors in the compute dtype (float or
+// double), read and written in place: no repacking, unlike the generic
+// ATen backward whose copies dominate this memory-bound case.
+struct DepthwiseBackwardArgs {
+  Conv2dGeometry g;
+  bool is_double;
+  const void* grad;     // d loss / d pre-activation, [N, OH, OW, C]
+  const void* input;    // [N, H, W, C]
+  const void* weight;   // [kh * kw, C]
+  void* grad_input;     // [N, H, W, C], or nullptr
+  void* grad_weight;    // [kh * kw, C], or nullptr
+};
+
+using DepthwiseBackwardFn = void (*)(const DepthwiseBackwardArgs&);
+
 // One implementation per ISA; each file defines its own in a namespace named
 // after the ISA and registers it here.
 struct KernelTable {
   ForwardFn forward;
+  DepthwiseBackwardFn depthwise_backward;
   const char* isa;
 };
 
