@@ -81,12 +81,13 @@ std::vector<CopyRun> im2col_runs(const ForwardArgs& a) {
   return runs;
 }
 
-// Copies n elements; short runs (the stem's 3 channels) skip memcpy's call.
+// Copies n elements. Runs shorter than a vector (the stem's 12- and 9-float
+// kernel-row runs) take one partial vector load/store instead of memcpy.
 template <typename T>
 inline void copy_run(T* dst, const T* src, int64_t n) {
-  if (n * static_cast<int64_t>(sizeof(T)) >= 64) {
-    std::memcpy(dst, src, n * sizeof(T));
+  if (n < Vec<T>::size()) {
+    Vec<T>::loadu(src, n).store(dst, n);
   } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
+    std::memcpy(dst, src, n * sizeof(T));
   }
 }
