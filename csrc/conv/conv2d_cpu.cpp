@@ -76,12 +76,18 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   const int64_t taps = g.kernel_h * g.kernel_w;
   const PackedGeometry p = packed_geometry(g);
   // GEMM path: [Cout, taps, Cin/g] with taps in gemm_tap_order (for stride 1
-  // that is [Cout, kh, kw, Cin/g]: free for channels_last weights);
+  // that is [Cout, kh, kw, Cin/g]: free for channels_last weights), or the
+  // NCHW weight itself, [Cout, Cin/g, taps], when reordering it would copy
+  // more than a channel-minor im2col of the (fewer) output pixels does;
   // depthwise: [kh, kw, C].
   const at::Tensor w = weight.to(acc);
   at::Tensor packed_weight;
+  const bool k_channel_major = !g.is_depthwise() && taps > 1 && w.is_contiguous() &&
+                               g.batch * g.out_h * g.out_w < g.out_channels;
   if (g.is_depthwise()) {
     packed_weight = w.reshape({g.out_channels, taps}).t().contiguous();
+  } else if (k_channel_major) {
+    packed_weight = w;
   } else {
     const std::vector<int64_t> order = gemm_tap_order(g, p);
     packed_weight = w.permute({0, 2, 3, 1}).reshape({g.out_channels, taps, g.in_per_group()});
@@ -93,6 +99,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
 
   ForwardArgs a{};
   a.g = g;
+  a.k_channel_major = k_channel_major;
   a.p = p;
   a.dtype = input.scalar_type();
   a.act = act;

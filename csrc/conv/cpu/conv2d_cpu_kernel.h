@@ -72,7 +72,10 @@ struct ForwardArgs {
                              // (input and output channels_last, compute dtype)
   bool depthwise_planes;     // depthwise reading a contiguous NCHW input per channel
                              // plane (output NCHW, compute dtype)
-  const void* weight;        // acc type; GEMM: [Cout, taps in gemm_tap_order, Cin/g]; depthwise: [kh, kw, C]
+  const void* weight;        // acc type; GEMM: [Cout, taps in gemm_tap_order, Cin/g],
+                             // or [Cout, Cin/g, kh * kw] if k_channel_major;
+                             // depthwise: [kh, kw, C]
+  bool k_channel_major;      // GEMM K order is (channel, tap): the NCHW weight as is
   const void* bias;          // acc type [Cout] or nullptr
   const void* residual;      // dtype, strides in residual_strides, or nullptr
   int64_t residual_strides[4];

@@ -44,7 +44,9 @@ void gemm_tiles(const ForwardArgs& a) {
   const int64_t C = g.in_channels, Cg = g.in_per_group(), Kg = g.out_per_group();
   const int64_t G = g.groups;
   const std::vector<CopyRun> runs = im2col_runs(a);
-  const int64_t k_depth = g.kernel_h * g.kernel_w * Cg;
+  const std::vector<int64_t> natural_offs = tap_offsets(a);  // (r, s) order
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  const int64_t k_depth = taps * Cg;
   const int64_t pixels = g.batch * g.out_h * g.out_w;
   // Output pixel i is packed row i: no gather needed.
   const bool direct = k_depth == Cg && runs[0].offset == 0 && p.grid_w == g.out_w &&
@@ -53,10 +55,14 @@ void gemm_tiles(const ForwardArgs& a) {
   const int64_t m_tiles = ceil_div(pixels, t.rows), k_blocks = ceil_div(Kg, t.cols);
   const int64_t items = m_tiles * G * k_blocks;
   const acc_t* xp = static_cast<const acc_t*>(a.packed);
-  const acc_t* wt = static_cast<const acc_t*>(a.weight);  // [G * Kg][taps][Cg]
+  // [G * Kg][k_depth]: K order (tap, channel), or (channel, tap) if k_channel_major.
+  const acc_t* wt = static_cast<const acc_t*>(a.weight);
   const Epilogue<scalar_t, acc_t> epilogue{a};
   const int64_t hw = g.out_h * g.out_w;
-  const bool channel_major = a.out_strides[1] != 1;
+  // Channel-major tiles (a run of pixels per channel) for NCHW-like outputs,
+  // and whenever a tile has fewer pixels than channels: MKL ran those shapes
+  // faster that way round (3x3 512@7, batch 1: 1.45 -> 1.05 ms).
+  const bool channel_major = a.out_strides[1] != 1 || t.rows < t.cols;
 
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     const SingleThreadedBlas one_thread_per_gemm;
@@ -81,6 +87,14 @@ void gemm_tiles(const ForwardArgs& a) {
                           ow = pix % g.out_w;
             const acc_t* src = xp + n * p.image_stride + (oh * p.grid_w + ow) * C + grp * Cg;
             acc_t* dst = cols_buf + r * k_depth;
+            if (a.k_channel_major) {
+              // K index c * taps + t: a transposing gather, cheap for few pixels.
+              for (int64_t tap = 0; tap < taps; ++tap) {
+                const acc_t* from = src + natural_offs[tap] * C;
+                for (int64_t c = 0; c < Cg; ++c) dst[c * taps + tap] = from[c];
+              }
+              continue;
+            }
             for (const CopyRun& run : runs) {
               copy_run(dst, src + run.offset * C, run.length);
               dst += run.length;
