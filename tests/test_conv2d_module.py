@@ -123,7 +123,13 @@ def test_torch_compile_inductor():
     assert_close_rel(compiled(x), conv(x), torch.float32, "inductor")
 
 
-def test_cpu_autocast_bfloat16_like_torch():
+def test_cpu_autocast_bfloat16_like_torch(monkeypatch):
+    """Under CPU autocast the layer computes in bf16 like torch's; pydl routes
+    CPU bf16 to torch's oneDNN kernel, a fallback that PYDL_STRICT would refuse."""
+    from pydl import _backend
+
+    monkeypatch.setenv("PYDL_STRICT", "0")
+    assert _backend.explain("conv2d", "cpu", torch.bfloat16)[0] == "torch"
     torch.manual_seed(0)
     ours = pydl.nn.Conv2d(4, 6, 3, padding=1)
     theirs = torch.nn.Conv2d(4, 6, 3, padding=1)
