@@ -38,4 +38,15 @@ TORCH_LIBRARY(pydl, m) {
       "conv2d_backward(Tensor grad_out, Tensor input, Tensor weight, Tensor? bias, "
       "Tensor? residual, Tensor out, int[2] stride, int[2] padding, int[2] dilation, "
       "int groups, str activation, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+
+  // One LSTM step, torch.nn.LSTMCell's layout and gate order (i, f, g, o):
+  // (hy, cy, workspace); the workspace (activated gates, (B, 4H)) feeds the backward.
+  m.def(
+      "lstm_cell(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh) -> (Tensor, Tensor, Tensor)");
+  // Gradients (input, hx, cx, w_ih, w_hh, bias); bias's is shared by b_ih and b_hh.
+  m.def(
+      "lstm_cell_backward(Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, Tensor cx, "
+      "Tensor cy, Tensor workspace, Tensor w_ih, Tensor w_hh, bool[6] output_mask) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -8,8 +8,12 @@
 
 __version__ = "0.1.0"
 
-from pydl import _ext  # noqa: F401  (loads the extension once)
-from pydl import nn, ops, reference  # noqa: F401
+from pydl import (  # noqa: F401
+    _ext,
+    nn,
+    ops,
+    reference,
+)
 from pydl._backend import FallbackError  # noqa: F401
 from pydl._info import info  # noqa: F401
 from pydl.convert import convert  # noqa: F401

@@ -28,6 +28,10 @@ SUPPORTED = {
         "cpu": (torch.float32, torch.float64),
         "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
     },
+    # LSTM cell: CPU kernels only so far (issue: LSTM); CUDA calls use torch's.
+    "lstm": {
+        "cpu": (torch.float32, torch.float64),
+    },
 }
 
 

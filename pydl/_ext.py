@@ -31,12 +31,12 @@ def _load() -> None:
         return
     try:
         importlib.import_module("pydl._C")  # registers torch.ops.pydl.*
-    except Exception as exc:  # ImportError, OSError (undefined symbols), ...
+    except Exception as exc:  # noqa: BLE001  ImportError, OSError (undefined symbols), ...
         _state["error"] = f"pydl._C failed to load: {exc!s}".strip()
         return
     try:
         build = _parse_build_info(torch.ops.pydl.build_info())
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  any failure means "not usable"
         _state["error"] = f"pydl._C loaded but build_info failed: {exc}"
         return
     _state["build"] = build

@@ -8,8 +8,8 @@ parameters keep working and state_dict keys are unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -60,7 +60,8 @@ def _convert_one(module, direction):
         pydl_cls = _DROP_INS.get(cls)
         if pydl_cls is None:
             return None, None
-        return _swap_class(module, pydl_cls, {"activation": "none"}), None
+        extra = {"activation": "none"} if issubclass(pydl_cls, torch.nn.Conv2d) else {}
+        return _swap_class(module, pydl_cls, extra), None
     for torch_cls, pydl_cls in _DROP_INS.items():
         if cls is pydl_cls:
             blocker = _BACK_BLOCKERS[pydl_cls](module)
@@ -114,8 +115,10 @@ def _conv2d_cannot_go_back(module) -> str | None:
 
 def _register_builtin() -> None:
     from pydl.nn.conv import Conv2d
+    from pydl.nn.rnn import LSTMCell
 
     register_drop_in(torch.nn.Conv2d, Conv2d, _conv2d_cannot_go_back)
+    register_drop_in(torch.nn.LSTMCell, LSTMCell)
 
 
 _register_builtin()

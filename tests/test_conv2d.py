@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from torch._prims_common import suggest_memory_format
 from conftest import LOW_PRECISION_FACTOR, assert_close_rel, needs_extension, rel_error
+from torch._prims_common import suggest_memory_format
 
 import pydl
 from pydl import reference
@@ -65,7 +65,7 @@ def _make(cfg, dtype, fmt=torch.contiguous_format, bias=True, residual=False, se
 
 
 def _reference(x, weight, b, conf, activation, r):
-    d = lambda t: None if t is None else t.double()  # noqa: E731
+    d = lambda t: None if t is None else t.double()
     return reference.conv2d(d(x), d(weight), d(b), activation=activation, residual=d(r), **conf)
 
 
@@ -94,7 +94,7 @@ def test_backward_matches_reference(cfg, activation):
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, leaves, grad)
     want = torch.autograd.grad(_reference(x, weight, b, conf, activation, r), leaves, grad)
-    for name, g_got, g_want in zip("x weight bias residual".split(), got, want):
+    for name, g_got, g_want in zip(["x", "weight", "bias", "residual"], got, want):
         assert_close_rel(g_got, g_want, torch.float64, f"grad {name} {cfg} {activation}")
 
 
@@ -118,7 +118,7 @@ def test_gradcheck(cfg):
     for t in (x, weight, b, r):
         t.requires_grad_()
     for activation in ("gelu", "relu"):
-        fn = lambda x, w, b, r: pydl.ops.conv2d(x, w, b, activation=activation, residual=r, **conf)  # noqa: E731
+        fn = lambda x, w, b, r: pydl.ops.conv2d(x, w, b, activation=activation, residual=r, **conf)
         assert torch.autograd.gradcheck(fn, (x, weight, b, r))
 
 

@@ -1,12 +1,12 @@
 // conv2d on the CPU: argument checks, weight/bias preparation and the choice
 // of per-ISA kernel; the loops themselves are in cpu/conv2d_cpu_kernel_isa.cpp.
 #include <ATen/ATen.h>
-#include <ATen/Version.h>
 #include <torch/library.h>
 
 #include <string>
 
 #include "common/activation.h"
+#include "common/cpu_isa.h"
 #include "common/workspace.h"
 #include "conv/conv2d_backward.h"
 #include "conv/conv2d_shape.h"
@@ -30,19 +30,9 @@ PackedGeometry packed_geometry(const Conv2dGeometry& g) {
 }
 
 const KernelTable& kernel_for_this_cpu() {
-  static const KernelTable table = [] {
-    // ATen's own choice ("DEFAULT", "AVX2", "AVX512", ...), which already
-    // honours ATEN_CPU_CAPABILITY and what the processor supports.
-    const std::string cap = at::get_cpu_capability();
-    (void)cap;
-#if defined(PYDL_HAVE_AVX512_KERNELS)
-    if (cap == "AVX512") return kernel_table_AVX512();
-#endif
-#if defined(PYDL_HAVE_AVX2_KERNELS)
-    if (cap == "AVX2" || cap == "AVX512") return kernel_table_AVX2();
-#endif
-    return kernel_table_DEFAULT();
-  }();
+  static const KernelTable table =
+      select_cpu_isa(&kernel_table_DEFAULT, PYDL_IF_AVX2(kernel_table_AVX2),
+                     PYDL_IF_AVX512(kernel_table_AVX512));
   return table;
 }
 

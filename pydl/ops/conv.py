@@ -7,7 +7,8 @@ Registers the op's fake kernel (torch.compile / export) and its autograd.
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +68,7 @@ def conv2d(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     stride: IntOrPair = 1,
-    padding: Union[IntOrPair, str] = 0,
+    padding: IntOrPair | str = 0,
     dilation: IntOrPair = 1,
     groups: int = 1,
     activation: str = "none",

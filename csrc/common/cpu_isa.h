@@ -1,0 +1,34 @@
+// Run-time choice among the per-ISA builds of a kernel table (setup.py
+// compiles every csrc/**/cpu/*_kernel_isa.cpp for DEFAULT, AVX2, AVX512 on x86,
+// DEFAULT elsewhere).
+#pragma once
+
+#include <ATen/Version.h>
+
+#include <string>
+
+// Pointers to the x86 variants, null where setup.py did not build them.
+#if defined(PYDL_HAVE_AVX2_KERNELS)
+#define PYDL_IF_AVX2(table_fn) (&table_fn)
+#else
+#define PYDL_IF_AVX2(table_fn) nullptr
+#endif
+#if defined(PYDL_HAVE_AVX512_KERNELS)
+#define PYDL_IF_AVX512(table_fn) (&table_fn)
+#else
+#define PYDL_IF_AVX512(table_fn) nullptr
+#endif
+
+namespace pydl {
+
+// ATen's own choice ("DEFAULT", "AVX2", "AVX512", ...) already honours
+// ATEN_CPU_CAPABILITY and what the processor supports.
+template <typename Table>
+Table select_cpu_isa(Table (*default_isa)(), Table (*avx2)(), Table (*avx512)()) {
+  const std::string cap = at::get_cpu_capability();
+  if (avx512 && cap == "AVX512") return avx512();
+  if (avx2 && (cap == "AVX2" || cap == "AVX512")) return avx2();
+  return default_isa();
+}
+
+}  // namespace pydl

@@ -1,0 +1,45 @@
+// Interface between the LSTM CPU entry points (lstm_cpu.cpp) and the fused
+// pointwise loops, compiled once per CPU ISA (lstm_cpu_kernel_isa.cpp).
+#pragma once
+
+#include <cstdint>
+
+namespace pydl {
+namespace lstm_cpu {
+
+// Gate order (i, f, g, o), as torch.nn.LSTM / LSTMCell.
+struct CellForwardArgs {
+  int64_t batch, hidden;
+  bool is_double;
+  void* gates;       // [B, 4H] pre-activations in; activated gates out (the backward's workspace)
+  const void* cx;    // [B, H]
+  void* hy;          // [B, H]
+  void* cy;          // [B, H]
+};
+
+struct CellBackwardArgs {
+  int64_t batch, hidden;
+  bool is_double;
+  const void* grad_hy;    // [B, H]
+  const void* grad_cy;    // [B, H]
+  const void* cx;         // [B, H]
+  const void* cy;         // [B, H]
+  const void* workspace;  // [B, 4H] activated gates
+  void* grad_gates;       // [B, 4H] gradient w.r.t. the pre-activations
+  void* grad_cx;          // [B, H]
+};
+
+struct KernelTable {
+  void (*cell_forward)(const CellForwardArgs&);
+  void (*cell_backward)(const CellBackwardArgs&);
+  const char* isa;
+};
+
+KernelTable kernel_table_DEFAULT();
+KernelTable kernel_table_AVX2();
+KernelTable kernel_table_AVX512();
+
+const KernelTable& kernel_for_this_cpu();
+
+}  // namespace lstm_cpu
+}  // namespace pydl

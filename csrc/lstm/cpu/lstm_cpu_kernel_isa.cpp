@@ -1,0 +1,142 @@
+// LSTM cell pointwise loops, compiled once per ISA (see setup.py): after the
+// two GEMMs, one pass computes the four activations, the c/h update and the
+// workspace the backward needs; the backward's pointwise part is one pass too.
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include "lstm/cpu/lstm_cpu_kernel.h"
+
+#ifndef CPU_CAPABILITY
+#error "lstm_cpu_kernel_isa.cpp is compiled through setup.py's per-ISA wrappers"
+#endif
+
+#define PYDL_CONCAT_(a, b) a##b
+#define PYDL_CONCAT(a, b) PYDL_CONCAT_(a, b)
+
+namespace pydl {
+namespace lstm_cpu {
+namespace CPU_CAPABILITY {
+namespace {
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+template <typename T>
+inline Vec<T> sigmoid(Vec<T> x) {
+  return Vec<T>(T(1)) / (Vec<T>(T(1)) + x.neg().exp());
+}
+template <typename T>
+inline T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+// Rows of the batch are split over threads; within a row, vectors run along H.
+template <typename T>
+void cell_forward_typed(const CellForwardArgs& a) {
+  using V = Vec<T>;
+  const int64_t H = a.hidden;
+  T* gates = static_cast<T*>(a.gates);
+  const T* cx = static_cast<const T*>(a.cx);
+  T* hy = static_cast<T*>(a.hy);
+  T* cy = static_cast<T*>(a.cy);
+  const int64_t grain = std::max<int64_t>(1, 16384 / (4 * H));
+  at::parallel_for(0, a.batch, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      T* gi = gates + b * 4 * H;
+      T *gf = gi + H, *gg = gi + 2 * H, *go = gi + 3 * H;
+      const T* c0 = cx + b * H;
+      T* h1 = hy + b * H;
+      T* c1 = cy + b * H;
+      int64_t j = 0;
+      for (; j + V::size() <= H; j += V::size()) {
+        const V i = sigmoid(V::loadu(gi + j)), f = sigmoid(V::loadu(gf + j));
+        const V g = V::loadu(gg + j).tanh(), o = sigmoid(V::loadu(go + j));
+        const V c = f * V::loadu(c0 + j) + i * g;
+        c.store(c1 + j);
+        (o * c.tanh()).store(h1 + j);
+        i.store(gi + j);
+        f.store(gf + j);
+        g.store(gg + j);
+        o.store(go + j);
+      }
+      for (; j < H; ++j) {
+        const T i = sigmoid(gi[j]), f = sigmoid(gf[j]), g = std::tanh(gg[j]), o = sigmoid(go[j]);
+        const T c = f * c0[j] + i * g;
+        c1[j] = c;
+        h1[j] = o * std::tanh(c);
+        gi[j] = i;
+        gf[j] = f;
+        gg[j] = g;
+        go[j] = o;
+      }
+    }
+  });
+}
+
+template <typename T>
+void cell_backward_typed(const CellBackwardArgs& a) {
+  using V = Vec<T>;
+  const int64_t H = a.hidden;
+  const T* dh = static_cast<const T*>(a.grad_hy);
+  const T* dc = static_cast<const T*>(a.grad_cy);
+  const T* cx = static_cast<const T*>(a.cx);
+  const T* cy = static_cast<const T*>(a.cy);
+  const T* ws = static_cast<const T*>(a.workspace);
+  T* dgates = static_cast<T*>(a.grad_gates);
+  T* dcx = static_cast<T*>(a.grad_cx);
+  const int64_t grain = std::max<int64_t>(1, 16384 / (4 * H));
+  at::parallel_for(0, a.batch, grain, [&](int64_t begin, int64_t end) {
+    const V one(T(1));
+    for (int64_t b = begin; b < end; ++b) {
+      const T* wi = ws + b * 4 * H;
+      const T *wf = wi + H, *wg = wi + 2 * H, *wo = wi + 3 * H;
+      T* di = dgates + b * 4 * H;
+      T *df = di + H, *dg = di + 2 * H, *dout = di + 3 * H;
+      const int64_t r = b * H;
+      int64_t j = 0;
+      for (; j + V::size() <= H; j += V::size()) {
+        const V i = V::loadu(wi + j), f = V::loadu(wf + j), g = V::loadu(wg + j),
+                o = V::loadu(wo + j);
+        const V tc = V::loadu(cy + r + j).tanh();
+        const V gh = V::loadu(dh + r + j);
+        // d loss / d c: through h = o * tanh(c), plus the incoming cell gradient.
+        const V gc = V::loadu(dc + r + j) + gh * o * (one - tc * tc);
+        (gc * g * i * (one - i)).store(di + j);
+        (gc * V::loadu(cx + r + j) * f * (one - f)).store(df + j);
+        (gc * i * (one - g * g)).store(dg + j);
+        (gh * tc * o * (one - o)).store(dout + j);
+        (gc * f).store(dcx + r + j);
+      }
+      for (; j < H; ++j) {
+        const T i = wi[j], f = wf[j], g = wg[j], o = wo[j];
+        const T tc = std::tanh(cy[r + j]);
+        const T gh = dh[r + j];
+        const T gc = dc[r + j] + gh * o * (T(1) - tc * tc);
+        di[j] = gc * g * i * (T(1) - i);
+        df[j] = gc * cx[r + j] * f * (T(1) - f);
+        dg[j] = gc * i * (T(1) - g * g);
+        dout[j] = gh * tc * o * (T(1) - o);
+        dcx[r + j] = gc * f;
+      }
+    }
+  });
+}
+
+void cell_forward(const CellForwardArgs& a) {
+  a.is_double ? cell_forward_typed<double>(a) : cell_forward_typed<float>(a);
+}
+
+void cell_backward(const CellBackwardArgs& a) {
+  a.is_double ? cell_backward_typed<double>(a) : cell_backward_typed<float>(a);
+}
+
+}  // namespace
+}  // namespace CPU_CAPABILITY
+
+KernelTable PYDL_CONCAT(kernel_table_, CPU_CAPABILITY)() {
+  return {&CPU_CAPABILITY::cell_forward, &CPU_CAPABILITY::cell_backward,
+          C10_STRINGIZE(CPU_CAPABILITY)};
+}
+
+}  // namespace lstm_cpu
+}  // namespace pydl

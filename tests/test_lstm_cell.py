@@ -1,0 +1,152 @@
+"""pydl LSTM cell (op and nn.LSTMCell) against the float64 reference and torch.nn.LSTMCell."""
+
+import pytest
+import torch
+from conftest import assert_close_rel, needs_extension
+
+import pydl
+from pydl import reference
+
+# (batch, input_size, hidden): awkward sizes on purpose (vector tails, batch 1).
+SHAPES = [(1, 1, 1), (3, 5, 7), (8, 16, 33), (2, 40, 64), (5, 3, 130)]
+
+
+def _params(i, h, dtype, seed=0, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype) * 0.5
+    return r(4 * h, i), r(4 * h, h), (r(4 * h) if bias else None), (r(4 * h) if bias else None)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_and_grads_match_reference(shape, dtype, bias):
+    b, i, h = shape
+    w_ih, w_hh, b_ih, b_hh = _params(i, h, dtype, bias=bias)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(b, i, generator=g, dtype=torch.float64).to(dtype)
+    h0 = torch.randn(b, h, generator=g, dtype=torch.float64).to(dtype)
+    c0 = torch.randn(b, h, generator=g, dtype=torch.float64).to(dtype)
+    leaves = [t.requires_grad_() for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh) if t is not None]
+    hy, cy = pydl.ops.lstm_cell(x, (h0, c0), w_ih, w_hh, b_ih, b_hh)
+    d = lambda t: None if t is None else t.double()
+    ry, rc = reference.lstm_cell(d(x), d(h0), d(c0), d(w_ih), d(w_hh), d(b_ih), d(b_hh))
+    assert_close_rel(hy, ry, dtype, "h")
+    assert_close_rel(cy, rc, dtype, "c")
+    gh, gc = torch.randn_like(hy), torch.randn_like(cy)
+    got = torch.autograd.grad((hy * gh).sum() + (cy * gc).sum(), leaves)
+    want = torch.autograd.grad((ry * gh.double()).sum() + (rc * gc.double()).sum(), leaves)
+    for k, (a, e) in enumerate(zip(got, want)):
+        assert_close_rel(a, e, dtype, f"grad {k}")
+
+
+def test_only_h_or_only_c_used():
+    w_ih, w_hh, b_ih, b_hh = _params(4, 6, torch.float64)
+    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    for pick in (0, 1):
+        out = pydl.ops.lstm_cell(x, None, w_ih, w_hh, b_ih, b_hh)[pick]
+        (g,) = torch.autograd.grad(out.sum(), x)
+        ref = reference.lstm_cell(x, None, None, w_ih, w_hh, b_ih, b_hh)[pick]
+        (r,) = torch.autograd.grad(ref.sum(), x)
+        assert_close_rel(g, r, torch.float64, f"output {pick}")
+
+
+def test_gradcheck():
+    w_ih, w_hh, b_ih, b_hh = _params(3, 4, torch.float64)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    h0, c0 = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    args = [t.requires_grad_() for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh)]
+
+    def fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        return pydl.ops.lstm_cell(x, (h0, c0), w_ih, w_hh, b_ih, b_hh)
+
+    assert torch.autograd.gradcheck(fn, args)
+
+
+@needs_extension
+@pytest.mark.parametrize("bias", [True, False])
+def test_opcheck(bias):
+    w_ih, w_hh, b_ih, b_hh = _params(5, 7, torch.float64, bias=bias)
+    x = torch.randn(3, 5, dtype=torch.float64)
+    h0, c0 = torch.randn(3, 7, dtype=torch.float64), torch.randn(3, 7, dtype=torch.float64)
+    args = [t.requires_grad_() if t is not None else None for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh)]
+    torch.library.opcheck(torch.ops.pydl.lstm_cell.default, tuple(args))
+
+
+def test_module_is_a_drop_in():
+    torch.manual_seed(0)
+    ours = pydl.nn.LSTMCell(6, 9, dtype=torch.float64)
+    torch.manual_seed(0)
+    theirs = torch.nn.LSTMCell(6, 9, dtype=torch.float64)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    hx = (torch.randn(4, 9, dtype=torch.float64), torch.randn(4, 9, dtype=torch.float64))
+    for args in ((x,), (x, hx), (x[0],), (x[0], (hx[0][0], hx[1][0]))):
+        for a, b in zip(ours(*args), theirs(*args)):
+            assert a.shape == b.shape
+            assert_close_rel(a, b, torch.float64, "module")
+    no_bias = pydl.nn.LSTMCell(6, 9, bias=False, dtype=torch.float64)
+    ref = torch.nn.LSTMCell(6, 9, bias=False, dtype=torch.float64)
+    ref.load_state_dict(no_bias.state_dict())
+    for a, b in zip(no_bias(x, hx), ref(x, hx)):
+        assert_close_rel(a, b, torch.float64, "no bias")
+
+
+def test_python_step_loop_and_convert():
+    model = torch.nn.Sequential(torch.nn.LSTMCell(4, 8))
+    converted = pydl.convert(model)
+    assert type(converted[0]) is pydl.nn.LSTMCell
+    cell = converted[0]
+    x = torch.randn(5, 3, 4)
+    state = None
+    for t in range(5):
+        state = cell(x[t], state)
+    torch_cell = torch.nn.LSTMCell(4, 8)
+    torch_cell.load_state_dict(cell.state_dict())
+    ref = None
+    for t in range(5):
+        ref = torch_cell(x[t], ref)
+    assert_close_rel(state[0], ref[0], torch.float32, "loop h")
+    back = pydl.convert(converted, to="torch")
+    assert type(back[0]) is torch.nn.LSTMCell
+
+
+def test_torch_compile_fullgraph():
+    cell = pydl.nn.LSTMCell(4, 6, dtype=torch.float64)
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(cell, backend="aot_eager", fullgraph=True)
+    h, c = compiled(x)
+    eh, _ = cell(x)
+    assert_close_rel(h, eh, torch.float64, "compiled h")
+    (h.sum() + c.sum()).backward()
+    assert x.grad is not None
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: (torch.randn(2, 5), torch.nn.LSTMCell(4, 3), None), "features|input"),
+        (lambda: (torch.randn(2, 4), torch.nn.LSTMCell(4, 3),
+                  (torch.randn(2, 2), torch.randn(2, 3))), "h0|shape|hidden"),
+        (lambda: (torch.randn(2, 3, 4), torch.nn.LSTMCell(4, 3), None), "expected input of shape"),
+    ],
+)
+def test_bad_input_gives_clear_errors(make, message):
+    x, torch_cell, hx = make()
+    cell = pydl.convert(torch_cell)
+    with pytest.raises((ValueError, RuntimeError), match=f"(?i){message}"):
+        cell(x, hx)
+
+
+@needs_extension
+def test_op_errors_come_from_cpp():
+    w_ih, w_hh, b_ih, b_hh = _params(4, 3, torch.float32)
+    x, h = torch.randn(2, 4), torch.randn(2, 3)
+    with pytest.raises(RuntimeError, match="w_hh must be"):
+        torch.ops.pydl.lstm_cell(x, h, h, w_ih, w_ih, b_ih, b_hh)
+    with pytest.raises(RuntimeError, match="dtype and device"):
+        torch.ops.pydl.lstm_cell(x, h.double(), h, w_ih, w_hh, b_ih, b_hh)
+    with pytest.raises(RuntimeError, match="cx must be"):
+        torch.ops.pydl.lstm_cell(x, h, torch.randn(3, 3), w_ih, w_hh, b_ih, b_hh)
