@@ -7,6 +7,12 @@
 
 #include <string>
 
+// In a *_kernel_isa.cpp (compiled with CPU_CAPABILITY=DEFAULT/AVX2/AVX512):
+// the name of this ISA's table function, e.g. kernel_table_AVX2.
+#define PYDL_CONCAT_(a, b) a##b
+#define PYDL_CONCAT(a, b) PYDL_CONCAT_(a, b)
+#define PYDL_ISA_TABLE_FN PYDL_CONCAT(kernel_table_, CPU_CAPABILITY)
+
 // Pointers to the x86 variants, null where setup.py did not build them.
 #if defined(PYDL_HAVE_AVX2_KERNELS)
 #define PYDL_IF_AVX2(table_fn) (&table_fn)

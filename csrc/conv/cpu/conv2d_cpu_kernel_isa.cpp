@@ -20,6 +20,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/cpu_isa.h"
 #include "common/blas.h"
 #include "common/workspace.h"
 #include "conv/cpu/conv2d_cpu_kernel.h"
@@ -27,9 +28,6 @@
 #ifndef CPU_CAPABILITY
 #error "conv2d_cpu_kernel_isa.cpp is compiled through setup.py's per-ISA wrappers"
 #endif
-
-#define PYDL_CONCAT_(a, b) a##b
-#define PYDL_CONCAT(a, b) PYDL_CONCAT_(a, b)
 
 namespace pydl {
 namespace conv_cpu {
@@ -82,7 +80,7 @@ void forward(const ForwardArgs& a) {
 }  // namespace
 }  // namespace CPU_CAPABILITY
 
-KernelTable PYDL_CONCAT(kernel_table_, CPU_CAPABILITY)() {
+KernelTable PYDL_ISA_TABLE_FN() {
   return {&CPU_CAPABILITY::forward, &CPU_CAPABILITY::depthwise_backward,
           C10_STRINGIZE(CPU_CAPABILITY)};
 }

@@ -4,14 +4,12 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include "common/cpu_isa.h"
 #include "lstm/cpu/lstm_cpu_kernel.h"
 
 #ifndef CPU_CAPABILITY
 #error "lstm_cpu_kernel_isa.cpp is compiled through setup.py's per-ISA wrappers"
 #endif
-
-#define PYDL_CONCAT_(a, b) a##b
-#define PYDL_CONCAT(a, b) PYDL_CONCAT_(a, b)
 
 namespace pydl {
 namespace lstm_cpu {
@@ -133,7 +131,7 @@ void cell_backward(const CellBackwardArgs& a) {
 }  // namespace
 }  // namespace CPU_CAPABILITY
 
-KernelTable PYDL_CONCAT(kernel_table_, CPU_CAPABILITY)() {
+KernelTable PYDL_ISA_TABLE_FN() {
   return {&CPU_CAPABILITY::cell_forward, &CPU_CAPABILITY::cell_backward,
           C10_STRINGIZE(CPU_CAPABILITY)};
 }
