@@ -20,8 +20,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "common/cpu_isa.h"
 #include "common/blas.h"
+#include "common/cpu_isa.h"
 #include "common/workspace.h"
 #include "conv/cpu/conv2d_cpu_kernel.h"
 
