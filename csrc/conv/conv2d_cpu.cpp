@@ -96,6 +96,10 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   a.input = input.const_data_ptr();
   copy_strides(input, a.input_strides);
   a.input_is_packed = input_is_packed(input, g, acc);
+  a.input_planes = !a.input_is_packed && !g.is_depthwise() && g.kernel_h == 1 &&
+                   g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_h == 0 &&
+                   g.pad_w == 0 && input.scalar_type() == acc && input.is_contiguous() &&
+                   out.is_contiguous();
   a.depthwise_direct = g.is_depthwise() && input.scalar_type() == acc &&
                        input.is_contiguous(at::MemoryFormat::ChannelsLast) &&
                        out.is_contiguous(at::MemoryFormat::ChannelsLast) &&
@@ -104,7 +108,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   // rows (measured: 7- and 14-wide rows ran 2-4x slower than the packed path).
   a.depthwise_planes = g.is_depthwise() && !a.depthwise_direct && input.scalar_type() == acc &&
                        input.is_contiguous() && out.is_contiguous() && g.out_w >= 24;
-  if (a.input_is_packed || a.depthwise_direct || a.depthwise_planes) {
+  if (a.input_is_packed || a.input_planes || a.depthwise_direct || a.depthwise_planes) {
     a.packed = const_cast<void*>(input.const_data_ptr());
   } else {
     const int64_t count = g.stride_h * g.stride_w * a.p.phase_stride + a.p.tail_pixels * g.in_channels;

@@ -68,6 +68,8 @@ struct ForwardArgs {
   void* packed;              // acc type, p.phase_stride * phases + tail; may alias input
                              // (a per-thread workspace, see common/workspace.h)
   bool input_is_packed;      // 1x1/stride-1/unpadded channels_last: no copy needed
+  bool input_planes;         // 1x1/stride-1/unpadded on a contiguous NCHW input (and
+                             // NCHW output): the GEMM reads the [C x HW] planes
   bool depthwise_direct;     // depthwise reading the channels_last input itself
                              // (input and output channels_last, compute dtype)
   bool depthwise_planes;     // depthwise reading a contiguous NCHW input per channel

@@ -53,7 +53,7 @@ void forward_typed(const ForwardArgs& a) {
     if (a.depthwise_direct) return depthwise_direct<acc_t>(a);
     if (a.depthwise_planes) return depthwise_planes<acc_t>(a);
   }
-  if (!a.input_is_packed) pack_input<scalar_t, acc_t>(a);
+  if (!a.input_is_packed && !a.input_planes) pack_input<scalar_t, acc_t>(a);
   if (a.g.is_depthwise())
     depthwise<scalar_t, acc_t>(a);
   else

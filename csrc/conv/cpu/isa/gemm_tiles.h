@@ -51,33 +51,55 @@ void gemm_tiles(const ForwardArgs& a) {
   // Output pixel i is packed row i: no gather needed.
   const bool direct = k_depth == Cg && runs[0].offset == 0 && p.grid_w == g.out_w &&
                       p.grid_h == g.out_h;
-  const Tiles t = choose_tiles(pixels, direct ? Cg : k_depth, Kg, G);
-  const int64_t m_tiles = ceil_div(pixels, t.rows), k_blocks = ceil_div(Kg, t.cols);
+  const int64_t hw = g.out_h * g.out_w;
+  // a.input_planes (1x1 on a contiguous NCHW input): A is read straight from
+  // the [C x HW] planes, so pixel tiles stay inside one image.
+  const bool planes = a.input_planes;
+  const Tiles t = planes ? choose_tiles(hw, Cg, Kg, G * g.batch)
+                         : choose_tiles(pixels, direct ? Cg : k_depth, Kg, G);
+  const int64_t image_tiles = ceil_div(hw, t.rows);
+  const int64_t m_tiles = planes ? g.batch * image_tiles : ceil_div(pixels, t.rows);
+  const int64_t k_blocks = ceil_div(Kg, t.cols);
   const int64_t items = m_tiles * G * k_blocks;
   const acc_t* xp = static_cast<const acc_t*>(a.packed);
   // [G * Kg][k_depth]: K order (tap, channel), or (channel, tap) if k_channel_major.
   const acc_t* wt = static_cast<const acc_t*>(a.weight);
   const Epilogue<scalar_t, acc_t> epilogue{a};
-  const int64_t hw = g.out_h * g.out_w;
   // Channel-major tiles (a run of pixels per channel) for NCHW-like outputs,
   // and whenever a tile has fewer pixels than channels: MKL ran those shapes
   // faster that way round (3x3 512@7, batch 1: 1.45 -> 1.05 ms).
-  const bool channel_major = a.out_strides[1] != 1 || t.rows < t.cols;
+  const bool channel_major = planes || a.out_strides[1] != 1 || t.rows < t.cols;
 
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     const SingleThreadedBlas one_thread_per_gemm;
-    acc_t* cols_buf = direct ? nullptr : Workspace::get<acc_t>(WorkspaceSlot::Im2colTile, t.rows * k_depth);
+    acc_t* cols_buf = (direct || planes)
+                          ? nullptr
+                          : Workspace::get<acc_t>(WorkspaceSlot::Im2colTile, t.rows * k_depth);
     acc_t* tile = Workspace::get<acc_t>(WorkspaceSlot::AccumulatorTile, t.rows * t.cols);
     int64_t gathered = -1;  // (m tile, group) whose im2col rows are in cols_buf
     for (int64_t item = begin; item < end; ++item) {
       const int64_t kb = item % k_blocks;
       const int64_t grp = (item / k_blocks) % G;
       const int64_t mt = item / (k_blocks * G);
-      const int64_t m0 = mt * t.rows, rows = std::min(t.rows, pixels - m0);
+      // m0: the tile's first output pixel (global index n * hw + ...).
+      int64_t m0, rows;
+      if (planes) {
+        const int64_t n = mt / image_tiles, first = (mt % image_tiles) * t.rows;
+        m0 = n * hw + first;
+        rows = std::min(t.rows, hw - first);
+      } else {
+        m0 = mt * t.rows;
+        rows = std::min(t.rows, pixels - m0);
+      }
       const int64_t k0 = kb * t.cols, cols = std::min(t.cols, Kg - k0);
       const acc_t* A;
       int64_t lda;
-      if (direct) {
+      if (planes) {
+        // Element (pixel r, channel c) at c * hw + r: column-major [rows x Cg].
+        const int64_t n = m0 / hw;
+        A = xp + (n * C + grp * Cg) * hw + (m0 - n * hw);
+        lda = hw;
+      } else if (direct) {
         A = xp + m0 * C + grp * Cg;
         lda = C;
       } else {
@@ -119,7 +141,7 @@ void gemm_tiles(const ForwardArgs& a) {
       } else {
         // NCHW-like output: tile[rows x cols] column-major, i.e. a run of
         // pixels per channel, so the epilogue writes along the output rows.
-        gemm(true, rows, cols, k_depth, acc_t(1), A, lda, w_block, k_depth, acc_t(0), tile,
+        gemm(!planes, rows, cols, k_depth, acc_t(1), A, lda, w_block, k_depth, acc_t(0), tile,
              t.rows);
         for (int64_t co = 0; co < cols; ++co) {
           for (int64_t r = 0; r < rows;) {
