@@ -32,21 +32,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_cpu(
     const std::optional<at::Tensor>& b_hh) {
   const LstmCellShape s = check_lstm_cell_args(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
   check_cpu_dtype(input);
-  at::Tensor gates;
-  if (b_ih.has_value() || b_hh.has_value()) {
-    at::Tensor bias = b_ih.has_value() ? *b_ih : *b_hh;
-    if (b_ih.has_value() && b_hh.has_value()) bias = *b_ih + *b_hh;
-    gates = at::addmm(bias, input, w_ih.t());
-  } else {
-    gates = at::mm(input, w_ih.t());
-  }
+  // The biases are added by the pointwise pass (no broadcast op per step).
+  at::Tensor gates = at::mm(input, w_ih.t());
   gates.addmm_(hx, w_hh.t());
+  const at::Tensor bi = b_ih.has_value() ? b_ih->contiguous() : at::Tensor();
+  const at::Tensor bh = b_hh.has_value() ? b_hh->contiguous() : at::Tensor();
   const at::Tensor c0 = cx.contiguous();
   at::Tensor hy = at::empty({s.batch, s.hidden}, input.options());
   at::Tensor cy = at::empty({s.batch, s.hidden}, input.options());
   if (s.batch > 0 && s.hidden > 0) {
-    CellForwardArgs a{s.batch, s.hidden, input.scalar_type() == at::kDouble,
-                      gates.mutable_data_ptr(), c0.const_data_ptr(), hy.mutable_data_ptr(),
+    CellForwardArgs a{s.batch,
+                      s.hidden,
+                      input.scalar_type() == at::kDouble,
+                      gates.mutable_data_ptr(),
+                      bi.defined() ? bi.const_data_ptr() : nullptr,
+                      bh.defined() ? bh.const_data_ptr() : nullptr,
+                      c0.const_data_ptr(),
+                      hy.mutable_data_ptr(),
                       cy.mutable_data_ptr()};
     kernel_for_this_cpu().cell_forward(a);
   }

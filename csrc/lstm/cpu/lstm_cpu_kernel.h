@@ -11,7 +11,10 @@ namespace lstm_cpu {
 struct CellForwardArgs {
   int64_t batch, hidden;
   bool is_double;
-  void* gates;       // [B, 4H] pre-activations in; activated gates out (the backward's workspace)
+  void* gates;       // [B, 4H] pre-activations (without bias) in; activated gates out
+                     // (the backward's workspace)
+  const void* b_ih;  // [4H] or nullptr; added here rather than by a separate op
+  const void* b_hh;  // [4H] or nullptr
   const void* cx;    // [B, H]
   void* hy;          // [B, H]
   void* cy;          // [B, H]

@@ -4,6 +4,8 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
+
 #include "common/cpu_isa.h"
 #include "lstm/cpu/lstm_cpu_kernel.h"
 
@@ -34,6 +36,8 @@ void cell_forward_typed(const CellForwardArgs& a) {
   using V = Vec<T>;
   const int64_t H = a.hidden;
   T* gates = static_cast<T*>(a.gates);
+  const T* b_ih = static_cast<const T*>(a.b_ih);
+  const T* b_hh = static_cast<const T*>(a.b_hh);
   const T* cx = static_cast<const T*>(a.cx);
   T* hy = static_cast<T*>(a.hy);
   T* cy = static_cast<T*>(a.cy);
@@ -42,6 +46,15 @@ void cell_forward_typed(const CellForwardArgs& a) {
     for (int64_t b = begin; b < end; ++b) {
       T* gi = gates + b * 4 * H;
       T *gf = gi + H, *gg = gi + 2 * H, *go = gi + 3 * H;
+      if (b_ih || b_hh) {
+        for (int64_t k = 0; k < 4 * H; k += V::size()) {
+          const int64_t n = std::min<int64_t>(V::size(), 4 * H - k);
+          V v = V::loadu(gi + k, n);
+          if (b_ih) v = v + V::loadu(b_ih + k, n);
+          if (b_hh) v = v + V::loadu(b_hh + k, n);
+          v.store(gi + k, n);
+        }
+      }
       const T* c0 = cx + b * H;
       T* h1 = hy + b * H;
       T* c1 = cy + b * H;
