@@ -109,6 +109,7 @@ class BuildWithIsaVariants(BuildExtension):
     """Adds per-ISA object files, each compiled with its own flags."""
 
     def build_extensions(self):
+        self._cxx_standard = torch_cxx_standard()
         for ext in self.extensions:
             objects = []
             for src in sources("csrc/**/cpu/*_kernel_isa.cpp"):
@@ -127,7 +128,7 @@ class BuildWithIsaVariants(BuildExtension):
         if not os.path.exists(wrapper) or open(wrapper).read() != content:
             with open(wrapper, "w") as f:
                 f.write(content)
-        cxx = list(ext.extra_compile_args.get("cxx", [])) + [torch_cxx_standard()]
+        cxx = list(ext.extra_compile_args.get("cxx", [])) + [self._cxx_standard]
         objs = self.compiler.compile(
             [wrapper],
             output_dir=os.path.join(self.build_temp, "isa_obj"),

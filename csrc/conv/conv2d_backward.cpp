@@ -145,8 +145,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
           weight.suggest_memory_format());
     return {grad_input, grad_weight, grad_bias, grad_residual};
   }
-  if (g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_h == 0 &&
-      g.pad_w == 0 && g.groups == 1) {
+  if (g.is_unpadded_pointwise() && g.groups == 1) {
     // A 1x1 convolution is a matmul: no packing needed. NCHW: per image
     // [K x HW] planes; channels_last: one [pixels x K] matrix.
     const int64_t hw = g.in_h * g.in_w;

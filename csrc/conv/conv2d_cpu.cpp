@@ -46,8 +46,7 @@ void copy_strides(const at::Tensor& t, int64_t* dst) {
 
 // The input already is the packed layout (no padding, no phases, no shifts).
 bool input_is_packed(const at::Tensor& input, const Conv2dGeometry& g, at::ScalarType acc) {
-  return g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
-         g.pad_h == 0 && g.pad_w == 0 && input.scalar_type() == acc &&
+  return g.is_unpadded_pointwise() && input.scalar_type() == acc &&
          input.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
@@ -96,10 +95,8 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   a.input = input.const_data_ptr();
   copy_strides(input, a.input_strides);
   a.input_is_packed = input_is_packed(input, g, acc);
-  a.input_planes = !a.input_is_packed && !g.is_depthwise() && g.kernel_h == 1 &&
-                   g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_h == 0 &&
-                   g.pad_w == 0 && input.scalar_type() == acc && input.is_contiguous() &&
-                   out.is_contiguous();
+  a.input_planes = !a.input_is_packed && !g.is_depthwise() && g.is_unpadded_pointwise() &&
+                   input.scalar_type() == acc && input.is_contiguous() && out.is_contiguous();
   a.depthwise_direct = g.is_depthwise() && input.scalar_type() == acc &&
                        input.is_contiguous(at::MemoryFormat::ChannelsLast) &&
                        out.is_contiguous(at::MemoryFormat::ChannelsLast) &&

@@ -15,6 +15,11 @@ struct Conv2dGeometry {
 
   int64_t in_per_group() const { return in_channels / groups; }
   int64_t out_per_group() const { return out_channels / groups; }
+  // A 1x1, stride-1, unpadded convolution: a plain matmul over pixels.
+  bool is_unpadded_pointwise() const {
+    return kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 &&
+           pad_w == 0;
+  }
   bool is_depthwise() const {
     return groups == in_channels && groups == out_channels && groups > 1;
   }
