@@ -49,4 +49,21 @@ TORCH_LIBRARY(pydl, m) {
       "lstm_cell_backward(Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, Tensor cx, "
       "Tensor cy, Tensor workspace, Tensor w_ih, Tensor w_hh, bool[6] output_mask) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // One LSTM layer, one direction, whole sequence, in PackedSequence's layout:
+  // input (N, I) = the rows of step 0, step 1, ...; batch_sizes (T,) int64 on
+  // the CPU, non-increasing (a padded (T, B, I) batch: [B] * T). reverse runs
+  // each sequence from its own last step. Optional projection w_hr (P, H).
+  // (output (N, P), hy (B, P), cy (B, H), gates, cells, hidden_pre): the last
+  // three (activated gates, cell states, pre-projection h or empty) feed the backward.
+  m.def(
+      "lstm_layer(Tensor input, Tensor batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, "
+      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Gradients (input, hx, cx, w_ih, w_hh, bias, w_hr); bias's is shared by b_ih and b_hh.
+  m.def(
+      "lstm_layer_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, "
+      "Tensor batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
+      "Tensor output, Tensor gates, Tensor cells, Tensor hidden_pre, bool reverse, "
+      "bool[7] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

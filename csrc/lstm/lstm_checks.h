@@ -17,4 +17,26 @@ LstmCellShape check_lstm_cell_args(const at::Tensor& input, const at::Tensor& hx
                                    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
                                    const std::optional<at::Tensor>& b_hh);
 
+// One layer, one direction, whole sequence, in PackedSequence's layout:
+// input (N, I) holds the rows of step 0, then step 1, ...; step t has
+// batch_sizes[t] rows (non-increasing: sequences sorted by length, longest
+// first). A padded (T, B, I) batch is the case batch_sizes = [B] * T.
+struct LstmLayerShape {
+  int64_t rows;        // N = sum(batch_sizes)
+  int64_t input_size;  // I
+  int64_t batch;       // B: rows of hx/cx (>= batch_sizes[0])
+  int64_t hidden;      // H
+  int64_t out;         // P: proj_size, or H without a projection
+  int64_t steps;       // T
+};
+
+// hx (B, P), cx (B, H), w_ih (4H, I), w_hh (4H, P), biases (4H), w_hr (P, H).
+// batch_sizes: 1-D int64 on the CPU (as in torch's PackedSequence).
+LstmLayerShape check_lstm_layer_args(const at::Tensor& input, const at::Tensor& batch_sizes,
+                                     const at::Tensor& hx, const at::Tensor& cx,
+                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                     const std::optional<at::Tensor>& b_ih,
+                                     const std::optional<at::Tensor>& b_hh,
+                                     const std::optional<at::Tensor>& w_hr);
+
 }  // namespace pydl

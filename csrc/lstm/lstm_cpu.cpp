@@ -80,7 +80,8 @@ lstm_cell_backward_cpu(const at::Tensor& grad_hy, const at::Tensor& grad_cy,
   if (s.batch > 0 && s.hidden > 0) {
     CellBackwardArgs a{s.batch,           s.hidden,
                        input.scalar_type() == at::kDouble,
-                       dh.const_data_ptr(), dc.const_data_ptr(),
+                       dh.const_data_ptr(), /*grad_h_extra=*/nullptr,
+                       dc.const_data_ptr(),
                        c0.const_data_ptr(), c1.const_data_ptr(),
                        ws.const_data_ptr(), dgates.mutable_data_ptr(),
                        dcx.mutable_data_ptr()};

@@ -1,4 +1,4 @@
 """Drop-in replacements for torch.nn layers, backed by pydl's kernels."""
 
 from pydl.nn.conv import Conv2d  # noqa: F401
-from pydl.nn.rnn import LSTMCell  # noqa: F401
+from pydl.nn.rnn import LSTM, LSTMCell  # noqa: F401

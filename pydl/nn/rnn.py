@@ -1,14 +1,97 @@
-"""pydl.nn.LSTMCell: torch.nn.LSTMCell backed by pydl's fused LSTM cell.
+"""pydl.nn.LSTM and pydl.nn.LSTMCell: torch.nn.LSTM / LSTMCell backed by
+pydl's fused LSTM kernels.
 
-A subclass of torch.nn.LSTMCell: same constructor arguments, parameter names,
-initialization and state_dict; batched (B, I) and unbatched (I,) input.
+Subclasses of torch's modules: same constructor arguments, parameter names,
+initialization and state_dict, so a checkpoint loads either way. LSTM takes
+(T, B, I), batch_first (B, T, I), unbatched (T, I) or a PackedSequence, like
+torch's; calls pydl's kernels do not serve (other devices/dtypes) run torch's
+own forward.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.nn.utils.rnn import PackedSequence
 
-from pydl.ops.lstm import lstm_cell
+from pydl import _backend
+from pydl.ops.lstm import lstm, lstm_cell
+
+
+class LSTM(torch.nn.LSTM):
+    def forward(self, input, hx=None):
+        data = input.data if isinstance(input, PackedSequence) else input
+        if not _backend.use_pydl("lstm", data):
+            return super().forward(input, hx)
+        directions = 2 if self.bidirectional else 1
+        out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        if isinstance(input, PackedSequence):
+            rows, batch_sizes, sorted_indices, unsorted_indices = input
+            batch = int(batch_sizes[0]) if batch_sizes.numel() > 0 else 0
+            unbatched = False
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(
+                    f"pydl.nn.LSTM: expected a 3-D input (or 2-D unbatched), got "
+                    f"{input.dim()}-D of shape {tuple(input.shape)}"
+                )
+            unbatched = input.dim() == 2
+            # Time-major rows: the padded case of the packed layout.
+            x = input.unsqueeze(1) if unbatched else (
+                input.transpose(0, 1) if self.batch_first else input)
+            steps, batch = x.shape[0], x.shape[1]
+            if x.shape[2] != self.input_size:
+                raise ValueError(
+                    f"pydl.nn.LSTM: input has {x.shape[2]} features, expected {self.input_size}"
+                )
+            rows = x.reshape(steps * batch, self.input_size)
+            batch_sizes = torch.full((steps,), batch, dtype=torch.long)
+            sorted_indices = unsorted_indices = None
+        states = self.num_layers * directions
+        if hx is None:
+            zeros = lambda size: rows.new_zeros(states, batch, size)
+            hx = (zeros(out_size), zeros(self.hidden_size))
+        else:
+            hx = self._checked_states(hx, unbatched, states, batch, out_size)
+            hx = self.permute_hidden(hx, sorted_indices)
+        output, h_n, c_n = lstm(rows, batch_sizes, hx, self._layer_weights(), self.num_layers,
+                                self.dropout, self.training, self.bidirectional)
+        hidden = self.permute_hidden((h_n, c_n), unsorted_indices)
+        if isinstance(input, PackedSequence):
+            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), hidden
+        output = output.view(steps, batch, directions * out_size)
+        if unbatched:
+            return output.squeeze(1), (hidden[0].squeeze(1), hidden[1].squeeze(1))
+        return (output.transpose(0, 1) if self.batch_first else output), hidden
+
+    def _checked_states(self, hx, unbatched, states, batch, out_size):
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise ValueError("pydl.nn.LSTM: hx must be a pair (h0, c0) or None")
+        h0, c0 = hx
+        if unbatched:
+            if h0.dim() != 2 or c0.dim() != 2:
+                raise ValueError(
+                    f"pydl.nn.LSTM: for unbatched 2-D input, h0 and c0 must be 2-D, got "
+                    f"{h0.dim()}-D and {c0.dim()}-D"
+                )
+            h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+        for name, t, size in (("h0", h0, out_size), ("c0", c0, self.hidden_size)):
+            if tuple(t.shape) != (states, batch, size):
+                raise ValueError(
+                    f"pydl.nn.LSTM: {name} must have shape {(states, batch, size)} "
+                    f"(num_layers*num_directions, batch, {'proj_size' if name == 'h0' and self.proj_size else 'hidden_size'}), "
+                    f"got {tuple(t.shape)}"
+                )
+        return h0, c0
+
+    def _layer_weights(self) -> list[tuple]:
+        """(w_ih, w_hh, b_ih, b_hh, w_hr) per layer and direction, None where absent."""
+        out = []
+        for layer in range(self.num_layers):
+            for suffix in ("", "_reverse")[: 2 if self.bidirectional else 1]:
+                get = lambda name: getattr(self, f"{name}_l{layer}{suffix}", None)
+                out.append((get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"),
+                            get("weight_hr")))
+        return out
 
 
 class LSTMCell(torch.nn.LSTMCell):

@@ -1,8 +1,11 @@
-"""pydl.ops.lstm_cell: one LSTM step with torch.nn.LSTMCell's layout.
+"""LSTM entry points: one step (``lstm_cell``, torch.nn.LSTMCell's layout) and
+whole sequences (``lstm``, torch.nn.LSTM's semantics over packed rows).
 
-Calls ``torch.ops.pydl.lstm_cell`` (two GEMMs + one fused pointwise pass)
-when pydl's kernel serves the call, otherwise torch's own LSTM cell.
-Registers the op's fake kernels and autograd.
+``lstm_cell`` calls ``torch.ops.pydl.lstm_cell`` (two GEMMs + one fused
+pointwise pass) when pydl's kernel serves the call, otherwise torch's own
+cell. ``lstm`` runs ``torch.ops.pydl.lstm_layer`` per layer and direction (the
+caller, pydl.nn.LSTM, falls back to torch as a whole). Registers the ops'
+fake kernels and autograd.
 """
 
 from __future__ import annotations
@@ -37,6 +40,45 @@ def lstm_cell(
     else:
         h, c = torch._VF.lstm_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
     return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)
+
+
+def lstm(
+    data: torch.Tensor,
+    batch_sizes: torch.Tensor,
+    hx: tuple[torch.Tensor, torch.Tensor],
+    weights: list[tuple],
+    num_layers: int,
+    dropout: float,
+    training: bool,
+    bidirectional: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A multi-layer (bi)LSTM over PackedSequence rows, as torch's ``_VF.lstm``.
+
+    data (N, I): the rows of step 0, then step 1, ...; batch_sizes (T,) int64
+    on the CPU, non-increasing. hx = (h0 (L*D, B, P), c0 (L*D, B, H)).
+    weights[layer * D + direction] = (w_ih, w_hh, b_ih, b_hh, w_hr), None
+    where absent. Dropout (training only) acts between layers.
+    Returns (output rows (N, D*P), h_n, c_n).
+    """
+    directions = 2 if bidirectional else 1
+    h_n, c_n = [], []
+    layer_input = data
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(directions):
+            k = layer * directions + direction
+            w_ih, w_hh, b_ih, b_hh, w_hr = weights[k]
+            out, h, c, *_ = torch.ops.pydl.lstm_layer(
+                layer_input, batch_sizes, hx[0][k], hx[1][k], w_ih, w_hh, b_ih, b_hh, w_hr,
+                direction == 1,
+            )
+            outputs.append(out)
+            h_n.append(h)
+            c_n.append(c)
+        layer_input = torch.cat(outputs, dim=1) if directions == 2 else outputs[0]
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_input = torch.nn.functional.dropout(layer_input, dropout, training=True)
+    return layer_input, torch.stack(h_n), torch.stack(c_n)
 
 
 def _register() -> None:
@@ -76,6 +118,52 @@ def _register() -> None:
         return g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_b_ih, g_b_hh
 
     torch.library.register_autograd("pydl::lstm_cell", backward, setup_context=setup_context)
+    _register_layer()
+
+
+def _register_layer() -> None:
+    """Fake kernels and autograd for torch.ops.pydl.lstm_layer."""
+
+    @torch.library.register_fake("pydl::lstm_layer")
+    def _lstm_layer_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+        torch._check(input.dim() == 2, lambda: "pydl.lstm_layer: expected input rows (N, I)")
+        rows, hidden = input.shape[0], w_hh.shape[0] // 4
+        out = hidden if w_hr is None else w_hr.shape[0]
+        return (input.new_empty(rows, out), torch.empty_like(hx), torch.empty_like(cx),
+                input.new_empty(rows, 4 * hidden), input.new_empty(rows, hidden),
+                input.new_empty(rows if w_hr is not None else 0, hidden))
+
+    @torch.library.register_fake("pydl::lstm_layer_backward")
+    def _lstm_layer_backward_fake(grad_output, grad_hy, grad_cy, input, batch_sizes, hx, cx,
+                                  w_ih, w_hh, w_hr, output, gates, cells, hidden_pre, reverse,
+                                  output_mask):
+        like = (input, hx, cx, w_ih, w_hh, w_ih[:, 0], w_hr)
+        return tuple(torch.empty_like(t) if m and t is not None else None
+                     for t, m in zip(like, output_mask))
+
+    def setup_context(ctx, inputs, output):
+        input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
+        out, _, _, gates, cells, hidden_pre = output
+        ctx.save_for_backward(input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, out, gates, cells,
+                              hidden_pre)
+        ctx.reverse = reverse
+
+    def backward(ctx, grad_output, grad_hy, grad_cy, *_unused):
+        input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, out, gates, cells, hidden_pre = (
+            ctx.saved_tensors)
+        zeros = lambda g, like: torch.zeros_like(like) if g is None else g
+        need = ctx.needs_input_grad
+        # inputs: input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse
+        mask = [need[0], need[2], need[3], need[4], need[5], need[6] or need[7],
+                w_hr is not None and need[8]]
+        g = torch.ops.pydl.lstm_layer_backward(
+            zeros(grad_output, out), zeros(grad_hy, hx), zeros(grad_cy, cx), input, batch_sizes,
+            hx, cx, w_ih, w_hh, w_hr, out, gates, cells, hidden_pre, ctx.reverse, mask)
+        g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias, g_w_hr = g
+        return (g_input, None, g_hx, g_cx, g_w_ih, g_w_hh, g_bias if need[6] else None,
+                g_bias if need[7] else None, g_w_hr, None)
+
+    torch.library.register_autograd("pydl::lstm_layer", backward, setup_context=setup_context)
 
 
 if _ext.loaded():

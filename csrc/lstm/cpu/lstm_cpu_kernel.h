@@ -24,7 +24,9 @@ struct CellBackwardArgs {
   int64_t batch, hidden;
   bool is_double;
   const void* grad_hy;    // [B, H]
-  const void* grad_cy;    // [B, H]
+  const void* grad_h_extra;  // [B, H] added to grad_hy, or nullptr (a sequence's
+                             // output gradient beside the recurrent one)
+  const void* grad_cy;    // [B, H]; may alias grad_cx (read before written)
   const void* cx;         // [B, H]
   const void* cy;         // [B, H]
   const void* workspace;  // [B, 4H] activated gates

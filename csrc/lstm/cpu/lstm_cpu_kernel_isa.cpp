@@ -84,11 +84,12 @@ void cell_forward_typed(const CellForwardArgs& a) {
   });
 }
 
-template <typename T>
+template <typename T, bool kExtraGradH>
 void cell_backward_typed(const CellBackwardArgs& a) {
   using V = Vec<T>;
   const int64_t H = a.hidden;
   const T* dh = static_cast<const T*>(a.grad_hy);
+  const T* dh_extra = static_cast<const T*>(a.grad_h_extra);
   const T* dc = static_cast<const T*>(a.grad_cy);
   const T* cx = static_cast<const T*>(a.cx);
   const T* cy = static_cast<const T*>(a.cy);
@@ -109,7 +110,8 @@ void cell_backward_typed(const CellBackwardArgs& a) {
         const V i = V::loadu(wi + j), f = V::loadu(wf + j), g = V::loadu(wg + j),
                 o = V::loadu(wo + j);
         const V tc = V::loadu(cy + r + j).tanh();
-        const V gh = V::loadu(dh + r + j);
+        V gh = V::loadu(dh + r + j);
+        if constexpr (kExtraGradH) gh = gh + V::loadu(dh_extra + r + j);
         // d loss / d c: through h = o * tanh(c), plus the incoming cell gradient.
         const V gc = V::loadu(dc + r + j) + gh * o * (one - tc * tc);
         (gc * g * i * (one - i)).store(di + j);
@@ -121,7 +123,8 @@ void cell_backward_typed(const CellBackwardArgs& a) {
       for (; j < H; ++j) {
         const T i = wi[j], f = wf[j], g = wg[j], o = wo[j];
         const T tc = std::tanh(cy[r + j]);
-        const T gh = dh[r + j];
+        T gh = dh[r + j];
+        if constexpr (kExtraGradH) gh += dh_extra[r + j];
         const T gc = dc[r + j] + gh * o * (T(1) - tc * tc);
         di[j] = gc * g * i * (T(1) - i);
         df[j] = gc * cx[r + j] * f * (T(1) - f);
@@ -138,7 +141,11 @@ void cell_forward(const CellForwardArgs& a) {
 }
 
 void cell_backward(const CellBackwardArgs& a) {
-  a.is_double ? cell_backward_typed<double>(a) : cell_backward_typed<float>(a);
+  if (a.grad_h_extra != nullptr) {
+    a.is_double ? cell_backward_typed<double, true>(a) : cell_backward_typed<float, true>(a);
+  } else {
+    a.is_double ? cell_backward_typed<double, false>(a) : cell_backward_typed<float, false>(a);
+  }
 }
 
 }  // namespace

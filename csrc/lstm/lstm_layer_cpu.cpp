@@ -1,0 +1,295 @@
+// One LSTM layer in one direction over a whole (packed) sequence, on the CPU.
+//
+// Forward: the input projection of every step (plus both biases) is one GEMM;
+// the time loop then does, per step, one BLAS call for the recurrent GEMM
+// (accumulated into that step's rows of the projection) and the fused
+// pointwise pass — no ATen op, allocation or Python inside the loop.
+// Packed batches (sequences sorted longest first) shrink the GEMM to the
+// sequences still running: no work on padding.
+//
+// Backward through time mirrors it; the weight gradients are a few large
+// GEMMs over all steps at the end.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "common/blas.h"
+#include "lstm/cpu/lstm_cpu_kernel.h"
+#include "lstm/lstm_checks.h"
+
+namespace pydl {
+namespace lstm_cpu {
+namespace {
+
+// Where step t's rows start in the packed layout, for every t.
+std::vector<int64_t> step_offsets(const at::Tensor& batch_sizes) {
+  const at::Tensor sizes = batch_sizes.contiguous();
+  const int64_t* bs = sizes.const_data_ptr<int64_t>();
+  std::vector<int64_t> offsets(sizes.numel() + 1, 0);
+  for (int64_t t = 0; t < sizes.numel(); ++t) offsets[t + 1] = offsets[t] + bs[t];
+  return offsets;
+}
+
+// The step that feeds step t its previous state (t-1 forward, t+1 in reverse),
+// and how many of step t's rows take it from there; the remaining rows
+// (sequences that start at step t, which only happens in reverse) start from
+// the initial state.
+struct PreviousStep {
+  int64_t offset = 0;  // packed row offset of the previous step
+  int64_t rows = 0;    // rows of step t fed by it
+};
+
+class Steps {
+ public:
+  Steps(const at::Tensor& batch_sizes, bool reverse)
+      : sizes_(batch_sizes.contiguous()),
+        bs_(sizes_.const_data_ptr<int64_t>()),
+        offsets_(step_offsets(sizes_)),
+        reverse_(reverse) {}
+
+  int64_t count() const { return sizes_.numel(); }
+  int64_t rows(int64_t t) const { return bs_[t]; }
+  int64_t offset(int64_t t) const { return offsets_[t]; }
+  // The forward pass visits steps in this order (the backward in the opposite).
+  int64_t forward_step(int64_t i) const { return reverse_ ? count() - 1 - i : i; }
+
+  PreviousStep previous(int64_t t) const {
+    const int64_t p = reverse_ ? t + 1 : t - 1;
+    if (p < 0 || p >= count()) return {};
+    return {offsets_[p], std::min(bs_[p], bs_[t])};
+  }
+
+ private:
+  at::Tensor sizes_;
+  const int64_t* bs_;
+  std::vector<int64_t> offsets_;
+  bool reverse_;
+};
+
+// dst (rows of step t, width) = the previous step's rows of `all`, then the
+// initial state for rows that start at step t.
+template <typename T>
+void gather_previous(const Steps& steps, int64_t t, const T* all, const T* initial, int64_t width,
+                     T* dst) {
+  const PreviousStep p = steps.previous(t);
+  if (p.rows > 0) std::memcpy(dst, all + p.offset * width, sizeof(T) * p.rows * width);
+  const int64_t rest = steps.rows(t) - p.rows;
+  if (rest > 0) std::memcpy(dst + p.rows * width, initial + p.rows * width, sizeof(T) * rest * width);
+}
+
+// Row-major helpers over blas.h's column-major gemm.
+// c (m x n) (+)= a (m x k) @ b^T, b stored (n x k).
+template <typename T>
+void mm_bt(int64_t m, int64_t n, int64_t k, const T* a, const T* b, T beta, T* c) {
+  gemm(/*trans_a=*/true, n, m, k, T(1), b, k, a, k, beta, c, n);
+}
+// c (m x n) = a (m x k) @ b, b stored (k x n).
+template <typename T>
+void mm(int64_t m, int64_t n, int64_t k, const T* a, const T* b, T* c) {
+  gemm(/*trans_a=*/false, n, m, k, T(1), b, n, a, k, T(0), c, n);
+}
+
+at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
+  return (t.has_value() && t->defined()) ? t->contiguous() : at::Tensor();
+}
+
+void check_cpu_float(const at::Tensor& input) {
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
+              "pydl.lstm_layer (CPU): supports float32 and float64, got ", input.scalar_type());
+}
+
+template <typename T>
+void forward_loop(const Steps& steps, const LstmLayerShape& s, const T* w_hh, const T* w_hr,
+                  T* gates, T* cells, T* hidden_pre, T* output, T* h_state, T* c_state) {
+  const KernelTable& kernel = kernel_for_this_cpu();
+  const int64_t H = s.hidden, P = s.out;
+  for (int64_t i = 0; i < steps.count(); ++i) {
+    const int64_t t = steps.forward_step(i), rows = steps.rows(t), off = steps.offset(t);
+    if (rows == 0) continue;
+    T* g = gates + off * 4 * H;
+    // gates += h_prev @ w_hh^T; h_state's first `rows` rows are this step's h_prev
+    // (sequences sorted longest first keep the running ones at the front).
+    mm_bt<T>(rows, 4 * H, P, h_state, w_hh, T(1), g);
+    T* h_cell = w_hr != nullptr ? hidden_pre + off * H : output + off * P;
+    kernel.cell_forward(CellForwardArgs{rows, H, std::is_same_v<T, double>, g, nullptr, nullptr,
+                                        c_state, h_cell, cells + off * H});
+    if (w_hr != nullptr) mm_bt<T>(rows, P, H, h_cell, w_hr, T(0), output + off * P);
+    std::memcpy(h_state, output + off * P, sizeof(T) * rows * P);
+    std::memcpy(c_state, cells + off * H, sizeof(T) * rows * H);
+  }
+}
+
+// (output, hy, cy, gates, cells, hidden_pre); the last three feed the backward:
+// activated gates (N, 4H), cell states (N, H), and with a projection the
+// pre-projection hidden states (N, H) (else an empty tensor).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_layer_cpu(const at::Tensor& input, const at::Tensor& batch_sizes, const at::Tensor& hx,
+               const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+               const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+               const std::optional<at::Tensor>& w_hr, bool reverse) {
+  const LstmLayerShape s =
+      check_lstm_layer_args(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
+  check_cpu_float(input);
+  const at::Tensor proj = contiguous_or_undefined(w_hr);
+  // The hoisted input projection, biases included: one GEMM for all steps.
+  at::Tensor gates;
+  const at::Tensor bi = contiguous_or_undefined(b_ih), bh = contiguous_or_undefined(b_hh);
+  if (bi.defined() || bh.defined()) {
+    const at::Tensor bias = bi.defined() && bh.defined() ? bi + bh : (bi.defined() ? bi : bh);
+    gates = at::addmm(bias, input, w_ih.t());
+  } else {
+    gates = at::mm(input, w_ih.t());
+  }
+  gates = gates.contiguous();
+  const auto opts = input.options();
+  at::Tensor output = at::empty({s.rows, s.out}, opts);
+  at::Tensor cells = at::empty({s.rows, s.hidden}, opts);
+  at::Tensor hidden_pre = at::empty({proj.defined() ? s.rows : 0, s.hidden}, opts);
+  // The running states; rows of finished sequences keep their last values,
+  // which is what hy/cy report for them.
+  at::Tensor hy = hx.contiguous().clone();
+  at::Tensor cy = cx.contiguous().clone();
+  const at::Tensor whh = w_hh.contiguous();
+  const Steps steps(batch_sizes, reverse);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pydl.lstm_layer", [&] {
+    forward_loop<scalar_t>(steps, s, whh.const_data_ptr<scalar_t>(),
+                           proj.defined() ? proj.const_data_ptr<scalar_t>() : nullptr,
+                           gates.mutable_data_ptr<scalar_t>(), cells.mutable_data_ptr<scalar_t>(),
+                           hidden_pre.mutable_data_ptr<scalar_t>(),
+                           output.mutable_data_ptr<scalar_t>(), hy.mutable_data_ptr<scalar_t>(),
+                           cy.mutable_data_ptr<scalar_t>());
+  });
+  return {output, hy, cy, gates, cells, hidden_pre};
+}
+
+template <typename T>
+struct BackwardBuffers {
+  const T *grad_output, *cx, *w_hh, *w_hr, *gates, *cells;
+  T *grad_gates, *grad_h, *grad_c;  // grad_h/grad_c: (B, P)/(B, H) running gradients
+  T* grad_h_total;                  // (N, P) with a projection (for w_hr's gradient)
+  T *h_pre_grad, *c_prev;           // (B, H) scratch
+};
+
+template <typename T>
+void backward_loop(const Steps& steps, const LstmLayerShape& s, const BackwardBuffers<T>& b) {
+  const KernelTable& kernel = kernel_for_this_cpu();
+  const int64_t H = s.hidden, P = s.out;
+  for (int64_t i = steps.count() - 1; i >= 0; --i) {
+    const int64_t t = steps.forward_step(i), rows = steps.rows(t), off = steps.offset(t);
+    if (rows == 0) continue;
+    // c_prev: straight from the previous step's rows when they cover this step.
+    const T* c_prev = b.c_prev;
+    const PreviousStep p = steps.previous(t);
+    if (p.rows == rows) {
+      c_prev = b.cells + p.offset * H;
+    } else if (p.rows == 0) {
+      c_prev = b.cx;
+    } else {
+      gather_previous(steps, t, b.cells, b.cx, H, b.c_prev);
+    }
+    // Gradient reaching this step's h: its output row's plus the recurrent one.
+    const T* grad_h = b.grad_h;
+    const T* grad_h_extra = b.grad_output + off * P;
+    if (b.w_hr != nullptr) {
+      T* total = b.grad_h_total + off * P;
+      for (int64_t k = 0; k < rows * P; ++k) total[k] = b.grad_h[k] + grad_h_extra[k];
+      mm<T>(rows, H, P, total, b.w_hr, b.h_pre_grad);
+      grad_h = b.h_pre_grad;
+      grad_h_extra = nullptr;
+    }
+    T* dgates = b.grad_gates + off * 4 * H;
+    kernel.cell_backward(CellBackwardArgs{rows, H, std::is_same_v<T, double>, grad_h,
+                                          grad_h_extra, b.grad_c, c_prev, b.cells + off * H,
+                                          b.gates + off * 4 * H, dgates, b.grad_c});
+    // To the previous step's h: dgates @ w_hh.
+    mm<T>(rows, P, 4 * H, dgates, b.w_hh, b.grad_h);
+  }
+}
+
+// Gradients (input, hx, cx, w_ih, w_hh, bias, w_hr); bias's is shared by
+// b_ih and b_hh. output_mask selects which are computed.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_layer_backward_cpu(const at::Tensor& grad_output, const at::Tensor& grad_hy,
+                        const at::Tensor& grad_cy, const at::Tensor& input,
+                        const at::Tensor& batch_sizes, const at::Tensor& hx, const at::Tensor& cx,
+                        const at::Tensor& w_ih, const at::Tensor& w_hh,
+                        const std::optional<at::Tensor>& w_hr, const at::Tensor& output,
+                        const at::Tensor& gates, const at::Tensor& cells,
+                        const at::Tensor& hidden_pre, bool reverse,
+                        std::array<bool, 7> output_mask) {
+  const LstmLayerShape s = check_lstm_layer_args(input, batch_sizes, hx, cx, w_ih, w_hh,
+                                                 std::nullopt, std::nullopt, w_hr);
+  check_cpu_float(input);
+  const at::Tensor proj = contiguous_or_undefined(w_hr);
+  const auto expect = [&](const at::Tensor& t, std::initializer_list<int64_t> shape,
+                          const char* name) {
+    TORCH_CHECK(t.sizes() == at::IntArrayRef(shape) && t.scalar_type() == input.scalar_type(),
+                "pydl.lstm_layer_backward: ", name, " must be ", at::IntArrayRef(shape), " ",
+                input.scalar_type(), ", got ", t.sizes(), " ", t.scalar_type());
+  };
+  expect(grad_output, {s.rows, s.out}, "grad_output");
+  expect(grad_hy, {s.batch, s.out}, "grad_hy");
+  expect(grad_cy, {s.batch, s.hidden}, "grad_cy");
+  expect(output, {s.rows, s.out}, "output");
+  expect(gates, {s.rows, 4 * s.hidden}, "gates");
+  expect(cells, {s.rows, s.hidden}, "cells");
+  expect(hidden_pre, {proj.defined() ? s.rows : 0, s.hidden}, "hidden_pre");
+
+  const auto opts = input.options();
+  const at::Tensor go = grad_output.contiguous(), x0 = cx.contiguous(), h0 = hx.contiguous(),
+                   whh = w_hh.contiguous(), ws = gates.contiguous(), cs = cells.contiguous(),
+                   out = output.contiguous();
+  at::Tensor dgates = at::empty({s.rows, 4 * s.hidden}, opts);
+  at::Tensor dh = grad_hy.contiguous().clone();
+  at::Tensor dc = grad_cy.contiguous().clone();
+  at::Tensor dh_total = at::empty({proj.defined() ? s.rows : 0, s.out}, opts);
+  at::Tensor scratch = at::empty({2, s.batch, s.hidden}, opts);
+  const Steps steps(batch_sizes, reverse);
+  at::Tensor h_prev;  // (N, P): each step's h_prev, for w_hh's gradient
+  if (output_mask[4]) h_prev = at::empty({s.rows, s.out}, opts);
+
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pydl.lstm_layer_backward", [&] {
+    using T = scalar_t;
+    BackwardBuffers<T> b{go.const_data_ptr<T>(),
+                         x0.const_data_ptr<T>(),
+                         whh.const_data_ptr<T>(),
+                         proj.defined() ? proj.const_data_ptr<T>() : nullptr,
+                         ws.const_data_ptr<T>(),
+                         cs.const_data_ptr<T>(),
+                         dgates.mutable_data_ptr<T>(),
+                         dh.mutable_data_ptr<T>(),
+                         dc.mutable_data_ptr<T>(),
+                         dh_total.mutable_data_ptr<T>(),
+                         scratch[0].mutable_data_ptr<T>(),
+                         scratch[1].mutable_data_ptr<T>()};
+    backward_loop<T>(steps, s, b);
+    if (h_prev.defined()) {
+      for (int64_t t = 0; t < steps.count(); ++t) {
+        gather_previous(steps, t, out.const_data_ptr<T>(), h0.const_data_ptr<T>(), s.out,
+                        h_prev.mutable_data_ptr<T>() + steps.offset(t) * s.out);
+      }
+    }
+  });
+
+  at::Tensor g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias, g_w_hr;
+  if (output_mask[0]) g_input = at::mm(dgates, w_ih);
+  if (output_mask[1]) g_hx = dh;
+  if (output_mask[2]) g_cx = dc;
+  if (output_mask[3]) g_w_ih = at::mm(dgates.t(), input);
+  if (output_mask[4]) g_w_hh = at::mm(dgates.t(), h_prev);
+  if (output_mask[5]) g_bias = dgates.sum(0);
+  if (output_mask[6] && proj.defined()) g_w_hr = at::mm(dh_total.t(), hidden_pre);
+  return {g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias, g_w_hr};
+}
+
+}  // namespace
+}  // namespace lstm_cpu
+}  // namespace pydl
+
+TORCH_LIBRARY_IMPL(pydl, CPU, m) {
+  m.impl("lstm_layer", &pydl::lstm_cpu::lstm_layer_cpu);
+  m.impl("lstm_layer_backward", &pydl::lstm_cpu::lstm_layer_backward_cpu);
+}
