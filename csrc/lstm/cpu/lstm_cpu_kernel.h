@@ -34,9 +34,21 @@ struct CellBackwardArgs {
   void* grad_cx;          // [B, H]
 };
 
+// c (rows x n) (+)= a (rows x k) @ b (k x n), row-major and contiguous: the
+// per-step products of a small batch (see small_matmul.h).
+struct SmallMatmulArgs {
+  int64_t rows, n, k;
+  bool is_double;
+  const void* a;
+  const void* b;
+  void* c;
+  bool accumulate;  // c += a @ b, else c = a @ b
+};
+
 struct KernelTable {
   void (*cell_forward)(const CellForwardArgs&);
   void (*cell_backward)(const CellBackwardArgs&);
+  void (*small_matmul)(const SmallMatmulArgs&);
   const char* isa;
 };
 

@@ -8,6 +8,7 @@
 
 #include "common/cpu_isa.h"
 #include "lstm/cpu/lstm_cpu_kernel.h"
+#include "lstm/cpu/small_matmul.h"
 
 #ifndef CPU_CAPABILITY
 #error "lstm_cpu_kernel_isa.cpp is compiled through setup.py's per-ISA wrappers"
@@ -148,12 +149,24 @@ void cell_backward(const CellBackwardArgs& a) {
   }
 }
 
+void small_matmul(const SmallMatmulArgs& a) {
+  if (a.is_double) {
+    small_matmul_typed<double>(a.rows, a.n, a.k, static_cast<const double*>(a.a),
+                               static_cast<const double*>(a.b), static_cast<double*>(a.c),
+                               a.accumulate);
+  } else {
+    small_matmul_typed<float>(a.rows, a.n, a.k, static_cast<const float*>(a.a),
+                              static_cast<const float*>(a.b), static_cast<float*>(a.c),
+                              a.accumulate);
+  }
+}
+
 }  // namespace
 }  // namespace CPU_CAPABILITY
 
 KernelTable PYDL_ISA_TABLE_FN() {
   return {&CPU_CAPABILITY::cell_forward, &CPU_CAPABILITY::cell_backward,
-          C10_STRINGIZE(CPU_CAPABILITY)};
+          &CPU_CAPABILITY::small_matmul, C10_STRINGIZE(CPU_CAPABILITY)};
 }
 
 }  // namespace lstm_cpu

@@ -1,0 +1,263 @@
+"""pydl.nn.LSTM and torch.ops.pydl.lstm_layer against the float64 reference
+(pydl.reference.lstm) and torch.nn.LSTM with the same weights."""
+
+import pytest
+import torch
+from conftest import assert_close_rel, needs_extension
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import pydl
+from pydl import reference
+
+CONFIGS = [
+    dict(),
+    dict(num_layers=2, bidirectional=True),
+    dict(proj_size=3),
+    dict(num_layers=2, proj_size=5, bidirectional=True, batch_first=True),
+    dict(bias=False, batch_first=True),
+]
+
+
+def _pair(input_size, hidden, dtype, seed=0, **kw):
+    torch.manual_seed(seed)
+    theirs = torch.nn.LSTM(input_size, hidden, dtype=dtype, **kw)
+    ours = pydl.nn.LSTM(input_size, hidden, dtype=dtype, **kw)
+    ours.load_state_dict(theirs.state_dict())
+    return ours, theirs
+
+
+def _states(module, batch, dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    d = 2 if module.bidirectional else 1
+    out = module.proj_size or module.hidden_size
+    h0 = torch.randn(module.num_layers * d, batch, out, generator=g, dtype=dtype)
+    c0 = torch.randn(module.num_layers * d, batch, module.hidden_size, generator=g, dtype=dtype)
+    return h0, c0
+
+
+def _grads(module, x, hx, outputs):
+    """Gradients of a random projection of (output, h_n, c_n) w.r.t. x, hx, parameters."""
+    out, (h, c) = outputs
+    out = out.data if isinstance(out, torch.nn.utils.rnn.PackedSequence) else out
+    g = torch.Generator().manual_seed(7)
+    loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in (out, h, c))
+    leaves = [x, *hx, *module.parameters()]
+    return torch.autograd.grad(loss, leaves, retain_graph=True)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_module_matches_torch_forward_and_all_grads(config, dtype):
+    ours, theirs = _pair(6, 7, dtype, **config)
+    T, B = 5, 3
+    shape = (B, T, 6) if config.get("batch_first") else (T, B, 6)
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    hx = tuple(t.requires_grad_() for t in _states(ours, B, dtype))
+    got, want = ours(x, hx), theirs(x, hx)
+    for a, b, what in zip((got[0], *got[1]), (want[0], *want[1]), ("output", "h_n", "c_n")):
+        assert a.shape == b.shape, what
+        assert_close_rel(a, b, dtype, what)
+    for k, (a, b) in enumerate(zip(_grads(ours, x, hx, got), _grads(theirs, x, hx, want))):
+        assert_close_rel(a, b, dtype, f"grad {k}")
+
+
+# Batch sizes on both sides of the register-kernel / BLAS switch (16 rows) and
+# hidden sizes with and without vector tails.
+@pytest.mark.parametrize("batch, hidden", [(1, 64), (5, 37), (20, 16), (17, 130)])
+def test_reference_float64_sizes(batch, hidden):
+    ours, _ = _pair(9, hidden, torch.float64, proj_size=0, num_layers=1, bidirectional=True)
+    x = torch.randn(4, batch, 9, dtype=torch.float64, requires_grad=True)
+    hx = tuple(t.requires_grad_() for t in _states(ours, batch, torch.float64))
+    out, (h, c) = ours(x, hx)
+    params = dict(ours.named_parameters())
+    rout, (rh, rc) = reference.lstm(x, hx, params, bidirectional=True)
+    for a, b, what in ((out, rout, "output"), (h, rh, "h_n"), (c, rc, "c_n")):
+        assert_close_rel(a, b, torch.float64, what)
+    leaves = [x, *hx, *params.values()]
+    g = torch.randn_like(out)
+    got = torch.autograd.grad((out * g).sum() + h.sum() - c.sum(), leaves)
+    want = torch.autograd.grad((rout * g).sum() + rh.sum() - rc.sum(), leaves)
+    for k, (a, b) in enumerate(zip(got, want)):
+        assert_close_rel(a, b, torch.float64, f"grad {k}")
+
+
+@pytest.mark.parametrize("config", CONFIGS[:4], ids=["default", "2layer-bidir", "proj", "all"])
+def test_packed_uneven_lengths_match_torch_and_reference(config):
+    dtype = torch.float64
+    ours, theirs = _pair(4, 6, dtype, **config)
+    batch_first = config.get("batch_first", False)
+    lengths = torch.tensor([3, 7, 1, 7, 4])
+    T, B = 7, 5
+    x = torch.randn((B, T, 4) if batch_first else (T, B, 4), dtype=dtype, requires_grad=True)
+    hx = tuple(t.requires_grad_() for t in _states(ours, B, dtype))
+    packed = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False)
+    got, want = ours(packed, hx), theirs(packed, hx)
+    assert isinstance(got[0], torch.nn.utils.rnn.PackedSequence)
+    assert torch.equal(got[0].batch_sizes, want[0].batch_sizes)
+    assert torch.equal(got[0].unsorted_indices, want[0].unsorted_indices)
+    for a, b, what in ((got[0].data, want[0].data, "output"), (got[1][0], want[1][0], "h_n"),
+                       (got[1][1], want[1][1], "c_n")):
+        assert_close_rel(a, b, dtype, what)
+    for k, (a, b) in enumerate(zip(_grads(ours, x, hx, got), _grads(theirs, x, hx, want))):
+        assert_close_rel(a, b, dtype, f"grad {k}")
+    # The reference's lengths= semantics: padded outputs are zero past each length.
+    padded, _ = pad_packed_sequence(got[0], batch_first=batch_first, total_length=T)
+    rout, (rh, rc) = reference.lstm(x, hx, dict(ours.named_parameters()), lengths=lengths,
+                                    **{k: v for k, v in config.items() if k != "bias"})
+    assert_close_rel(padded, rout, dtype, "padded output vs reference")
+    assert_close_rel(got[1][0], rh, dtype, "h_n vs reference")
+
+
+def test_unbatched_and_default_states():
+    ours, theirs = _pair(3, 4, torch.float64, num_layers=2)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    for args in ((x,), (x, tuple(t[:, 0] for t in _states(ours, 1, torch.float64)))):
+        got, want = ours(*args), theirs(*args)
+        assert got[0].shape == want[0].shape == (6, 4)
+        assert got[1][0].shape == want[1][0].shape == (2, 4)
+        assert_close_rel(got[0], want[0], torch.float64, "unbatched output")
+        assert_close_rel(got[1][1], want[1][1], torch.float64, "unbatched c_n")
+
+
+def test_only_final_state_used_and_zero_length_batch():
+    ours, theirs = _pair(3, 5, torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(ours(x)[1][0].sum(), x)
+    (rx,) = torch.autograd.grad(theirs(x)[1][0].sum(), x)
+    assert_close_rel(gx, rx, torch.float64, "grad through h_n only")
+    empty = torch.randn(4, 0, 3, dtype=torch.float64)
+    out, (h, c) = ours(empty)
+    assert out.shape == (4, 0, 5) and h.shape == (1, 0, 5)
+
+
+def test_dropout_between_layers_is_seeded_and_off_in_eval():
+    ours, _ = _pair(4, 6, torch.float64, num_layers=3, dropout=0.5)
+    x = torch.randn(5, 2, 4, dtype=torch.float64)
+    ours.train()
+    torch.manual_seed(3)
+    a = ours(x)[0]
+    torch.manual_seed(3)
+    b = ours(x)[0]
+    torch.manual_seed(4)
+    c = ours(x)[0]
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    ours.eval()
+    theirs = torch.nn.LSTM(4, 6, num_layers=3, dropout=0.5, dtype=torch.float64).eval()
+    theirs.load_state_dict(ours.state_dict())
+    assert_close_rel(ours(x)[0], theirs(x)[0], torch.float64, "eval output")
+
+
+def test_state_dict_and_convert_round_trip():
+    model = torch.nn.Sequential(torch.nn.LSTM(4, 8, num_layers=2, proj_size=3))
+    keys = set(model.state_dict())
+    converted = pydl.convert(model)
+    assert type(converted[0]) is pydl.nn.LSTM
+    assert set(converted.state_dict()) == keys
+    x = torch.randn(3, 2, 4)
+    reference_model = torch.nn.LSTM(4, 8, num_layers=2, proj_size=3)
+    reference_model.load_state_dict(converted[0].state_dict())
+    assert_close_rel(converted(x)[0], reference_model(x)[0], torch.float32, "converted")
+    back = pydl.convert(converted, to="torch")
+    assert type(back[0]) is torch.nn.LSTM
+
+
+# Dynamo refuses every torch.nn.LSTM instance (subclasses included) unless
+# allow_rnn is set, as for torch's own LSTM; with it, pydl.nn.LSTM traces to
+# pydl's ops in one graph.
+@torch._dynamo.config.patch(allow_rnn=True)
+def test_torch_compile_fullgraph():
+    ours, _ = _pair(4, 6, torch.float64, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)
+    out, (h, c) = compiled(x)
+    want, _ = ours(x)
+    assert_close_rel(out, want, torch.float64, "compiled output")
+    (out.sum() + h.sum() + c.sum()).backward()
+    assert x.grad is not None and ours.weight_hh_l0.grad is not None
+
+
+@needs_extension
+@torch._dynamo.config.patch(allow_rnn=True)
+def test_torch_compile_inductor():
+    ours, _ = _pair(4, 6, torch.float32, proj_size=2)
+    x = torch.randn(5, 3, 4)
+    out = torch.compile(ours, fullgraph=True)(x)[0]
+    assert_close_rel(out, ours(x)[0], torch.float32, "inductor output")
+
+
+# ---- the op itself ------------------------------------------------------------
+
+
+def _layer_args(batch_sizes, input_size=3, hidden=4, proj=0, dtype=torch.float64, bias=True):
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: (torch.randn(*s, generator=g, dtype=dtype) * 0.5).requires_grad_()
+    out = proj or hidden
+    bs = torch.tensor(batch_sizes, dtype=torch.long)
+    return (r(int(bs.sum()), input_size), bs, r(batch_sizes[0], out), r(batch_sizes[0], hidden),
+            r(4 * hidden, input_size), r(4 * hidden, out), r(4 * hidden) if bias else None,
+            r(4 * hidden) if bias else None, r(proj, hidden) if proj else None)
+
+
+@needs_extension
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("proj", [0, 2])
+def test_op_gradcheck_packed(reverse, proj):
+    args = _layer_args([3, 3, 2, 1], proj=proj)
+
+    def fn(*tensors):
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = tensors
+        out, hy, cy, *_ = torch.ops.pydl.lstm_layer(x, args[1], h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                                    w_hr, reverse)
+        return out, hy, cy
+
+    tensors = [args[0], *args[2:]] if proj else [args[0], *args[2:8]]
+    if not proj:
+        fn_ = lambda *t: fn(*t, None)
+    else:
+        fn_ = fn
+    assert torch.autograd.gradcheck(fn_, tensors)
+
+
+@needs_extension
+@pytest.mark.parametrize("proj, bias", [(0, True), (2, False)])
+def test_op_opcheck(proj, bias):
+    args = _layer_args([2, 2, 1], proj=proj, bias=bias)
+    torch.library.opcheck(torch.ops.pydl.lstm_layer.default, (*args, True))
+
+
+@needs_extension
+def test_op_bad_input_messages():
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, _ = (
+        t.detach() if isinstance(t, torch.Tensor) and t.dtype != torch.long else t
+        for t in _layer_args([2, 2]))
+    op = torch.ops.pydl.lstm_layer
+    with pytest.raises(RuntimeError, match="non-increasing"):
+        op(x, torch.tensor([1, 2]), h0, c0, w_ih, w_hh, b_ih, b_hh, None, False)
+    with pytest.raises(RuntimeError, match="sum to 3 rows but the input has 4"):
+        op(x, torch.tensor([2, 1]), h0, c0, w_ih, w_hh, b_ih, b_hh, None, False)
+    with pytest.raises(RuntimeError, match="1-D int64 CPU tensor"):
+        op(x, bs.int(), h0, c0, w_ih, w_hh, b_ih, b_hh, None, False)
+    with pytest.raises(RuntimeError, match="w_hh must be"):
+        op(x, bs, h0, c0, w_ih, w_ih, b_ih, b_hh, None, False)
+    with pytest.raises(RuntimeError, match="dtype and device"):
+        op(x, bs, h0.float(), c0, w_ih, w_hh, b_ih, b_hh, None, False)
+    with pytest.raises(RuntimeError, match="cx must be"):
+        op(x, bs, h0, c0[:1], w_ih, w_hh, b_ih, b_hh, None, False)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda m: (torch.randn(3, 2, 5),), "features|input.size|input_size"),
+        (lambda m: (torch.randn(3, 2, 4), (torch.randn(1, 2, 5), torch.randn(1, 2, 6))),
+         "h0|hidden|Expected hidden"),
+        (lambda m: (torch.randn(3, 2, 4, 1),), "3-D|2D or 3D"),
+        (lambda m: (torch.randn(3, 4), (torch.randn(1, 1, 6), torch.randn(1, 1, 6))),
+         "2-D|unbatched"),
+    ],
+)
+def test_module_bad_input_gives_clear_errors(make, message):
+    module = pydl.nn.LSTM(4, 6)
+    with pytest.raises((ValueError, RuntimeError), match=f"(?i){message}"):
+        module(*make(module))
