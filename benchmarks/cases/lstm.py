@@ -1,18 +1,22 @@
-"""LSTM cases: torch.nn.LSTMCell steps, pydl.nn.LSTMCell vs torch.nn.LSTMCell
-with the same weights.
+"""LSTM cases: pydl.nn.LSTM vs torch.nn.LSTM (oneDNN on the CPU, cuDNN on
+GPUs) and pydl.nn.LSTMCell vs torch.nn.LSTMCell, with the same weights.
 
-  * one step, inference, at several (batch, hidden) sizes;
-  * training: a Python loop of steps, forward then backward through all of
-    them (what a custom recurrent model written with LSTMCell does).
-FLOPs count the two GEMMs per step (2*B*4H*(I+H)); training counts 3x.
+  * whole sequences: inference at batch 1, 8, 64; training (forward +
+    backward) at larger batches; packed batches with lengths uniform in
+    [T/4, T]; a bidirectional 2-layer model;
+  * LSTMCell: one step, and a Python loop of steps trained end to end (what a
+    custom recurrent model written with LSTMCell does).
+FLOPs count the GEMMs of the useful steps: 2*B*4H*(I+H) per step, layer and
+direction (packed: the real lengths); training counts 3x.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from benchmarks.harness import Case
-from pydl.nn import LSTMCell
+from pydl.nn import LSTM, LSTMCell
 
 FAMILY = "lstm"
 
@@ -61,9 +65,88 @@ def _loop_case(batch, hidden, cfg):
     return make_providers
 
 
-def cases(cfg) -> list[Case]:
+# Whole sequences: (batch, hidden, steps, train, packed, layers, bidirectional);
+# input_size = hidden.
+SEQUENCES_QUICK = [
+    (1, 64, 100, False, False, 1, False),
+    (1, 128, 100, False, False, 1, False),
+    (1, 256, 100, False, False, 1, False),
+    (8, 256, 100, False, False, 1, False),
+    (64, 512, 50, False, False, 1, False),
+    (32, 256, 100, False, True, 1, False),
+    (32, 256, 100, True, True, 1, False),
+    (64, 256, 50, True, False, 1, False),
+    (16, 256, 50, True, False, 2, True),
+]
+SEQUENCES_FULL = SEQUENCES_QUICK + [
+    (1, 128, 500, False, False, 1, False),
+    (8, 128, 200, False, False, 2, True),
+    (128, 512, 50, True, False, 1, False),
+    (256, 1024, 50, True, False, 1, False),
+    (64, 512, 200, True, True, 1, False),
+]
+
+
+def _lengths(batch, steps):
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(max(1, steps // 4), steps + 1, (batch,), generator=g)
+    lengths[0] = steps
+    return lengths
+
+
+def _sequence_case(batch, hidden, steps, train, packed, layers, bidirectional, cfg):
+    def make_providers():
+        opts = {"device": cfg.device, "dtype": cfg.dtype}
+        kw = dict(num_layers=layers, bidirectional=bidirectional, **opts)
+        theirs = torch.nn.LSTM(hidden, hidden, **kw)
+        ours = LSTM(hidden, hidden, **kw)
+        ours.load_state_dict(theirs.state_dict())
+        x = torch.randn(steps, batch, hidden, **opts)
+        if packed:
+            x = pack_padded_sequence(x, _lengths(batch, steps), enforce_sorted=False)
+
+        def run(module):
+            out = module(x)[0]
+            out = out.data if packed else out
+            if train:
+                out.sum().backward()
+                return out.detach()
+            return out
+
+        return {"pydl": lambda: run(ours), "torch": lambda: run(theirs)}
+
+    return make_providers
+
+
+def _sequence_cases(cfg) -> list[Case]:
     elem = torch.empty((), dtype=cfg.dtype).element_size()
     out = []
+    for batch, hidden, steps, train, packed, layers, bidir in (
+            SEQUENCES_QUICK if cfg.quick else SEQUENCES_FULL):
+        useful_steps = int(_lengths(batch, steps).sum()) if packed else batch * steps
+        directions = 2 if bidir else 1
+        per_row = sum(2 * 4 * hidden * ((hidden if l == 0 else directions * hidden) + hidden)
+                      for l in range(layers)) * directions
+        flops = useful_steps * per_row * (3 if train else 1)
+        kind = ("train" if train else "infer") + ("_packed" if packed else "")
+        arch = f"_l{layers}{'_bidir' if bidir else ''}" if layers > 1 or bidir else ""
+        out.append(Case(
+            name=f"lstm/seq_{kind}{arch}/b{batch}_h{hidden}_t{steps}",
+            family=FAMILY,
+            shape=f"T{steps} B{batch} I{hidden} H{hidden}" + (f" L{layers}" if layers > 1 else "")
+                  + (" bidir" if bidir else "") + (" packed" if packed else ""),
+            flops=flops,
+            bytes=elem * (layers * directions * 4 * hidden * 2 * hidden
+                          + useful_steps * (hidden + directions * hidden)),
+            make_providers=_sequence_case(batch, hidden, steps, train, packed, layers, bidir, cfg),
+            tags={"batch": batch, "hidden": hidden, "train": train},
+        ))
+    return out
+
+
+def cases(cfg) -> list[Case]:
+    elem = torch.empty((), dtype=cfg.dtype).element_size()
+    out = _sequence_cases(cfg)
     for batch, hidden in STEP_SIZES:
         flops = 2 * batch * 4 * hidden * 2 * hidden
         out.append(Case(
