@@ -52,6 +52,14 @@ class Steps {
         reverse_(reverse) {}
 
   int64_t count() const { return sizes_.numel(); }
+  int64_t max_rows() const { return count() > 0 ? bs_[0] : 0; }
+  // The smallest non-empty step (sizes are non-increasing).
+  int64_t min_rows() const {
+    for (int64_t t = count() - 1; t >= 0; --t) {
+      if (bs_[t] > 0) return bs_[t];
+    }
+    return 0;
+  }
   int64_t rows(int64_t t) const { return bs_[t]; }
   int64_t offset(int64_t t) const { return offsets_[t]; }
   // The forward pass visits steps in this order (the backward in the opposite).
@@ -89,8 +97,9 @@ void blas_matmul(int64_t m, int64_t n, int64_t k, const T* a, const T* b, T* c, 
   gemm(/*trans_a=*/false, n, m, k, T(1), b, n, a, k, accumulate ? T(1) : T(0), c, n);
 }
 
-// Up to this many rows per step, the register-blocked kernel (small_matmul.h)
-// beats MKL, whose fixed cost per call dominates products this small.
+// Up to this many rows per step, the register kernel on packed panels
+// (small_matmul.h) beats MKL, whose fixed cost per call dominates products
+// this small. PYDL_LSTM_SMALL_BATCH overrides it (for measuring the switch).
 int64_t small_batch_limit() {
   static const int64_t limit = [] {
     const char* env = std::getenv("PYDL_LSTM_SMALL_BATCH");
@@ -99,40 +108,41 @@ int64_t small_batch_limit() {
   return limit;
 }
 
-// c (rows x n) = a (rows x k) @ b (k x n) (+ c when accumulate).
-template <typename T>
-void step_matmul(int64_t rows, int64_t n, int64_t k, const T* a, const T* b, T* c,
-                 bool accumulate) {
-  if (rows <= small_batch_limit()) {
-    kernel_for_this_cpu().small_matmul(
-        SmallMatmulArgs{rows, n, k, std::is_same_v<T, double>, a, b, c, accumulate});
-  } else {
-    blas_matmul<T>(rows, n, k, a, b, c, accumulate);
+// The right-hand side B (k x n) of a per-step product c = a @ B, prepared
+// once per call in the form(s) the steps need: row-major for MKL, packed
+// panels for the register kernel.
+class StepOperand {
+ public:
+  StepOperand() = default;
+  // b: a (k x n) view of any strides (e.g. w.t()).
+  StepOperand(const at::Tensor& b, const Steps& steps) : k_(b.size(0)), n_(b.size(1)) {
+    if (steps.max_rows() > small_batch_limit()) dense_ = b.contiguous();
+    if (steps.min_rows() <= small_batch_limit()) {
+      const KernelTable& kernel = kernel_for_this_cpu();
+      const bool is_double = b.scalar_type() == at::kDouble;
+      packed_ = at::empty({kernel.packed_size(k_, n_, is_double)}, b.options());
+      kernel.pack(PackArgs{k_, n_, b.stride(0), b.stride(1), is_double, b.const_data_ptr(),
+                           packed_.mutable_data_ptr()});
+    }
   }
-}
 
-// A weight w (n x k) of a per-step product: the forward uses x @ w^T through
-// w_t = w^T stored (k x n), the backward g @ w through w itself.
-template <typename T>
-struct StepWeight {
-  const T* w = nullptr;
-  const T* w_t = nullptr;
-  int64_t n = 0, k = 0;
+  bool defined() const { return k_ > 0; }
 
-  void forward(int64_t rows, const T* x, T* c, bool accumulate) const {
-    step_matmul<T>(rows, n, k, x, w_t, c, accumulate);
+  // c (rows x n) = a (rows x k) @ B (+ c when accumulate).
+  template <typename T>
+  void multiply(int64_t rows, const T* a, T* c, bool accumulate) const {
+    if (rows <= small_batch_limit()) {
+      kernel_for_this_cpu().small_matmul(SmallMatmulArgs{
+          rows, n_, k_, std::is_same_v<T, double>, a, packed_.const_data_ptr(), c, accumulate});
+    } else {
+      blas_matmul<T>(rows, n_, k_, a, dense_.const_data_ptr<T>(), c, accumulate);
+    }
   }
-  void backward(int64_t rows, const T* g, T* c) const {
-    step_matmul<T>(rows, k, n, g, w, c, /*accumulate=*/false);
-  }
+
+ private:
+  int64_t k_ = 0, n_ = 0;
+  at::Tensor dense_, packed_;
 };
-
-template <typename T>
-StepWeight<T> step_weight(const at::Tensor& w, const at::Tensor& w_t) {
-  if (!w.defined()) return {};
-  return {w.const_data_ptr<T>(), w_t.defined() ? w_t.const_data_ptr<T>() : nullptr, w.size(0),
-          w.size(1)};
-}
 
 at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
   return (t.has_value() && t->defined()) ? t->contiguous() : at::Tensor();
@@ -143,9 +153,10 @@ void check_cpu_float(const at::Tensor& input) {
               "pydl.lstm_layer (CPU): supports float32 and float64, got ", input.scalar_type());
 }
 
+// w_hh = w_hh^T (P x 4H), w_hr = w_hr^T (H x P) or undefined.
 template <typename T>
-void forward_loop(const Steps& steps, const LstmLayerShape& s, const StepWeight<T>& w_hh,
-                  const StepWeight<T>& w_hr, T* gates, T* cells, T* hidden_pre, T* output,
+void forward_loop(const Steps& steps, const LstmLayerShape& s, const StepOperand& w_hh,
+                  const StepOperand& w_hr, T* gates, T* cells, T* hidden_pre, T* output,
                   T* h_state, T* c_state) {
   const KernelTable& kernel = kernel_for_this_cpu();
   const int64_t H = s.hidden, P = s.out;
@@ -155,11 +166,11 @@ void forward_loop(const Steps& steps, const LstmLayerShape& s, const StepWeight<
     T* g = gates + off * 4 * H;
     // gates += h_prev @ w_hh^T; h_state's first `rows` rows are this step's h_prev
     // (sequences sorted longest first keep the running ones at the front).
-    w_hh.forward(rows, h_state, g, /*accumulate=*/true);
-    T* h_cell = w_hr.w != nullptr ? hidden_pre + off * H : output + off * P;
+    w_hh.multiply(rows, h_state, g, /*accumulate=*/true);
+    T* h_cell = w_hr.defined() ? hidden_pre + off * H : output + off * P;
     kernel.cell_forward(CellForwardArgs{rows, H, std::is_same_v<T, double>, g, nullptr, nullptr,
                                         c_state, h_cell, cells + off * H});
-    if (w_hr.w != nullptr) w_hr.forward(rows, h_cell, output + off * P, /*accumulate=*/false);
+    if (w_hr.defined()) w_hr.multiply(rows, h_cell, output + off * P, /*accumulate=*/false);
     std::memcpy(h_state, output + off * P, sizeof(T) * rows * P);
     std::memcpy(c_state, cells + off * H, sizeof(T) * rows * H);
   }
@@ -195,13 +206,11 @@ lstm_layer_cpu(const at::Tensor& input, const at::Tensor& batch_sizes, const at:
   // which is what hy/cy report for them.
   at::Tensor hy = hx.contiguous().clone();
   at::Tensor cy = cx.contiguous().clone();
-  const at::Tensor whh = w_hh.contiguous();
-  const at::Tensor whh_t = whh.t().contiguous();
-  const at::Tensor proj_t = proj.defined() ? proj.t().contiguous() : at::Tensor();
   const Steps steps(batch_sizes, reverse);
+  const StepOperand whh_t(w_hh.t(), steps);
+  const StepOperand proj_t = proj.defined() ? StepOperand(proj.t(), steps) : StepOperand();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pydl.lstm_layer", [&] {
-    forward_loop<scalar_t>(steps, s, step_weight<scalar_t>(whh, whh_t),
-                           step_weight<scalar_t>(proj, proj_t), gates.mutable_data_ptr<scalar_t>(), cells.mutable_data_ptr<scalar_t>(),
+    forward_loop<scalar_t>(steps, s, whh_t, proj_t, gates.mutable_data_ptr<scalar_t>(), cells.mutable_data_ptr<scalar_t>(),
                            hidden_pre.mutable_data_ptr<scalar_t>(),
                            output.mutable_data_ptr<scalar_t>(), hy.mutable_data_ptr<scalar_t>(),
                            cy.mutable_data_ptr<scalar_t>());
@@ -211,7 +220,8 @@ lstm_layer_cpu(const at::Tensor& input, const at::Tensor& batch_sizes, const at:
 
 template <typename T>
 struct BackwardBuffers {
-  StepWeight<T> w_hh, w_hr;
+  const StepOperand& w_hh;  // w_hh (4H x P): dgates @ w_hh
+  const StepOperand& w_hr;  // w_hr (P x H) or undefined
   const T *grad_output, *cx, *gates, *cells;
   T *grad_gates, *grad_h, *grad_c;  // grad_h/grad_c: (B, P)/(B, H) running gradients
   T* grad_h_total;                  // (N, P) with a projection (for w_hr's gradient)
@@ -238,10 +248,10 @@ void backward_loop(const Steps& steps, const LstmLayerShape& s, const BackwardBu
     // Gradient reaching this step's h: its output row's plus the recurrent one.
     const T* grad_h = b.grad_h;
     const T* grad_h_extra = b.grad_output + off * P;
-    if (b.w_hr.w != nullptr) {
+    if (b.w_hr.defined()) {
       T* total = b.grad_h_total + off * P;
       for (int64_t k = 0; k < rows * P; ++k) total[k] = b.grad_h[k] + grad_h_extra[k];
-      b.w_hr.backward(rows, total, b.h_pre_grad);
+      b.w_hr.multiply(rows, total, b.h_pre_grad, /*accumulate=*/false);
       grad_h = b.h_pre_grad;
       grad_h_extra = nullptr;
     }
@@ -250,7 +260,7 @@ void backward_loop(const Steps& steps, const LstmLayerShape& s, const BackwardBu
                                           grad_h_extra, b.grad_c, c_prev, b.cells + off * H,
                                           b.gates + off * 4 * H, dgates, b.grad_c});
     // To the previous step's h: dgates @ w_hh.
-    b.w_hh.backward(rows, dgates, b.grad_h);
+    b.w_hh.multiply(rows, dgates, b.grad_h, /*accumulate=*/false);
   }
 }
 
@@ -293,13 +303,15 @@ lstm_layer_backward_cpu(const at::Tensor& grad_output, const at::Tensor& grad_hy
   at::Tensor dh_total = at::empty({proj.defined() ? s.rows : 0, s.out}, opts);
   at::Tensor scratch = at::empty({2, s.batch, s.hidden}, opts);
   const Steps steps(batch_sizes, reverse);
+  const StepOperand whh_op(whh, steps);
+  const StepOperand proj_op = proj.defined() ? StepOperand(proj, steps) : StepOperand();
   at::Tensor h_prev;  // (N, P): each step's h_prev, for w_hh's gradient
   if (output_mask[4]) h_prev = at::empty({s.rows, s.out}, opts);
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pydl.lstm_layer_backward", [&] {
     using T = scalar_t;
-    BackwardBuffers<T> b{step_weight<T>(whh, at::Tensor()),
-                         step_weight<T>(proj, at::Tensor()),
+    BackwardBuffers<T> b{whh_op,
+                         proj_op,
                          go.const_data_ptr<T>(),
                          x0.const_data_ptr<T>(),
                          ws.const_data_ptr<T>(),

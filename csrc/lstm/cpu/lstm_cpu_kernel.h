@@ -34,20 +34,30 @@ struct CellBackwardArgs {
   void* grad_cx;          // [B, H]
 };
 
-// c (rows x n) (+)= a (rows x k) @ b (k x n), row-major and contiguous: the
-// per-step products of a small batch (see small_matmul.h).
+// The per-step products of a small batch (see small_matmul.h):
+// c (rows x n) (+)= a (rows x k) @ B, with B (k x n) prepacked into column
+// panels by `pack` (B(p, j) read from b[p * stride_k + j * stride_n]).
+struct PackArgs {
+  int64_t k, n, stride_k, stride_n;
+  bool is_double;
+  const void* b;
+  void* out;  // packed_size(k, n, is_double) elements
+};
+
 struct SmallMatmulArgs {
   int64_t rows, n, k;
   bool is_double;
-  const void* a;
-  const void* b;
-  void* c;
-  bool accumulate;  // c += a @ b, else c = a @ b
+  const void* a;       // (rows x k), contiguous
+  const void* packed;  // B packed by `pack`
+  void* c;             // (rows x n), contiguous
+  bool accumulate;     // c += a @ B, else c = a @ B
 };
 
 struct KernelTable {
   void (*cell_forward)(const CellForwardArgs&);
   void (*cell_backward)(const CellBackwardArgs&);
+  int64_t (*packed_size)(int64_t k, int64_t n, bool is_double);
+  void (*pack)(const PackArgs&);
   void (*small_matmul)(const SmallMatmulArgs&);
   const char* isa;
 };

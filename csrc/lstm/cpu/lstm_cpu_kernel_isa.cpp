@@ -149,14 +149,28 @@ void cell_backward(const CellBackwardArgs& a) {
   }
 }
 
+int64_t packed_size_any(int64_t k, int64_t n, bool is_double) {
+  return is_double ? packed_size<double>(k, n) : packed_size<float>(k, n);
+}
+
+void pack(const PackArgs& a) {
+  if (a.is_double) {
+    pack_panels<double>(static_cast<const double*>(a.b), a.k, a.n, a.stride_k, a.stride_n,
+                        static_cast<double*>(a.out));
+  } else {
+    pack_panels<float>(static_cast<const float*>(a.b), a.k, a.n, a.stride_k, a.stride_n,
+                       static_cast<float*>(a.out));
+  }
+}
+
 void small_matmul(const SmallMatmulArgs& a) {
   if (a.is_double) {
     small_matmul_typed<double>(a.rows, a.n, a.k, static_cast<const double*>(a.a),
-                               static_cast<const double*>(a.b), static_cast<double*>(a.c),
+                               static_cast<const double*>(a.packed), static_cast<double*>(a.c),
                                a.accumulate);
   } else {
     small_matmul_typed<float>(a.rows, a.n, a.k, static_cast<const float*>(a.a),
-                              static_cast<const float*>(a.b), static_cast<float*>(a.c),
+                              static_cast<const float*>(a.packed), static_cast<float*>(a.c),
                               a.accumulate);
   }
 }
@@ -165,8 +179,9 @@ void small_matmul(const SmallMatmulArgs& a) {
 }  // namespace CPU_CAPABILITY
 
 KernelTable PYDL_ISA_TABLE_FN() {
-  return {&CPU_CAPABILITY::cell_forward, &CPU_CAPABILITY::cell_backward,
-          &CPU_CAPABILITY::small_matmul, C10_STRINGIZE(CPU_CAPABILITY)};
+  return {&CPU_CAPABILITY::cell_forward,    &CPU_CAPABILITY::cell_backward,
+          &CPU_CAPABILITY::packed_size_any, &CPU_CAPABILITY::pack,
+          &CPU_CAPABILITY::small_matmul,    C10_STRINGIZE(CPU_CAPABILITY)};
 }
 
 }  // namespace lstm_cpu

@@ -1,7 +1,12 @@
-// C (rows x n) (+)= A (rows x k) @ B (k x n), all row-major, for the few rows
-// of a recurrent step (batch 1..16). MKL's sgemm spends 4-7 us on a
-// (1 x 128) @ (128 x 512) product, more than a whole oneDNN LSTM step; this
-// register-blocked loop streams B once per block of rows instead.
+// C (rows x n) (+)= A (rows x k) @ B (k x n) for the rows of one recurrent
+// step, with B prepacked once per call into column panels.
+//
+// Why not MKL: sgemm spends 4-7 us on a (1 x 128) @ (128 x 512) product, more
+// than a whole oneDNN LSTM step. Why panels: a weight row of an LSTM is 4H
+// floats, so walking B down k with a 4 KB stride (H = 256) maps every access
+// to the same L1 set; each panel holds kPanel columns contiguously for all k,
+// so a tile streams one contiguous block that stays in L1 across row blocks.
+//
 // Included by lstm_cpu_kernel_isa.cpp only (compiled once per CPU ISA).
 #pragma once
 
@@ -15,82 +20,151 @@ namespace pydl {
 namespace lstm_cpu {
 namespace CPU_CAPABILITY {
 
-// Accumulator tile: kRows rows x kVecs vectors stay in registers over k.
+// Accumulator tile: kTileRows rows x kPanelVecs vectors stay in registers.
 #if defined(CPU_CAPABILITY_AVX512)
-constexpr int kTileVecs = 4;  // 16 accumulators + 4 loads of 32 zmm registers
+constexpr int kPanelVecs = 4;  // 16 accumulators + 4 loads of 32 zmm registers
 #else
-constexpr int kTileVecs = 2;  // 8 accumulators + 2 loads of 16 ymm registers
+constexpr int kPanelVecs = 2;  // 8 accumulators + 2 loads of 16 ymm registers
 #endif
 constexpr int kTileRows = 4;
 
-template <typename T, int kRows, int kVecs>
-inline void matmul_tile(int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
-                        int64_t ldc, bool accumulate) {
+template <typename T>
+constexpr int64_t panel_width() {
+  return kPanelVecs * at::vec::Vectorized<T>::size();
+}
+
+template <typename T>
+int64_t packed_size(int64_t k, int64_t n) {
+  const int64_t w = panel_width<T>();
+  return (n + w - 1) / w * w * k;
+}
+
+// out[panel][p][j] = B(p, panel * width + j), zero past column n; B(p, j) is
+// at b[p * stride_k + j * stride_n] (so a transposed B packs without a copy).
+template <typename T>
+void pack_panels(const T* b, int64_t k, int64_t n, int64_t stride_k, int64_t stride_n, T* out) {
+  const int64_t w = panel_width<T>();
+  const int64_t panels = (n + w - 1) / w;
+  at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t panel = p0; panel < p1; ++panel) {
+      T* dst = out + panel * k * w;
+      for (int64_t p = 0; p < k; ++p) {
+        for (int64_t j = 0; j < w; ++j) {
+          const int64_t col = panel * w + j;
+          dst[p * w + j] = col < n ? b[p * stride_k + col * stride_n] : T(0);
+        }
+      }
+    }
+  });
+}
+
+// kRows rows of C (row stride ldc) over one panel (kPanelVecs vectors).
+template <typename T, int kRows>
+inline void panel_tile(int64_t k, const T* a, int64_t lda, const T* panel, T* c, int64_t ldc,
+                       bool accumulate) {
   using V = at::vec::Vectorized<T>;
-  V sum[kRows][kVecs];
+  constexpr int64_t w = kPanelVecs * V::size();
+  V sum[kRows][kPanelVecs];
   for (int r = 0; r < kRows; ++r) {
-    for (int v = 0; v < kVecs; ++v) {
+    for (int v = 0; v < kPanelVecs; ++v) {
       sum[r][v] = accumulate ? V::loadu(c + r * ldc + v * V::size()) : V(T(0));
     }
   }
   for (int64_t p = 0; p < k; ++p) {
-    V bv[kVecs];
-    for (int v = 0; v < kVecs; ++v) bv[v] = V::loadu(b + p * ldb + v * V::size());
+    V bv[kPanelVecs];
+    for (int v = 0; v < kPanelVecs; ++v) bv[v] = V::loadu(panel + p * w + v * V::size());
     for (int r = 0; r < kRows; ++r) {
       const V av(a[r * lda + p]);
-      for (int v = 0; v < kVecs; ++v) sum[r][v] = at::vec::fmadd(av, bv[v], sum[r][v]);
+      for (int v = 0; v < kPanelVecs; ++v) sum[r][v] = at::vec::fmadd(av, bv[v], sum[r][v]);
     }
   }
   for (int r = 0; r < kRows; ++r) {
-    for (int v = 0; v < kVecs; ++v) sum[r][v].store(c + r * ldc + v * V::size());
+    for (int v = 0; v < kPanelVecs; ++v) sum[r][v].store(c + r * ldc + v * V::size());
   }
 }
 
-// Columns [n_begin, n_end) of every row; whole tiles, then single vectors,
-// then scalar columns for the tail.
-template <typename T, int kRows>
-void matmul_rows(int64_t n_begin, int64_t n_end, int64_t k, const T* a, int64_t lda, const T* b,
-                 int64_t ldb, T* c, int64_t ldc, bool accumulate) {
+// One row (batch 1, the latency case): two accumulator sets over even and odd
+// k give twice the independent FMA chains of a one-row tile.
+template <typename T>
+inline void panel_row(int64_t k, const T* a, const T* panel, T* c, bool accumulate) {
   using V = at::vec::Vectorized<T>;
-  int64_t j = n_begin;
-  for (; j + kTileVecs * V::size() <= n_end; j += kTileVecs * V::size()) {
-    matmul_tile<T, kRows, kTileVecs>(k, a, lda, b + j, ldb, c + j, ldc, accumulate);
+  constexpr int64_t w = kPanelVecs * V::size();
+  V even[kPanelVecs], odd[kPanelVecs];
+  for (int v = 0; v < kPanelVecs; ++v) {
+    even[v] = accumulate ? V::loadu(c + v * V::size()) : V(T(0));
+    odd[v] = V(T(0));
   }
-  for (; j + V::size() <= n_end; j += V::size()) {
-    matmul_tile<T, kRows, 1>(k, a, lda, b + j, ldb, c + j, ldc, accumulate);
-  }
-  for (; j < n_end; ++j) {
-    for (int r = 0; r < kRows; ++r) {
-      T s = accumulate ? c[r * ldc + j] : T(0);
-      for (int64_t p = 0; p < k; ++p) s += a[r * lda + p] * b[p * ldb + j];
-      c[r * ldc + j] = s;
+  int64_t p = 0;
+  for (; p + 2 <= k; p += 2) {
+    const V a0(a[p]), a1(a[p + 1]);
+    for (int v = 0; v < kPanelVecs; ++v) {
+      even[v] = at::vec::fmadd(a0, V::loadu(panel + p * w + v * V::size()), even[v]);
+      odd[v] = at::vec::fmadd(a1, V::loadu(panel + (p + 1) * w + v * V::size()), odd[v]);
     }
+  }
+  if (p < k) {
+    const V a0(a[p]);
+    for (int v = 0; v < kPanelVecs; ++v) {
+      even[v] = at::vec::fmadd(a0, V::loadu(panel + p * w + v * V::size()), even[v]);
+    }
+  }
+  for (int v = 0; v < kPanelVecs; ++v) (even[v] + odd[v]).store(c + v * V::size());
+}
+
+// All rows of C's columns [panel * w, panel * w + w) (ldc = row stride).
+template <typename T>
+void panel_rows(int64_t rows, int64_t k, const T* a, const T* panel, T* c, int64_t ldc,
+                bool accumulate) {
+  if (rows == 1) {
+    panel_row<T>(k, a, panel, c, accumulate);
+    return;
+  }
+  int64_t r = 0;
+  for (; r + kTileRows <= rows; r += kTileRows) {
+    panel_tile<T, kTileRows>(k, a + r * k, k, panel, c + r * ldc, ldc, accumulate);
+  }
+  const T* ar = a + r * k;
+  T* cr = c + r * ldc;
+  switch (rows - r) {
+    case 3: panel_tile<T, 3>(k, ar, k, panel, cr, ldc, accumulate); break;
+    case 2: panel_tile<T, 2>(k, ar, k, panel, cr, ldc, accumulate); break;
+    case 1: panel_tile<T, 1>(k, ar, k, panel, cr, ldc, accumulate); break;
+    default: break;
   }
 }
 
 template <typename T>
-void small_matmul_typed(int64_t rows, int64_t n, int64_t k, const T* a, const T* b, T* c,
+void small_matmul_typed(int64_t rows, int64_t n, int64_t k, const T* a, const T* packed, T* c,
                         bool accumulate) {
-  using V = at::vec::Vectorized<T>;
-  // Split the columns over threads once there is enough work per thread (each
-  // thread then keeps streaming the same slice of B from its own cache).
-  const int64_t tile = kTileVecs * V::size();
-  const int64_t work_per_tile = std::max<int64_t>(1, rows * k * tile);
-  const int64_t grain_tiles = std::max<int64_t>(1, (int64_t(1) << 16) / work_per_tile);
-  const int64_t tiles = (n + tile - 1) / tile;
-  at::parallel_for(0, tiles, grain_tiles, [&](int64_t t0, int64_t t1) {
-    const int64_t j0 = t0 * tile, j1 = std::min(n, t1 * tile);
-    int64_t r = 0;
-    for (; r + kTileRows <= rows; r += kTileRows) {
-      matmul_rows<T, kTileRows>(j0, j1, k, a + r * k, k, b, n, c + r * n, n, accumulate);
-    }
-    const T* ar = a + r * k;
-    T* cr = c + r * n;
-    switch (rows - r) {
-      case 3: matmul_rows<T, 3>(j0, j1, k, ar, k, b, n, cr, n, accumulate); break;
-      case 2: matmul_rows<T, 2>(j0, j1, k, ar, k, b, n, cr, n, accumulate); break;
-      case 1: matmul_rows<T, 1>(j0, j1, k, ar, k, b, n, cr, n, accumulate); break;
-      default: break;
+  constexpr int64_t w = panel_width<T>();
+  const int64_t panels = (n + w - 1) / w;
+  // Split the panels over threads once each gets enough work (a thread then
+  // keeps streaming the same panels from its own cache, step after step).
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, rows * k * w));
+  at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+    for (int64_t panel = p0; panel < p1; ++panel) {
+      const T* bp = packed + panel * k * w;
+      const int64_t col = panel * w;
+      if (col + w <= n) {
+        panel_rows<T>(rows, k, a, bp, c + col, n, accumulate);
+        continue;
+      }
+      // The last, partial panel: compute full width into a scratch tile and
+      // copy back the columns that exist.
+      const int64_t valid = n - col;
+      for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
+        const int64_t block = std::min<int64_t>(kTileRows, rows - r0);
+        alignas(64) T tile[kTileRows * w];
+        for (int64_t r = 0; r < block; ++r) {
+          for (int64_t j = 0; j < w; ++j) {
+            tile[r * w + j] = accumulate && j < valid ? c[(r0 + r) * n + col + j] : T(0);
+          }
+        }
+        panel_rows<T>(block, k, a + r0 * k, bp, tile, w, accumulate);
+        for (int64_t r = 0; r < block; ++r) {
+          std::copy(tile + r * w, tile + r * w + valid, c + (r0 + r) * n + col);
+        }
+      }
     }
   });
 }
