@@ -28,9 +28,11 @@ SUPPORTED = {
         "cpu": (torch.float32, torch.float64),
         "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
     },
-    # LSTM cell: CPU kernels only so far (issue: LSTM); CUDA calls use torch's.
+    # LSTM cell and layer. The CUDA kernels (cuBLAS + fused pointwise) are
+    # opt-in until verified on a GPU (see pydl/_verified.py).
     "lstm": {
         "cpu": (torch.float32, torch.float64),
+        "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
     },
 }
 

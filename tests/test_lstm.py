@@ -261,3 +261,15 @@ def test_module_bad_input_gives_clear_errors(make, message):
     module = pydl.nn.LSTM(4, 6)
     with pytest.raises((ValueError, RuntimeError), match=f"(?i){message}"):
         module(*make(module))
+
+
+def test_cpu_autocast_follows_torch(monkeypatch):
+    """Under CPU autocast (bf16) the module runs what torch's does: pydl has no
+    CPU bf16 LSTM kernel, so this is the fallback PYDL_STRICT would refuse."""
+    monkeypatch.setenv("PYDL_STRICT", "0")
+    ours, theirs = _pair(4, 6, torch.float32)
+    x = torch.randn(5, 2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = ours(x)[0], theirs(x)[0]
+    assert got.dtype == want.dtype
+    assert torch.equal(got, want)

@@ -20,6 +20,8 @@ from pydl.ops.lstm import lstm, lstm_cell
 class LSTM(torch.nn.LSTM):
     def forward(self, input, hx=None):
         data = input.data if isinstance(input, PackedSequence) else input
+        if torch.is_autocast_enabled(data.device.type):  # the dtype the kernel will see
+            data = data.new_empty(0, dtype=torch.get_autocast_dtype(data.device.type))
         if not _backend.use_pydl("lstm", data):
             return super().forward(input, hx)
         directions = 2 if self.bidirectional else 1

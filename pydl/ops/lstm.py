@@ -35,6 +35,11 @@ def lstm_cell(
     if hx is None:
         zeros = input.new_zeros(input.shape[0], w_hh.shape[1])
         hx = (zeros, zeros)
+    if torch.is_autocast_enabled(input.device.type):
+        dtype = torch.get_autocast_dtype(input.device.type)
+        input, hx = input.to(dtype), (hx[0].to(dtype), hx[1].to(dtype))
+        w_ih, w_hh = w_ih.to(dtype), w_hh.to(dtype)
+        b_ih, b_hh = (None if b is None else b.to(dtype) for b in (b_ih, b_hh))
     if _backend.use_pydl("lstm", input):
         h, c, _ = torch.ops.pydl.lstm_cell(input, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh)
     else:
@@ -61,6 +66,11 @@ def lstm(
     Returns (output rows (N, D*P), h_n, c_n).
     """
     directions = 2 if bidirectional else 1
+    if torch.is_autocast_enabled(data.device.type):
+        # As torch's RNNs under autocast: everything in the autocast dtype.
+        dtype = torch.get_autocast_dtype(data.device.type)
+        data, hx = data.to(dtype), (hx[0].to(dtype), hx[1].to(dtype))
+        weights = [tuple(None if w is None else w.to(dtype) for w in ws) for ws in weights]
     h_n, c_n = [], []
     layer_input = data
     for layer in range(num_layers):

@@ -1,0 +1,291 @@
+// LSTM cell and layer on CUDA: cuBLAS GEMMs through ATen (on the current
+// stream, following torch's TF32 settings) around one fused pointwise kernel
+// per step (cuda/lstm_pointwise.cuh), the large-batch path of the LSTM issue.
+// The layer follows lstm_layer_cpu.cpp step for step: the input projection of
+// all steps in one GEMM, then per step one recurrent GEMM into that step's
+// rows and the pointwise kernel; packed batches shrink each step to the
+// sequences still running. batch_sizes lives on the host, so the loop bounds
+// need no synchronization.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "lstm/cuda/lstm_pointwise.cuh"
+#include "lstm/lstm_checks.h"
+
+namespace pydl {
+namespace lstm_cuda {
+namespace {
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
+dim3 grid_for(int64_t elements, int threads) {
+  const int64_t blocks = (elements + threads - 1) / threads;
+  return dim3(static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535)));
+}
+
+constexpr int kThreads = 256;
+
+// Pointwise forward over `rows` rows: gates activated in place.
+void launch_forward(int64_t rows, int64_t hidden, const at::Tensor& gates, const at::Tensor& b_ih,
+                    const at::Tensor& b_hh, const at::Tensor& cx, const at::Tensor& hy,
+                    const at::Tensor& cy) {
+  if (rows == 0 || hidden == 0) return;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(),
+                                  "pydl.lstm (CUDA pointwise)", [&] {
+    using Acc = at::opmath_type<scalar_t>;
+    cell_forward_kernel<scalar_t, Acc><<<grid_for(rows * hidden, kThreads), kThreads, 0, stream>>>(
+        rows, hidden, gates.mutable_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(b_ih),
+        ptr_or_null<scalar_t>(b_hh), cx.const_data_ptr<scalar_t>(),
+        hy.mutable_data_ptr<scalar_t>(), cy.mutable_data_ptr<scalar_t>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void launch_backward(int64_t rows, int64_t hidden, const at::Tensor& grad_hy,
+                     const at::Tensor& grad_h_extra, const at::Tensor& grad_cy,
+                     const at::Tensor& cx, const at::Tensor& cy, const at::Tensor& workspace,
+                     const at::Tensor& grad_gates, const at::Tensor& grad_cx) {
+  if (rows == 0 || hidden == 0) return;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_gates.scalar_type(),
+                                  "pydl.lstm_backward (CUDA pointwise)", [&] {
+    using Acc = at::opmath_type<scalar_t>;
+    cell_backward_kernel<scalar_t, Acc><<<grid_for(rows * hidden, kThreads), kThreads, 0, stream>>>(
+        rows, hidden, grad_hy.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(grad_h_extra),
+        grad_cy.const_data_ptr<scalar_t>(), cx.const_data_ptr<scalar_t>(),
+        cy.const_data_ptr<scalar_t>(), workspace.const_data_ptr<scalar_t>(),
+        grad_gates.mutable_data_ptr<scalar_t>(), grad_cx.mutable_data_ptr<scalar_t>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor defined_contiguous(const std::optional<at::Tensor>& t) {
+  return (t.has_value() && t->defined()) ? t->contiguous() : at::Tensor();
+}
+
+// ---- the cell ------------------------------------------------------------------
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_cuda(
+    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh) {
+  const LstmCellShape s = check_lstm_cell_args(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor gates = at::mm(input, w_ih.t());
+  gates.addmm_(hx, w_hh.t());
+  at::Tensor hy = at::empty({s.batch, s.hidden}, input.options());
+  at::Tensor cy = at::empty({s.batch, s.hidden}, input.options());
+  launch_forward(s.batch, s.hidden, gates, defined_contiguous(b_ih), defined_contiguous(b_hh),
+                 cx.contiguous(), hy, cy);
+  return {hy, cy, gates};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_cell_backward_cuda(const at::Tensor& grad_hy, const at::Tensor& grad_cy,
+                        const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+                        const at::Tensor& cy, const at::Tensor& workspace, const at::Tensor& w_ih,
+                        const at::Tensor& w_hh, std::array<bool, 6> output_mask) {
+  const LstmCellShape s =
+      check_lstm_cell_args(input, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt);
+  for (const at::Tensor* t : {&grad_hy, &grad_cy, &cy}) {
+    TORCH_CHECK(t->sizes() == hx.sizes() && t->scalar_type() == input.scalar_type() &&
+                    t->device() == input.device(),
+                "pydl.lstm_cell_backward: gradients and cy must be (", s.batch, ", ", s.hidden,
+                ") ", input.scalar_type(), " on ", input.device());
+  }
+  TORCH_CHECK(workspace.sizes() == at::IntArrayRef({s.batch, 4 * s.hidden}),
+              "pydl.lstm_cell_backward: workspace must be (", s.batch, ", ", 4 * s.hidden,
+              "), got ", workspace.sizes());
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor dgates = at::empty({s.batch, 4 * s.hidden}, input.options());
+  at::Tensor dcx = at::empty({s.batch, s.hidden}, input.options());
+  launch_backward(s.batch, s.hidden, grad_hy.contiguous(), at::Tensor(), grad_cy.contiguous(),
+                  cx.contiguous(), cy.contiguous(), workspace.contiguous(), dgates, dcx);
+  at::Tensor g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias;
+  if (output_mask[0]) g_input = at::mm(dgates, w_ih);
+  if (output_mask[1]) g_hx = at::mm(dgates, w_hh);
+  if (output_mask[2]) g_cx = dcx;
+  if (output_mask[3]) g_w_ih = at::mm(dgates.t(), input);
+  if (output_mask[4]) g_w_hh = at::mm(dgates.t(), hx);
+  if (output_mask[5]) g_bias = dgates.sum(0);
+  return {g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias};
+}
+
+// ---- the layer -----------------------------------------------------------------
+
+// Step t's rows and the previous step's (see lstm_layer_cpu.cpp's Steps).
+struct StepPlan {
+  std::vector<int64_t> rows, offset;
+  bool reverse;
+
+  StepPlan(const at::Tensor& batch_sizes, bool reverse_) : reverse(reverse_) {
+    const at::Tensor bs = batch_sizes.contiguous();
+    const int64_t* p = bs.const_data_ptr<int64_t>();
+    rows.assign(p, p + bs.numel());
+    offset.assign(rows.size() + 1, 0);
+    for (size_t t = 0; t < rows.size(); ++t) offset[t + 1] = offset[t] + rows[t];
+  }
+  int64_t count() const { return static_cast<int64_t>(rows.size()); }
+  int64_t forward_step(int64_t i) const { return reverse ? count() - 1 - i : i; }
+  // (offset of the previous step, rows of step t it feeds)
+  std::pair<int64_t, int64_t> previous(int64_t t) const {
+    const int64_t p = reverse ? t + 1 : t - 1;
+    if (p < 0 || p >= count()) return {0, 0};
+    return {offset[p], std::min(rows[p], rows[t])};
+  }
+  // dst (rows[t], width) = previous step's rows of `all`, then `initial`'s.
+  void gather_previous(int64_t t, const at::Tensor& all, const at::Tensor& initial,
+                       const at::Tensor& dst) const {
+    const auto [off, n] = previous(t);
+    if (n > 0) dst.narrow(0, 0, n).copy_(all.narrow(0, off, n));
+    if (rows[t] > n) dst.narrow(0, n, rows[t] - n).copy_(initial.narrow(0, n, rows[t] - n));
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_layer_cuda(const at::Tensor& input, const at::Tensor& batch_sizes, const at::Tensor& hx,
+                const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+                const std::optional<at::Tensor>& w_hr, bool reverse) {
+  const LstmLayerShape s =
+      check_lstm_layer_args(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor proj = defined_contiguous(w_hr);
+  const at::Tensor bi = defined_contiguous(b_ih), bh = defined_contiguous(b_hh);
+  at::Tensor gates = bi.defined() || bh.defined()
+                         ? at::addmm(bi.defined() && bh.defined() ? bi + bh
+                                                                  : (bi.defined() ? bi : bh),
+                                     input, w_ih.t())
+                         : at::mm(input, w_ih.t());
+  gates = gates.contiguous();
+  const auto opts = input.options();
+  at::Tensor output = at::empty({s.rows, s.out}, opts);
+  at::Tensor cells = at::empty({s.rows, s.hidden}, opts);
+  at::Tensor hidden_pre = at::empty({proj.defined() ? s.rows : 0, s.hidden}, opts);
+  at::Tensor hy = hx.contiguous().clone();
+  at::Tensor cy = cx.contiguous().clone();
+  const at::Tensor whh_t = w_hh.t();
+  const StepPlan plan(batch_sizes, reverse);
+  for (int64_t i = 0; i < plan.count(); ++i) {
+    const int64_t t = plan.forward_step(i), rows = plan.rows[t], off = plan.offset[t];
+    if (rows == 0) continue;
+    at::Tensor g = gates.narrow(0, off, rows);
+    g.addmm_(hy.narrow(0, 0, rows), whh_t);
+    at::Tensor out_rows = output.narrow(0, off, rows);
+    const at::Tensor h_cell = proj.defined() ? hidden_pre.narrow(0, off, rows) : out_rows;
+    launch_forward(rows, s.hidden, g, at::Tensor(), at::Tensor(), cy.narrow(0, 0, rows), h_cell,
+                   cells.narrow(0, off, rows));
+    if (proj.defined()) at::mm_out(out_rows, h_cell, proj.t());
+    hy.narrow(0, 0, rows).copy_(out_rows);
+    cy.narrow(0, 0, rows).copy_(cells.narrow(0, off, rows));
+  }
+  return {output, hy, cy, gates, cells, hidden_pre};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_layer_backward_cuda(const at::Tensor& grad_output, const at::Tensor& grad_hy,
+                         const at::Tensor& grad_cy, const at::Tensor& input,
+                         const at::Tensor& batch_sizes, const at::Tensor& hx,
+                         const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                         const std::optional<at::Tensor>& w_hr, const at::Tensor& output,
+                         const at::Tensor& gates, const at::Tensor& cells,
+                         const at::Tensor& hidden_pre, bool reverse,
+                         std::array<bool, 7> output_mask) {
+  const LstmLayerShape s = check_lstm_layer_args(input, batch_sizes, hx, cx, w_ih, w_hh,
+                                                 std::nullopt, std::nullopt, w_hr);
+  const at::Tensor proj = defined_contiguous(w_hr);
+  const auto expect = [&](const at::Tensor& t, std::initializer_list<int64_t> shape,
+                          const char* name) {
+    TORCH_CHECK(t.sizes() == at::IntArrayRef(shape) && t.scalar_type() == input.scalar_type() &&
+                    t.device() == input.device(),
+                "pydl.lstm_layer_backward: ", name, " must be ", at::IntArrayRef(shape), " ",
+                input.scalar_type(), " on ", input.device(), ", got ", t.sizes(), " ",
+                t.scalar_type(), " on ", t.device());
+  };
+  expect(grad_output, {s.rows, s.out}, "grad_output");
+  expect(grad_hy, {s.batch, s.out}, "grad_hy");
+  expect(grad_cy, {s.batch, s.hidden}, "grad_cy");
+  expect(output, {s.rows, s.out}, "output");
+  expect(gates, {s.rows, 4 * s.hidden}, "gates");
+  expect(cells, {s.rows, s.hidden}, "cells");
+  expect(hidden_pre, {proj.defined() ? s.rows : 0, s.hidden}, "hidden_pre");
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto opts = input.options();
+  const at::Tensor go = grad_output.contiguous(), c0 = cx.contiguous(), h0 = hx.contiguous(),
+                   ws = gates.contiguous(), cs = cells.contiguous(), out = output.contiguous();
+  at::Tensor dgates = at::empty({s.rows, 4 * s.hidden}, opts);
+  at::Tensor dh = grad_hy.contiguous().clone();
+  at::Tensor dc = grad_cy.contiguous().clone();
+  at::Tensor dh_total = at::empty({proj.defined() ? s.rows : 0, s.out}, opts);
+  at::Tensor c_prev = at::empty({s.batch, s.hidden}, opts);
+  at::Tensor h_pre_grad = at::empty({proj.defined() ? s.batch : 0, s.hidden}, opts);
+  const StepPlan plan(batch_sizes, reverse);
+  for (int64_t i = plan.count() - 1; i >= 0; --i) {
+    const int64_t t = plan.forward_step(i), rows = plan.rows[t], off = plan.offset[t];
+    if (rows == 0) continue;
+    const auto [prev_off, prev_rows] = plan.previous(t);
+    at::Tensor cp;
+    if (prev_rows == rows) {
+      cp = cs.narrow(0, prev_off, rows);
+    } else if (prev_rows == 0) {
+      cp = c0.narrow(0, 0, rows);
+    } else {
+      cp = c_prev.narrow(0, 0, rows);
+      plan.gather_previous(t, cs, c0, cp);
+    }
+    at::Tensor grad_h = dh.narrow(0, 0, rows);
+    at::Tensor grad_h_extra = go.narrow(0, off, rows);
+    if (proj.defined()) {
+      at::Tensor total = dh_total.narrow(0, off, rows);
+      at::add_out(total, grad_h, grad_h_extra);
+      grad_h = h_pre_grad.narrow(0, 0, rows);
+      at::mm_out(grad_h, total, proj);
+      grad_h_extra = at::Tensor();
+    }
+    const at::Tensor dg = dgates.narrow(0, off, rows);
+    const at::Tensor dc_rows = dc.narrow(0, 0, rows);
+    launch_backward(rows, s.hidden, grad_h, grad_h_extra, dc_rows, cp, cs.narrow(0, off, rows),
+                    ws.narrow(0, off, rows), dg, dc_rows);
+    at::Tensor dh_rows = dh.narrow(0, 0, rows);
+    at::mm_out(dh_rows, dg, w_hh);
+  }
+  at::Tensor g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias, g_w_hr;
+  if (output_mask[0]) g_input = at::mm(dgates, w_ih);
+  if (output_mask[1]) g_hx = dh;
+  if (output_mask[2]) g_cx = dc;
+  if (output_mask[3]) g_w_ih = at::mm(dgates.t(), input);
+  if (output_mask[4]) {
+    at::Tensor h_prev = at::empty({s.rows, s.out}, opts);
+    for (int64_t t = 0; t < plan.count(); ++t) {
+      if (plan.rows[t] > 0) {
+        plan.gather_previous(t, out, h0, h_prev.narrow(0, plan.offset[t], plan.rows[t]));
+      }
+    }
+    g_w_hh = at::mm(dgates.t(), h_prev);
+  }
+  if (output_mask[5]) g_bias = dgates.sum(0);
+  if (output_mask[6] && proj.defined()) g_w_hr = at::mm(dh_total.t(), hidden_pre);
+  return {g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias, g_w_hr};
+}
+
+}  // namespace
+}  // namespace lstm_cuda
+}  // namespace pydl
+
+TORCH_LIBRARY_IMPL(pydl, CUDA, m) {
+  m.impl("lstm_cell", &pydl::lstm_cuda::lstm_cell_cuda);
+  m.impl("lstm_cell_backward", &pydl::lstm_cuda::lstm_cell_backward_cuda);
+  m.impl("lstm_layer", &pydl::lstm_cuda::lstm_layer_cuda);
+  m.impl("lstm_layer_backward", &pydl::lstm_cuda::lstm_layer_backward_cuda);
+}

@@ -1,0 +1,130 @@
+"""CUDA LSTM kernels (csrc/lstm/lstm_cuda.cu): pydl.nn.LSTM / LSTMCell on a GPU
+against the float64 CPU reference and torch's cuDNN LSTM.
+
+Run by scripts/gpu_check.sh with PYDL_EXPERIMENTAL_CUDA=1 (the kernels are
+opt-in until verified). Tolerances: float64 1e-10 and float32 (TF32 off)
+2e-5 relative (Frobenius norm); float16 / bfloat16: pydl's error against the
+float64 reference at most twice torch's own (cuDNN's) plus a small epsilon.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import rel_error
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import pydl
+from pydl import _ext
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible"),
+    pytest.mark.skipif(not _ext.loaded() or not _ext.built_with_cuda(),
+                       reason="pydl._C not loaded or built without CUDA"),
+]
+
+EXACT = {torch.float64: 1e-10, torch.float32: 2e-5}
+
+
+@pytest.fixture(autouse=True)
+def _opt_in(monkeypatch):
+    monkeypatch.setenv("PYDL_EXPERIMENTAL_CUDA", "1")
+    monkeypatch.setenv("PYDL_STRICT", "1")
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+
+
+def _models(dtype, **kw):
+    torch.manual_seed(0)
+    exact = torch.nn.LSTM(dtype=torch.float64, **kw)
+    ours = pydl.nn.LSTM(device="cuda", dtype=dtype, **kw)
+    theirs = torch.nn.LSTM(device="cuda", dtype=dtype, **kw)
+    ours.load_state_dict(exact.state_dict())
+    theirs.load_state_dict(exact.state_dict())
+    return ours, theirs, exact
+
+
+def _check(got, want, exact, dtype, what):
+    err = rel_error(got, exact)
+    if dtype in EXACT:
+        assert err <= EXACT[dtype], f"{what}: relative error {err:.2e}"
+    else:
+        torch_err = rel_error(want, exact)
+        assert err <= 2 * torch_err + 1e-3, f"{what}: {err:.2e} vs torch's {torch_err:.2e}"
+
+
+def _run(model, x, hx, packed_lengths=None):
+    """(output, h_n, c_n) and the gradients of their sum w.r.t. x, hx and weights."""
+    x = x.detach().requires_grad_()
+    hx = tuple(t.detach().requires_grad_() for t in hx)
+    inp = x
+    if packed_lengths is not None:
+        inp = pack_padded_sequence(x, packed_lengths, enforce_sorted=False)
+    out, (h, c) = model(inp, hx)
+    out = out.data if packed_lengths is not None else out
+    loss = out.double().square().sum() + h.double().sum() + 2 * c.double().sum()
+    grads = torch.autograd.grad(loss, [x, *hx, *model.parameters()])
+    return [out, h, c, *grads]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("config", [
+    dict(),
+    dict(num_layers=2, bidirectional=True),
+    dict(proj_size=24),
+])
+@pytest.mark.parametrize("packed", [False, True])
+def test_lstm_matches_reference_and_cudnn(dtype, config, packed):
+    ours, theirs, exact = _models(dtype, input_size=40, hidden_size=64, **config)
+    T, B = 9, 6
+    d = 2 if ours.bidirectional else 1
+    out_size = ours.proj_size or ours.hidden_size
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(T, B, 40, generator=g, dtype=torch.float64)
+    h0 = torch.randn(ours.num_layers * d, B, out_size, generator=g, dtype=torch.float64)
+    c0 = torch.randn(ours.num_layers * d, B, 64, generator=g, dtype=torch.float64)
+    lengths = torch.tensor([9, 3, 5, 9, 1, 7]) if packed else None
+    on_gpu = lambda t: t.to("cuda", dtype)
+    got = _run(ours, on_gpu(x), (on_gpu(h0), on_gpu(c0)), lengths)
+    want = _run(theirs, on_gpu(x), (on_gpu(h0), on_gpu(c0)), lengths)
+    ref = _run(exact, x, (h0, c0), lengths)
+    for k, (a, b, e) in enumerate(zip(got, want, ref)):
+        _check(a.cpu(), b.cpu(), e, dtype, f"tensor {k}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_lstm_cell_matches_reference(dtype):
+    torch.manual_seed(0)
+    exact = torch.nn.LSTMCell(20, 33, dtype=torch.float64)
+    ours = pydl.nn.LSTMCell(20, 33, device="cuda", dtype=dtype)
+    theirs = torch.nn.LSTMCell(20, 33, device="cuda", dtype=dtype)
+    ours.load_state_dict(exact.state_dict())
+    theirs.load_state_dict(exact.state_dict())
+    x = torch.randn(7, 20, dtype=torch.float64)
+    hx = (torch.randn(7, 33, dtype=torch.float64), torch.randn(7, 33, dtype=torch.float64))
+
+    def run(cell, device, dt):
+        xi = x.to(device, dt).requires_grad_()
+        hi = tuple(t.to(device, dt).requires_grad_() for t in hx)
+        h, c = cell(xi, hi)
+        grads = torch.autograd.grad(h.double().sum() + 3 * c.double().sum(),
+                                    [xi, *hi, *cell.parameters()])
+        return [h, c, *grads]
+
+    for k, (a, b, e) in enumerate(zip(run(ours, "cuda", dtype), run(theirs, "cuda", dtype),
+                                       run(exact, "cpu", torch.float64))):
+        _check(a.cpu(), b.cpu(), e, dtype, f"tensor {k}")
+
+
+def test_runs_on_the_current_stream_and_device_guard():
+    ours, _, exact = _models(torch.float32, input_size=8, hidden_size=16)
+    x = torch.randn(5, 3, 8, device="cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        out, _ = ours(x)
+    stream.synchronize()
+    want, _ = exact(x.double().cpu())
+    assert rel_error(out.cpu(), want) <= 2e-5
