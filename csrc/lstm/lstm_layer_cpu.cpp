@@ -1,9 +1,9 @@
 // One LSTM layer in one direction over a whole (packed) sequence, on the CPU.
 //
-// Forward: the input projection of every step (plus both biases) is one GEMM;
-// the time loop then does, per step, one BLAS call for the recurrent GEMM
-// (accumulated into that step's rows of the projection) and the fused
-// pointwise pass — no ATen op, allocation or Python inside the loop.
+// Forward: the input projection of every step is one GEMM; the time loop then
+// does, per step, one product for the recurrent GEMM (accumulated into that
+// step's rows of the projection) and the fused pointwise pass (which adds the
+// biases) — no ATen op, allocation or Python inside the loop.
 // Packed batches (sequences sorted longest first) shrink the GEMM to the
 // sequences still running: no work on padding.
 //
@@ -103,7 +103,7 @@ void blas_matmul(int64_t m, int64_t n, int64_t k, const T* a, const T* b, T* c, 
 int64_t small_batch_limit() {
   static const int64_t limit = [] {
     const char* env = std::getenv("PYDL_LSTM_SMALL_BATCH");
-    return env ? std::atoll(env) : int64_t(16);
+    return env ? std::atoll(env) : int64_t(64);
   }();
   return limit;
 }
@@ -156,8 +156,8 @@ void check_cpu_float(const at::Tensor& input) {
 // w_hh = w_hh^T (P x 4H), w_hr = w_hr^T (H x P) or undefined.
 template <typename T>
 void forward_loop(const Steps& steps, const LstmLayerShape& s, const StepOperand& w_hh,
-                  const StepOperand& w_hr, T* gates, T* cells, T* hidden_pre, T* output,
-                  T* h_state, T* c_state) {
+                  const StepOperand& w_hr, const T* b_ih, const T* b_hh, T* gates, T* cells,
+                  T* hidden_pre, T* output, T* h_state, T* c_state) {
   const KernelTable& kernel = kernel_for_this_cpu();
   const int64_t H = s.hidden, P = s.out;
   for (int64_t i = 0; i < steps.count(); ++i) {
@@ -168,7 +168,7 @@ void forward_loop(const Steps& steps, const LstmLayerShape& s, const StepOperand
     // (sequences sorted longest first keep the running ones at the front).
     w_hh.multiply(rows, h_state, g, /*accumulate=*/true);
     T* h_cell = w_hr.defined() ? hidden_pre + off * H : output + off * P;
-    kernel.cell_forward(CellForwardArgs{rows, H, std::is_same_v<T, double>, g, nullptr, nullptr,
+    kernel.cell_forward(CellForwardArgs{rows, H, std::is_same_v<T, double>, g, b_ih, b_hh,
                                         c_state, h_cell, cells + off * H});
     if (w_hr.defined()) w_hr.multiply(rows, h_cell, output + off * P, /*accumulate=*/false);
     std::memcpy(h_state, output + off * P, sizeof(T) * rows * P);
@@ -188,16 +188,10 @@ lstm_layer_cpu(const at::Tensor& input, const at::Tensor& batch_sizes, const at:
       check_lstm_layer_args(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
   check_cpu_float(input);
   const at::Tensor proj = contiguous_or_undefined(w_hr);
-  // The hoisted input projection, biases included: one GEMM for all steps.
-  at::Tensor gates;
+  // The hoisted input projection: one GEMM for all steps. (The biases are
+  // added by the pointwise pass: no extra pass over all the gates.)
+  const at::Tensor gates = at::mm(input, w_ih.t()).contiguous();
   const at::Tensor bi = contiguous_or_undefined(b_ih), bh = contiguous_or_undefined(b_hh);
-  if (bi.defined() || bh.defined()) {
-    const at::Tensor bias = bi.defined() && bh.defined() ? bi + bh : (bi.defined() ? bi : bh);
-    gates = at::addmm(bias, input, w_ih.t());
-  } else {
-    gates = at::mm(input, w_ih.t());
-  }
-  gates = gates.contiguous();
   const auto opts = input.options();
   at::Tensor output = at::empty({s.rows, s.out}, opts);
   at::Tensor cells = at::empty({s.rows, s.hidden}, opts);
@@ -210,7 +204,9 @@ lstm_layer_cpu(const at::Tensor& input, const at::Tensor& batch_sizes, const at:
   const StepOperand whh_t(w_hh.t(), steps);
   const StepOperand proj_t = proj.defined() ? StepOperand(proj.t(), steps) : StepOperand();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pydl.lstm_layer", [&] {
-    forward_loop<scalar_t>(steps, s, whh_t, proj_t, gates.mutable_data_ptr<scalar_t>(), cells.mutable_data_ptr<scalar_t>(),
+    forward_loop<scalar_t>(steps, s, whh_t, proj_t,
+                           bi.defined() ? bi.const_data_ptr<scalar_t>() : nullptr,
+                           bh.defined() ? bh.const_data_ptr<scalar_t>() : nullptr, gates.mutable_data_ptr<scalar_t>(), cells.mutable_data_ptr<scalar_t>(),
                            hidden_pre.mutable_data_ptr<scalar_t>(),
                            output.mutable_data_ptr<scalar_t>(), hy.mutable_data_ptr<scalar_t>(),
                            cy.mutable_data_ptr<scalar_t>());

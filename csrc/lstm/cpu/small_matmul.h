@@ -48,10 +48,22 @@ void pack_panels(const T* b, int64_t k, int64_t n, int64_t stride_k, int64_t str
   at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t panel = p0; panel < p1; ++panel) {
       T* dst = out + panel * k * w;
-      for (int64_t p = 0; p < k; ++p) {
-        for (int64_t j = 0; j < w; ++j) {
-          const int64_t col = panel * w + j;
-          dst[p * w + j] = col < n ? b[p * stride_k + col * stride_n] : T(0);
+      const int64_t cols = std::min(w, n - panel * w);
+      if (cols < w) std::fill(dst, dst + k * w, T(0));
+      const T* src = b + panel * w * stride_n;
+      // Walk whichever of B's dimensions is contiguous in the inner loop.
+      if (stride_k == 1) {
+        // A transpose, in blocks of 16 k so that the rows of dst being
+        // written stay in L1 (a whole column of dst spans k * w elements).
+        for (int64_t p0 = 0; p0 < k; p0 += 8) {
+          const int64_t p1 = std::min<int64_t>(k, p0 + 8);
+          for (int64_t j = 0; j < cols; ++j) {
+            for (int64_t p = p0; p < p1; ++p) dst[p * w + j] = src[j * stride_n + p];
+          }
+        }
+      } else {
+        for (int64_t p = 0; p < k; ++p) {
+          for (int64_t j = 0; j < cols; ++j) dst[p * w + j] = src[p * stride_k + j * stride_n];
         }
       }
     }
