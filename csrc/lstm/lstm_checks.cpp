@@ -113,4 +113,41 @@ LstmLayerShape check_lstm_layer_args(const at::Tensor& input, const at::Tensor& 
   return {rows, input.size(1), batch, hidden, out, sizes.numel()};
 }
 
+namespace {
+
+void expect_saved(const char* op, const at::Tensor& t, at::IntArrayRef shape, const char* name,
+                  const at::Tensor& input) {
+  TORCH_CHECK(t.sizes() == shape && t.scalar_type() == input.scalar_type() &&
+                  t.device() == input.device(),
+              op, ": ", name, " must be ", shape, " ", input.scalar_type(), " on ",
+              input.device(), ", got ", t.sizes(), " ", t.scalar_type(), " on ", t.device());
+}
+
+}  // namespace
+
+void check_lstm_cell_backward_args(const LstmCellShape& s, const at::Tensor& input,
+                                   const at::Tensor& grad_hy, const at::Tensor& grad_cy,
+                                   const at::Tensor& cy, const at::Tensor& workspace) {
+  const char* op = "pydl.lstm_cell_backward";
+  expect_saved(op, grad_hy, {s.batch, s.hidden}, "grad_hy", input);
+  expect_saved(op, grad_cy, {s.batch, s.hidden}, "grad_cy", input);
+  expect_saved(op, cy, {s.batch, s.hidden}, "cy", input);
+  expect_saved(op, workspace, {s.batch, 4 * s.hidden}, "workspace", input);
+}
+
+void check_lstm_layer_backward_args(const LstmLayerShape& s, bool projected,
+                                    const at::Tensor& input, const at::Tensor& grad_output,
+                                    const at::Tensor& grad_hy, const at::Tensor& grad_cy,
+                                    const at::Tensor& output, const at::Tensor& gates,
+                                    const at::Tensor& cells, const at::Tensor& hidden_pre) {
+  const char* op = "pydl.lstm_layer_backward";
+  expect_saved(op, grad_output, {s.rows, s.out}, "grad_output", input);
+  expect_saved(op, grad_hy, {s.batch, s.out}, "grad_hy", input);
+  expect_saved(op, grad_cy, {s.batch, s.hidden}, "grad_cy", input);
+  expect_saved(op, output, {s.rows, s.out}, "output", input);
+  expect_saved(op, gates, {s.rows, 4 * s.hidden}, "gates", input);
+  expect_saved(op, cells, {s.rows, s.hidden}, "cells", input);
+  expect_saved(op, hidden_pre, {projected ? s.rows : 0, s.hidden}, "hidden_pre", input);
+}
+
 }  // namespace pydl

@@ -39,4 +39,15 @@ LstmLayerShape check_lstm_layer_args(const at::Tensor& input, const at::Tensor& 
                                      const std::optional<at::Tensor>& b_hh,
                                      const std::optional<at::Tensor>& w_hr);
 
+// The backward's extra arguments: gradients and what the forward saved,
+// shaped as the forward made them, same dtype and device as the input.
+void check_lstm_cell_backward_args(const LstmCellShape& s, const at::Tensor& input,
+                                   const at::Tensor& grad_hy, const at::Tensor& grad_cy,
+                                   const at::Tensor& cy, const at::Tensor& workspace);
+void check_lstm_layer_backward_args(const LstmLayerShape& s, bool projected,
+                                    const at::Tensor& input, const at::Tensor& grad_output,
+                                    const at::Tensor& grad_hy, const at::Tensor& grad_cy,
+                                    const at::Tensor& output, const at::Tensor& gates,
+                                    const at::Tensor& cells, const at::Tensor& hidden_pre);
+
 }  // namespace pydl

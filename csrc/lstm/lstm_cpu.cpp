@@ -7,6 +7,7 @@
 #include "common/cpu_isa.h"
 #include "lstm/cpu/lstm_cpu_kernel.h"
 #include "lstm/lstm_checks.h"
+#include "lstm/lstm_gradients.h"
 
 namespace pydl {
 namespace lstm_cpu {
@@ -65,14 +66,7 @@ lstm_cell_backward_cpu(const at::Tensor& grad_hy, const at::Tensor& grad_cy,
   const LstmCellShape s =
       check_lstm_cell_args(input, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt);
   check_cpu_dtype(input);
-  for (const at::Tensor* t : {&grad_hy, &grad_cy, &cy}) {
-    TORCH_CHECK(t->sizes() == hx.sizes() && t->scalar_type() == input.scalar_type(),
-                "pydl.lstm_cell_backward: gradients and cy must be (", s.batch, ", ", s.hidden,
-                ") ", input.scalar_type(), ", got ", t->sizes(), " ", t->scalar_type());
-  }
-  TORCH_CHECK(workspace.sizes() == at::IntArrayRef({s.batch, 4 * s.hidden}),
-              "pydl.lstm_cell_backward: workspace must be (", s.batch, ", ", 4 * s.hidden,
-              "), got ", workspace.sizes());
+  check_lstm_cell_backward_args(s, input, grad_hy, grad_cy, cy, workspace);
   const at::Tensor dh = grad_hy.contiguous(), dc = grad_cy.contiguous(), c0 = cx.contiguous(),
                    c1 = cy.contiguous(), ws = workspace.contiguous();
   at::Tensor dgates = at::empty({s.batch, 4 * s.hidden}, input.options());
@@ -87,14 +81,7 @@ lstm_cell_backward_cpu(const at::Tensor& grad_hy, const at::Tensor& grad_cy,
                        dcx.mutable_data_ptr()};
     kernel_for_this_cpu().cell_backward(a);
   }
-  at::Tensor g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias;
-  if (output_mask[0]) g_input = at::mm(dgates, w_ih);
-  if (output_mask[1]) g_hx = at::mm(dgates, w_hh);
-  if (output_mask[2]) g_cx = dcx;
-  if (output_mask[3]) g_w_ih = at::mm(dgates.t(), input);
-  if (output_mask[4]) g_w_hh = at::mm(dgates.t(), hx);
-  if (output_mask[5]) g_bias = dgates.sum(0);
-  return {g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias};
+  return lstm_cell_gemm_grads(dgates, dcx, input, hx, w_ih, w_hh, output_mask);
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 
 #include "lstm/cuda/lstm_pointwise.cuh"
 #include "lstm/lstm_checks.h"
+#include "lstm/lstm_gradients.h"
 
 namespace pydl {
 namespace lstm_cuda {
@@ -98,28 +99,13 @@ lstm_cell_backward_cuda(const at::Tensor& grad_hy, const at::Tensor& grad_cy,
                         const at::Tensor& w_hh, std::array<bool, 6> output_mask) {
   const LstmCellShape s =
       check_lstm_cell_args(input, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt);
-  for (const at::Tensor* t : {&grad_hy, &grad_cy, &cy}) {
-    TORCH_CHECK(t->sizes() == hx.sizes() && t->scalar_type() == input.scalar_type() &&
-                    t->device() == input.device(),
-                "pydl.lstm_cell_backward: gradients and cy must be (", s.batch, ", ", s.hidden,
-                ") ", input.scalar_type(), " on ", input.device());
-  }
-  TORCH_CHECK(workspace.sizes() == at::IntArrayRef({s.batch, 4 * s.hidden}),
-              "pydl.lstm_cell_backward: workspace must be (", s.batch, ", ", 4 * s.hidden,
-              "), got ", workspace.sizes());
+  check_lstm_cell_backward_args(s, input, grad_hy, grad_cy, cy, workspace);
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor dgates = at::empty({s.batch, 4 * s.hidden}, input.options());
   at::Tensor dcx = at::empty({s.batch, s.hidden}, input.options());
   launch_backward(s.batch, s.hidden, grad_hy.contiguous(), at::Tensor(), grad_cy.contiguous(),
                   cx.contiguous(), cy.contiguous(), workspace.contiguous(), dgates, dcx);
-  at::Tensor g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias;
-  if (output_mask[0]) g_input = at::mm(dgates, w_ih);
-  if (output_mask[1]) g_hx = at::mm(dgates, w_hh);
-  if (output_mask[2]) g_cx = dcx;
-  if (output_mask[3]) g_w_ih = at::mm(dgates.t(), input);
-  if (output_mask[4]) g_w_hh = at::mm(dgates.t(), hx);
-  if (output_mask[5]) g_bias = dgates.sum(0);
-  return {g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias};
+  return lstm_cell_gemm_grads(dgates, dcx, input, hx, w_ih, w_hh, output_mask);
 }
 
 // ---- the layer -----------------------------------------------------------------
@@ -205,21 +191,8 @@ lstm_layer_backward_cuda(const at::Tensor& grad_output, const at::Tensor& grad_h
   const LstmLayerShape s = check_lstm_layer_args(input, batch_sizes, hx, cx, w_ih, w_hh,
                                                  std::nullopt, std::nullopt, w_hr);
   const at::Tensor proj = defined_contiguous(w_hr);
-  const auto expect = [&](const at::Tensor& t, std::initializer_list<int64_t> shape,
-                          const char* name) {
-    TORCH_CHECK(t.sizes() == at::IntArrayRef(shape) && t.scalar_type() == input.scalar_type() &&
-                    t.device() == input.device(),
-                "pydl.lstm_layer_backward: ", name, " must be ", at::IntArrayRef(shape), " ",
-                input.scalar_type(), " on ", input.device(), ", got ", t.sizes(), " ",
-                t.scalar_type(), " on ", t.device());
-  };
-  expect(grad_output, {s.rows, s.out}, "grad_output");
-  expect(grad_hy, {s.batch, s.out}, "grad_hy");
-  expect(grad_cy, {s.batch, s.hidden}, "grad_cy");
-  expect(output, {s.rows, s.out}, "output");
-  expect(gates, {s.rows, 4 * s.hidden}, "gates");
-  expect(cells, {s.rows, s.hidden}, "cells");
-  expect(hidden_pre, {proj.defined() ? s.rows : 0, s.hidden}, "hidden_pre");
+  check_lstm_layer_backward_args(s, proj.defined(), input, grad_output, grad_hy, grad_cy, output,
+                                 gates, cells, hidden_pre);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto opts = input.options();
   const at::Tensor go = grad_output.contiguous(), c0 = cx.contiguous(), h0 = hx.contiguous(),
@@ -260,23 +233,17 @@ lstm_layer_backward_cuda(const at::Tensor& grad_output, const at::Tensor& grad_h
     at::Tensor dh_rows = dh.narrow(0, 0, rows);
     at::mm_out(dh_rows, dg, w_hh);
   }
-  at::Tensor g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias, g_w_hr;
-  if (output_mask[0]) g_input = at::mm(dgates, w_ih);
-  if (output_mask[1]) g_hx = dh;
-  if (output_mask[2]) g_cx = dc;
-  if (output_mask[3]) g_w_ih = at::mm(dgates.t(), input);
+  at::Tensor h_prev;  // (N, P): each step's h_prev, for w_hh's gradient
   if (output_mask[4]) {
-    at::Tensor h_prev = at::empty({s.rows, s.out}, opts);
+    h_prev = at::empty({s.rows, s.out}, opts);
     for (int64_t t = 0; t < plan.count(); ++t) {
       if (plan.rows[t] > 0) {
         plan.gather_previous(t, out, h0, h_prev.narrow(0, plan.offset[t], plan.rows[t]));
       }
     }
-    g_w_hh = at::mm(dgates.t(), h_prev);
   }
-  if (output_mask[5]) g_bias = dgates.sum(0);
-  if (output_mask[6] && proj.defined()) g_w_hr = at::mm(dh_total.t(), hidden_pre);
-  return {g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias, g_w_hr};
+  return lstm_layer_gemm_grads(dgates, dh, dc, input, h_prev, w_ih, dh_total, hidden_pre,
+                               proj.defined(), output_mask);
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include "common/blas.h"
 #include "lstm/cpu/lstm_cpu_kernel.h"
 #include "lstm/lstm_checks.h"
+#include "lstm/lstm_gradients.h"
 
 namespace pydl {
 namespace lstm_cpu {
@@ -275,19 +276,8 @@ lstm_layer_backward_cpu(const at::Tensor& grad_output, const at::Tensor& grad_hy
                                                  std::nullopt, std::nullopt, w_hr);
   check_cpu_float(input);
   const at::Tensor proj = contiguous_or_undefined(w_hr);
-  const auto expect = [&](const at::Tensor& t, std::initializer_list<int64_t> shape,
-                          const char* name) {
-    TORCH_CHECK(t.sizes() == at::IntArrayRef(shape) && t.scalar_type() == input.scalar_type(),
-                "pydl.lstm_layer_backward: ", name, " must be ", at::IntArrayRef(shape), " ",
-                input.scalar_type(), ", got ", t.sizes(), " ", t.scalar_type());
-  };
-  expect(grad_output, {s.rows, s.out}, "grad_output");
-  expect(grad_hy, {s.batch, s.out}, "grad_hy");
-  expect(grad_cy, {s.batch, s.hidden}, "grad_cy");
-  expect(output, {s.rows, s.out}, "output");
-  expect(gates, {s.rows, 4 * s.hidden}, "gates");
-  expect(cells, {s.rows, s.hidden}, "cells");
-  expect(hidden_pre, {proj.defined() ? s.rows : 0, s.hidden}, "hidden_pre");
+  check_lstm_layer_backward_args(s, proj.defined(), input, grad_output, grad_hy, grad_cy, output,
+                                 gates, cells, hidden_pre);
 
   const auto opts = input.options();
   const at::Tensor go = grad_output.contiguous(), x0 = cx.contiguous(), h0 = hx.contiguous(),
@@ -327,15 +317,8 @@ lstm_layer_backward_cpu(const at::Tensor& grad_output, const at::Tensor& grad_hy
     }
   });
 
-  at::Tensor g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias, g_w_hr;
-  if (output_mask[0]) g_input = at::mm(dgates, w_ih);
-  if (output_mask[1]) g_hx = dh;
-  if (output_mask[2]) g_cx = dc;
-  if (output_mask[3]) g_w_ih = at::mm(dgates.t(), input);
-  if (output_mask[4]) g_w_hh = at::mm(dgates.t(), h_prev);
-  if (output_mask[5]) g_bias = dgates.sum(0);
-  if (output_mask[6] && proj.defined()) g_w_hr = at::mm(dh_total.t(), hidden_pre);
-  return {g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias, g_w_hr};
+  return lstm_layer_gemm_grads(dgates, dh, dc, input, h_prev, w_ih, dh_total, hidden_pre,
+                               proj.defined(), output_mask);
 }
 
 }  // namespace
