@@ -117,8 +117,8 @@ def save_saliency_png(images: torch.Tensor, maps: torch.Tensor, path, labels=Non
     fig = _figure(2, n)
     for i in range(n):
         top, bottom = fig.add_subplot(2, n, i + 1), fig.add_subplot(2, n, n + i + 1)
-        top.imshow(images[i].reshape(images.shape[-2:]), cmap="gray_r")
-        bottom.imshow(maps[i], cmap="hot")
+        top.imshow(images[i].reshape(images.shape[-2:]).numpy(), cmap="gray_r")
+        bottom.imshow(maps[i].numpy(), cmap="hot")
         if labels is not None:
             top.set_title(str(labels[i]), fontsize=9)
         for ax in (top, bottom):
@@ -138,9 +138,9 @@ def save_attention_png(images: torch.Tensor, maps: list[torch.Tensor], grid: tup
     fig = _figure(3, n)
     for i in range(n):
         axes = [fig.add_subplot(3, n, r * n + i + 1) for r in range(3)]
-        axes[0].imshow(images[i].reshape(images.shape[-2:]), cmap="gray_r")
-        axes[1].imshow(cls_grid[i], cmap="viridis")
-        axes[2].imshow(full[i], cmap="viridis")
+        axes[0].imshow(images[i].reshape(images.shape[-2:]).numpy(), cmap="gray_r")
+        axes[1].imshow(cls_grid[i].numpy(), cmap="viridis")
+        axes[2].imshow(full[i].numpy(), cmap="viridis")
         if labels is not None:
             axes[0].set_title(str(labels[i]), fontsize=9)
         for ax in axes:

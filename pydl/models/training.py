@@ -244,7 +244,12 @@ def fit(model: torch.nn.Module, X, y, epochs: int = 10, batch_size: int = 32,
                 else:
                     total_norm = torch.nn.utils.get_total_norm(
                         [p.grad for p in params if p.grad is not None])
-                step_loss = loss.item() / world
+                if world > 1:  # the global batch's mean loss, the same on every process
+                    global_loss = loss.detach().clone()
+                    torch.distributed.all_reduce(global_loss)
+                    step_loss = global_loss.item() / world
+                else:
+                    step_loss = loss.item()
                 history.step_loss.append(step_loss)
                 history.step_grad_norm.append(float(total_norm))
                 if stop_on_nonfinite and not math.isfinite(step_loss):

@@ -65,8 +65,11 @@ def sinusoidal_encoding(length: int, d_model: int) -> torch.Tensor:
 
 
 class TransformerClassifier(torch.nn.Module):
+    """num_heads heads of key_dim dimensions each (d_model = num_heads x key_dim; give either),
+    num_layers encoder blocks with ff_dim-wide feed-forward layers."""
+
     def __init__(self, input_dim: int | None = 4, num_classes: int = 10, seq_len: int = 16,
-                 num_heads: int = 4, key_dim: int | None = 16, d_model: int | None = None,
+                 num_heads: int = 4, key_dim: int | None = None, d_model: int | None = None,
                  num_layers: int = 2, ff_dim: int = 128, dropout: float = 0.1,
                  activation: str = "gelu", positional: str = "sinusoidal", pooling: str = "cls",
                  vocab_size: int | None = None, dense_layers=(), norm_first: bool = True):
@@ -78,10 +81,9 @@ class TransformerClassifier(torch.nn.Module):
         check_positive_int(num_layers, "num_layers", where)
         check_positive_int(ff_dim, "ff_dim", where)
         layers.check_activation(activation, f"{where}: ")
-        if d_model is None:
-            if key_dim is None:
-                raise ValueError(f"{where}: give d_model or key_dim")
-            d_model = num_heads * check_positive_int(key_dim, "key_dim", where)
+        if d_model is None:  # default: 16 dimensions per head
+            d_model = num_heads * check_positive_int(16 if key_dim is None else key_dim,
+                                                     "key_dim", where)
         check_positive_int(d_model, "d_model", where)
         # torch's MultiheadAttention splits d_model evenly: key_dim is d_model / num_heads.
         if d_model % num_heads or (key_dim is not None and key_dim * num_heads != d_model):
