@@ -43,7 +43,7 @@ def patches_to_images(patches: torch.Tensor, image_size: tuple[int, int], channe
     """The inverse of images_to_patches."""
     n, count, dim = patches.shape
     h, w = image_size
-    p = int(round((dim / channels) ** 0.5))
+    p = round((dim / channels) ** 0.5)
     if p * p * channels != dim or (h // p) * (w // p) != count:
         raise ValueError(f"patches of shape {tuple(patches.shape)} do not tile a "
                          f"{channels}x{h}x{w} image")

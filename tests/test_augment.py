@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from toolkit_helpers import digits, one_thread  # noqa: F401
+from toolkit_helpers import digits_fixture, one_thread_fixture  # noqa: F401
 
 from pydl.datasets import images_to_patches, patches_to_images, to_form
 from pydl.models import ImageAugment, PatchAugment, SequenceAugment
@@ -94,7 +94,7 @@ def test_bad_augment_arguments():
 
 
 def test_digits_forms(digits):
-    X_img, X_img_test, y, y_test = digits["images"]
+    X_img, X_img_test, y, _ = digits["images"]
     assert X_img.shape[1:] == (1, 8, 8) and len(X_img) + len(X_img_test) == 1797
     assert X_img.dtype == torch.float32 and 0 <= X_img.min() and X_img.max() <= 1
     assert y.dtype == torch.int64 and set(y.tolist()) == set(range(10))

@@ -30,11 +30,11 @@ def test_gradient_descent_too_large_step_diverges():
 
 
 @pytest.mark.parametrize("bad", [
-    dict(X=np.ones(5), y=np.ones(5)),
-    dict(X=np.ones((5, 2)), y=np.ones(4)),
-    dict(X=np.ones((5, 2)), y=np.ones((5, 2))),
-    dict(X=np.ones((5, 2)), y=np.ones(5), theta=np.ones(3)),
-    dict(X=np.ones((5, 2)), y=np.ones(5), learning_rate=0),
+    {"X": np.ones(5), "y": np.ones(5)},
+    {"X": np.ones((5, 2)), "y": np.ones(4)},
+    {"X": np.ones((5, 2)), "y": np.ones((5, 2))},
+    {"X": np.ones((5, 2)), "y": np.ones(5), "theta": np.ones(3)},
+    {"X": np.ones((5, 2)), "y": np.ones(5), "learning_rate": 0},
 ])
 def test_gradient_descent_bad_arguments(bad):
     with pytest.raises(ValueError):

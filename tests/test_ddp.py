@@ -6,11 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ddp_worker
 import pytest
 import torch
-from toolkit_helpers import one_thread  # noqa: F401
-
-import ddp_worker
+from toolkit_helpers import one_thread_fixture  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +22,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
                                            os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            str(ROOT / "tests" / "ddp_worker.py"), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     result = torch.load(out)
     assert result["world"] == 2
@@ -37,7 +36,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     assert ddp["accuracy"] == history.accuracy
     for name, value in model.state_dict().items():
         torch.testing.assert_close(result["state"][name], value, rtol=1e-5, atol=1e-6,
-                                   msg=lambda m: f"{name}: {m}")
+                                   msg=lambda m, name=name: f"{name}: {m}")
     # and training moved the weights (the comparison is not between two initial states)
     initial = ddp_worker.model().state_dict()
     assert any(not torch.allclose(initial[k], v) for k, v in model.state_dict().items())

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from toolkit_helpers import one_thread  # noqa: F401
+from toolkit_helpers import one_thread_fixture  # noqa: F401
 
 
 def test_demo_smoke_run(tmp_path, capsys):

@@ -5,10 +5,9 @@ import math
 
 import pytest
 import torch
-from toolkit_helpers import digits, one_thread  # noqa: F401
+from toolkit_helpers import digits_fixture, one_thread_fixture  # noqa: F401
 
-from pydl.models import TransformerClassifier, attention_maps, fit, saliency
-from pydl.models import interpret
+from pydl.models import TransformerClassifier, attention_maps, fit, interpret, saliency
 from pydl.models.gradients import clipping_demo
 from pydl.models.training import History
 

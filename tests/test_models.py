@@ -5,11 +5,18 @@ import math
 import numpy as np
 import pytest
 import torch
-from toolkit_helpers import digits, one_thread  # noqa: F401
+from toolkit_helpers import digits_fixture, one_thread_fixture  # noqa: F401
 
 import pydl.nn
-from pydl.models import (BiLSTMClassifier, CNNClassifier, TransformerClassifier, evaluate, fit,
-                         layers, predict)
+from pydl.models import (
+    BiLSTMClassifier,
+    CNNClassifier,
+    TransformerClassifier,
+    evaluate,
+    fit,
+    layers,
+    predict,
+)
 from pydl.models.gradients import layer_grad_norms
 
 
@@ -148,7 +155,7 @@ def test_transformer_over_token_ids():
 
 
 def test_mean_pooling_and_learned_positions(digits):
-    X, _, y, _ = digits["patches"]
+    X = digits["patches"][0]
     model = TransformerClassifier(input_dim=4, seq_len=16, num_heads=2, d_model=16, num_layers=1,
                                   pooling="mean", positional="learned")
     assert model(X[:3]).shape == (3, 10)
@@ -180,8 +187,6 @@ def _img(d):
     (lambda d: fit(small_cnn(), *_img(d), learning_rate=-1, progress=False), "learning_rate"),
     (lambda d: fit(small_cnn(), *_img(d), validation_split=1.0, progress=False),
      "validation_split"),
-    (lambda d: fit(small_cnn(), list(_img(d)[0]), _img(d)[1], progress=False),
-     "numpy array or a torch"),
     (lambda d: CNNClassifier(conv_layers=[(8, 3, "swish")]), "unknown activation 'swish'"),
     (lambda d: CNNClassifier(dense_layers=[{"units": 8, "activation": "softplus2"}]),
      "unknown activation"),
@@ -197,6 +202,16 @@ def _img(d):
 def test_bad_arguments_give_clear_errors(digits, call, match):
     with pytest.raises(ValueError, match=match):
         call(digits)
+
+
+def test_wrong_argument_types_give_clear_errors(digits):
+    X, _, y, _ = digits["images"]
+    with pytest.raises(TypeError, match="X must be a numpy array or a torch tensor"):
+        fit(small_cnn(), list(X[:10]), y[:10], progress=False)
+    with pytest.raises(TypeError, match="y must be a numpy array or a torch tensor"):
+        fit(small_cnn(), X[:10], y[:10].tolist(), progress=False)
+    with pytest.raises(TypeError, match="expected a dict, tuple or int"):
+        CNNClassifier(conv_layers=["conv"])
 
 
 @pytest.mark.gpu

@@ -8,6 +8,8 @@ and finite differences.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from pydl.basics.optimizers import _Optimizer, make_optimizer
@@ -49,7 +51,7 @@ class MLP:
         self.activation = activation
         rng = np.random.default_rng(seed)
         self.params: list[np.ndarray] = []  # [W1, b1, W2, b2, ...], W_k of shape (in, out)
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        for fan_in, fan_out in itertools.pairwise(sizes):
             # He init for ReLU, Xavier/Glorot for sigmoid: keeps activations from vanishing.
             scale = np.sqrt(2.0 / fan_in) if activation == "relu" else np.sqrt(1.0 / fan_in)
             self.params.append((rng.standard_normal((fan_in, fan_out)) * scale).astype(dtype))
@@ -133,7 +135,7 @@ class MLP:
         if isinstance(optimizer, str):
             optimizer = make_optimizer(optimizer, lr=learning_rate)
         elif not isinstance(optimizer, _Optimizer):
-            raise ValueError(f"optimizer must be 'sgd', 'adam' or a pydl.basics optimizer, "
+            raise TypeError(f"optimizer must be 'sgd', 'adam' or a pydl.basics optimizer, "
                              f"got {type(optimizer).__name__}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

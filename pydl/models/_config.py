@@ -18,7 +18,7 @@ def layer_specs(items, fields: tuple[str, ...], defaults: dict, where: str) -> l
     specs = []
     for k, item in enumerate(items):
         if isinstance(item, bool):
-            raise ValueError(f"{where}[{k}]: expected a dict, tuple or int, got {item!r}")
+            raise TypeError(f"{where}[{k}]: expected a dict, tuple or int, got {item!r}")
         if isinstance(item, int):
             item = {fields[0]: item}
         elif isinstance(item, (tuple, list)):
@@ -26,7 +26,7 @@ def layer_specs(items, fields: tuple[str, ...], defaults: dict, where: str) -> l
                 raise ValueError(f"{where}[{k}]: at most {len(fields)} values {fields}, got {item}")
             item = dict(zip(fields, item))
         elif not isinstance(item, dict):
-            raise ValueError(f"{where}[{k}]: expected a dict, tuple or int, got {item!r}")
+            raise TypeError(f"{where}[{k}]: expected a dict, tuple or int, got {item!r}")
         unknown = set(item) - set(fields)
         if unknown:
             raise ValueError(f"{where}[{k}]: unknown keys {sorted(unknown)}; allowed {fields}")

@@ -119,5 +119,5 @@ class PatchAugment:
         if not self.enabled:
             return x
         images = patches_to_images(x, self.image_size, self.channels)
-        patch = int(round((x.shape[2] / self.channels) ** 0.5))
+        patch = round((x.shape[2] / self.channels) ** 0.5)
         return images_to_patches(self.image_augment(images, generator), patch)

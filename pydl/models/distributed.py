@@ -42,7 +42,7 @@ def init_from_env(backend: str | None = None) -> torch.device:
     backend = backend or ("nccl" if use_cuda else "gloo")
     device = torch.device("cpu")
     if use_cuda:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not is_initialized():
         dist.init_process_group(backend=backend)

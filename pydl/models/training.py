@@ -71,7 +71,7 @@ def as_inputs(model, X) -> torch.Tensor:
     if isinstance(X, np.ndarray):
         X = torch.from_numpy(X)
     if not isinstance(X, torch.Tensor):
-        raise ValueError(f"X must be a numpy array or a torch tensor, got {type(X).__name__}")
+        raise TypeError(f"X must be a numpy array or a torch tensor, got {type(X).__name__}")
     X = X.long() if not X.is_floating_point() else X.to(_model_dtype(model))
     if X.dim() < 2 or X.shape[0] == 0:
         raise ValueError(f"X must have shape (samples, ...) with at least one sample, got "
@@ -86,7 +86,7 @@ def as_labels(model, X, y) -> torch.Tensor:
     if isinstance(y, np.ndarray):
         y = torch.from_numpy(y)
     if not isinstance(y, torch.Tensor):
-        raise ValueError(f"y must be a numpy array or a torch tensor, got {type(y).__name__}")
+        raise TypeError(f"y must be a numpy array or a torch tensor, got {type(y).__name__}")
     if y.dim() != 1:
         raise ValueError(f"y must be 1-D class labels of shape ({X.shape[0]},), got {tuple(y.shape)}")
     if y.shape[0] != X.shape[0]:
@@ -182,7 +182,7 @@ def fit(model: torch.nn.Module, X, y, epochs: int = 10, batch_size: int = 32,
         y_val = as_labels(module, X_val, validation_data[1])
     elif validation_split > 0:
         order = torch.randperm(len(y), generator=gen)
-        n_val = max(1, int(round(len(y) * validation_split)))
+        n_val = max(1, round(len(y) * validation_split))
         if n_val >= len(y):
             raise ValueError(f"validation_split={validation_split} leaves no training samples")
         X_val, y_val = X[order[:n_val]], y[order[:n_val]]
