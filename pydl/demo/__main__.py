@@ -131,7 +131,8 @@ def clipping_study(args, out: Path, results: dict) -> None:
         results["clipping"][label] = {"final_loss": h.step_loss[-1], "diverged": h.diverged,
                                       "max_grad_norm": max(h.step_grad_norm),
                                       "final_accuracy": h.accuracy[-1] if h.accuracy else None}
-        state = "diverged (loss not finite)" if h.diverged else f"final loss {h.step_loss[-1]:.3f}"
+        state = ("diverged (loss not finite)" if h.diverged else
+                 f"last epoch: loss {h.loss[-1]:.3f}, train accuracy {h.accuracy[-1]:.3f}")
         print(f"deep LSTM, {label:9s}: {state}; largest gradient norm {max(h.step_grad_norm):.3g}",
               flush=True)
     interpret.plot_gradient_norms(runs, out / "gradient_norms.png")

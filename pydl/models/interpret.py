@@ -166,19 +166,22 @@ def plot_histories(histories: dict, path, title: str = "") -> Path:
 
 
 def plot_gradient_norms(histories: dict, path) -> Path:
-    """Per-step total gradient norm of each run (log scale), and per-layer norms per epoch."""
-    fig = _figure(1, 2, size=3.4)
+    """Per-step total gradient norm of each run (log scale), and each run's per-layer norms
+    in its last epoch: vanishing gradients show as layers far below the others."""
+    fig = _figure(1, 2, size=3.6)
     ax_steps, ax_layers = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     for name, h in histories.items():
         ax_steps.plot(range(1, len(h.step_grad_norm) + 1), h.step_grad_norm, label=name)
     ax_steps.set(xlabel="step", ylabel="gradient norm (before clipping)", yscale="log")
     ax_steps.legend(fontsize=7)
-    first = next(iter(histories.values()))
-    if first.layer_grad_norms:
-        names = list(first.layer_grad_norms[-1])
-        values = [first.layer_grad_norms[-1][k] for k in names]
-        ax_layers.barh(range(len(names)), values)
-        ax_layers.set_yticks(range(len(names)), names, fontsize=6)
-        ax_layers.set(xscale="log", xlabel="mean gradient norm, last epoch",
-                      title=next(iter(histories)))
+    runs = [(name, h.layer_grad_norms[-1]) for name, h in histories.items() if h.layer_grad_norms]
+    if runs:
+        names = list(runs[0][1])
+        height = 0.8 / len(runs)
+        for k, (run, norms) in enumerate(runs):
+            ax_layers.barh([i + k * height for i in range(len(names))],
+                           [norms.get(n, 0.0) for n in names], height=height, label=run)
+        ax_layers.set_yticks([i + 0.4 - height / 2 for i in range(len(names))], names, fontsize=7)
+        ax_layers.set(xscale="log", xlabel="mean gradient norm per layer, last epoch")
+        ax_layers.legend(fontsize=7)
     return _save(fig, path)
