@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from toolkit_helpers import digits_fixture, one_thread_fixture  # noqa: F401
@@ -216,13 +215,32 @@ def test_wrong_argument_types_give_clear_errors(digits):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
-def test_fit_on_gpu(digits):
-    X, X_test, y, y_test = digits["images"]
+@pytest.mark.parametrize("make,shape,augment", [
+    (small_cnn, (1, 8, 8), "image"),
+    (small_lstm, (8, 8), "sequence"),
+    (small_transformer, (16, 4), None),
+])
+def test_fit_on_gpu(make, shape, augment):
+    # Synthetic data (no scikit-learn on the GPU machine): inputs centred on +1 or -1, the
+    # class says which (a shift with zero fill keeps it readable).
+    from pydl.models import ImageAugment, SequenceAugment, attention_maps, saliency
+
+    g = torch.Generator().manual_seed(0)
+    sign = torch.randint(0, 2, (256,), generator=g) * 2 - 1
+    X = sign.view(-1, *[1] * len(shape)) + 0.5 * torch.randn(256, *shape, generator=g)
+    y = (sign > 0).long() * 3  # classes 0 and 3 of 10
+    aug = {"image": ImageAugment(shift=1), "sequence": SequenceAugment(time_shift=1)}.get(augment)
     torch.manual_seed(0)
-    model = small_cnn()
-    history = fit(model, X[:400], y[:400], epochs=3, learning_rate=3e-3, device="cuda",
-                  progress=False)
+    model = make()
+    history = fit(model, X, y, epochs=4, learning_rate=3e-3, device="cuda", augment=aug,
+                  validation_split=0.25, progress=False)
     assert next(model.parameters()).is_cuda
-    assert history.loss[-1] < history.loss[0]
-    assert evaluate(model, X_test, y_test)["accuracy"] > 0.5
-    assert isinstance(np.asarray(history.step_loss), np.ndarray)
+    assert history.loss[-1] < history.loss[0] and math.isfinite(history.grad_norm[-1])
+    assert history.layer_grad_norms[-1]
+    assert predict(model, X[:8]).device.type == "cpu"
+    assert evaluate(model, X, y)["accuracy"] > 0.6
+    if len(shape) == 3:
+        assert saliency(model, X[:4]).shape == (4, 8, 8)
+    if make is small_transformer:
+        maps = attention_maps(model, X[:4])
+        assert maps[0].is_cuda and torch.allclose(maps[0].sum(-1).cpu(), torch.ones(4, 2, 17))

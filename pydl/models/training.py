@@ -171,11 +171,15 @@ def fit(model: torch.nn.Module, X, y, epochs: int = 10, batch_size: int = 32,
     if clip_grad_norm is not None and not clip_grad_norm > 0:
         raise ValueError(f"clip_grad_norm must be positive or None, got {clip_grad_norm!r}")
 
-    gen = torch.Generator()
-    if seed is not None:
+    gen = torch.Generator()  # shuffling and the validation split
+    aug_gen = torch.Generator()  # augmentation: its own stream, so switching it on or off
+    if seed is not None:  # leaves the batch order unchanged
         gen.manual_seed(seed)
+        aug_gen.manual_seed(seed + 1)
         torch.manual_seed(seed)  # dropout and anything else on the global generator
-    aug_gen = torch.Generator().manual_seed(gen.initial_seed() + 1)
+    else:
+        gen.seed()
+        aug_gen.seed()
 
     if validation_data is not None:
         X_val = as_inputs(module, validation_data[0])
@@ -236,9 +240,7 @@ def fit(model: torch.nn.Module, X, y, epochs: int = 10, batch_size: int = 32,
                 loss = loss_sum * (world / len(idx_global))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if record_grad_norms:
-                    for name, value in layer_grad_tensors(module).items():
-                        layer_sums[name] = layer_sums.get(name, 0.0) + value
+                layer_norms = layer_grad_tensors(module) if record_grad_norms else {}
                 if clip_grad_norm is not None:
                     total_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
                 else:
@@ -255,6 +257,8 @@ def fit(model: torch.nn.Module, X, y, epochs: int = 10, batch_size: int = 32,
                 if stop_on_nonfinite and not math.isfinite(step_loss):
                     history.diverged = True
                     break
+                for name, value in layer_norms.items():
+                    layer_sums[name] = layer_sums.get(name, 0.0) + value
                 opt.step()
                 if sched is not None:
                     sched.step()
