@@ -41,6 +41,29 @@ def test_layers_come_from_pydl_nn_where_it_has_them():
     assert layers.Conv2d is pydl.nn.Conv2d  # the foundation's layer exists already
 
 
+def test_models_switch_to_pydl_layers_when_they_land(monkeypatch):
+    import importlib
+
+    class LSTM(torch.nn.LSTM):  # stand-ins for pydl.nn layers that have not landed yet
+        pass
+
+    class MultiheadAttention(torch.nn.MultiheadAttention):
+        pass
+
+    monkeypatch.setattr(pydl.nn, "LSTM", LSTM, raising=False)
+    monkeypatch.setattr(pydl.nn, "MultiheadAttention", MultiheadAttention, raising=False)
+    try:
+        importlib.reload(layers)
+        assert layers.sources()["LSTM"] == "pydl.nn"
+        assert all(type(m) is LSTM for m in small_lstm().rnns)
+        assert all(type(b.attn) is MultiheadAttention for b in small_transformer().blocks)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(layers)
+    assert layers.LSTM is not LSTM  # back to the real choice
+    assert type(small_lstm().rnns[0]) is layers.LSTM
+
+
 def test_models_are_built_from_the_layer_choices():
     cnn, lstm, tr = small_cnn(), small_lstm(), small_transformer()
     convs = [m for m in cnn.modules() if isinstance(m, torch.nn.Conv2d)]
