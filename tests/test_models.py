@@ -1,6 +1,7 @@
 """pydl.models: the three classifiers, fit / evaluate / predict, History, and argument checks."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -267,3 +268,17 @@ def test_fit_on_gpu(make, shape, augment):
     if make is small_transformer:
         maps = attention_maps(model, X[:4])
         assert maps[0].is_cuda and torch.allclose(maps[0].sum(-1).cpu(), torch.ones(4, 2, 17))
+
+
+def test_toolkit_imports_no_optional_dependencies():
+    # scikit-learn and matplotlib are the toolkit extra: imported only by the functions
+    # that need them (tqdm is not checked: torch itself imports it).
+    import subprocess
+    import sys
+
+    code = ("import sys, pydl, pydl.models, pydl.basics, pydl.datasets, pydl.demo; "
+            "print([m for m in ('sklearn', 'matplotlib') if m in sys.modules])")
+    root = Path(__file__).resolve().parents[1]  # this checkout's pydl, as in the test run
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120, cwd=root).stdout
+    assert out.strip() == "[]"
