@@ -12,7 +12,7 @@ PYTHON=${PYTHON:-python3}
 if [ "${PYDL_SKIP_PIP:-0}" != "1" ]; then
   # torch first: the extension is compiled against the torch that imports it.
   "$PYTHON" -m pip install -q --disable-pip-version-check "torch>=2.11" numpy ninja pybind11 \
-    pytest expecttest tqdm matplotlib nvidia-cutlass 2>&1 | grep -v "Running pip as the 'root'" || true
+    pytest expecttest tqdm matplotlib scikit-learn nvidia-cutlass 2>&1 | grep -v "Running pip as the 'root'" || true
 fi
 
 # Builds pydl/_C in place (incremental: ninja keeps build/ between runs).
