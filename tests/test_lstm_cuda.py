@@ -77,7 +77,11 @@ def _run(model, x, hx, packed_lengths=None):
     dict(proj_size=24),
 ])
 @pytest.mark.parametrize("packed", [False, True])
-def test_lstm_matches_reference_and_cudnn(dtype, config, packed):
+@pytest.mark.parametrize("persistent", ["1", "0"])
+def test_lstm_matches_reference_and_cudnn(dtype, config, packed, persistent, monkeypatch):
+    """Batch 6 takes the persistent kernel (no projection, not float64) unless
+    PYDL_LSTM_PERSISTENT=0, which forces the cuBLAS + pointwise loop."""
+    monkeypatch.setenv("PYDL_LSTM_PERSISTENT", persistent)
     ours, theirs, exact = _models(dtype, input_size=40, hidden_size=64, **config)
     T, B = 9, 6
     d = 2 if ours.bidirectional else 1
@@ -117,6 +121,18 @@ def test_lstm_cell_matches_reference(dtype):
     for k, (a, b, e) in enumerate(zip(run(ours, "cuda", dtype), run(theirs, "cuda", dtype),
                                        run(exact, "cpu", torch.float64))):
         _check(a.cpu(), b.cpu(), e, dtype, f"tensor {k}")
+
+
+@pytest.mark.parametrize("batch, hidden", [(1, 256), (16, 130), (17, 96)])
+def test_persistent_sizes_match_reference(batch, hidden):
+    """Across the persistent kernel's limits: one row, a hidden size that does
+    not divide over the SMs, and just above its batch limit (cuBLAS loop)."""
+    ours, _, exact = _models(torch.float32, input_size=32, hidden_size=hidden)
+    x = torch.randn(12, batch, 32, dtype=torch.float64)
+    got, (h, c) = ours(x.float().cuda())
+    want, (rh, rc) = exact(x)
+    for a, e, what in ((got, want, "output"), (h, rh, "h_n"), (c, rc, "c_n")):
+        assert rel_error(a.cpu(), e) <= 2e-5, what
 
 
 def test_runs_on_the_current_stream_and_device_guard():

@@ -14,8 +14,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
+#include "lstm/cuda/lstm_persistent.h"
 #include "lstm/cuda/lstm_pointwise.cuh"
 #include "lstm/lstm_checks.h"
 #include "lstm/lstm_gradients.h"
@@ -139,6 +143,61 @@ struct StepPlan {
   }
 };
 
+// The persistent kernel serves small batches without a projection; above this
+// many rows per step the cuBLAS loop has the GPU busy enough.
+// PYDL_LSTM_PERSISTENT=0 turns it off (to compare the two paths).
+constexpr int64_t kPersistentMaxBatch = 16;
+
+bool persistent_enabled() {
+  const char* env = std::getenv("PYDL_LSTM_PERSISTENT");
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
+
+// Runs the whole layer in one cooperative launch when it can (see
+// cuda/lstm_persistent.h); false leaves everything untouched.
+bool try_persistent_forward(const StepPlan& plan, const LstmLayerShape& s, const at::Tensor& w_hh,
+                            const at::Tensor& gates, const at::Tensor& hx, const at::Tensor& cx,
+                            const at::Tensor& output, const at::Tensor& cells,
+                            const at::Tensor& hy, const at::Tensor& cy) {
+  const auto dtype = gates.scalar_type();
+  if (!persistent_enabled() || s.out != s.hidden || dtype == at::kDouble || plan.count() == 0 ||
+      plan.rows[0] > kPersistentMaxBatch || s.rows >= INT_MAX || s.hidden >= INT_MAX / 4 ||
+      plan.count() >= INT_MAX) {
+    return false;
+  }
+  // The step table goes to the device from pinned memory (no host sync).
+  at::Tensor table =
+      at::empty({2, plan.count()}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+  int* host = table.mutable_data_ptr<int>();
+  for (int64_t t = 0; t < plan.count(); ++t) {
+    host[t] = static_cast<int>(plan.rows[t]);
+    host[plan.count() + t] = static_cast<int>(plan.offset[t]);
+  }
+  const at::Tensor device_table = table.to(gates.device(), /*non_blocking=*/true);
+  at::Tensor scratch = at::empty({3, s.batch, s.hidden}, gates.options().dtype(at::kFloat));
+  PersistentForwardArgs args{};
+  args.dtype = dtype == at::kHalf       ? StorageType::Half
+               : dtype == at::kBFloat16 ? StorageType::BFloat16
+                                        : StorageType::Float;
+  args.steps = static_cast<int>(plan.count());
+  args.batch = static_cast<int>(s.batch);
+  args.hidden = static_cast<int>(s.hidden);
+  args.reverse = plan.reverse;
+  args.step_rows = device_table.const_data_ptr<int>();
+  args.step_offsets = device_table.const_data_ptr<int>() + plan.count();
+  args.w_hh = w_hh.const_data_ptr();
+  args.gates = gates.mutable_data_ptr();
+  args.h0 = hx.const_data_ptr();
+  args.c0 = cx.const_data_ptr();
+  args.output = output.mutable_data_ptr();
+  args.cells = cells.mutable_data_ptr();
+  args.hy = hy.mutable_data_ptr();
+  args.cy = cy.mutable_data_ptr();
+  args.h_buffers = scratch.mutable_data_ptr<float>();
+  args.c_state = scratch.mutable_data_ptr<float>() + 2 * s.batch * s.hidden;
+  return persistent_forward(args, at::cuda::getCurrentCUDAStream());
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 lstm_layer_cuda(const at::Tensor& input, const at::Tensor& batch_sizes, const at::Tensor& hx,
                 const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
@@ -161,8 +220,12 @@ lstm_layer_cuda(const at::Tensor& input, const at::Tensor& batch_sizes, const at
   at::Tensor hidden_pre = at::empty({proj.defined() ? s.rows : 0, s.hidden}, opts);
   at::Tensor hy = hx.contiguous().clone();
   at::Tensor cy = cx.contiguous().clone();
-  const at::Tensor whh_t = w_hh.t();
   const StepPlan plan(batch_sizes, reverse);
+  if (try_persistent_forward(plan, s, w_hh.contiguous(), gates, hx.contiguous(), cx.contiguous(),
+                             output, cells, hy, cy)) {
+    return {output, hy, cy, gates, cells, hidden_pre};
+  }
+  const at::Tensor whh_t = w_hh.t();
   for (int64_t i = 0; i < plan.count(); ++i) {
     const int64_t t = plan.forward_step(i), rows = plan.rows[t], off = plan.offset[t];
     if (rows == 0) continue;

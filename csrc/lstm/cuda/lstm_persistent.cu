@@ -1,0 +1,170 @@
+// Persistent LSTM layer forward (see lstm_persistent.h).
+//
+// Block b owns hidden units [b*U, b*U + U): the 4U rows of w_hh that produce
+// their gates live in shared memory (as float) for the whole sequence. Per
+// step, one warp per (batch row, unit) computes the four dot products
+// against h_prev, then lane 0 applies the cell's pointwise math. h is double
+// buffered in global memory (every block reads all of h_prev while others
+// write h_next); c of a unit only ever lives in its own block.
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+
+#include "lstm/cuda/lstm_persistent.h"
+
+namespace pydl {
+namespace lstm_cuda {
+namespace {
+
+namespace cg = cooperative_groups;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16(v);
+}
+
+__device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + __expf(-x)); }
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    persistent_forward_kernel(PersistentForwardArgs a, int units_per_block) {
+  extern __shared__ float w_smem[];  // [4][U][H]
+  cg::grid_group grid = cg::this_grid();
+  const int H = a.hidden, T_ = a.steps;
+  const int u0 = blockIdx.x * units_per_block;
+  const int units = max(0, min(units_per_block, H - u0));
+  const T* w_hh = static_cast<const T*>(a.w_hh);
+  for (int idx = threadIdx.x; idx < 4 * units * H; idx += kThreads) {
+    const int q = idx / (units * H), rest = idx - q * units * H;
+    const int u = rest / H, k = rest - u * H;
+    w_smem[idx] = to_float(w_hh[(int64_t(q) * H + u0 + u) * H + k]);
+  }
+  __syncthreads();
+
+  T* gates = static_cast<T*>(a.gates);
+  const T* h0 = static_cast<const T*>(a.h0);
+  const T* c0 = static_cast<const T*>(a.c0);
+  T* output = static_cast<T*>(a.output);
+  T* cells = static_cast<T*>(a.cells);
+  T* hy = static_cast<T*>(a.hy);
+  T* cy = static_cast<T*>(a.cy);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  for (int s = 0; s < T_; ++s) {
+    const int t = a.reverse ? T_ - 1 - s : s;
+    const int rows = a.step_rows[t];
+    const int64_t off = a.step_offsets[t];
+    // Rows of the step processed before / after this one: a row starts here
+    // when the previous step did not run it, and ends here when the next won't.
+    const int prev = a.reverse ? (t + 1 < T_ ? a.step_rows[t + 1] : 0)
+                               : (t > 0 ? a.step_rows[t - 1] : 0);
+    const int next = a.reverse ? (t > 0 ? a.step_rows[t - 1] : 0)
+                               : (t + 1 < T_ ? a.step_rows[t + 1] : 0);
+    const float* h_read = a.h_buffers + int64_t(s % 2) * a.batch * H;
+    float* h_write = a.h_buffers + int64_t((s + 1) % 2) * a.batch * H;
+    for (int task = warp; task < rows * units; task += kWarps) {
+      const int b = task / units, u = task - b * units, j = u0 + u;
+      const bool first = s == 0 || b >= prev;
+      float acc[4] = {0.f, 0.f, 0.f, 0.f};
+      for (int k = lane; k < H; k += 32) {
+        const float hk = first ? to_float(h0[int64_t(b) * H + k]) : h_read[int64_t(b) * H + k];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[q] += w_smem[(q * units + u) * H + k] * hk;
+      }
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        for (int d = 16; d > 0; d /= 2) acc[q] += __shfl_xor_sync(0xffffffffu, acc[q], d);
+      }
+      if (lane == 0) {
+        T* g = gates + (off + b) * 4 * H;
+        const float i = sigmoidf(acc[0] + to_float(g[j]));
+        const float f = sigmoidf(acc[1] + to_float(g[H + j]));
+        const float gg = tanhf(acc[2] + to_float(g[2 * H + j]));
+        const float o = sigmoidf(acc[3] + to_float(g[3 * H + j]));
+        const float c_prev = first ? to_float(c0[int64_t(b) * H + j]) : a.c_state[int64_t(b) * H + j];
+        const float c = f * c_prev + i * gg;
+        const float h = o * tanhf(c);
+        g[j] = from_float<T>(i);
+        g[H + j] = from_float<T>(f);
+        g[2 * H + j] = from_float<T>(gg);
+        g[3 * H + j] = from_float<T>(o);
+        cells[(off + b) * H + j] = from_float<T>(c);
+        output[(off + b) * H + j] = from_float<T>(h);
+        a.c_state[int64_t(b) * H + j] = c;
+        h_write[int64_t(b) * H + j] = h;
+        if (b >= next) {
+          hy[int64_t(b) * H + j] = from_float<T>(h);
+          cy[int64_t(b) * H + j] = from_float<T>(c);
+        }
+      }
+    }
+    grid.sync();
+  }
+}
+
+template <typename T>
+bool launch(const PersistentForwardArgs& a, cudaStream_t stream) {
+  int device = 0, sms = 0, cooperative = 0, smem_optin = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device);
+  cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (!cooperative || sms == 0 || a.steps == 0) return false;
+  // One block per SM, each with an equal slice of hidden units.
+  const int units = (a.hidden + sms - 1) / sms;
+  const int blocks = (a.hidden + units - 1) / units;
+  const size_t smem = size_t(4) * units * a.hidden * sizeof(float);
+  if (smem > size_t(smem_optin)) return false;
+  auto kernel = persistent_forward_kernel<T>;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(smem)) != cudaSuccess) {
+    cudaGetLastError();  // clear, and let the caller take the cuBLAS path
+    return false;
+  }
+  int per_sm = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem) !=
+          cudaSuccess ||
+      per_sm * sms < blocks) {
+    cudaGetLastError();
+    return false;
+  }
+  PersistentForwardArgs args = a;
+  int units_per_block = units;
+  void* params[] = {&args, &units_per_block};
+  const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), blocks,
+                                                      kThreads, params, smem, stream);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // a refused launch is not sticky: clear it and fall back
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+bool persistent_forward(const PersistentForwardArgs& a, cudaStream_t stream) {
+  switch (a.dtype) {
+    case StorageType::Float: return launch<float>(a, stream);
+    case StorageType::Half: return launch<__half>(a, stream);
+    case StorageType::BFloat16: return launch<__nv_bfloat16>(a, stream);
+  }
+  return false;
+}
+
+}  // namespace lstm_cuda
+}  // namespace pydl

@@ -1,0 +1,42 @@
+// A persistent LSTM layer forward for small batches (csrc/lstm/cuda/
+// lstm_persistent.cu): one cooperative launch for the whole sequence. Each
+// block keeps the recurrent weights of its slice of hidden units in shared
+// memory for all steps and the grid synchronizes between steps, so a step
+// costs one grid barrier instead of a cuBLAS call plus a pointwise launch.
+// No ATen here (see lstm_cuda.cu for the entry that prepares the buffers).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace pydl {
+namespace lstm_cuda {
+
+enum class StorageType { Float, Half, BFloat16 };
+
+struct PersistentForwardArgs {
+  StorageType dtype;
+  int steps, batch, hidden;       // T, B (rows of the states), H (= P: no projection)
+  bool reverse;
+  const int* step_rows;           // device [T]: rows of each step (non-increasing)
+  const int* step_offsets;        // device [T]: first packed row of each step
+  const void* w_hh;               // [4H, H]
+  void* gates;                    // [N, 4H]: input projection with biases in, activated gates out
+  const void* h0;                 // [B, H]
+  const void* c0;                 // [B, H]
+  void* output;                   // [N, H]
+  void* cells;                    // [N, H]
+  void* hy;                       // [B, H]: written for every row that runs at least one step
+  void* cy;                       // [B, H]
+  float* h_buffers;               // device scratch [2, B, H]
+  float* c_state;                 // device scratch [B, H]
+};
+
+// Runs the layer and returns true, or returns false without launching when
+// this device cannot hold the problem (weights beyond shared memory, no
+// cooperative launch, too few co-resident blocks).
+bool persistent_forward(const PersistentForwardArgs& args, cudaStream_t stream);
+
+}  // namespace lstm_cuda
+}  // namespace pydl
