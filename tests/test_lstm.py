@@ -273,3 +273,32 @@ def test_cpu_autocast_follows_torch(monkeypatch):
         got, want = ours(x)[0], theirs(x)[0]
     assert got.dtype == want.dtype
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("draw", range(6))
+def test_randomized_configurations_match_torch(draw):
+    """Random sizes, layers, directions, layout, projection and packing (float64)."""
+    rng = torch.Generator().manual_seed(100 + draw)
+    pick = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=rng))
+    hidden = pick(1, 40)
+    config = dict(num_layers=pick(1, 3), bidirectional=bool(pick(0, 1)),
+                  batch_first=bool(pick(0, 1)), bias=bool(pick(0, 1)),
+                  proj_size=pick(1, hidden - 1) if hidden > 1 and pick(0, 1) else 0)
+    input_size, steps, batch = pick(1, 20), pick(1, 12), pick(1, 20)
+    ours, theirs = _pair(input_size, hidden, torch.float64, seed=draw, **config)
+    shape = (batch, steps, input_size) if config["batch_first"] else (steps, batch, input_size)
+    x = torch.randn(shape, dtype=torch.float64, generator=rng, requires_grad=True)
+    hx = tuple(t.requires_grad_() for t in _states(ours, batch, torch.float64, seed=draw))
+    inp = x
+    if pick(0, 1):
+        lengths = torch.randint(1, steps + 1, (batch,), generator=rng)
+        inp = pack_padded_sequence(x, lengths, batch_first=config["batch_first"],
+                                   enforce_sorted=False)
+    got, want = ours(inp, hx), theirs(inp, hx)
+    out_got = got[0].data if isinstance(got[0], torch.nn.utils.rnn.PackedSequence) else got[0]
+    out_want = want[0].data if isinstance(want[0], torch.nn.utils.rnn.PackedSequence) else want[0]
+    assert_close_rel(out_got, out_want, torch.float64, f"output {config}")
+    assert_close_rel(got[1][0], want[1][0], torch.float64, f"h_n {config}")
+    assert_close_rel(got[1][1], want[1][1], torch.float64, f"c_n {config}")
+    for k, (a, b) in enumerate(zip(_grads(ours, x, hx, got), _grads(theirs, x, hx, want))):
+        assert_close_rel(a, b, torch.float64, f"grad {k} {config}")

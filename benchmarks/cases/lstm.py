@@ -12,6 +12,8 @@ direction (packed: the real lengths); training counts 3x.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -113,9 +115,25 @@ def _sequence_case(batch, hidden, steps, train, packed, layers, bidirectional, c
                 return out.detach()
             return out
 
-        return {"pydl": lambda: run(ours), "torch": lambda: run(theirs)}
+        providers = {"pydl": lambda: run(ours), "torch": lambda: run(theirs)}
+        if cfg.device == "cuda" and batch <= 16:
+            # The same layer without the persistent kernel: cuBLAS + pointwise per step.
+            providers["pydl loop"] = lambda: _without_persistent_kernel(lambda: run(ours))
+        return providers
 
     return make_providers
+
+
+def _without_persistent_kernel(fn):
+    previous = os.environ.get("PYDL_LSTM_PERSISTENT")
+    os.environ["PYDL_LSTM_PERSISTENT"] = "0"
+    try:
+        return fn()
+    finally:
+        if previous is None:
+            del os.environ["PYDL_LSTM_PERSISTENT"]
+        else:
+            os.environ["PYDL_LSTM_PERSISTENT"] = previous
 
 
 def _sequence_cases(cfg) -> list[Case]:
