@@ -23,6 +23,7 @@
 #include "lstm/cuda/lstm_pointwise.cuh"
 #include "lstm/lstm_checks.h"
 #include "lstm/lstm_gradients.h"
+#include "lstm/lstm_steps.h"
 
 namespace pydl {
 namespace lstm_cuda {
@@ -114,34 +115,15 @@ lstm_cell_backward_cuda(const at::Tensor& grad_hy, const at::Tensor& grad_cy,
 
 // ---- the layer -----------------------------------------------------------------
 
-// Step t's rows and the previous step's (see lstm_layer_cpu.cpp's Steps).
-struct StepPlan {
-  std::vector<int64_t> rows, offset;
-  bool reverse;
-
-  StepPlan(const at::Tensor& batch_sizes, bool reverse_) : reverse(reverse_) {
-    const at::Tensor bs = batch_sizes.contiguous();
-    const int64_t* p = bs.const_data_ptr<int64_t>();
-    rows.assign(p, p + bs.numel());
-    offset.assign(rows.size() + 1, 0);
-    for (size_t t = 0; t < rows.size(); ++t) offset[t + 1] = offset[t] + rows[t];
-  }
-  int64_t count() const { return static_cast<int64_t>(rows.size()); }
-  int64_t forward_step(int64_t i) const { return reverse ? count() - 1 - i : i; }
-  // (offset of the previous step, rows of step t it feeds)
-  std::pair<int64_t, int64_t> previous(int64_t t) const {
-    const int64_t p = reverse ? t + 1 : t - 1;
-    if (p < 0 || p >= count()) return {0, 0};
-    return {offset[p], std::min(rows[p], rows[t])};
-  }
-  // dst (rows[t], width) = previous step's rows of `all`, then `initial`'s.
-  void gather_previous(int64_t t, const at::Tensor& all, const at::Tensor& initial,
-                       const at::Tensor& dst) const {
-    const auto [off, n] = previous(t);
-    if (n > 0) dst.narrow(0, 0, n).copy_(all.narrow(0, off, n));
-    if (rows[t] > n) dst.narrow(0, n, rows[t] - n).copy_(initial.narrow(0, n, rows[t] - n));
-  }
-};
+// dst (rows of step t, width) = the previous step's rows of `all`, then the
+// initial state's for rows that start at step t.
+void gather_previous(const StepSchedule& steps, int64_t t, const at::Tensor& all,
+                     const at::Tensor& initial, const at::Tensor& dst) {
+  const PreviousStep p = steps.previous(t);
+  if (p.rows > 0) dst.narrow(0, 0, p.rows).copy_(all.narrow(0, p.offset, p.rows));
+  const int64_t rest = steps.rows(t) - p.rows;
+  if (rest > 0) dst.narrow(0, p.rows, rest).copy_(initial.narrow(0, p.rows, rest));
+}
 
 // The persistent kernel serves small batches without a projection; above this
 // many rows per step the cuBLAS loop has the GPU busy enough.
@@ -155,13 +137,13 @@ bool persistent_enabled() {
 
 // Runs the whole layer in one cooperative launch when it can (see
 // cuda/lstm_persistent.h); false leaves everything untouched.
-bool try_persistent_forward(const StepPlan& plan, const LstmLayerShape& s, const at::Tensor& w_hh,
+bool try_persistent_forward(const StepSchedule& plan, const LstmLayerShape& s, const at::Tensor& w_hh,
                             const at::Tensor& gates, const at::Tensor& hx, const at::Tensor& cx,
                             const at::Tensor& output, const at::Tensor& cells,
                             const at::Tensor& hy, const at::Tensor& cy) {
   const auto dtype = gates.scalar_type();
   if (!persistent_enabled() || s.out != s.hidden || dtype == at::kDouble || plan.count() == 0 ||
-      plan.rows[0] > kPersistentMaxBatch || s.rows >= INT_MAX || s.hidden >= INT_MAX / 4 ||
+      plan.max_rows() > kPersistentMaxBatch || s.rows >= INT_MAX || s.hidden >= INT_MAX / 4 ||
       plan.count() >= INT_MAX) {
     return false;
   }
@@ -170,8 +152,8 @@ bool try_persistent_forward(const StepPlan& plan, const LstmLayerShape& s, const
       at::empty({2, plan.count()}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
   int* host = table.mutable_data_ptr<int>();
   for (int64_t t = 0; t < plan.count(); ++t) {
-    host[t] = static_cast<int>(plan.rows[t]);
-    host[plan.count() + t] = static_cast<int>(plan.offset[t]);
+    host[t] = static_cast<int>(plan.rows(t));
+    host[plan.count() + t] = static_cast<int>(plan.offset(t));
   }
   const at::Tensor device_table = table.to(gates.device(), /*non_blocking=*/true);
   at::Tensor scratch = at::empty({3, s.batch, s.hidden}, gates.options().dtype(at::kFloat));
@@ -182,7 +164,7 @@ bool try_persistent_forward(const StepPlan& plan, const LstmLayerShape& s, const
   args.steps = static_cast<int>(plan.count());
   args.batch = static_cast<int>(s.batch);
   args.hidden = static_cast<int>(s.hidden);
-  args.reverse = plan.reverse;
+  args.reverse = plan.reverse();
   args.step_rows = device_table.const_data_ptr<int>();
   args.step_offsets = device_table.const_data_ptr<int>() + plan.count();
   args.w_hh = w_hh.const_data_ptr();
@@ -220,14 +202,14 @@ lstm_layer_cuda(const at::Tensor& input, const at::Tensor& batch_sizes, const at
   at::Tensor hidden_pre = at::empty({proj.defined() ? s.rows : 0, s.hidden}, opts);
   at::Tensor hy = hx.contiguous().clone();
   at::Tensor cy = cx.contiguous().clone();
-  const StepPlan plan(batch_sizes, reverse);
+  const StepSchedule plan(batch_sizes, reverse);
   if (try_persistent_forward(plan, s, w_hh.contiguous(), gates, hx.contiguous(), cx.contiguous(),
                              output, cells, hy, cy)) {
     return {output, hy, cy, gates, cells, hidden_pre};
   }
   const at::Tensor whh_t = w_hh.t();
   for (int64_t i = 0; i < plan.count(); ++i) {
-    const int64_t t = plan.forward_step(i), rows = plan.rows[t], off = plan.offset[t];
+    const int64_t t = plan.forward_step(i), rows = plan.rows(t), off = plan.offset(t);
     if (rows == 0) continue;
     at::Tensor g = gates.narrow(0, off, rows);
     g.addmm_(hy.narrow(0, 0, rows), whh_t);
@@ -266,19 +248,19 @@ lstm_layer_backward_cuda(const at::Tensor& grad_output, const at::Tensor& grad_h
   at::Tensor dh_total = at::empty({proj.defined() ? s.rows : 0, s.out}, opts);
   at::Tensor c_prev = at::empty({s.batch, s.hidden}, opts);
   at::Tensor h_pre_grad = at::empty({proj.defined() ? s.batch : 0, s.hidden}, opts);
-  const StepPlan plan(batch_sizes, reverse);
+  const StepSchedule plan(batch_sizes, reverse);
   for (int64_t i = plan.count() - 1; i >= 0; --i) {
-    const int64_t t = plan.forward_step(i), rows = plan.rows[t], off = plan.offset[t];
+    const int64_t t = plan.forward_step(i), rows = plan.rows(t), off = plan.offset(t);
     if (rows == 0) continue;
-    const auto [prev_off, prev_rows] = plan.previous(t);
+    const PreviousStep prev = plan.previous(t);
     at::Tensor cp;
-    if (prev_rows == rows) {
-      cp = cs.narrow(0, prev_off, rows);
-    } else if (prev_rows == 0) {
+    if (prev.rows == rows) {
+      cp = cs.narrow(0, prev.offset, rows);
+    } else if (prev.rows == 0) {
       cp = c0.narrow(0, 0, rows);
     } else {
       cp = c_prev.narrow(0, 0, rows);
-      plan.gather_previous(t, cs, c0, cp);
+      gather_previous(plan, t, cs, c0, cp);
     }
     at::Tensor grad_h = dh.narrow(0, 0, rows);
     at::Tensor grad_h_extra = go.narrow(0, off, rows);
@@ -300,8 +282,8 @@ lstm_layer_backward_cuda(const at::Tensor& grad_output, const at::Tensor& grad_h
   if (output_mask[4]) {
     h_prev = at::empty({s.rows, s.out}, opts);
     for (int64_t t = 0; t < plan.count(); ++t) {
-      if (plan.rows[t] > 0) {
-        plan.gather_previous(t, out, h0, h_prev.narrow(0, plan.offset[t], plan.rows[t]));
+      if (plan.rows(t) > 0) {
+        gather_previous(plan, t, out, h0, h_prev.narrow(0, plan.offset(t), plan.rows(t)));
       }
     }
   }

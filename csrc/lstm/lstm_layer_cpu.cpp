@@ -21,63 +21,13 @@
 #include "lstm/cpu/lstm_cpu_kernel.h"
 #include "lstm/lstm_checks.h"
 #include "lstm/lstm_gradients.h"
+#include "lstm/lstm_steps.h"
 
 namespace pydl {
 namespace lstm_cpu {
 namespace {
 
-// Where step t's rows start in the packed layout, for every t.
-std::vector<int64_t> step_offsets(const at::Tensor& batch_sizes) {
-  const at::Tensor sizes = batch_sizes.contiguous();
-  const int64_t* bs = sizes.const_data_ptr<int64_t>();
-  std::vector<int64_t> offsets(sizes.numel() + 1, 0);
-  for (int64_t t = 0; t < sizes.numel(); ++t) offsets[t + 1] = offsets[t] + bs[t];
-  return offsets;
-}
-
-// The step that feeds step t its previous state (t-1 forward, t+1 in reverse),
-// and how many of step t's rows take it from there; the remaining rows
-// (sequences that start at step t, which only happens in reverse) start from
-// the initial state.
-struct PreviousStep {
-  int64_t offset = 0;  // packed row offset of the previous step
-  int64_t rows = 0;    // rows of step t fed by it
-};
-
-class Steps {
- public:
-  Steps(const at::Tensor& batch_sizes, bool reverse)
-      : sizes_(batch_sizes.contiguous()),
-        bs_(sizes_.const_data_ptr<int64_t>()),
-        offsets_(step_offsets(sizes_)),
-        reverse_(reverse) {}
-
-  int64_t count() const { return sizes_.numel(); }
-  int64_t max_rows() const { return count() > 0 ? bs_[0] : 0; }
-  // The smallest non-empty step (sizes are non-increasing).
-  int64_t min_rows() const {
-    for (int64_t t = count() - 1; t >= 0; --t) {
-      if (bs_[t] > 0) return bs_[t];
-    }
-    return 0;
-  }
-  int64_t rows(int64_t t) const { return bs_[t]; }
-  int64_t offset(int64_t t) const { return offsets_[t]; }
-  // The forward pass visits steps in this order (the backward in the opposite).
-  int64_t forward_step(int64_t i) const { return reverse_ ? count() - 1 - i : i; }
-
-  PreviousStep previous(int64_t t) const {
-    const int64_t p = reverse_ ? t + 1 : t - 1;
-    if (p < 0 || p >= count()) return {};
-    return {offsets_[p], std::min(bs_[p], bs_[t])};
-  }
-
- private:
-  at::Tensor sizes_;
-  const int64_t* bs_;
-  std::vector<int64_t> offsets_;
-  bool reverse_;
-};
+using Steps = StepSchedule;
 
 // dst (rows of step t, width) = the previous step's rows of `all`, then the
 // initial state for rows that start at step t.
