@@ -137,9 +137,9 @@ bool persistent_enabled() {
 
 // Runs the whole layer in one cooperative launch when it can (see
 // cuda/lstm_persistent.h); false leaves everything untouched.
-bool try_persistent_forward(const StepSchedule& plan, const LstmLayerShape& s, const at::Tensor& w_hh,
-                            const at::Tensor& gates, const at::Tensor& hx, const at::Tensor& cx,
-                            const at::Tensor& output, const at::Tensor& cells,
+bool try_persistent_forward(const StepSchedule& plan, const LstmLayerShape& s,
+                            const at::Tensor& w_hh, const at::Tensor& gates, const at::Tensor& hx,
+                            const at::Tensor& cx, const at::Tensor& output, const at::Tensor& cells,
                             const at::Tensor& hy, const at::Tensor& cy) {
   const auto dtype = gates.scalar_type();
   if (!persistent_enabled() || s.out != s.hidden || dtype == at::kDouble || plan.count() == 0 ||

@@ -27,17 +27,17 @@ namespace pydl {
 namespace lstm_cpu {
 namespace {
 
-using Steps = StepSchedule;
-
 // dst (rows of step t, width) = the previous step's rows of `all`, then the
 // initial state for rows that start at step t.
 template <typename T>
-void gather_previous(const Steps& steps, int64_t t, const T* all, const T* initial, int64_t width,
-                     T* dst) {
+void gather_previous(const StepSchedule& steps, int64_t t, const T* all, const T* initial,
+                     int64_t width, T* dst) {
   const PreviousStep p = steps.previous(t);
   if (p.rows > 0) std::memcpy(dst, all + p.offset * width, sizeof(T) * p.rows * width);
   const int64_t rest = steps.rows(t) - p.rows;
-  if (rest > 0) std::memcpy(dst + p.rows * width, initial + p.rows * width, sizeof(T) * rest * width);
+  if (rest > 0) {
+    std::memcpy(dst + p.rows * width, initial + p.rows * width, sizeof(T) * rest * width);
+  }
 }
 
 // c (m x n) = a (m x k) @ b (+ c when accumulate), row-major, b stored (k x n),
@@ -66,7 +66,7 @@ class StepOperand {
  public:
   StepOperand() = default;
   // b: a (k x n) view of any strides (e.g. w.t()).
-  StepOperand(const at::Tensor& b, const Steps& steps) : k_(b.size(0)), n_(b.size(1)) {
+  StepOperand(const at::Tensor& b, const StepSchedule& steps) : k_(b.size(0)), n_(b.size(1)) {
     if (steps.max_rows() > small_batch_limit()) dense_ = b.contiguous();
     if (steps.min_rows() <= small_batch_limit()) {
       const KernelTable& kernel = kernel_for_this_cpu();
@@ -106,7 +106,7 @@ void check_cpu_float(const at::Tensor& input) {
 
 // w_hh = w_hh^T (P x 4H), w_hr = w_hr^T (H x P) or undefined.
 template <typename T>
-void forward_loop(const Steps& steps, const LstmLayerShape& s, const StepOperand& w_hh,
+void forward_loop(const StepSchedule& steps, const LstmLayerShape& s, const StepOperand& w_hh,
                   const StepOperand& w_hr, const T* b_ih, const T* b_hh, T* gates, T* cells,
                   T* hidden_pre, T* output, T* h_state, T* c_state) {
   const KernelTable& kernel = kernel_for_this_cpu();
@@ -151,13 +151,14 @@ lstm_layer_cpu(const at::Tensor& input, const at::Tensor& batch_sizes, const at:
   // which is what hy/cy report for them.
   at::Tensor hy = hx.contiguous().clone();
   at::Tensor cy = cx.contiguous().clone();
-  const Steps steps(batch_sizes, reverse);
+  const StepSchedule steps(batch_sizes, reverse);
   const StepOperand whh_t(w_hh.t(), steps);
   const StepOperand proj_t = proj.defined() ? StepOperand(proj.t(), steps) : StepOperand();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pydl.lstm_layer", [&] {
     forward_loop<scalar_t>(steps, s, whh_t, proj_t,
                            bi.defined() ? bi.const_data_ptr<scalar_t>() : nullptr,
-                           bh.defined() ? bh.const_data_ptr<scalar_t>() : nullptr, gates.mutable_data_ptr<scalar_t>(), cells.mutable_data_ptr<scalar_t>(),
+                           bh.defined() ? bh.const_data_ptr<scalar_t>() : nullptr,
+                           gates.mutable_data_ptr<scalar_t>(), cells.mutable_data_ptr<scalar_t>(),
                            hidden_pre.mutable_data_ptr<scalar_t>(),
                            output.mutable_data_ptr<scalar_t>(), hy.mutable_data_ptr<scalar_t>(),
                            cy.mutable_data_ptr<scalar_t>());
@@ -176,7 +177,8 @@ struct BackwardBuffers {
 };
 
 template <typename T>
-void backward_loop(const Steps& steps, const LstmLayerShape& s, const BackwardBuffers<T>& b) {
+void backward_loop(const StepSchedule& steps, const LstmLayerShape& s,
+                   const BackwardBuffers<T>& b) {
   const KernelTable& kernel = kernel_for_this_cpu();
   const int64_t H = s.hidden, P = s.out;
   for (int64_t i = steps.count() - 1; i >= 0; --i) {
@@ -238,7 +240,7 @@ lstm_layer_backward_cpu(const at::Tensor& grad_output, const at::Tensor& grad_hy
   at::Tensor dc = grad_cy.contiguous().clone();
   at::Tensor dh_total = at::empty({proj.defined() ? s.rows : 0, s.out}, opts);
   at::Tensor scratch = at::empty({2, s.batch, s.hidden}, opts);
-  const Steps steps(batch_sizes, reverse);
+  const StepSchedule steps(batch_sizes, reverse);
   const StepOperand whh_op(whh, steps);
   const StepOperand proj_op = proj.defined() ? StepOperand(proj, steps) : StepOperand();
   at::Tensor h_prev;  // (N, P): each step's h_prev, for w_hh's gradient

@@ -152,7 +152,8 @@ void small_matmul_typed(int64_t rows, int64_t n, int64_t k, const T* a, const T*
   const int64_t panels = (n + w - 1) / w;
   // Split the panels over threads once each gets enough work (a thread then
   // keeps streaming the same panels from its own cache, step after step).
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, rows * k * w));
+  const int64_t work_per_panel = std::max<int64_t>(1, rows * k * w);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / work_per_panel);
   at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
     for (int64_t panel = p0; panel < p1; ++panel) {
       const T* bp = packed + panel * k * w;

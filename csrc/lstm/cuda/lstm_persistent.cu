@@ -96,7 +96,8 @@ __global__ void __launch_bounds__(kThreads)
         const float f = sigmoidf(acc[1] + to_float(g[H + j]));
         const float gg = tanhf(acc[2] + to_float(g[2 * H + j]));
         const float o = sigmoidf(acc[3] + to_float(g[3 * H + j]));
-        const float c_prev = first ? to_float(c0[int64_t(b) * H + j]) : a.c_state[int64_t(b) * H + j];
+        const float c_prev =
+            first ? to_float(c0[int64_t(b) * H + j]) : a.c_state[int64_t(b) * H + j];
         const float c = f * c_prev + i * gg;
         const float h = o * tanhf(c);
         g[j] = from_float<T>(i);
