@@ -61,9 +61,9 @@ def test_module_matches_torch_forward_and_all_grads(config, dtype):
         assert_close_rel(a, b, dtype, f"grad {k}")
 
 
-# Batch sizes on both sides of the register-kernel / BLAS switch (16 rows) and
-# hidden sizes with and without vector tails.
-@pytest.mark.parametrize("batch, hidden", [(1, 64), (5, 37), (20, 16), (17, 130)])
+# Batch sizes on both sides of the register-kernel / BLAS switch (64 rows per
+# step) and hidden sizes with and without vector tails.
+@pytest.mark.parametrize("batch, hidden", [(1, 64), (5, 37), (20, 16), (17, 130), (70, 24)])
 def test_reference_float64_sizes(batch, hidden):
     ours, _ = _pair(9, hidden, torch.float64, proj_size=0, num_layers=1, bidirectional=True)
     x = torch.randn(4, batch, 9, dtype=torch.float64, requires_grad=True)
@@ -224,6 +224,60 @@ def test_op_gradcheck_packed(reverse, proj):
 def test_op_opcheck(proj, bias):
     args = _layer_args([2, 2, 1], proj=proj, bias=bias)
     torch.library.opcheck(torch.ops.pydl.lstm_layer.default, (*args, True))
+
+
+@needs_extension
+def test_op_opcheck_non_contiguous_states():
+    x, bs, h0, c0, *weights = _layer_args([2, 2, 1], hidden=4)
+    h0t = h0.detach().t().contiguous().t().requires_grad_()  # same values, transposed strides
+    c0t = c0.detach().t().contiguous().t().requires_grad_()
+    torch.library.opcheck(torch.ops.pydl.lstm_layer.default, (x, bs, h0t, c0t, *weights, False))
+
+
+def _layer_reference(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    """The layer from the math, row by row in float64: sequence b runs for the
+    steps whose batch size exceeds b; rows of hx past batch_sizes[0] never run."""
+    sizes = batch_sizes.tolist()
+    offsets = [sum(sizes[:t]) for t in range(len(sizes))]
+    h, c = list(h0.double()), list(c0.double())
+    out = [None] * x.shape[0]
+    steps = range(len(sizes) - 1, -1, -1) if reverse else range(len(sizes))
+    for t in steps:
+        for b in range(sizes[t]):
+            gates = x[offsets[t] + b].double() @ w_ih.double().t() + h[b] @ w_hh.double().t()
+            if b_ih is not None:
+                gates = gates + b_ih.double() + b_hh.double()
+            i, f, g, o = gates.chunk(4)
+            c[b] = torch.sigmoid(f) * c[b] + torch.sigmoid(i) * torch.tanh(g)
+            h[b] = torch.sigmoid(o) * torch.tanh(c[b])
+            if w_hr is not None:
+                h[b] = h[b] @ w_hr.double().t()
+            out[offsets[t] + b] = h[b]
+    return torch.stack(out), torch.stack(h), torch.stack(c)
+
+
+# More hx rows than batch_sizes[0], a trailing empty step, and steps on both
+# sides of the register-kernel / BLAS switch (64 rows).
+@needs_extension
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("sizes, batch", [([4, 2, 2, 0], 6), ([70, 66, 40, 3], 70)])
+@pytest.mark.parametrize("proj", [0, 2])
+def test_op_matches_row_by_row_reference(reverse, sizes, batch, proj):
+    x, bs, _, _, w_ih, w_hh, b_ih, b_hh, w_hr = _layer_args(sizes, proj=proj)
+    g = torch.Generator().manual_seed(3)
+    h0 = torch.randn(batch, proj or 4, generator=g, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(batch, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    args = (x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    got = torch.ops.pydl.lstm_layer(*args)[:3]
+    want = _layer_reference(*args)
+    leaves = [t for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) if t is not None]
+    weights = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in want]
+    grads = torch.autograd.grad(sum((a * w).sum() for a, w in zip(got, weights)), leaves)
+    ref_grads = torch.autograd.grad(sum((a * w).sum() for a, w in zip(want, weights)), leaves)
+    for a, e, what in zip(got, want, ("output", "hy", "cy")):
+        assert_close_rel(a, e, torch.float64, what)
+    for k, (a, e) in enumerate(zip(grads, ref_grads)):
+        assert_close_rel(a, e, torch.float64, f"grad {k}")
 
 
 @needs_extension

@@ -123,24 +123,57 @@ def test_lstm_cell_matches_reference(dtype):
         _check(a.cpu(), b.cpu(), e, dtype, f"tensor {k}")
 
 
-@pytest.mark.parametrize("batch, hidden", [(1, 256), (16, 130), (17, 96)])
+# Across the persistent kernel's limits (on a 132-SM H100/H200): one row; a
+# hidden size that does not divide over the SMs (units per block 8, a last
+# block with 1); shared memory above 48 KB (H=640: 51 KB, H=1001: 128 KB);
+# too large for shared memory (H=1500: the cuBLAS loop); and just above its
+# batch limit (17 rows: the cuBLAS loop). Forward and backward, both directions.
+@pytest.mark.parametrize("batch, hidden", [(1, 256), (16, 130), (3, 640), (2, 1001), (2, 1500),
+                                           (17, 96)])
 def test_persistent_sizes_match_reference(batch, hidden):
-    """Across the persistent kernel's limits: one row, a hidden size that does
-    not divide over the SMs, and just above its batch limit (cuBLAS loop)."""
-    ours, _, exact = _models(torch.float32, input_size=32, hidden_size=hidden)
-    x = torch.randn(12, batch, 32, dtype=torch.float64)
-    got, (h, c) = ours(x.float().cuda())
-    want, (rh, rc) = exact(x)
-    for a, e, what in ((got, want, "output"), (h, rh, "h_n"), (c, rc, "c_n")):
-        assert rel_error(a.cpu(), e) <= 2e-5, what
+    ours, _, exact = _models(torch.float32, input_size=16, hidden_size=hidden, bidirectional=True)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(6, batch, 16, dtype=torch.float64, generator=g)
+    got = _run(ours, x.float().cuda(), tuple(torch.zeros(2, batch, hidden, device="cuda")
+                                             for _ in range(2)))
+    want = _run(exact, x, tuple(torch.zeros(2, batch, hidden, dtype=torch.float64)
+                                for _ in range(2)))
+    for k, (a, e) in enumerate(zip(got, want)):
+        assert rel_error(a.cpu(), e) <= 2e-5, f"tensor {k}"
 
 
-def test_runs_on_the_current_stream_and_device_guard():
+def test_layer_op_gradcheck_float64_packed():
+    """The cuBLAS loop (float64 never takes the persistent kernel) with more hx
+    rows than batch_sizes[0], a trailing empty step, reverse and a projection."""
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: (torch.randn(*s, generator=g, dtype=torch.float64) * 0.5).cuda().requires_grad_()
+    bs = torch.tensor([3, 2, 2, 0])
+    for reverse, proj in ((False, None), (True, r(2, 4))):
+        out = proj.shape[0] if proj is not None else 4
+        tensors = [r(7, 3), r(5, out), r(5, 4), r(16, 3), r(16, out), r(16), r(16)]
+
+        def fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr=proj):
+            return torch.ops.pydl.lstm_layer(x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                             reverse)[:3]
+
+        assert torch.autograd.gradcheck(fn, tensors)
+
+
+def test_runs_on_the_current_stream():
+    """Work queued behind a long sleep on a side stream: pydl's kernels must wait
+    for it (they run on the current stream), so the result is only right if
+    nothing ran on the default stream."""
     ours, _, exact = _models(torch.float32, input_size=8, hidden_size=16)
-    x = torch.randn(5, 3, 8, device="cuda")
+    x_cpu = torch.randn(5, 3, 8)
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        out, _ = ours(x)
+        torch.cuda._sleep(50_000_000)  # keeps the side stream busy
+        x = x_cpu.cuda(non_blocking=True)
+        out, (h, c) = ours(x)
+        loss = out.sum() + h.sum()
+        loss.backward()
     stream.synchronize()
-    want, _ = exact(x.double().cpu())
+    want, _ = exact(x_cpu.double())
     assert rel_error(out.cpu(), want) <= 2e-5
+    assert ours.weight_hh_l0.grad is not None

@@ -147,6 +147,10 @@ bool try_persistent_forward(const StepSchedule& plan, const LstmLayerShape& s,
       plan.count() >= INT_MAX) {
     return false;
   }
+  const StorageType storage = dtype == at::kHalf       ? StorageType::Half
+                              : dtype == at::kBFloat16 ? StorageType::BFloat16
+                                                       : StorageType::Float;
+  if (!persistent_forward_fits(storage, static_cast<int>(s.hidden))) return false;
   // The step table goes to the device from pinned memory (no host sync).
   at::Tensor table =
       at::empty({2, plan.count()}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
@@ -158,9 +162,7 @@ bool try_persistent_forward(const StepSchedule& plan, const LstmLayerShape& s,
   const at::Tensor device_table = table.to(gates.device(), /*non_blocking=*/true);
   at::Tensor scratch = at::empty({3, s.batch, s.hidden}, gates.options().dtype(at::kFloat));
   PersistentForwardArgs args{};
-  args.dtype = dtype == at::kHalf       ? StorageType::Half
-               : dtype == at::kBFloat16 ? StorageType::BFloat16
-                                        : StorageType::Float;
+  args.dtype = storage;
   args.steps = static_cast<int>(plan.count());
   args.batch = static_cast<int>(s.batch);
   args.hidden = static_cast<int>(s.hidden);

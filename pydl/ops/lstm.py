@@ -139,7 +139,8 @@ def _register_layer() -> None:
         torch._check(input.dim() == 2, lambda: "pydl.lstm_layer: expected input rows (N, I)")
         rows, hidden = input.shape[0], w_hh.shape[0] // 4
         out = hidden if w_hr is None else w_hr.shape[0]
-        return (input.new_empty(rows, out), torch.empty_like(hx), torch.empty_like(cx),
+        # hy/cy come back contiguous whatever hx/cx's strides (the kernels clone them).
+        return (input.new_empty(rows, out), hx.new_empty(hx.shape), cx.new_empty(cx.shape),
                 input.new_empty(rows, 4 * hidden), input.new_empty(rows, hidden),
                 input.new_empty(rows if w_hr is not None else 0, hidden))
 

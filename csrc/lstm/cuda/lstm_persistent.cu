@@ -118,37 +118,56 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Grid shape for a hidden size on the current device: one block per SM, each
+// with an equal slice of hidden units; blocks == 0 when it does not fit.
+struct LaunchPlan {
+  int blocks = 0, units = 0;
+  size_t smem = 0;
+};
+
 template <typename T>
-bool launch(const PersistentForwardArgs& a, cudaStream_t stream) {
+LaunchPlan plan_launch(int hidden) {
+  LaunchPlan plan;
   int device = 0, sms = 0, cooperative = 0, smem_optin = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  // Never swallow an error some earlier kernel left behind.
+  if (hidden <= 0 || cudaPeekAtLastError() != cudaSuccess ||
+      cudaGetDevice(&device) != cudaSuccess) {
+    return plan;
+  }
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device);
   cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  if (!cooperative || sms == 0 || a.steps == 0) return false;
-  // One block per SM, each with an equal slice of hidden units.
-  const int units = (a.hidden + sms - 1) / sms;
-  const int blocks = (a.hidden + units - 1) / units;
-  const size_t smem = size_t(4) * units * a.hidden * sizeof(float);
-  if (smem > size_t(smem_optin)) return false;
+  if (!cooperative || sms == 0) return plan;
+  const int units = (hidden + sms - 1) / sms;
+  const int blocks = (hidden + units - 1) / units;
+  const size_t smem = size_t(4) * units * hidden * sizeof(float);
+  if (smem > size_t(smem_optin)) return plan;
   auto kernel = persistent_forward_kernel<T>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(smem)) != cudaSuccess) {
-    cudaGetLastError();  // clear, and let the caller take the cuBLAS path
-    return false;
+    cudaGetLastError();  // ours: clear it; the caller takes the cuBLAS path
+    return plan;
   }
   int per_sm = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem) !=
-          cudaSuccess ||
-      per_sm * sms < blocks) {
+      cudaSuccess) {
     cudaGetLastError();
-    return false;
+    return plan;
   }
+  if (per_sm * sms < blocks) return plan;
+  return {blocks, units, smem};
+}
+
+template <typename T>
+bool launch(const PersistentForwardArgs& a, cudaStream_t stream) {
+  const LaunchPlan plan = plan_launch<T>(a.hidden);
+  if (plan.blocks == 0 || a.steps == 0) return false;
   PersistentForwardArgs args = a;
-  int units_per_block = units;
+  int units_per_block = plan.units;
   void* params[] = {&args, &units_per_block};
-  const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), blocks,
-                                                      kThreads, params, smem, stream);
+  const cudaError_t err =
+      cudaLaunchCooperativeKernel(reinterpret_cast<void*>(persistent_forward_kernel<T>),
+                                  plan.blocks, kThreads, params, plan.smem, stream);
   if (err != cudaSuccess) {
     cudaGetLastError();  // a refused launch is not sticky: clear it and fall back
     return false;
@@ -157,6 +176,15 @@ bool launch(const PersistentForwardArgs& a, cudaStream_t stream) {
 }
 
 }  // namespace
+
+bool persistent_forward_fits(StorageType dtype, int hidden) {
+  switch (dtype) {
+    case StorageType::Float: return plan_launch<float>(hidden).blocks > 0;
+    case StorageType::Half: return plan_launch<__half>(hidden).blocks > 0;
+    case StorageType::BFloat16: return plan_launch<__nv_bfloat16>(hidden).blocks > 0;
+  }
+  return false;
+}
 
 bool persistent_forward(const PersistentForwardArgs& a, cudaStream_t stream) {
   switch (a.dtype) {

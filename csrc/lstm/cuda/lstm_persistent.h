@@ -33,9 +33,13 @@ struct PersistentForwardArgs {
   float* c_state;                 // device scratch [B, H]
 };
 
+// Whether the current device can run the kernel for this hidden size (shared
+// memory for the weights, cooperative launch, enough co-resident blocks):
+// checked before the caller allocates anything for it.
+bool persistent_forward_fits(StorageType dtype, int hidden);
+
 // Runs the layer and returns true, or returns false without launching when
-// this device cannot hold the problem (weights beyond shared memory, no
-// cooperative launch, too few co-resident blocks).
+// the device cannot hold the problem.
 bool persistent_forward(const PersistentForwardArgs& args, cudaStream_t stream);
 
 }  // namespace lstm_cuda
