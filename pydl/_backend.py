@@ -32,6 +32,10 @@ SUPPORTED = {
     "lstm": {
         "cpu": (torch.float32, torch.float64),
     },
+    # Fused attention: CPU kernels only so far (issue 3); bf16 and CUDA calls use torch's SDPA.
+    "attention": {
+        "cpu": (torch.float32, torch.float64),
+    },
 }
 
 

@@ -1,0 +1,356 @@
+// Flash-style attention on the CPU, compiled once per ISA (see setup.py).
+//
+// Forward: one task per (batch, head, block of query rows); the task walks the
+// key/value blocks with an online softmax (running row max m and sum l), so
+// only a [block_q x block_k] score tile ever exists, never L x S. Tiles that
+// the causal rule or the mask hide entirely are skipped before any GEMM.
+// Backward (FlashAttention-2): probabilities are recomputed from the saved
+// log-sum-exp; one task per (batch, key/value head, share of key blocks) owns
+// its dK/dV rows outright (summing over the query heads of its GQA group) and
+// adds into its own dQ slice, so no two threads write the same memory.
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "attention/cpu/attention_cpu_kernel.h"
+#include "attention/cpu/dropout_hash.h"
+#include "attention/cpu/tile_gemm.h"
+#include "common/blas.h"
+#include "common/cpu_isa.h"
+
+#ifndef CPU_CAPABILITY
+#error "attention_cpu_kernel_isa.cpp is compiled through setup.py's per-ISA wrappers"
+#endif
+
+namespace pydl {
+namespace attention_cpu {
+namespace CPU_CAPABILITY {
+namespace {
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+// Tile sizes: a forward score tile of 64 x 256 floats (64 KiB) stays in L2
+// with its K and V blocks; the backward holds three 64 x 64 tiles.
+constexpr int64_t kFwdBlockQ = 64, kFwdBlockK = 256;
+constexpr int64_t kBwdBlockQ = 64, kBwdBlockK = 64;
+
+template <typename T>
+constexpr T neg_inf() {
+  return -std::numeric_limits<T>::infinity();
+}
+
+// float: ATen's 20-ulp exp (a few times faster than the 1-ulp one, and far
+// inside float32's tolerance after the softmax sums); double: the exact one.
+template <typename T>
+inline Vec<T> vexp(const Vec<T>& x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return x.exp_u20();
+  } else {
+    return x.exp();
+  }
+}
+
+// Query block visited by task slot t of nb: 0, nb-1, 1, nb-2, ... so that a
+// thread's contiguous range of slots mixes cheap and expensive causal blocks.
+inline int64_t balanced_block(int64_t t, int64_t nb) { return t % 2 == 0 ? t / 2 : nb - 1 - t / 2; }
+
+// Keys of block [j0, j0 + nk) visible to query row i under the causal rule.
+inline int64_t causal_visible(const Problem& p, int64_t i, int64_t j0, int64_t nk) {
+  if (!p.causal) return nk;
+  return std::clamp<int64_t>(i + p.causal_offset - j0 + 1, 0, nk);
+}
+
+template <typename T>
+const T* ptr(const Operand& o, int64_t n, int64_t h, int64_t row) {
+  return static_cast<const T*>(o.data) + n * o.stride_n + h * o.stride_h + row * o.stride_row;
+}
+
+// True when the mask hides every entry of the tile: the tile is skipped.
+template <typename T>
+bool tile_all_masked(const T* m, int64_t row_stride, int64_t col_stride, int64_t rows,
+                     int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      if (m[r * row_stride + c * col_stride] != neg_inf<T>()) return false;
+    }
+  }
+  return true;
+}
+
+// row[0, nk) holds scale * q.k: add the mask row and hide columns >= visible.
+template <typename T>
+void mask_row(T* row, int64_t nk, int64_t visible, const T* mrow, int64_t mcol) {
+  using V = Vec<T>;
+  if (mrow != nullptr) {
+    if (mcol == 1) {
+      int64_t c = 0;
+      for (; c + V::size() <= visible; c += V::size()) {
+        (V::loadu(row + c) + V::loadu(mrow + c)).store(row + c);
+      }
+      for (; c < visible; ++c) row[c] += mrow[c];
+    } else {
+      for (int64_t c = 0; c < visible; ++c) row[c] += mrow[c * mcol];
+    }
+  }
+  for (int64_t c = visible; c < nk; ++c) row[c] = neg_inf<T>();
+}
+
+template <typename T>
+T row_max(const T* row, int64_t n) {
+  using V = Vec<T>;
+  V acc(neg_inf<T>());
+  int64_t c = 0;
+  for (; c + V::size() <= n; c += V::size()) acc = at::vec::maximum(acc, V::loadu(row + c));
+  if (c < n) acc = at::vec::maximum(acc, V::set(V(neg_inf<T>()), V::loadu(row + c, n - c), n - c));
+  T lanes[V::size()];
+  acc.store(lanes);
+  return *std::max_element(lanes, lanes + V::size());
+}
+
+// row[c] = exp(row[c] - ref) in place; returns the sum.
+template <typename T>
+T exp_sum(T* row, int64_t n, T ref) {
+  using V = Vec<T>;
+  const V r(ref);
+  V acc(T(0));
+  int64_t c = 0;
+  for (; c + V::size() <= n; c += V::size()) {
+    const V e = vexp(V::loadu(row + c) - r);
+    e.store(row + c);
+    acc = acc + e;
+  }
+  if (c < n) {
+    const V e = V::set(V(T(0)), vexp(V::loadu(row + c, n - c) - r), n - c);
+    e.store(row + c, n - c);
+    acc = acc + e;
+  }
+  T lanes[V::size()];
+  acc.store(lanes);
+  T sum = T(0);
+  for (int64_t w = 0; w < V::size(); ++w) sum += lanes[w];
+  return sum;
+}
+
+template <typename T>
+void scale_row(T* row, int64_t n, T factor) {
+  using V = Vec<T>;
+  const V f(factor);
+  int64_t c = 0;
+  for (; c + V::size() <= n; c += V::size()) (V::loadu(row + c) * f).store(row + c);
+  for (; c < n; ++c) row[c] *= factor;
+}
+
+template <typename T>
+void mul_rows(T* a, const T* b, int64_t n) {
+  using V = Vec<T>;
+  int64_t c = 0;
+  for (; c + V::size() <= n; c += V::size()) (V::loadu(a + c) * V::loadu(b + c)).store(a + c);
+  for (; c < n; ++c) a[c] *= b[c];
+}
+
+// --------------------------------------------------------------------------- forward
+
+template <typename T>
+void forward_typed(const ForwardArgs& a) {
+  const Problem& p = a.p;
+  const int64_t L = p.len_q, S = p.len_kv, E = p.dim_qk, Ev = p.dim_v;
+  const int64_t group = p.heads_q / p.heads_kv;
+  const int64_t nqb = (L + kFwdBlockQ - 1) / kFwdBlockQ;
+  const T scale = static_cast<T>(p.scale);
+  const bool dropout = p.dropout_p > 0.0;
+  const T* mask = static_cast<const T*>(p.mask.data);
+  T* out = static_cast<T*>(a.out);
+  T* lse = static_cast<T*>(a.lse);
+
+  at::parallel_for(0, p.batch * p.heads_q * nqb, 1, [&](int64_t begin, int64_t end) {
+    SingleThreadedBlas single_threaded;
+    std::vector<T> tile(kFwdBlockQ * kFwdBlockK), m(kFwdBlockQ), l(kFwdBlockQ);
+    std::vector<T> keep(dropout ? kFwdBlockK : 0);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t nh = t / nqb, n = nh / p.heads_q, h = nh % p.heads_q, hk = h / group;
+      const int64_t i0 = balanced_block(t % nqb, nqb) * kFwdBlockQ;
+      const int64_t nq = std::min(kFwdBlockQ, L - i0);
+      const T* q = ptr<T>(p.q, n, h, i0);
+      const T* k = ptr<T>(p.k, n, hk, 0);
+      const T* v = ptr<T>(p.v, n, hk, 0);
+      const T* mtile = mask ? ptr<T>(p.mask, n, h, i0) : nullptr;
+      T* o = out + (nh * L + i0) * Ev;
+      std::fill(o, o + nq * Ev, T(0));
+      std::fill(m.begin(), m.end(), neg_inf<T>());
+      std::fill(l.begin(), l.end(), T(0));
+      // Causal: no row of this block sees keys past its last row's limit.
+      const int64_t key_end =
+          p.causal ? std::clamp<int64_t>(i0 + nq + p.causal_offset, 0, S) : S;
+      for (int64_t j0 = 0; j0 < key_end; j0 += kFwdBlockK) {
+        const int64_t nk = std::min(kFwdBlockK, key_end - j0);
+        const T* mt = mtile ? mtile + j0 * p.mask_stride_col : nullptr;
+        if (mt && tile_all_masked(mt, p.mask.stride_row, p.mask_stride_col, nq, nk)) continue;
+        T* s = tile.data();
+        gemm_rm<T>(false, true, nq, nk, E, scale, q, p.q.stride_row, k + j0 * p.k.stride_row,
+                   p.k.stride_row, T(0), s, kFwdBlockK);
+        for (int64_t r = 0; r < nq; ++r) {
+          T* row = s + r * kFwdBlockK;
+          const int64_t visible = causal_visible(p, i0 + r, j0, nk);
+          mask_row(row, nk, visible, mt ? mt + r * p.mask.stride_row : nullptr,
+                   p.mask_stride_col);
+          const T m_new = std::max(m[r], visible > 0 ? row_max(row, visible) : neg_inf<T>());
+          // A row that has seen only hidden keys keeps m = -inf; exponentiate
+          // against 0 then, so that it stays all zeros instead of NaN.
+          const T ref = m_new == neg_inf<T>() ? T(0) : m_new;
+          const T alpha = std::exp(m[r] - ref);
+          const T sum = exp_sum(row, nk, ref);
+          if (alpha != T(1)) scale_row(o + r * Ev, Ev, alpha);
+          l[r] = l[r] * alpha + sum;
+          m[r] = m_new;
+          if (dropout) {  // l sums the weights before dropout: lse is dropout-free
+            dropout_keep_row(keep.data(), nk, p.dropout_seed,
+                             static_cast<uint64_t>(nh * L + i0 + r), j0, p.dropout_p);
+            mul_rows(row, keep.data(), nk);
+          }
+        }
+        gemm_rm<T>(false, false, nq, Ev, nk, T(1), s, kFwdBlockK, v + j0 * p.v.stride_row,
+                   p.v.stride_row, T(1), o, Ev);
+      }
+      // Rule for a row with no visible key (l = 0): output zeros, lse = -inf.
+      for (int64_t r = 0; r < nq; ++r) {
+        if (l[r] > T(0)) {
+          scale_row(o + r * Ev, Ev, T(1) / l[r]);
+          lse[nh * L + i0 + r] = m[r] + std::log(l[r]);
+        } else {
+          std::fill(o + r * Ev, o + (r + 1) * Ev, T(0));
+          lse[nh * L + i0 + r] = neg_inf<T>();
+        }
+      }
+    }
+  });
+}
+
+// --------------------------------------------------------------------------- backward
+
+template <typename T>
+void backward_typed(const BackwardArgs& a) {
+  const Problem& p = a.p;
+  const int64_t L = p.len_q, S = p.len_kv, E = p.dim_qk, Ev = p.dim_v;
+  const int64_t group = p.heads_q / p.heads_kv;
+  const int64_t nqb = (L + kBwdBlockQ - 1) / kBwdBlockQ;
+  const int64_t nkb = (S + kBwdBlockK - 1) / kBwdBlockK;
+  const T scale = static_cast<T>(p.scale);
+  const bool dropout = p.dropout_p > 0.0;
+  const T* mask = static_cast<const T*>(p.mask.data);
+  const T* dout = static_cast<const T*>(a.grad_out);
+  const T* lse = static_cast<const T*>(a.lse);
+  const T* delta = static_cast<const T*>(a.delta);
+  T* grad_k = static_cast<T*>(a.grad_k);
+  T* grad_v = static_cast<T*>(a.grad_v);
+  T* grad_mask = static_cast<T*>(a.grad_mask);
+  const int64_t dq_slice = p.batch * p.heads_q * L * E;
+
+  at::parallel_for(0, p.batch * p.heads_kv * a.chunks, 1, [&](int64_t begin, int64_t end) {
+    using V = Vec<T>;
+    SingleThreadedBlas single_threaded;
+    constexpr int64_t kTile = kBwdBlockQ * kBwdBlockK;
+    std::vector<T> prob(kTile), dprob(kTile), kept(dropout ? kTile : 0);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t chunk = t % a.chunks, nhk = t / a.chunks;
+      const int64_t n = nhk / p.heads_kv, hk = nhk % p.heads_kv;
+      T* dq_base = static_cast<T*>(a.grad_q) + chunk * dq_slice;
+      for (int64_t kb = chunk; kb < nkb; kb += a.chunks) {
+        const int64_t j0 = kb * kBwdBlockK, nk = std::min(kBwdBlockK, S - j0);
+        const T* k = ptr<T>(p.k, n, hk, j0);
+        const T* v = ptr<T>(p.v, n, hk, j0);
+        T* dk = grad_k + (nhk * S + j0) * E;
+        T* dv = grad_v + (nhk * S + j0) * Ev;
+        // Causal: rows before j0 - offset see none of these keys.
+        const int64_t i_first = p.causal ? std::max<int64_t>(0, j0 - p.causal_offset) : 0;
+        for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+          const int64_t nh = n * p.heads_q + h;
+          for (int64_t qb = i_first / kBwdBlockQ; qb < nqb && i_first < L; ++qb) {
+            const int64_t i0 = qb * kBwdBlockQ, nq = std::min(kBwdBlockQ, L - i0);
+            const T* mt = mask ? ptr<T>(p.mask, n, h, i0) + j0 * p.mask_stride_col : nullptr;
+            if (mt && tile_all_masked(mt, p.mask.stride_row, p.mask_stride_col, nq, nk)) continue;
+            const T* q = ptr<T>(p.q, n, h, i0);
+            const T* dO = dout + (nh * L + i0) * Ev;
+            T* P = prob.data();
+            T* dP = dprob.data();
+            gemm_rm<T>(false, true, nq, nk, E, scale, q, p.q.stride_row, k, p.k.stride_row, T(0),
+                       P, kBwdBlockK);
+            // P = exp(score - lse): the forward's softmax, recomputed.
+            for (int64_t r = 0; r < nq; ++r) {
+              T* row = P + r * kBwdBlockK;
+              const T row_lse = lse[nh * L + i0 + r];
+              if (row_lse == neg_inf<T>()) {
+                std::fill(row, row + nk, T(0));
+                continue;
+              }
+              mask_row(row, nk, causal_visible(p, i0 + r, j0, nk),
+                       mt ? mt + r * p.mask.stride_row : nullptr, p.mask_stride_col);
+              exp_sum(row, nk, row_lse);
+            }
+            // dP = dO V^T (gradient w.r.t. the dropped-out weights).
+            gemm_rm<T>(false, true, nq, nk, Ev, T(1), dO, Ev, v, p.v.stride_row, T(0), dP,
+                       kBwdBlockK);
+            const T* P_used = P;  // the weights that multiplied V in the forward
+            if (dropout) {
+              for (int64_t r = 0; r < nq; ++r) {
+                T* z = kept.data() + r * kBwdBlockK;
+                dropout_keep_row(z, nk, p.dropout_seed, static_cast<uint64_t>(nh * L + i0 + r),
+                                 j0, p.dropout_p);
+                mul_rows(dP + r * kBwdBlockK, z, nk);
+                mul_rows(z, P + r * kBwdBlockK, nk);
+              }
+              P_used = kept.data();
+            }
+            if (a.need_v) {
+              gemm_rm<T>(true, false, nk, Ev, nq, T(1), P_used, kBwdBlockK, dO, Ev, T(1), dv, Ev);
+            }
+            // dS = P * (dP - delta_i): the softmax backward, delta_i = rowsum(dO * O) - dlse_i.
+            for (int64_t r = 0; r < nq; ++r) {
+              T* ds = dP + r * kBwdBlockK;
+              const T* pr = P + r * kBwdBlockK;
+              const V d(delta[nh * L + i0 + r]);
+              int64_t c = 0;
+              for (; c + V::size() <= nk; c += V::size()) {
+                (V::loadu(pr + c) * (V::loadu(ds + c) - d)).store(ds + c);
+              }
+              for (; c < nk; ++c) ds[c] = pr[c] * (ds[c] - delta[nh * L + i0 + r]);
+              if (grad_mask) std::memcpy(grad_mask + (nh * L + i0 + r) * S + j0, ds, sizeof(T) * nk);
+            }
+            if (a.need_k) {
+              gemm_rm<T>(true, false, nk, E, nq, scale, dP, kBwdBlockK, q, p.q.stride_row, T(1),
+                         dk, E);
+            }
+            if (a.need_q) {
+              gemm_rm<T>(false, false, nq, E, nk, scale, dP, kBwdBlockK, k, p.k.stride_row, T(1),
+                         dq_base + (nh * L + i0) * E, E);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+void forward(const ForwardArgs& a) {
+  a.p.is_double ? forward_typed<double>(a) : forward_typed<float>(a);
+}
+
+void backward(const BackwardArgs& a) {
+  a.p.is_double ? backward_typed<double>(a) : backward_typed<float>(a);
+}
+
+}  // namespace
+}  // namespace CPU_CAPABILITY
+
+KernelTable PYDL_ISA_TABLE_FN() {
+  return {&CPU_CAPABILITY::forward, &CPU_CAPABILITY::backward, C10_STRINGIZE(CPU_CAPABILITY)};
+}
+
+}  // namespace attention_cpu
+}  // namespace pydl
