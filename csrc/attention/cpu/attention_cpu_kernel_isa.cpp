@@ -36,10 +36,9 @@ namespace {
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
 
-// Tile sizes: a forward score tile of 64 x 256 floats (64 KiB) stays in L2
-// with its K and V blocks; the backward holds three 64 x 64 tiles.
-constexpr int64_t kFwdBlockQ = 64, kFwdBlockK = 256;
-constexpr int64_t kBwdBlockQ = 64, kBwdBlockK = 64;
+
+// Row slab for tiles on the causal diagonal (see forward_typed).
+constexpr int64_t kDiagonalRows = 32;
 
 template <typename T>
 constexpr T neg_inf() {
@@ -162,6 +161,7 @@ void forward_typed(const ForwardArgs& a) {
   const Problem& p = a.p;
   const int64_t L = p.len_q, S = p.len_kv, E = p.dim_qk, Ev = p.dim_v;
   const int64_t group = p.heads_q / p.heads_kv;
+  const int64_t kFwdBlockQ = p.block_q, kFwdBlockK = p.block_k;
   const int64_t nqb = (L + kFwdBlockQ - 1) / kFwdBlockQ;
   const T scale = static_cast<T>(p.scale);
   const bool dropout = p.dropout_p > 0.0;
@@ -192,31 +192,42 @@ void forward_typed(const ForwardArgs& a) {
         const int64_t nk = std::min(kFwdBlockK, key_end - j0);
         const T* mt = mtile ? mtile + j0 * p.mask_stride_col : nullptr;
         if (mt && tile_all_masked(mt, p.mask.stride_row, p.mask_stride_col, nq, nk)) continue;
-        T* s = tile.data();
-        gemm_rm<T>(false, true, nq, nk, E, scale, q, p.q.stride_row, k + j0 * p.k.stride_row,
-                   p.k.stride_row, T(0), s, kFwdBlockK);
-        for (int64_t r = 0; r < nq; ++r) {
-          T* row = s + r * kFwdBlockK;
-          const int64_t visible = causal_visible(p, i0 + r, j0, nk);
-          mask_row(row, nk, visible, mt ? mt + r * p.mask.stride_row : nullptr,
-                   p.mask_stride_col);
-          const T m_new = std::max(m[r], visible > 0 ? row_max(row, visible) : neg_inf<T>());
-          // A row that has seen only hidden keys keeps m = -inf; exponentiate
-          // against 0 then, so that it stays all zeros instead of NaN.
-          const T ref = m_new == neg_inf<T>() ? T(0) : m_new;
-          const T alpha = std::exp(m[r] - ref);
-          const T sum = exp_sum(row, nk, ref);
-          if (alpha != T(1)) scale_row(o + r * Ev, Ev, alpha);
-          l[r] = l[r] * alpha + sum;
-          m[r] = m_new;
-          if (dropout) {  // l sums the weights before dropout: lse is dropout-free
-            dropout_keep_row(keep.data(), nk, p.dropout_seed,
-                             static_cast<uint64_t>(nh * L + i0 + r), j0, p.dropout_p);
-            mul_rows(row, keep.data(), nk);
+        // A block that crosses the causal diagonal is done in slabs of
+        // kDiagonalRows rows, each only as wide as its last row sees, so the
+        // hidden triangle costs ~kDiagonalRows / L of the work, not block_q / L.
+        const bool crosses = p.causal && j0 + nk > i0 + p.causal_offset + 1;
+        const int64_t slab = crosses ? kDiagonalRows : nq;
+        for (int64_t r0 = 0; r0 < nq; r0 += slab) {
+          const int64_t r1 = std::min(nq, r0 + slab);
+          const int64_t width = crosses ? causal_visible(p, i0 + r1 - 1, j0, nk) : nk;
+          if (width == 0) continue;  // these rows see none of the block
+          T* s = tile.data() + r0 * kFwdBlockK;
+          gemm_rm<T>(false, true, r1 - r0, width, E, scale, q + r0 * p.q.stride_row,
+                     p.q.stride_row, k + j0 * p.k.stride_row, p.k.stride_row, T(0), s,
+                     kFwdBlockK);
+          for (int64_t r = r0; r < r1; ++r) {
+            T* row = tile.data() + r * kFwdBlockK;
+            const int64_t visible = causal_visible(p, i0 + r, j0, width);
+            mask_row(row, width, visible, mt ? mt + r * p.mask.stride_row : nullptr,
+                     p.mask_stride_col);
+            const T m_new = std::max(m[r], visible > 0 ? row_max(row, visible) : neg_inf<T>());
+            // A row that has seen only hidden keys keeps m = -inf; exponentiate
+            // against 0 then, so that it stays all zeros instead of NaN.
+            const T ref = m_new == neg_inf<T>() ? T(0) : m_new;
+            const T alpha = std::exp(m[r] - ref);
+            const T sum = exp_sum(row, width, ref);
+            if (alpha != T(1)) scale_row(o + r * Ev, Ev, alpha);
+            l[r] = l[r] * alpha + sum;
+            m[r] = m_new;
+            if (dropout) {  // l sums the weights before dropout: lse is dropout-free
+              dropout_keep_row(keep.data(), width, p.dropout_seed,
+                               static_cast<uint64_t>(nh * L + i0 + r), j0, p.dropout_p);
+              mul_rows(row, keep.data(), width);
+            }
           }
+          gemm_rm<T>(false, false, r1 - r0, Ev, width, T(1), s, kFwdBlockK,
+                     v + j0 * p.v.stride_row, p.v.stride_row, T(1), o + r0 * Ev, Ev);
         }
-        gemm_rm<T>(false, false, nq, Ev, nk, T(1), s, kFwdBlockK, v + j0 * p.v.stride_row,
-                   p.v.stride_row, T(1), o, Ev);
       }
       // Rule for a row with no visible key (l = 0): output zeros, lse = -inf.
       for (int64_t r = 0; r < nq; ++r) {
@@ -239,6 +250,7 @@ void backward_typed(const BackwardArgs& a) {
   const Problem& p = a.p;
   const int64_t L = p.len_q, S = p.len_kv, E = p.dim_qk, Ev = p.dim_v;
   const int64_t group = p.heads_q / p.heads_kv;
+  const int64_t kBwdBlockQ = p.block_q, kBwdBlockK = p.block_k;
   const int64_t nqb = (L + kBwdBlockQ - 1) / kBwdBlockQ;
   const int64_t nkb = (S + kBwdBlockK - 1) / kBwdBlockK;
   const T scale = static_cast<T>(p.scale);
@@ -255,7 +267,7 @@ void backward_typed(const BackwardArgs& a) {
   at::parallel_for(0, p.batch * p.heads_kv * a.chunks, 1, [&](int64_t begin, int64_t end) {
     using V = Vec<T>;
     SingleThreadedBlas single_threaded;
-    constexpr int64_t kTile = kBwdBlockQ * kBwdBlockK;
+    const int64_t kTile = kBwdBlockQ * kBwdBlockK;
     std::vector<T> prob(kTile), dprob(kTile), kept(dropout ? kTile : 0);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t chunk = t % a.chunks, nhk = t / a.chunks;
