@@ -67,14 +67,16 @@ def _plan(query, key, value, attn_mask, dropout_p, enable_gqa, causal_alignment)
     elif hq != hk and hk != 1 and hq != 1:
         _fail(f"query has {hq} heads and key/value {hk}: they must match or broadcast "
               "(set enable_gqa=True for grouped-query attention)")
-    try:
-        batch = torch.broadcast_shapes(tuple(query.shape[:-3]), tuple(key.shape[:-3]))
-    except RuntimeError:
-        _fail(f"batch dims of query {tuple(query.shape[:-3])} and key/value "
-              f"{tuple(key.shape[:-3])} do not broadcast")
+    batch = tuple(query.shape[:-3])
+    if tuple(key.shape[:-3]) != batch:
+        try:
+            batch = tuple(torch.broadcast_shapes(batch, tuple(key.shape[:-3])))
+        except RuntimeError:
+            _fail(f"batch dims of query {tuple(query.shape[:-3])} and key/value "
+                  f"{tuple(key.shape[:-3])} do not broadcast")
     heads = hq if enable_gqa else max(hq, hk)
     has_heads = max(query.dim(), key.dim()) >= 3
-    out_batch = tuple(batch) + ((heads,) if has_heads else ())
+    out_batch = batch + ((heads,) if has_heads else ())
     if attn_mask is not None:
         if attn_mask.dtype != torch.bool and attn_mask.dtype != query.dtype:
             _fail(f"attn_mask must be bool or the query's dtype ({query.dtype}), "
@@ -82,17 +84,18 @@ def _plan(query, key, value, attn_mask, dropout_p, enable_gqa, causal_alignment)
         if attn_mask.device != query.device:
             _fail(f"attn_mask is on {attn_mask.device}, query on {query.device}")
         full = out_batch + (query.shape[-2], key.shape[-2])
-        try:
-            ok = torch.broadcast_shapes(tuple(attn_mask.shape), full) == full
-        except RuntimeError:
-            ok = False
+        shape = tuple(attn_mask.shape)
+        ok = len(shape) <= len(full) and all(
+            m in (1, f) for m, f in zip(reversed(shape), reversed(full)))
         if not ok:
             _fail(f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to {full}")
-    return tuple(batch), heads, out_batch
+    return batch, heads, out_batch
 
 
 def _as_4d(t: torch.Tensor, batch: tuple, heads: int) -> torch.Tensor:
     """(N, heads, rows, cols) as a view where possible (broadcast dims keep stride 0)."""
+    if t.dim() == 4 and len(batch) == 1 and t.shape[0] == batch[0] and t.shape[1] == heads:
+        return t  # the common case, without the cost of expand
     t = t.expand(*batch, heads, t.shape[-2], t.shape[-1])
     return t if len(batch) == 1 else t.reshape(-1, heads, t.shape[-2], t.shape[-1])
 

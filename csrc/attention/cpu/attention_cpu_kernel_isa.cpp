@@ -56,6 +56,27 @@ inline Vec<T> vexp(const Vec<T>& x) {
   }
 }
 
+// Per-thread tile memory, kept between calls: a fresh 256 KiB allocation per
+// call would come from mmap, and its page faults cost as much as a small problem.
+template <typename T>
+class ThreadScratch {
+ public:
+  explicit ThreadScratch(int64_t count) {
+    thread_local std::vector<double> storage;  // double-aligned for either T
+    const size_t doubles = (static_cast<size_t>(count) * sizeof(T) + 7) / 8;
+    if (storage.size() < doubles) storage.resize(doubles);
+    next_ = reinterpret_cast<T*>(storage.data());
+  }
+  T* take(int64_t count) {
+    T* out = next_;
+    next_ += count;
+    return out;
+  }
+
+ private:
+  T* next_;
+};
+
 // Query block visited by task slot t of nb: 0, nb-1, 1, nb-2, ... so that a
 // thread's contiguous range of slots mixes cheap and expensive causal blocks.
 inline int64_t balanced_block(int64_t t, int64_t nb) { return t % 2 == 0 ? t / 2 : nb - 1 - t / 2; }
@@ -171,8 +192,11 @@ void forward_typed(const ForwardArgs& a) {
 
   at::parallel_for(0, p.batch * p.heads_q * nqb, 1, [&](int64_t begin, int64_t end) {
     SingleThreadedBlas single_threaded;
-    std::vector<T> tile(kFwdBlockQ * kFwdBlockK), m(kFwdBlockQ), l(kFwdBlockQ);
-    std::vector<T> keep(dropout ? kFwdBlockK : 0);
+    ThreadScratch<T> scratch(kFwdBlockQ * kFwdBlockK + 2 * kFwdBlockQ + kFwdBlockK);
+    T* const tile = scratch.take(kFwdBlockQ * kFwdBlockK);
+    T* const m = scratch.take(kFwdBlockQ);
+    T* const l = scratch.take(kFwdBlockQ);
+    T* const keep = scratch.take(kFwdBlockK);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t nh = t / nqb, n = nh / p.heads_q, h = nh % p.heads_q, hk = h / group;
       const int64_t i0 = balanced_block(t % nqb, nqb) * kFwdBlockQ;
@@ -183,8 +207,8 @@ void forward_typed(const ForwardArgs& a) {
       const T* mtile = mask ? ptr<T>(p.mask, n, h, i0) : nullptr;
       T* o = out + (nh * L + i0) * Ev;
       std::fill(o, o + nq * Ev, T(0));
-      std::fill(m.begin(), m.end(), neg_inf<T>());
-      std::fill(l.begin(), l.end(), T(0));
+      std::fill(m, m + nq, neg_inf<T>());
+      std::fill(l, l + nq, T(0));
       // Causal: no row of this block sees keys past its last row's limit.
       const int64_t key_end =
           p.causal ? std::clamp<int64_t>(i0 + nq + p.causal_offset, 0, S) : S;
@@ -201,12 +225,12 @@ void forward_typed(const ForwardArgs& a) {
           const int64_t r1 = std::min(nq, r0 + slab);
           const int64_t width = crosses ? causal_visible(p, i0 + r1 - 1, j0, nk) : nk;
           if (width == 0) continue;  // these rows see none of the block
-          T* s = tile.data() + r0 * kFwdBlockK;
+          T* s = tile + r0 * kFwdBlockK;
           gemm_rm<T>(false, true, r1 - r0, width, E, scale, q + r0 * p.q.stride_row,
                      p.q.stride_row, k + j0 * p.k.stride_row, p.k.stride_row, T(0), s,
                      kFwdBlockK);
           for (int64_t r = r0; r < r1; ++r) {
-            T* row = tile.data() + r * kFwdBlockK;
+            T* row = tile + r * kFwdBlockK;
             const int64_t visible = causal_visible(p, i0 + r, j0, width);
             mask_row(row, width, visible, mt ? mt + r * p.mask.stride_row : nullptr,
                      p.mask_stride_col);
@@ -220,9 +244,9 @@ void forward_typed(const ForwardArgs& a) {
             l[r] = l[r] * alpha + sum;
             m[r] = m_new;
             if (dropout) {  // l sums the weights before dropout: lse is dropout-free
-              dropout_keep_row(keep.data(), width, p.dropout_seed,
+              dropout_keep_row(keep, width, p.dropout_seed,
                                static_cast<uint64_t>(nh * L + i0 + r), j0, p.dropout_p);
-              mul_rows(row, keep.data(), width);
+              mul_rows(row, keep, width);
             }
           }
           gemm_rm<T>(false, false, r1 - r0, Ev, width, T(1), s, kFwdBlockK,
@@ -268,7 +292,10 @@ void backward_typed(const BackwardArgs& a) {
     using V = Vec<T>;
     SingleThreadedBlas single_threaded;
     const int64_t kTile = kBwdBlockQ * kBwdBlockK;
-    std::vector<T> prob(kTile), dprob(kTile), kept(dropout ? kTile : 0);
+    ThreadScratch<T> scratch(3 * kTile);
+    T* const prob = scratch.take(kTile);
+    T* const dprob = scratch.take(kTile);
+    T* const kept = scratch.take(kTile);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t chunk = t % a.chunks, nhk = t / a.chunks;
       const int64_t n = nhk / p.heads_kv, hk = nhk % p.heads_kv;
@@ -289,8 +316,8 @@ void backward_typed(const BackwardArgs& a) {
             if (mt && tile_all_masked(mt, p.mask.stride_row, p.mask_stride_col, nq, nk)) continue;
             const T* q = ptr<T>(p.q, n, h, i0);
             const T* dO = dout + (nh * L + i0) * Ev;
-            T* P = prob.data();
-            T* dP = dprob.data();
+            T* P = prob;
+            T* dP = dprob;
             gemm_rm<T>(false, true, nq, nk, E, scale, q, p.q.stride_row, k, p.k.stride_row, T(0),
                        P, kBwdBlockK);
             // P = exp(score - lse): the forward's softmax, recomputed.
@@ -311,13 +338,13 @@ void backward_typed(const BackwardArgs& a) {
             const T* P_used = P;  // the weights that multiplied V in the forward
             if (dropout) {
               for (int64_t r = 0; r < nq; ++r) {
-                T* z = kept.data() + r * kBwdBlockK;
+                T* z = kept + r * kBwdBlockK;
                 dropout_keep_row(z, nk, p.dropout_seed, static_cast<uint64_t>(nh * L + i0 + r),
                                  j0, p.dropout_p);
                 mul_rows(dP + r * kBwdBlockK, z, nk);
                 mul_rows(z, P + r * kBwdBlockK, nk);
               }
-              P_used = kept.data();
+              P_used = kept;
             }
             if (a.need_v) {
               gemm_rm<T>(true, false, nk, Ev, nq, T(1), P_used, kBwdBlockK, dO, Ev, T(1), dv, Ev);
