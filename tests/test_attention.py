@@ -348,6 +348,17 @@ def test_bfloat16_goes_to_torch(monkeypatch):
             sdpa(q, k, v)
 
 
+def test_autocast_computes_in_the_autocast_dtype_like_torch(monkeypatch):
+    monkeypatch.setenv("PYDL_STRICT", "0")  # bf16 is served by torch's SDPA
+    q, k, v = (torch.randn(1, 2, 8, 16) for _ in range(3))
+    mask = torch.randn(8, 8)
+    with torch.autocast("cpu"):
+        ours = sdpa(q, k, v, attn_mask=mask)
+        theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    assert torch.equal(ours, theirs)
+
+
 MEMORY_SCRIPT = r"""
 import resource, sys, torch, pydl
 L, mode = int(sys.argv[1]), sys.argv[2]

@@ -115,6 +115,14 @@ def scaled_dot_product_attention(
 ):
     """``softmax(query @ key^T * scale + mask) @ value``, torch's SDPA semantics;
     returns ``out`` or, with ``return_lse``, ``(out, lse)``. See the module doc."""
+    device = query.device.type
+    if torch.is_autocast_enabled(device) and query.is_floating_point():
+        # As torch's SDPA under autocast: computed in the autocast dtype (bf16
+        # on CPU, which pydl's CPU kernel leaves to torch's).
+        dtype = torch.get_autocast_dtype(device)
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+        if attn_mask is not None and attn_mask.is_floating_point():
+            attn_mask = attn_mask.to(dtype)
     batch, heads, out_batch = _plan(query, key, value, attn_mask, dropout_p, enable_gqa,
                                     causal_alignment)
     L, S, E = query.shape[-2], key.shape[-2], query.shape[-1]
