@@ -132,6 +132,38 @@ def test_matches_torch_sdpa(layout):
     assert_close_rel(ours, theirs, torch.float32, layout)
 
 
+@pytest.mark.parametrize("kind", ["empty_L", "empty_S", "empty_Ev", "mask_col_stride",
+                                  "query_last_dim_strided", "2d_causal"])
+def test_awkward_shapes_and_strides(kind):
+    torch.manual_seed(11)
+    q, k, v = torch.randn(2, 3, 7, 8), torch.randn(2, 3, 9, 8), torch.randn(2, 3, 9, 8)
+    kw = {}
+    if kind == "empty_L":
+        q = q[:, :, :0]
+    elif kind == "empty_S":  # no keys at all: every row is fully masked -> zeros
+        k, v = k[:, :, :0], v[:, :, :0]
+    elif kind == "empty_Ev":
+        v = v[..., :0]
+    elif kind == "mask_col_stride":
+        kw["attn_mask"] = torch.randn(9, 7).t()
+    elif kind == "query_last_dim_strided":
+        q = torch.randn(2, 3, 8, 7).transpose(-1, -2)
+    else:
+        q, k, v = q[0, 0], k[0, 0], v[0, 0]
+        kw["is_causal"] = True
+    for t in (q, k, v):
+        t.requires_grad_()
+    out = sdpa(q, k, v, **kw)
+    d = lambda t: t.detach().double()
+    ref = reference.scaled_dot_product_attention(
+        d(q), d(k), d(v), **{a: d(b) if isinstance(b, torch.Tensor) else b for a, b in kw.items()})
+    assert out.shape == ref.shape
+    if out.numel():
+        assert_close_rel(out, ref, torch.float32, kind)
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
 @pytest.mark.parametrize("kind", ["bool", "float_-inf", "bottom_right_L>S"])
 def test_fully_masked_rows_give_zeros(kind):
     """The rule: a query row that sees no key outputs zeros (lse = -inf) and
