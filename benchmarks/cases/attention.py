@@ -6,6 +6,11 @@ kernel on CPU). Rows: forward and forward + backward, causal and not, head
 dim 64 and 128, sequence length 128 .. 2048 (--quick) or 4096 (full), batch
 1 x 8 heads. FLOPs: 4 * b * h * L * S * d forward (causal: half); backward
 2.5x forward, so a forward + backward row counts 3.5x.
+
+Module rows: pydl.nn.MultiheadAttention vs torch.nn.MultiheadAttention (same
+weights, self-attention, batch_first, need_weights=False; torch's module may
+take its native fast path in inference). FLOPs: the four projections
+(8 * B * L * E^2) plus the attention's.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from benchmarks.harness import Case
+from pydl.nn import MultiheadAttention
 from pydl.nn.functional import scaled_dot_product_attention
 
 FAMILY = "attention"
@@ -23,6 +29,8 @@ BATCH, HEADS = 1, 8
 HEAD_DIMS = (64, 128)
 QUICK_LENGTHS = (128, 512, 2048)
 FULL_LENGTHS = (128, 512, 1024, 2048, 4096)
+# (batch, length, embed_dim, heads) for the module rows.
+MHA_SIZES = ((8, 128, 512, 8), (2, 1024, 512, 8))
 
 
 def _torch_sdpa(q, k, v, causal):
@@ -57,6 +65,45 @@ def _case(length, dim, causal, train, cfg):
     return make_providers
 
 
+def _mha_case(batch, length, embed, heads, train, cfg):
+    def make_providers():
+        opts = {"device": cfg.device, "dtype": cfg.dtype}
+        theirs = torch.nn.MultiheadAttention(embed, heads, batch_first=True, **opts)
+        ours = MultiheadAttention(embed, heads, batch_first=True, **opts)
+        ours.load_state_dict(theirs.state_dict())
+        for m in (ours, theirs):
+            m.train(train)
+        x = torch.randn(batch, length, embed, requires_grad=train, **opts)
+
+        def run(module):
+            out = module(x, x, x, need_weights=False)[0]
+            if train:
+                out.sum().backward()
+            return out.detach()
+
+        return {"pydl": lambda: run(ours), "torch": lambda: run(theirs)}
+
+    return make_providers
+
+
+def _mha_cases(cfg) -> list[Case]:
+    elem = torch.empty((), dtype=cfg.dtype).element_size()
+    out = []
+    for train in (False, True):
+        for batch, length, embed, heads in MHA_SIZES:
+            flops = 8 * batch * length * embed**2 + 4 * batch * length * length * embed
+            out.append(Case(
+                name=f"attention/mha_{'fwd_bwd' if train else 'fwd'}/B{batch}_L{length}_E{embed}",
+                family=FAMILY,
+                shape=f"B{batch} L{length} E{embed} H{heads}",
+                flops=flops * (3 if train else 1),
+                bytes=elem * (4 * embed**2 + 2 * batch * length * embed),
+                make_providers=_mha_case(batch, length, embed, heads, train, cfg),
+                tags={"train": train, "module": True},
+            ))
+    return out
+
+
 def cases(cfg) -> list[Case]:
     elem = torch.empty((), dtype=cfg.dtype).element_size()
     out = []
@@ -77,4 +124,4 @@ def cases(cfg) -> list[Case]:
                         tags={"train": train, "causal": causal, "head_dim": dim,
                               "length": length},
                     ))
-    return out
+    return out + _mha_cases(cfg)

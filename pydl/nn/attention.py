@@ -55,21 +55,25 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
             raise ValueError(
                 "pydl.nn.MultiheadAttention: query, key and value must all be 3-D (batched) or "
                 f"2-D (unbatched), got {query.dim()}-D, {key.dim()}-D, {value.dim()}-D")
+        self_attention = query is key and key is value  # one fused projection GEMM
         unbatched = query.dim() == 2
+        # Work in the caller's layout, (B, L, E) or (L, B, E): a transposed view
+        # would make each projection copy its input first.
+        batch_first = self.batch_first or unbatched
         if unbatched:
-            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask.unsqueeze(0)
-        elif self.batch_first:  # (B, L, E) -> (L, B, E) views, torch's internal layout
-            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-        L, B, E = query.shape
-        S = key.shape[0]
+        if batch_first:
+            (B, L, E), S = query.shape, key.shape[1]
+        else:
+            (L, B, E), S = query.shape, key.shape[0]
         if E != self.embed_dim or key.shape[-1] != self.kdim or value.shape[-1] != self.vdim:
             raise ValueError(
                 f"pydl.nn.MultiheadAttention: expected feature sizes (query {self.embed_dim}, "
                 f"key {self.kdim}, value {self.vdim}), got ({E}, {key.shape[-1]}, "
                 f"{value.shape[-1]})")
-        if key.shape[:2] != value.shape[:2] or key.shape[1] != B:
+        if key.shape[:2] != value.shape[:2] or key.shape[0 if batch_first else 1] != B:
             raise ValueError(
                 f"pydl.nn.MultiheadAttention: key {tuple(key.shape)} and value "
                 f"{tuple(value.shape)} must share (S, batch) with batch {B} of the query")
@@ -79,11 +83,14 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
                 "mask (as in torch); pass attn_mask too")
 
         H, hd = self.num_heads, self.head_dim
-        q, k, v = self._project(query, key, value)
-        # (L, B, H*hd) -> (B, H, L, hd): strided views, no copy.
-        q = q.view(L, B, H, hd).permute(1, 2, 0, 3)
-        k = k.view(S, B, H, hd).permute(1, 2, 0, 3)
-        v = v.view(S, B, H, hd).permute(1, 2, 0, 3)
+        q, k, v = self._project(query, key, value, self_attention)
+
+        def heads(t, n):  # -> (B, H, n, hd): a strided view, no copy
+            if batch_first:
+                return t.view(B, n, H, hd).transpose(1, 2)
+            return t.view(n, B, H, hd).permute(1, 2, 0, 3)
+
+        q, k, v = heads(q, L), heads(k, S), heads(v, S)
 
         mask = self._merged_mask(attn_mask, key_padding_mask, B, L, S, q.dtype)
         causal = False
@@ -94,7 +101,8 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
                                            is_causal=causal, return_lse=need_weights)
         if need_weights:
             out, lse = out
-        out = out.permute(2, 0, 1, 3).reshape(L, B, E)
+        out = (out.transpose(1, 2).reshape(B, L, E) if batch_first
+               else out.permute(2, 0, 1, 3).reshape(L, B, E))
         out = F.linear(out, self.out_proj.weight, self.out_proj.bias)
 
         weights = None
@@ -103,13 +111,11 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
             if average_attn_weights:
                 weights = weights.mean(dim=1)
         if unbatched:
-            out = out.squeeze(1)
+            out = out.squeeze(0)
             weights = None if weights is None else weights.squeeze(0)
-        elif self.batch_first:
-            out = out.transpose(0, 1)
         return out, weights
 
-    def _project(self, query, key, value):
+    def _project(self, query, key, value, self_attention):
         E = self.embed_dim
         if self._qkv_same_embed_dim:
             w_q, w_k, w_v = self.in_proj_weight.split(E)
@@ -118,7 +124,7 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         b_q = b_k = b_v = None
         if self.in_proj_bias is not None:
             b_q, b_k, b_v = self.in_proj_bias.split(E)
-        if self._qkv_same_embed_dim and query is key and key is value:  # self-attention: one GEMM
+        if self._qkv_same_embed_dim and self_attention:
             return F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
         return F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
 
