@@ -342,6 +342,10 @@ def test_torch_compile_inductor():
                   torch.randn(2, 4, 6, 8), {}), "dtype"),
         (lambda: (torch.randn(2, 4, 5, 8), torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 8),
                   {"dropout_p": 1.5}), "dropout_p"),
+        (lambda: (torch.randn(2, 4, 5, 8), torch.randn(2, 4, 6, 8, device="meta"),
+                  torch.randn(2, 4, 6, 8), {}), "one device"),
+        (lambda: (torch.randn(2, 4, 5, 8), torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 8),
+                  {"attn_mask": torch.ones(5, 6, dtype=torch.bool, device="meta")}), "is on meta"),
     ],
 )
 def test_bad_input_gives_clear_errors(make, message):
