@@ -306,6 +306,16 @@ def test_torch_compile_fullgraph():
     for a, e in zip(got, want):
         assert_close_rel(a, e, torch.float64, "compiled grad")
 
+    def with_dropout(q, k, v):
+        return sdpa(q, k, v, dropout_p=0.3, is_causal=True)
+
+    compiled = torch.compile(with_dropout, backend="aot_eager", fullgraph=True)
+    torch.manual_seed(0)
+    out = compiled(q, k[:, :1].expand(2, 4, 12, 8), v[:, :1].expand(2, 4, 12, 8))
+    torch.manual_seed(0)
+    assert torch.equal(out, with_dropout(q, k[:, :1].expand(2, 4, 12, 8),
+                                         v[:, :1].expand(2, 4, 12, 8)))
+
 
 def test_torch_compile_inductor():
     torch.manual_seed(10)
