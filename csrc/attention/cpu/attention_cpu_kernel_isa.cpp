@@ -198,7 +198,7 @@ void backward_typed(const BackwardArgs& a) {
       const int64_t n = nhk / p.heads_kv, hk = nhk % p.heads_kv;
       T* dq_base = static_cast<T*>(a.grad_q) + chunk * dq_slice;
       for (int64_t kb = chunk; kb < nkb; kb += a.chunks) {
-        const int64_t j0 = kb * kBwdBlockK, nk = std::min(kBwdBlockK, S - j0);
+        const int64_t j0 = kb * kBwdBlockK, nk_block = std::min(kBwdBlockK, S - j0);
         const T* k = ptr<T>(p.k, n, hk, j0);
         const T* v = ptr<T>(p.v, n, hk, j0);
         T* dk = grad_k + (nhk * S + j0) * E;
@@ -209,6 +209,10 @@ void backward_typed(const BackwardArgs& a) {
           const int64_t nh = n * p.heads_q + h;
           for (int64_t qb = i_first / kBwdBlockQ; qb < nqb && i_first < L; ++qb) {
             const int64_t i0 = qb * kBwdBlockQ, nq = std::min(kBwdBlockQ, L - i0);
+            // Causal: the tile is only as wide as its last row sees.
+            const int64_t nk = p.causal
+                ? std::clamp<int64_t>(i0 + nq + p.causal_offset - j0, 0, nk_block) : nk_block;
+            if (nk == 0) continue;
             const T* mt = mask ? ptr<T>(p.mask, n, h, i0) + j0 * p.mask_stride_col : nullptr;
             if (mt && tile_all_masked(mt, p.mask.stride_row, p.mask_stride_col, nq, nk)) continue;
             const T* q = ptr<T>(p.q, n, h, i0);
