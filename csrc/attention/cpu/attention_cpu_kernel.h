@@ -34,8 +34,8 @@ struct Problem {
   // (seed, n, h, i, j), so the backward regenerates the forward's mask.
   double dropout_p;
   uint64_t dropout_seed;
-  // Tile: block_q query rows x block_k keys (block_k a multiple of 4, for the
-  // dropout hash's column groups).
+  // Tile: block_q query rows x block_k keys (forward: block_q + 64 <= block_k,
+  // so that a causal diagonal tile fits).
   int64_t block_q, block_k;
 };
 

@@ -33,8 +33,9 @@ namespace attention_cpu {
 namespace CPU_CAPABILITY {
 namespace {
 
-// Row slab for tiles on the causal diagonal (see forward_typed).
-constexpr int64_t kDiagonalRows = 32;
+// Causal diagonal tiles (see forward_typed): row slab height, and the
+// narrowest full-height tile worth a GEMM call of its own.
+constexpr int64_t kDiagonalRows = 32, kMinFullWidth = 64;
 
 // Per-thread tile memory, kept between calls: a fresh 256 KiB allocation per
 // call would come from mmap, and its page faults cost as much as a small problem.
@@ -109,14 +110,18 @@ void forward_typed(const ForwardArgs& a) {
       // Causal: no row of this block sees keys past its last row's limit.
       const int64_t key_end =
           p.causal ? std::clamp<int64_t>(i0 + nq + p.causal_offset, 0, S) : S;
-      for (int64_t j0 = 0; j0 < key_end; j0 += kFwdBlockK) {
-        const int64_t nk = std::min(kFwdBlockK, key_end - j0);
+      // Keys before full_end are visible to every row of the block: full-height
+      // tiles. The rest, the causal diagonal (at most block_q - 1 keys, plus a
+      // leftover of fewer than kMinFullWidth), is one tile done in slabs of
+      // kDiagonalRows rows, each only as wide as its last row sees, so the
+      // hidden triangle costs ~kDiagonalRows / L of the work.
+      const int64_t full_end =
+          p.causal ? std::clamp<int64_t>(i0 + p.causal_offset + 1, 0, key_end) : key_end;
+      for (int64_t j0 = 0, nk = 0; j0 < key_end; j0 += nk) {
+        const bool crosses = full_end - j0 < std::min(kMinFullWidth, key_end - j0);
+        nk = crosses ? key_end - j0 : std::min(kFwdBlockK, full_end - j0);
         const T* mt = mtile ? mtile + j0 * p.mask_stride_col : nullptr;
         if (mt && tile_all_masked(mt, p.mask.stride_row, p.mask_stride_col, nq, nk)) continue;
-        // A block that crosses the causal diagonal is done in slabs of
-        // kDiagonalRows rows, each only as wide as its last row sees, so the
-        // hidden triangle costs ~kDiagonalRows / L of the work, not block_q / L.
-        const bool crosses = p.causal && j0 + nk > i0 + p.causal_offset + 1;
         const int64_t slab = crosses ? kDiagonalRows : nq;
         for (int64_t r0 = 0; r0 < nq; r0 += slab) {
           const int64_t r1 = std::min(nq, r0 + slab);

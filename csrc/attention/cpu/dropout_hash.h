@@ -27,22 +27,26 @@ inline void philox4x32_10(uint32_t ctr[4], uint32_t k0, uint32_t k1) {
 }
 
 // keep[c] = 1 / (1 - p) where weight (head_row, col0 + c) survives, else 0,
-// for c in [0, count). col0 must be a multiple of 4 (one Philox call serves
-// four adjacent columns). head_row = (n * Hq + h) * L + i identifies the row.
+// for c in [0, count). One Philox call serves four adjacent columns (4g ..
+// 4g + 3), whatever col0 is. head_row = (n * Hq + h) * L + i identifies the row.
 template <typename T>
 inline void dropout_keep_row(T* keep, int64_t count, uint64_t seed, uint64_t head_row,
                              int64_t col0, double p) {
   const T kept = p >= 1.0 ? T(0) : static_cast<T>(1.0 / (1.0 - p));
   // keep when a uniform in [0, 1) (24 random bits) is >= p
   const double threshold = p * 16777216.0;
-  for (int64_t c = 0; c < count; c += 4) {
-    const uint64_t group = static_cast<uint64_t>(col0 + c) >> 2;
-    uint32_t ctr[4] = {static_cast<uint32_t>(group), static_cast<uint32_t>(group >> 32),
-                       static_cast<uint32_t>(head_row), static_cast<uint32_t>(head_row >> 32)};
-    philox4x32_10(ctr, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
-    for (int64_t w = 0; w < 4 && c + w < count; ++w) {
-      keep[c + w] = static_cast<double>(ctr[w] >> 8) >= threshold ? kept : T(0);
+  uint32_t words[4];
+  for (int64_t c = 0; c < count; ++c) {
+    const uint64_t col = static_cast<uint64_t>(col0 + c);
+    if (c == 0 || (col & 3) == 0) {
+      const uint64_t group = col >> 2;
+      words[0] = static_cast<uint32_t>(group);
+      words[1] = static_cast<uint32_t>(group >> 32);
+      words[2] = static_cast<uint32_t>(head_row);
+      words[3] = static_cast<uint32_t>(head_row >> 32);
+      philox4x32_10(words, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
     }
+    keep[c] = static_cast<double>(words[col & 3] >> 8) >= threshold ? kept : T(0);
   }
 }
 
