@@ -100,12 +100,21 @@ void mask_row(T* row, int64_t nk, int64_t visible, const T* mrow, int64_t mcol) 
   for (int64_t c = visible; c < nk; ++c) row[c] = neg_inf<T>();
 }
 
+// Four independent accumulators: one chain would wait on each max's latency.
 template <typename T>
 T row_max(const T* row, int64_t n) {
   using V = Vec<T>;
-  V acc(neg_inf<T>());
+  constexpr int64_t W = V::size();
+  V a0(neg_inf<T>()), a1 = a0, a2 = a0, a3 = a0;
   int64_t c = 0;
-  for (; c + V::size() <= n; c += V::size()) acc = at::vec::maximum(acc, V::loadu(row + c));
+  for (; c + 4 * W <= n; c += 4 * W) {
+    a0 = at::vec::maximum(a0, V::loadu(row + c));
+    a1 = at::vec::maximum(a1, V::loadu(row + c + W));
+    a2 = at::vec::maximum(a2, V::loadu(row + c + 2 * W));
+    a3 = at::vec::maximum(a3, V::loadu(row + c + 3 * W));
+  }
+  V acc = at::vec::maximum(at::vec::maximum(a0, a1), at::vec::maximum(a2, a3));
+  for (; c + W <= n; c += W) acc = at::vec::maximum(acc, V::loadu(row + c));
   if (c < n) acc = at::vec::maximum(acc, V::set(V(neg_inf<T>()), V::loadu(row + c, n - c), n - c));
   T lanes[V::size()];
   acc.store(lanes);
@@ -116,10 +125,20 @@ T row_max(const T* row, int64_t n) {
 template <typename T>
 T exp_sum(T* row, int64_t n, T ref) {
   using V = Vec<T>;
+  constexpr int64_t W = V::size();
   const V r(ref);
-  V acc(T(0));
+  V acc(T(0)), acc1(T(0));  // two sum chains, as in row_max
   int64_t c = 0;
-  for (; c + V::size() <= n; c += V::size()) {
+  for (; c + 2 * W <= n; c += 2 * W) {
+    const V e0 = vexp(V::loadu(row + c) - r);
+    const V e1 = vexp(V::loadu(row + c + W) - r);
+    e0.store(row + c);
+    e1.store(row + c + W);
+    acc = acc + e0;
+    acc1 = acc1 + e1;
+  }
+  acc = acc + acc1;
+  for (; c + W <= n; c += W) {
     const V e = vexp(V::loadu(row + c) - r);
     e.store(row + c);
     acc = acc + e;
