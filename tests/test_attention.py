@@ -240,6 +240,18 @@ def test_dropout_is_the_reference_with_an_explicit_mask(kw):
         assert_close_rel(a, e, torch.float64, f"dropout grad {name}")
 
 
+@pytest.mark.parametrize("kw", [{}, {"is_causal": True, "causal_alignment": "bottom_right"}])
+def test_lse_is_dropout_free(kw):
+    """With dropout, lse is still that of the undropped scores (both backends)."""
+    torch.manual_seed(12)
+    q, k, v = torch.randn(2, 4, 9, 8), torch.randn(2, 1, 11, 8), torch.randn(2, 1, 11, 8)
+    out, lse = sdpa(q, k, v, dropout_p=0.5, return_lse=True, **kw)
+    _, ref_lse = reference.scaled_dot_product_attention(q.double(), k.double(), v.double(),
+                                                        return_lse=True, **kw)
+    assert out.shape == (2, 4, 9, 8) and torch.isfinite(out).all()
+    assert_close_rel(lse, ref_lse, torch.float32, "lse under dropout")
+
+
 def test_lse_gradient():
     """lse is differentiable too (d lse / d score = softmax weights)."""
     if not _ext.loaded():

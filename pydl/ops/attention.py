@@ -130,7 +130,7 @@ def scaled_dot_product_attention(
         scale = 1.0 / math.sqrt(E) if E > 0 else 1.0
     if not _backend.use_pydl("attention", query):
         return _fallback(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-                         causal_alignment, return_lse)
+                         causal_alignment, return_lse, out_batch)
     q = _as_4d(query, batch, heads)
     k = _as_4d(key, batch, _heads(key))
     v = _as_4d(value, batch, _heads(value))
@@ -149,7 +149,7 @@ def scaled_dot_product_attention(
 
 
 def _fallback(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-              causal_alignment, return_lse):
+              causal_alignment, return_lse, out_batch):
     """torch's SDPA; pydl.reference for what torch's op cannot express."""
     bottom_right = is_causal and causal_alignment == "bottom_right" and query.shape[-2] != key.shape[-2]
     if not (return_lse or bottom_right or (is_causal and attn_mask is not None)):
@@ -158,8 +158,7 @@ def _fallback(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_
                                               scale=scale, enable_gqa=enable_gqa)
     dropout_mask = None
     if dropout_p > 0.0:  # materializes L x S: the fallback only
-        out_shape = torch.broadcast_shapes(query.shape[:-1], key.shape[:-3] + (1,))
-        shape = tuple(out_shape) + (key.shape[-2],)
+        shape = out_batch + (query.shape[-2], key.shape[-2])
         dropout_mask = torch.rand(shape, device=query.device) >= dropout_p
     return reference.scaled_dot_product_attention(
         query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
