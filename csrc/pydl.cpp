@@ -66,4 +66,20 @@ TORCH_LIBRARY(pydl, m) {
       "Tensor batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
       "Tensor output, Tensor gates, Tensor cells, Tensor hidden_pre, bool reverse, "
       "bool[7] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // Fused attention, (N, H, L, E) layout: out = softmax(scale * q k^T + mask) v
+  // with optional causal masking (top-left, or bottom-right alignment),
+  // grouped-query heads (Hq a multiple of Hk) and dropout keyed by
+  // dropout_seed; returns (out, lse), lse the log-sum-exp of each score row.
+  m.def(
+      "attention(Tensor query, Tensor key, Tensor value, Tensor? attn_mask, "
+      "Tensor? dropout_seed, float dropout_p, bool is_causal, bool causal_bottom_right, "
+      "float scale) -> (Tensor, Tensor)");
+  // Gradients (query, key, value, attn_mask) from the saved out and lse;
+  // grad_lse is the gradient flowing into lse (None when lse was unused).
+  m.def(
+      "attention_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, "
+      "Tensor? attn_mask, Tensor? dropout_seed, Tensor out, Tensor lse, Tensor? grad_lse, "
+      "float dropout_p, bool is_causal, bool causal_bottom_right, float scale, "
+      "bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -34,6 +34,10 @@ SUPPORTED = {
         "cpu": (torch.float32, torch.float64),
         "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
     },
+    # Fused attention: CPU kernels only so far (issue 3); bf16 and CUDA calls use torch's SDPA.
+    "attention": {
+        "cpu": (torch.float32, torch.float64),
+    },
 }
 
 

@@ -114,12 +114,14 @@ def _conv2d_cannot_go_back(module) -> str | None:
 
 
 def _register_builtin() -> None:
+    from pydl.nn.attention import MultiheadAttention
     from pydl.nn.conv import Conv2d
     from pydl.nn.rnn import LSTM, LSTMCell
 
     register_drop_in(torch.nn.Conv2d, Conv2d, _conv2d_cannot_go_back)
     register_drop_in(torch.nn.LSTMCell, LSTMCell)
     register_drop_in(torch.nn.LSTM, LSTM)
+    register_drop_in(torch.nn.MultiheadAttention, MultiheadAttention)
 
 
 _register_builtin()

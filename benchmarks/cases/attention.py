@@ -1,0 +1,127 @@
+"""Attention cases: pydl.nn.functional.scaled_dot_product_attention vs
+torch.nn.functional.scaled_dot_product_attention with the same inputs.
+
+torch's side is pinned to its flash-attention backend (ATen's CPU flash
+kernel on CPU). Rows: forward and forward + backward, causal and not, head
+dim 64 and 128, sequence length 128 .. 2048 (--quick) or 4096 (full), batch
+1 x 8 heads. FLOPs: 4 * b * h * L * S * d forward (causal: half); backward
+2.5x forward, so a forward + backward row counts 3.5x.
+
+Module rows: pydl.nn.MultiheadAttention vs torch.nn.MultiheadAttention (same
+weights, self-attention, batch_first, need_weights=False; torch's module may
+take its native fast path in inference). FLOPs: the four projections
+(8 * B * L * E^2) plus the attention's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from benchmarks.harness import Case
+from pydl.nn import MultiheadAttention
+from pydl.nn.functional import scaled_dot_product_attention
+
+FAMILY = "attention"
+
+BATCH, HEADS = 1, 8
+HEAD_DIMS = (64, 128)
+QUICK_LENGTHS = (128, 512, 2048)
+FULL_LENGTHS = (128, 512, 1024, 2048, 4096)
+# (batch, length, embed_dim, heads) for the module rows.
+MHA_SIZES = ((8, 128, 512, 8), (2, 1024, 512, 8))
+
+
+def _torch_sdpa(q, k, v, causal):
+    backend = SDPBackend.FLASH_ATTENTION if q.device.type == "cpu" or q.dtype != torch.float32 \
+        else SDPBackend.EFFICIENT_ATTENTION
+    with sdpa_kernel(backend):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
+def _case(length, dim, causal, train, cfg):
+    def make_providers():
+        opts = {"device": cfg.device, "dtype": cfg.dtype, "requires_grad": train}
+        q, k, v = (torch.randn(BATCH, HEADS, length, dim, **opts) for _ in range(3))
+        grad = torch.randn(BATCH, HEADS, length, dim, device=cfg.device, dtype=cfg.dtype)
+
+        def ours():
+            return scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+        def theirs():
+            return _torch_sdpa(q, k, v, causal)
+
+        if not train:
+            return {"pydl": ours, "torch": theirs}
+
+        def fwd_bwd(fn):
+            out = fn()
+            torch.autograd.grad(out, (q, k, v), grad)
+            return out.detach()
+
+        return {"pydl": lambda: fwd_bwd(ours), "torch": lambda: fwd_bwd(theirs)}
+
+    return make_providers
+
+
+def _mha_case(batch, length, embed, heads, train, cfg):
+    def make_providers():
+        opts = {"device": cfg.device, "dtype": cfg.dtype}
+        theirs = torch.nn.MultiheadAttention(embed, heads, batch_first=True, **opts)
+        ours = MultiheadAttention(embed, heads, batch_first=True, **opts)
+        ours.load_state_dict(theirs.state_dict())
+        for m in (ours, theirs):
+            m.train(train)
+        x = torch.randn(batch, length, embed, requires_grad=train, **opts)
+
+        def run(module):
+            out = module(x, x, x, need_weights=False)[0]
+            if train:
+                out.sum().backward()
+            return out.detach()
+
+        return {"pydl": lambda: run(ours), "torch": lambda: run(theirs)}
+
+    return make_providers
+
+
+def _mha_cases(cfg) -> list[Case]:
+    elem = torch.empty((), dtype=cfg.dtype).element_size()
+    out = []
+    for train in (False, True):
+        for batch, length, embed, heads in MHA_SIZES:
+            flops = 8 * batch * length * embed**2 + 4 * batch * length * length * embed
+            out.append(Case(
+                name=f"attention/mha_{'fwd_bwd' if train else 'fwd'}/B{batch}_L{length}_E{embed}",
+                family=FAMILY,
+                shape=f"B{batch} L{length} E{embed} H{heads}",
+                flops=flops * (3 if train else 1),
+                bytes=elem * (4 * embed**2 + 2 * batch * length * embed),
+                make_providers=_mha_case(batch, length, embed, heads, train, cfg),
+                tags={"train": train, "module": True},
+            ))
+    return out
+
+
+def cases(cfg) -> list[Case]:
+    elem = torch.empty((), dtype=cfg.dtype).element_size()
+    out = []
+    for train in (False, True):
+        for causal in (False, True):
+            for dim in HEAD_DIMS:
+                for length in QUICK_LENGTHS if cfg.quick else FULL_LENGTHS:
+                    fwd = 4 * BATCH * HEADS * length * length * dim * (0.5 if causal else 1.0)
+                    io = 4 * BATCH * HEADS * length * dim * elem  # q, k, v read, out written
+                    kind = "fwd_bwd" if train else "fwd"
+                    out.append(Case(
+                        name=f"attention/{kind}/{'causal' if causal else 'full'}_L{length}_d{dim}",
+                        family=FAMILY,
+                        shape=f"B{BATCH} H{HEADS} L{length} S{length} d{dim}",
+                        flops=fwd * (3.5 if train else 1.0),
+                        bytes=io * (2 if train else 1),
+                        make_providers=_case(length, dim, causal, train, cfg),
+                        tags={"train": train, "causal": causal, "head_dim": dim,
+                              "length": length},
+                    ))
+    return out + _mha_cases(cfg)

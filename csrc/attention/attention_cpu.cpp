@@ -1,0 +1,203 @@
+// Fused attention on the CPU: argument handling and the op registrations;
+// the tiled loops live in attention/cpu/attention_cpu_kernel_isa.cpp.
+#include <ATen/ATen.h>
+#include <ATen/ExpandUtils.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "attention/attention_checks.h"
+#include "attention/cpu/attention_cpu_kernel.h"
+#include "common/cpu_isa.h"
+
+namespace pydl {
+namespace attention_cpu {
+
+const KernelTable& kernel_for_this_cpu() {
+  static const KernelTable table =
+      select_cpu_isa(&kernel_table_DEFAULT, PYDL_IF_AVX2(kernel_table_AVX2),
+                     PYDL_IF_AVX512(kernel_table_AVX512));
+  return table;
+}
+
+namespace {
+
+void check_cpu_dtype(const at::Tensor& query) {
+  TORCH_CHECK(query.scalar_type() == at::kFloat || query.scalar_type() == at::kDouble,
+              "pydl.attention (CPU): supports float32 and float64, got ", query.scalar_type());
+}
+
+// The kernels hand rows to BLAS, which needs a contiguous last dim and rows
+// at least a row apart; anything else (rare) is copied once.
+at::Tensor gemm_ready(const at::Tensor& t) {
+  const bool cols_ok = t.size(3) <= 1 || t.stride(3) == 1;
+  const bool rows_ok = t.size(2) <= 1 || t.stride(2) >= t.size(3);
+  return cols_ok && rows_ok ? t : t.contiguous();
+}
+
+Operand operand(const at::Tensor& t) {
+  // A single row's stride is arbitrary in torch; BLAS wants at least its width.
+  const int64_t row = t.size(2) <= 1 ? std::max<int64_t>(t.size(3), 1) : t.stride(2);
+  return {t.const_data_ptr(), t.stride(0), t.stride(1), row};
+}
+
+// The mask as an additive (N, Hq, L, S) view of broadcast strides: a bool
+// mask becomes 0 / -inf once, at its own (unbroadcast) size.
+at::Tensor additive_mask(const std::optional<at::Tensor>& mask, const at::Tensor& query,
+                         const AttentionShape& s) {
+  if (!mask.has_value()) return {};
+  at::Tensor m = *mask;
+  if (m.scalar_type() == at::kBool) {
+    m = at::zeros(m.sizes(), query.options())
+            .masked_fill_(m.logical_not(), -std::numeric_limits<double>::infinity());
+  }
+  return m.expand({s.batch, s.heads_q, s.len_q, s.len_kv});
+}
+
+Problem make_problem(const AttentionShape& s, const at::Tensor& q, const at::Tensor& k,
+                     const at::Tensor& v, const at::Tensor& mask,
+                     const std::optional<at::Tensor>& dropout_seed, double dropout_p,
+                     bool is_causal, bool causal_bottom_right, double scale) {
+  Problem p{};
+  p.batch = s.batch;
+  p.heads_q = s.heads_q;
+  p.heads_kv = s.heads_kv;
+  p.len_q = s.len_q;
+  p.len_kv = s.len_kv;
+  p.dim_qk = s.dim_qk;
+  p.dim_v = s.dim_v;
+  p.is_double = q.scalar_type() == at::kDouble;
+  p.scale = scale;
+  p.causal = is_causal;
+  p.causal_offset = causal_bottom_right ? s.len_kv - s.len_q : 0;
+  p.q = operand(q);
+  p.k = operand(k);
+  p.v = operand(v);
+  if (mask.defined()) {
+    p.mask = {mask.const_data_ptr(), mask.stride(0), mask.stride(1), mask.stride(2)};
+    p.mask_stride_col = mask.stride(3);
+  }
+  p.dropout_p = dropout_p;
+  p.dropout_seed = dropout_p > 0.0 ? static_cast<uint64_t>(dropout_seed->item<int64_t>()) : 0;
+  return p;
+}
+
+// Forward tile: 128 query rows x 512 keys (256 KiB of float scores, in L2)
+// measured fastest here (1 thread, d 64/128, L 256-1024: 10-15% over 64 x 256);
+// fewer rows when that would leave threads without a query block.
+void choose_forward_blocks(Problem& p) {
+  p.block_k = 512;
+  p.block_q = 128;
+  const int64_t want_tasks = 4 * at::get_num_threads();
+  while (p.block_q > 16 &&
+         p.batch * p.heads_q * ((p.len_q + p.block_q - 1) / p.block_q) < want_tasks) {
+    p.block_q /= 2;
+  }
+}
+
+// (out (N, Hq, L, Ev), lse (N, Hq, L)).
+std::tuple<at::Tensor, at::Tensor> attention_cpu(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& dropout_seed,
+    double dropout_p, bool is_causal, bool causal_bottom_right, double scale) {
+  const AttentionShape s =
+      check_attention_args(query, key, value, attn_mask, dropout_seed, dropout_p);
+  check_cpu_dtype(query);
+  const at::Tensor q = gemm_ready(query), k = gemm_ready(key), v = gemm_ready(value);
+  const at::Tensor mask = additive_mask(attn_mask, query, s);
+  at::Tensor out = at::empty({s.batch, s.heads_q, s.len_q, s.dim_v}, query.options());
+  at::Tensor lse = at::empty({s.batch, s.heads_q, s.len_q}, query.options());
+  if (lse.numel() == 0) return {out, lse};
+  ForwardArgs a{make_problem(s, q, k, v, mask, dropout_seed, dropout_p, is_causal,
+                             causal_bottom_right, scale),
+                out.mutable_data_ptr(), lse.mutable_data_ptr()};
+  choose_forward_blocks(a.p);
+  kernel_for_this_cpu().forward(a);
+  return {out, lse};
+}
+
+// Backward tile: its five GEMMs per tile ran best at 64 query rows x 128 keys.
+constexpr int64_t kBackwardBlockQ = 64, kBackwardBlockK = 128;
+
+// Gradients (query, key, value, attn_mask); output_mask selects which.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key,
+    const at::Tensor& value, const std::optional<at::Tensor>& attn_mask,
+    const std::optional<at::Tensor>& dropout_seed, const at::Tensor& out, const at::Tensor& lse,
+    const std::optional<at::Tensor>& grad_lse, double dropout_p, bool is_causal,
+    bool causal_bottom_right, double scale, std::array<bool, 4> output_mask) {
+  const AttentionShape s =
+      check_attention_args(query, key, value, attn_mask, dropout_seed, dropout_p);
+  check_cpu_dtype(query);
+  const std::vector<int64_t> out_shape{s.batch, s.heads_q, s.len_q, s.dim_v};
+  const std::vector<int64_t> lse_shape{s.batch, s.heads_q, s.len_q};
+  for (const at::Tensor* t : {&grad_out, &out}) {
+    TORCH_CHECK(t->sizes() == at::IntArrayRef(out_shape) && t->scalar_type() == query.scalar_type(),
+                "pydl.attention_backward: grad_out and out must be ", at::IntArrayRef(out_shape),
+                " ", query.scalar_type(), ", got ", t->sizes(), " ", t->scalar_type());
+  }
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef(lse_shape) &&
+                  (!grad_lse.has_value() || grad_lse->sizes() == at::IntArrayRef(lse_shape)),
+              "pydl.attention_backward: lse and grad_lse must be ", at::IntArrayRef(lse_shape),
+              ", got ", lse.sizes());
+  const at::Tensor q = gemm_ready(query), k = gemm_ready(key), v = gemm_ready(value);
+  const at::Tensor mask = additive_mask(attn_mask, query, s);
+  const at::Tensor dout = grad_out.contiguous();
+  // delta_i = rowsum(dO * O) - dlse_i: the row term of the softmax backward
+  // (d lse_i / d s_ij = P_ij folds the lse gradient into the same place).
+  at::Tensor delta = (dout * out).sum(-1);
+  if (grad_lse.has_value()) delta = delta - *grad_lse;
+  delta = delta.contiguous();
+  const at::Tensor lse_c = lse.contiguous();
+
+  // Key blocks are split among enough tasks to keep every thread busy when
+  // batch * kv-heads is small; each split adds one dQ-sized accumulator.
+  const int64_t units = std::max<int64_t>(1, s.batch * s.heads_kv);
+  const int64_t key_blocks = std::max<int64_t>(1, (s.len_kv + kBackwardBlockK - 1) / kBackwardBlockK);
+  const int64_t chunks = output_mask[0] ? std::clamp<int64_t>(
+      (4 * at::get_num_threads() + units - 1) / units, 1, std::min<int64_t>(key_blocks, 16)) : 1;
+  at::Tensor dq_acc = at::zeros({chunks, s.batch, s.heads_q, s.len_q, s.dim_qk}, query.options());
+  at::Tensor grad_k = at::zeros({s.batch, s.heads_kv, s.len_kv, s.dim_qk}, query.options());
+  at::Tensor grad_v = at::zeros({s.batch, s.heads_kv, s.len_kv, s.dim_v}, query.options());
+  const bool want_mask_grad = output_mask[3] && mask.defined() &&
+                              attn_mask->scalar_type() != at::kBool;
+  at::Tensor grad_scores;
+  if (want_mask_grad) {
+    grad_scores = at::zeros({s.batch, s.heads_q, s.len_q, s.len_kv}, query.options());
+  }
+  if (lse.numel() > 0 && s.len_kv > 0) {
+    BackwardArgs a{make_problem(s, q, k, v, mask, dropout_seed, dropout_p, is_causal,
+                                causal_bottom_right, scale),
+                   dout.const_data_ptr(),
+                   lse_c.const_data_ptr(),
+                   delta.const_data_ptr(),
+                   dq_acc.mutable_data_ptr(),
+                   chunks,
+                   grad_k.mutable_data_ptr(),
+                   grad_v.mutable_data_ptr(),
+                   want_mask_grad ? grad_scores.mutable_data_ptr() : nullptr,
+                   output_mask[0],
+                   output_mask[1],
+                   output_mask[2]};
+    a.p.block_q = kBackwardBlockQ;
+    a.p.block_k = kBackwardBlockK;
+    kernel_for_this_cpu().backward(a);
+  }
+  at::Tensor g_q, g_k, g_v, g_mask;
+  if (output_mask[0]) g_q = chunks == 1 ? dq_acc.select(0, 0) : dq_acc.sum(0);
+  if (output_mask[1]) g_k = grad_k;
+  if (output_mask[2]) g_v = grad_v;
+  // A broadcast mask's gradient sums over the dims it was broadcast along.
+  if (want_mask_grad) g_mask = at::sum_to(grad_scores, attn_mask->sizes());
+  return {g_q, g_k, g_v, g_mask};
+}
+
+}  // namespace
+}  // namespace attention_cpu
+}  // namespace pydl
+
+TORCH_LIBRARY_IMPL(pydl, CPU, m) {
+  m.impl("attention", &pydl::attention_cpu::attention_cpu);
+  m.impl("attention_backward", &pydl::attention_cpu::attention_backward_cpu);
+}

@@ -1,0 +1,180 @@
+"""pydl.nn.MultiheadAttention: torch.nn.MultiheadAttention on pydl's fused attention.
+
+A subclass of torch.nn.MultiheadAttention: same constructor arguments,
+parameter names, initialization and state_dict, and the same forward
+(batch_first, key_padding_mask, attn_mask bool/float of (L, S) or
+(B*heads, L, S), is_causal hint, need_weights, average_attn_weights,
+unbatched input). The heads are strided views of the projections, so the
+fused kernel reads them without a transpose copy. need_weights=True costs one
+extra pass that rebuilds softmax(q k^T * scale + mask) from the kernel's
+log-sum-exp. A query row whose keys are all masked gives zeros (output and
+weights), where torch gives NaN.
+
+Served by torch's own module instead: add_bias_kv / add_zero_attn, and
+need_weights=True while dropout is active (torch returns the dropped-out
+weights, which pydl's kernel does not materialize); PYDL_STRICT=1 makes
+those raise pydl.FallbackError.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pydl import _backend
+from pydl.ops.attention import scaled_dot_product_attention
+
+
+class MultiheadAttention(torch.nn.MultiheadAttention):
+    def _torch_reason(self, need_weights: bool) -> str | None:
+        if self.bias_k is not None or self.add_zero_attn:
+            return "add_bias_kv / add_zero_attn"
+        if need_weights and self.training and self.dropout > 0.0:
+            return "need_weights=True with dropout active (torch returns the dropped-out weights)"
+        return None
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        reason = self._torch_reason(need_weights)
+        if reason is not None:
+            if _backend.strict():
+                raise _backend.FallbackError(
+                    f"PYDL_STRICT=1: pydl.nn.MultiheadAttention would fall back to torch: {reason}")
+            return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                   average_attn_weights, is_causal)
+        if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
+            raise ValueError(
+                "pydl.nn.MultiheadAttention: query, key and value must all be 3-D (batched) or "
+                f"2-D (unbatched), got {query.dim()}-D, {key.dim()}-D, {value.dim()}-D")
+        self_attention = query is key and key is value  # one fused projection GEMM
+        unbatched = query.dim() == 2
+        # Work in the caller's layout, (B, L, E) or (L, B, E): a transposed view
+        # would make each projection copy its input first.
+        batch_first = self.batch_first or unbatched
+        if unbatched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        if batch_first:
+            (B, L, E), S = query.shape, key.shape[1]
+        else:
+            (L, B, E), S = query.shape, key.shape[0]
+        if E != self.embed_dim or key.shape[-1] != self.kdim or value.shape[-1] != self.vdim:
+            raise ValueError(
+                f"pydl.nn.MultiheadAttention: expected feature sizes (query {self.embed_dim}, "
+                f"key {self.kdim}, value {self.vdim}), got ({E}, {key.shape[-1]}, "
+                f"{value.shape[-1]})")
+        if key.shape[:2] != value.shape[:2] or key.shape[0 if batch_first else 1] != B:
+            raise ValueError(
+                f"pydl.nn.MultiheadAttention: key {tuple(key.shape)} and value "
+                f"{tuple(value.shape)} must share (S, batch) with batch {B} of the query")
+        if is_causal and attn_mask is None:
+            raise RuntimeError(
+                "pydl.nn.MultiheadAttention: is_causal is a hint that attn_mask is the causal "
+                "mask (as in torch); pass attn_mask too")
+
+        H, hd = self.num_heads, self.head_dim
+        q, k, v = self._project(query, key, value, self_attention)
+
+        def heads(t, n):  # -> (B, H, n, hd): a strided view, no copy
+            if batch_first:
+                return t.view(B, n, H, hd).transpose(1, 2)
+            return t.view(n, B, H, hd).permute(1, 2, 0, 3)
+
+        q, k, v = heads(q, L), heads(k, S), heads(v, S)
+
+        mask = self._merged_mask(attn_mask, key_padding_mask, B, L, S, q.dtype)
+        causal = False
+        if is_causal and key_padding_mask is None and not need_weights:
+            mask, causal = None, True  # trust the hint, as torch does
+        dropout_p = self.dropout if self.training else 0.0
+        out = scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                           is_causal=causal, return_lse=need_weights)
+        if need_weights:
+            out, lse = out
+        out = (out.transpose(1, 2).reshape(B, L, E) if batch_first
+               else out.permute(2, 0, 1, 3).reshape(L, B, E))
+        out = F.linear(out, self.out_proj.weight, self.out_proj.bias)
+
+        weights = None
+        if need_weights:
+            weights = self._weights(q, k, mask, lse)
+            if average_attn_weights:
+                weights = weights.mean(dim=1)
+        if unbatched:
+            out = out.squeeze(0)
+            weights = None if weights is None else weights.squeeze(0)
+        return out, weights
+
+    def _project(self, query, key, value, self_attention):
+        E = self.embed_dim
+        if self._qkv_same_embed_dim:
+            w_q, w_k, w_v = self.in_proj_weight.split(E)
+        else:
+            w_q, w_k, w_v = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+        b_q = b_k = b_v = None
+        if self.in_proj_bias is not None:
+            b_q, b_k, b_v = self.in_proj_bias.split(E)
+        if self._qkv_same_embed_dim and self_attention:
+            return F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        return F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
+
+    def _merged_mask(self, attn_mask, key_padding_mask, B, L, S, dtype):
+        """torch's masks (bool True = do NOT attend, or additive float) as one
+        mask for the fused op (bool True = attend, or additive), broadcastable
+        to (B, H, L, S)."""
+        def canonical(m, name):
+            if m is None:
+                return None
+            if m.dtype == torch.bool:
+                return m.logical_not()
+            if not m.is_floating_point():
+                raise ValueError(f"pydl.nn.MultiheadAttention: {name} must be bool or float, "
+                                 f"got {m.dtype}")
+            return m.to(dtype)
+
+        mask = canonical(attn_mask, "attn_mask")
+        if mask is not None:
+            if mask.dim() == 3:
+                if mask.shape != (B * self.num_heads, L, S):
+                    raise ValueError(
+                        f"pydl.nn.MultiheadAttention: 3-D attn_mask must be "
+                        f"({B * self.num_heads}, {L}, {S}), got {tuple(mask.shape)}")
+                mask = mask.view(B, self.num_heads, L, S)
+            elif mask.shape != (L, S):
+                raise ValueError(f"pydl.nn.MultiheadAttention: 2-D attn_mask must be ({L}, {S}), "
+                                 f"got {tuple(mask.shape)}")
+        pad = canonical(key_padding_mask, "key_padding_mask")
+        if pad is None:
+            return mask
+        if pad.shape != (B, S):
+            raise ValueError(f"pydl.nn.MultiheadAttention: key_padding_mask must be ({B}, {S}), "
+                             f"got {tuple(pad.shape)}")
+        pad = pad.view(B, 1, 1, S)
+        if mask is None:
+            return pad
+        if mask.dtype == torch.bool and pad.dtype == torch.bool:
+            return mask & pad
+        to_float = lambda m: (torch.zeros(m.shape, dtype=dtype, device=m.device)
+                              .masked_fill(m.logical_not(), float("-inf"))
+                              if m.dtype == torch.bool else m)
+        return to_float(mask) + to_float(pad)
+
+    def _weights(self, q, k, mask, lse):
+        """softmax(q k^T * scale + mask) per head, from the kernel's lse: one
+        pass, no second softmax. Rows with no visible key (lse = -inf) are zeros."""
+        scores = torch.matmul(q, k.transpose(-2, -1)) * (self.head_dim ** -0.5)
+        if mask is not None:
+            scores = (scores.masked_fill(mask.logical_not(), float("-inf"))
+                      if mask.dtype == torch.bool else scores + mask)
+        lse = lse.masked_fill(torch.isneginf(lse), 0.0)
+        return torch.exp(scores - lse.unsqueeze(-1))

@@ -1,0 +1,211 @@
+"""pydl.ops.scaled_dot_product_attention: torch's SDPA with pydl's fused kernel.
+
+Same signature and semantics as ``torch.nn.functional.scaled_dot_product_attention``
+(layout (batch..., heads, L, E)), plus:
+  * ``return_lse=True`` also returns the log-sum-exp of each score row, shape
+    (batch..., heads, L) (before dropout);
+  * ``causal_alignment="bottom_right"``: with ``is_causal``, query i sees keys
+    j <= i + S - L (the last query sees every key) instead of torch's
+    top-left j <= i; ``is_causal`` may also be combined with ``attn_mask``
+    (both apply; torch forbids the combination);
+  * an additive float ``attn_mask`` that requires grad gets its gradient,
+    summed over the dims it was broadcast along.
+Rule for a query row that sees no key (its mask hides every key, or
+bottom-right causal with L > S): its output is zeros and its lse is -inf;
+no NaN reaches the output or the gradients.
+
+Calls ``torch.ops.pydl.attention`` (CPU, float32/float64) when pydl's kernel
+serves the call; otherwise torch's own SDPA, or pydl.reference for the
+extras torch lacks. Registers the op's fake kernels and autograd.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from pydl import _backend, _ext, reference
+
+CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
+
+
+def _fail(message: str):
+    raise ValueError(f"pydl.scaled_dot_product_attention: {message}")
+
+
+def _heads(t: torch.Tensor) -> int:
+    return t.shape[-3] if t.dim() >= 3 else 1
+
+
+def _plan(query, key, value, attn_mask, dropout_p, enable_gqa, causal_alignment):
+    """Validates the arguments; returns (batch dims, query heads, output batch dims)."""
+    if query.dim() < 2 or key.dim() < 2 or value.dim() < 2:
+        _fail("query, key and value need at least 2 dims (L, E), got "
+              f"{query.dim()}, {key.dim()}, {value.dim()}")
+    if not (query.dtype == key.dtype == value.dtype) or not query.is_floating_point():
+        _fail("query, key and value must share one floating-point dtype, got "
+              f"{query.dtype}, {key.dtype}, {value.dtype}")
+    if not (query.device == key.device == value.device):
+        _fail(f"query, key and value must be on one device, got {query.device}, "
+              f"{key.device}, {value.device}")
+    if key.shape[-1] != query.shape[-1]:
+        _fail(f"key head dim {key.shape[-1]} differs from query head dim {query.shape[-1]}")
+    if value.shape[-2] != key.shape[-2] or value.shape[:-2] != key.shape[:-2]:
+        _fail(f"value of shape {tuple(value.shape)} does not match key of shape "
+              f"{tuple(key.shape)} (all but the last dim must agree)")
+    if causal_alignment not in CAUSAL_ALIGNMENTS:
+        _fail(f"causal_alignment must be one of {CAUSAL_ALIGNMENTS}, got {causal_alignment!r}")
+    if not 0.0 <= dropout_p <= 1.0:
+        _fail(f"dropout_p must be in [0, 1], got {dropout_p}")
+    hq, hk = _heads(query), _heads(key)
+    if enable_gqa:
+        if query.dim() < 3 or key.dim() < 3 or hq % hk != 0:
+            _fail(f"enable_gqa needs (..., heads, L, E) inputs with query heads ({hq}) a "
+                  f"multiple of key/value heads ({hk})")
+    elif hq != hk and hk != 1 and hq != 1:
+        _fail(f"query has {hq} heads and key/value {hk}: they must match or broadcast "
+              "(set enable_gqa=True for grouped-query attention)")
+    batch = tuple(query.shape[:-3])
+    if tuple(key.shape[:-3]) != batch:
+        try:
+            batch = tuple(torch.broadcast_shapes(batch, tuple(key.shape[:-3])))
+        except RuntimeError:
+            _fail(f"batch dims of query {tuple(query.shape[:-3])} and key/value "
+                  f"{tuple(key.shape[:-3])} do not broadcast")
+    heads = hq if enable_gqa else max(hq, hk)
+    has_heads = max(query.dim(), key.dim()) >= 3
+    out_batch = batch + ((heads,) if has_heads else ())
+    if attn_mask is not None:
+        if attn_mask.dtype != torch.bool and attn_mask.dtype != query.dtype:
+            _fail(f"attn_mask must be bool or the query's dtype ({query.dtype}), "
+                  f"got {attn_mask.dtype}")
+        if attn_mask.device != query.device:
+            _fail(f"attn_mask is on {attn_mask.device}, query on {query.device}")
+        full = out_batch + (query.shape[-2], key.shape[-2])
+        shape = tuple(attn_mask.shape)
+        ok = len(shape) <= len(full) and all(
+            m in (1, f) for m, f in zip(reversed(shape), reversed(full)))
+        if not ok:
+            _fail(f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to {full}")
+    return batch, heads, out_batch
+
+
+def _as_4d(t: torch.Tensor, batch: tuple, heads: int) -> torch.Tensor:
+    """(N, heads, rows, cols) as a view where possible (broadcast dims keep stride 0)."""
+    if t.dim() == 4 and len(batch) == 1 and t.shape[0] == batch[0] and t.shape[1] == heads:
+        return t  # the common case, without the cost of expand
+    t = t.expand(*batch, heads, t.shape[-2], t.shape[-1])
+    return t if len(batch) == 1 else t.reshape(-1, heads, t.shape[-2], t.shape[-1])
+
+
+def scaled_dot_product_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    *,
+    causal_alignment: str = "top_left",
+    return_lse: bool = False,
+):
+    """``softmax(query @ key^T * scale + mask) @ value``, torch's SDPA semantics;
+    returns ``out`` or, with ``return_lse``, ``(out, lse)``. See the module doc."""
+    device = query.device.type
+    if torch.is_autocast_enabled(device) and query.is_floating_point():
+        # As torch's SDPA under autocast: computed in the autocast dtype (bf16
+        # on CPU, which pydl's CPU kernel leaves to torch's).
+        dtype = torch.get_autocast_dtype(device)
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+        if attn_mask is not None and attn_mask.is_floating_point():
+            attn_mask = attn_mask.to(dtype)
+    batch, heads, out_batch = _plan(query, key, value, attn_mask, dropout_p, enable_gqa,
+                                    causal_alignment)
+    L, S, E = query.shape[-2], key.shape[-2], query.shape[-1]
+    if scale is None:
+        scale = 1.0 / math.sqrt(E) if E > 0 else 1.0
+    if not _backend.use_pydl("attention", query):
+        return _fallback(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                         causal_alignment, return_lse, out_batch)
+    q = _as_4d(query, batch, heads)
+    k = _as_4d(key, batch, _heads(key))
+    v = _as_4d(value, batch, _heads(value))
+    mask = attn_mask
+    if mask is not None and (mask.dim() > 4 or len(out_batch) > 2):
+        mask = mask.expand(*out_batch, L, S).reshape(-1, heads, L, S)
+    # The keep decisions are a hash of this seed: drawn from torch's generator,
+    # so torch.manual_seed reproduces the dropout pattern.
+    seed = (torch.randint(0, 2**62, (1,), dtype=torch.int64) if dropout_p > 0.0 else None)
+    out, lse = torch.ops.pydl.attention(q, k, v, mask, seed, float(dropout_p), bool(is_causal),
+                                        causal_alignment == "bottom_right", float(scale))
+    out = out.reshape(*out_batch, L, value.shape[-1])
+    if return_lse:
+        return out, lse.reshape(*out_batch, L)
+    return out
+
+
+def _fallback(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+              causal_alignment, return_lse, out_batch):
+    """torch's SDPA; pydl.reference for what torch's op cannot express."""
+    bottom_right = is_causal and causal_alignment == "bottom_right" and query.shape[-2] != key.shape[-2]
+    if not (return_lse or bottom_right or (is_causal and attn_mask is not None)):
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask,
+                                              dropout_p=dropout_p, is_causal=is_causal,
+                                              scale=scale, enable_gqa=enable_gqa)
+    dropout_mask = None
+    if dropout_p > 0.0:  # materializes L x S: the fallback only
+        shape = out_batch + (query.shape[-2], key.shape[-2])
+        dropout_mask = torch.rand(shape, device=query.device) >= dropout_p
+    return reference.scaled_dot_product_attention(
+        query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+        dropout_mask=dropout_mask, causal_alignment=causal_alignment, return_lse=return_lse)
+
+
+def _register() -> None:
+    """Fake kernels and autograd for torch.ops.pydl.attention (extension loaded only)."""
+
+    @torch.library.register_fake("pydl::attention")
+    def _attention_fake(query, key, value, attn_mask, dropout_seed, dropout_p, is_causal,
+                        causal_bottom_right, scale):
+        torch._check(query.dim() == 4, lambda: "pydl.attention: query must be 4-D")
+        n, h, length, _ = query.shape
+        return query.new_empty(n, h, length, value.shape[-1]), query.new_empty(n, h, length)
+
+    @torch.library.register_fake("pydl::attention_backward")
+    def _attention_backward_fake(grad_out, query, key, value, attn_mask, dropout_seed, out, lse,
+                                 grad_lse, dropout_p, is_causal, causal_bottom_right, scale,
+                                 output_mask):
+        mask_grad = output_mask[3] and attn_mask is not None and attn_mask.dtype != torch.bool
+        return (
+            query.new_empty(query.shape) if output_mask[0] else None,
+            key.new_empty(key.shape) if output_mask[1] else None,
+            value.new_empty(value.shape) if output_mask[2] else None,
+            attn_mask.new_empty(attn_mask.shape) if mask_grad else None,
+        )
+
+    def setup_context(ctx, inputs, output):
+        query, key, value, attn_mask, dropout_seed, dropout_p, is_causal, bottom_right, scale = inputs
+        out, lse = output
+        ctx.save_for_backward(query, key, value, attn_mask, dropout_seed, out, lse)
+        ctx.flags = (dropout_p, is_causal, bottom_right, scale)
+
+    def backward(ctx, grad_out, grad_lse):
+        query, key, value, attn_mask, dropout_seed, out, lse = ctx.saved_tensors
+        if grad_out is None:  # only lse was used
+            grad_out = torch.zeros_like(out)
+        need = ctx.needs_input_grad
+        mask_grad = bool(need[3]) and attn_mask is not None and attn_mask.dtype != torch.bool
+        g_q, g_k, g_v, g_mask = torch.ops.pydl.attention_backward(
+            grad_out, query, key, value, attn_mask, dropout_seed, out, lse, grad_lse,
+            *ctx.flags, [need[0], need[1], need[2], mask_grad])
+        return g_q, g_k, g_v, g_mask, None, None, None, None, None
+
+    torch.library.register_autograd("pydl::attention", backward, setup_context=setup_context)
+
+
+if _ext.loaded():
+    _register()

@@ -1,0 +1,134 @@
+"""pydl.nn.MultiheadAttention against torch.nn.MultiheadAttention with the same weights."""
+
+import pytest
+import torch
+from conftest import assert_close_rel
+
+import pydl
+
+
+def _pair(seed=0, **kw):
+    torch.manual_seed(seed)
+    ours = pydl.nn.MultiheadAttention(**kw)
+    torch.manual_seed(seed)
+    theirs = torch.nn.MultiheadAttention(**kw)
+    return ours, theirs
+
+
+def test_same_init_and_state_dict():
+    for kw in ({}, {"kdim": 12, "vdim": 20}, {"bias": False}):
+        ours, theirs = _pair(embed_dim=16, num_heads=4, **kw)
+        assert ours.state_dict().keys() == theirs.state_dict().keys()
+        for key, value in theirs.state_dict().items():
+            assert torch.equal(ours.state_dict()[key], value), key
+
+
+def _masks(kind, B, H, L, S, dtype):
+    g = torch.Generator().manual_seed(1)
+    kpm = torch.rand(B, S, generator=g) > 0.7
+    kpm[:, 0] = False  # every row keeps a key: torch gives NaN otherwise
+    if kind == "none":
+        return {}
+    if kind == "padding":
+        return {"key_padding_mask": kpm}
+    if kind == "bool_2d":
+        m = torch.rand(L, S, generator=g) > 0.6
+        m[:, 0] = False
+        return {"attn_mask": m, "key_padding_mask": kpm}
+    if kind == "float_3d":
+        return {"attn_mask": torch.randn(B * H, L, S, generator=g, dtype=torch.float64).to(dtype)}
+    if kind == "causal_hint":
+        m = torch.nn.Transformer.generate_square_subsequent_mask(L, dtype=dtype)
+        return {"attn_mask": m, "is_causal": True, "need_weights": False}
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("kind", ["none", "padding", "bool_2d", "float_3d", "causal_hint"])
+def test_matches_torch_forward_and_backward(kind, batch_first, dtype):
+    B, H, L, E = 3, 4, 7, 32
+    ours, theirs = _pair(embed_dim=E, num_heads=H, batch_first=batch_first, dtype=dtype)
+    x = torch.randn((B, L, E) if batch_first else (L, B, E), dtype=dtype, requires_grad=True)
+    kw = _masks(kind, B, H, L, L, dtype)
+    out, w = ours(x, x, x, **kw)
+    ref, rw = theirs(x, x, x, **kw)
+    assert out.shape == ref.shape
+    assert_close_rel(out, ref, dtype, "out")
+    if rw is not None:
+        assert_close_rel(w, rw, dtype, "weights")
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x] + list(ours.parameters()), grad)
+    want = torch.autograd.grad(ref, [x] + list(theirs.parameters()), grad)
+    for a, e in zip(got, want):
+        assert_close_rel(a, e, dtype, "grad")
+
+
+def test_cross_attention_kdim_vdim_per_head_weights_unbatched():
+    ours, theirs = _pair(embed_dim=16, num_heads=2, kdim=10, vdim=6, dtype=torch.float64)
+    q, k, v = (torch.randn(5, 2, 16, dtype=torch.float64), torch.randn(9, 2, 10, dtype=torch.float64),
+               torch.randn(9, 2, 6, dtype=torch.float64))
+    for args in ((q, k, v), (q[:, 0], k[:, 0], v[:, 0])):
+        out, w = ours(*args, average_attn_weights=False)
+        ref, rw = theirs(*args, average_attn_weights=False)
+        assert out.shape == ref.shape and w.shape == rw.shape
+        assert_close_rel(out, ref, torch.float64, "out")
+        assert_close_rel(w, rw, torch.float64, "weights")
+
+
+def test_dropout_training_is_reproducible(monkeypatch):
+    ours, _ = _pair(embed_dim=16, num_heads=2, dropout=0.5)
+    ours.train()
+    x = torch.randn(6, 2, 16)
+    torch.manual_seed(3)
+    a, _ = ours(x, x, x, need_weights=False)
+    torch.manual_seed(3)
+    b, _ = ours(x, x, x, need_weights=False)
+    assert torch.equal(a, b)
+    ours.eval()
+    c, _ = ours(x, x, x, need_weights=False)
+    assert not torch.equal(a, c)
+    # torch's module serves need_weights with dropout; strict mode says so
+    ours.train()
+    monkeypatch.setenv("PYDL_STRICT", "1")
+    with pytest.raises(pydl.FallbackError, match="dropout"):
+        ours(x, x, x)
+
+
+def test_torch_compile_fullgraph():
+    ours, _ = _pair(embed_dim=16, num_heads=4, batch_first=True, dtype=torch.float64)
+    x = torch.randn(2, 5, 16, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)
+    out, w = compiled(x, x, x)
+    ref, rw = ours(x, x, x)
+    assert_close_rel(out, ref, torch.float64, "compiled")
+    assert_close_rel(w, rw, torch.float64, "compiled weights")
+    out.sum().backward()
+    assert x.grad is not None
+
+
+def test_bad_input_gives_clear_errors():
+    ours, _ = _pair(embed_dim=16, num_heads=4)
+    x = torch.randn(5, 2, 16)
+    with pytest.raises(ValueError, match="feature sizes"):
+        ours(torch.randn(5, 2, 8), x, x)
+    with pytest.raises(ValueError, match="key_padding_mask must be"):
+        ours(x, x, x, key_padding_mask=torch.zeros(5, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="attn_mask must be"):
+        ours(x, x, x, attn_mask=torch.zeros(4, 5))
+    with pytest.raises(RuntimeError, match="is_causal"):
+        ours(x, x, x, is_causal=True)
+
+
+def test_convert_swaps_multihead_attention_and_back():
+    model = torch.nn.Sequential(torch.nn.MultiheadAttention(16, 4, batch_first=True))
+    converted = pydl.convert(model)
+    assert type(converted[0]) is pydl.nn.MultiheadAttention
+    x = torch.randn(2, 5, 16)
+    reference = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+    reference.load_state_dict(converted[0].state_dict())
+    got, _ = converted[0](x, x, x, need_weights=False)
+    want, _ = reference(x, x, x, need_weights=False)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    back = pydl.convert(converted, to="torch")
+    assert type(back[0]) is torch.nn.MultiheadAttention
