@@ -51,4 +51,8 @@ def init_from_env(backend: str | None = None) -> torch.device:
 
 def shutdown() -> None:
     if is_initialized():
+        # Every rank reaches this point before any tears the group down: a rank
+        # leaving while another still works (rank 0 writing its results) has
+        # aborted gloo's threads ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
