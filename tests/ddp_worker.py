@@ -35,3 +35,4 @@ if __name__ == "__main__":
         torch.save({"state": m.state_dict(), "history": history.as_dict(),
                     "world": distributed.world_size()}, sys.argv[1])
     distributed.shutdown()
+    distributed.exit_process(0)
