@@ -53,12 +53,33 @@ struct SmallMatmulArgs {
   bool accumulate;     // c += a @ B, else c = a @ B
 };
 
+// A whole step for a small batch without projection (see fused_step.h): the
+// recurrent product on gate-interleaved panels and the pointwise math in one
+// pass. The pointers are the step's rows.
+struct FusedStepArgs {
+  int64_t rows, hidden;  // k = hidden (no projection)
+  bool is_double;
+  const void* h_prev;    // (rows, H)
+  const void* panels;    // pack_gate_panels(w_hh)
+  void* gates;           // (rows, 4H): input projection in, activated gates out
+  const void* b_ih;      // (4H) or nullptr
+  const void* b_hh;      // (4H) or nullptr
+  void* c_state;         // (rows, H): c_prev in, c out
+  void* cells;           // (rows, H): c out
+  void* output;          // (rows, H): h out
+  void* h_next;          // (rows, H): h out, read by the next step
+};
+
 struct KernelTable {
   void (*cell_forward)(const CellForwardArgs&);
   void (*cell_backward)(const CellBackwardArgs&);
   int64_t (*packed_size)(int64_t k, int64_t n, bool is_double);
   void (*pack)(const PackArgs&);
   void (*small_matmul)(const SmallMatmulArgs&);
+  int64_t (*gate_panels_size)(int64_t hidden, bool is_double);
+  // w_hh (4H, H) row-major into gate_panels_size elements.
+  void (*pack_gate_panels)(const void* w_hh, int64_t hidden, bool is_double, void* out);
+  void (*fused_step)(const FusedStepArgs&);
   const char* isa;
 };
 

@@ -8,6 +8,8 @@
 #include <type_traits>
 
 #include "common/cpu_isa.h"
+#include "lstm/cpu/activations.h"
+#include "lstm/cpu/fused_step.h"
 #include "lstm/cpu/lstm_cpu_kernel.h"
 #include "lstm/cpu/small_matmul.h"
 
@@ -22,40 +24,6 @@ namespace {
 
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
-
-template <typename T>
-inline Vec<T> sigmoid(Vec<T> x) {
-  return Vec<T>(T(1)) / (Vec<T>(T(1)) + x.neg().exp());
-}
-// tanh. For float not through at::vec's tanh (Sleef's tanhf16_u10 took 11% of
-// a whole LSTM step at batch 8, hidden 256, against under 1% for three exps):
-// a Taylor polynomial where |x| < 0.25 (error < 1e-8 relative), and
-// 1 - 2 / (exp(2|x|) + 1) above (a few ulp: no cancellation at |tanh| > 0.24).
-template <typename T>
-inline Vec<T> tanh_act(Vec<T> x) {
-  if constexpr (std::is_same_v<T, float>) {
-    using V = Vec<float>;
-    const V one(1.f), two(2.f);
-    const V ax = x.abs();
-    const V tail = one - two / ((ax + ax).exp() + one);
-    const V x2 = x * x;
-    V p(62.f / 2835.f);
-    p = at::vec::fmadd(p, x2, V(-17.f / 315.f));
-    p = at::vec::fmadd(p, x2, V(2.f / 15.f));
-    p = at::vec::fmadd(p, x2, V(-1.f / 3.f));
-    p = at::vec::fmadd(p, x2, one);
-    const V near_zero = x * p;
-    const V signed_tail = V::blendv(tail.neg(), tail, x >= V(0.f));
-    return V::blendv(signed_tail, near_zero, ax < V(0.25f));
-  } else {
-    return x.tanh();
-  }
-}
-
-template <typename T>
-inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
-}
 
 // Rows of the batch are split over threads; within a row, vectors run along H.
 template <typename T>
@@ -189,6 +157,34 @@ void pack(const PackArgs& a) {
   }
 }
 
+int64_t gate_panels_size_any(int64_t hidden, bool is_double) {
+  return is_double ? gate_panels_size<double>(hidden, hidden)
+                   : gate_panels_size<float>(hidden, hidden);
+}
+
+void pack_gate_panels_any(const void* w_hh, int64_t hidden, bool is_double, void* out) {
+  if (is_double) {
+    pack_gate_panels<double>(static_cast<const double*>(w_hh), hidden, hidden,
+                             static_cast<double*>(out));
+  } else {
+    pack_gate_panels<float>(static_cast<const float*>(w_hh), hidden, hidden,
+                            static_cast<float*>(out));
+  }
+}
+
+template <typename T>
+void fused_step_cast(const FusedStepArgs& a) {
+  fused_step_typed<T>(FusedStep<T>{
+      a.rows, a.hidden, a.hidden, static_cast<const T*>(a.h_prev),
+      static_cast<const T*>(a.panels), static_cast<T*>(a.gates), static_cast<const T*>(a.b_ih),
+      static_cast<const T*>(a.b_hh), static_cast<T*>(a.c_state), static_cast<T*>(a.cells),
+      static_cast<T*>(a.output), static_cast<T*>(a.h_next)});
+}
+
+void fused_step(const FusedStepArgs& a) {
+  a.is_double ? fused_step_cast<double>(a) : fused_step_cast<float>(a);
+}
+
 void small_matmul(const SmallMatmulArgs& a) {
   if (a.is_double) {
     small_matmul_typed<double>(a.rows, a.n, a.k, static_cast<const double*>(a.a),
@@ -205,9 +201,15 @@ void small_matmul(const SmallMatmulArgs& a) {
 }  // namespace CPU_CAPABILITY
 
 KernelTable PYDL_ISA_TABLE_FN() {
-  return {&CPU_CAPABILITY::cell_forward,    &CPU_CAPABILITY::cell_backward,
-          &CPU_CAPABILITY::packed_size_any, &CPU_CAPABILITY::pack,
-          &CPU_CAPABILITY::small_matmul,    C10_STRINGIZE(CPU_CAPABILITY)};
+  return {&CPU_CAPABILITY::cell_forward,
+          &CPU_CAPABILITY::cell_backward,
+          &CPU_CAPABILITY::packed_size_any,
+          &CPU_CAPABILITY::pack,
+          &CPU_CAPABILITY::small_matmul,
+          &CPU_CAPABILITY::gate_panels_size_any,
+          &CPU_CAPABILITY::pack_gate_panels_any,
+          &CPU_CAPABILITY::fused_step,
+          C10_STRINGIZE(CPU_CAPABILITY)};
 }
 
 }  // namespace lstm_cpu
