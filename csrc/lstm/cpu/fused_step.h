@@ -40,7 +40,8 @@ int64_t gate_panels_size(int64_t hidden, int64_t k) {
   return (hidden + u - 1) / u * k * 4 * u;
 }
 
-// out[block][p][q * U + l] = w_hh[q * H + block * U + l][p], zero past H.
+// out[block][p][q * U + l] = w_hh[q * H + block * U + l][p], zero past H:
+// 16 x 16 transposes (at::vec's, in registers on AVX-512).
 template <typename T>
 void pack_gate_panels(const T* w_hh, int64_t hidden, int64_t k, T* out) {
   constexpr int64_t U = units_per_block<T>();
@@ -48,15 +49,16 @@ void pack_gate_panels(const T* w_hh, int64_t hidden, int64_t k, T* out) {
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t block = b0; block < b1; ++block) {
       T* dst = out + block * k * 4 * U;
-      for (int64_t p0 = 0; p0 < k; p0 += 8) {
-        const int64_t p1 = std::min<int64_t>(k, p0 + 8);
-        for (int64_t q = 0; q < 4; ++q) {
-          for (int64_t l = 0; l < U; ++l) {
-            const int64_t unit = block * U + l;
-            const T* src = w_hh + (q * hidden + unit) * k;
-            for (int64_t p = p0; p < p1; ++p) {
-              dst[(p * 4 + q) * U + l] = unit < hidden ? src[p] : T(0);
-            }
+      const int64_t unit0 = block * U, valid = std::min<int64_t>(U, hidden - unit0);
+      if (valid < U) std::fill(dst, dst + k * 4 * U, T(0));
+      for (int64_t q = 0; q < 4; ++q) {
+        const T* src = w_hh + (q * hidden + unit0) * k;
+        for (int64_t u0 = 0; u0 < valid; u0 += 16) {
+          const int rows = static_cast<int>(std::min<int64_t>(16, valid - u0));
+          for (int64_t p0 = 0; p0 < k; p0 += 16) {
+            const int cols = static_cast<int>(std::min<int64_t>(16, k - p0));
+            at::vec::transpose_mxn<T>(src + u0 * k + p0, k, dst + (p0 * 4 + q) * U + u0,
+                                      4 * U, rows, cols);
           }
         }
       }
