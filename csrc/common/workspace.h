@@ -12,7 +12,14 @@
 
 namespace pydl {
 
-enum class WorkspaceSlot : int { PackedInput = 0, Im2colTile = 1, AccumulatorTile = 2, kCount = 3 };
+enum class WorkspaceSlot : int {
+  PackedInput = 0,
+  Im2colTile = 1,
+  AccumulatorTile = 2,
+  LstmRecurrentWeight = 3,   // a layer call's packed w_hh (lstm_layer_cpu.cpp)
+  LstmProjectionWeight = 4,  // and its packed w_hr
+  kCount = 5
+};
 
 class Workspace {
  public:

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/blas.h"
+#include "common/workspace.h"
 #include "lstm/cpu/lstm_cpu_kernel.h"
 #include "lstm/lstm_checks.h"
 #include "lstm/lstm_gradients.h"
@@ -65,15 +66,20 @@ int64_t small_batch_limit() {
 class StepOperand {
  public:
   StepOperand() = default;
-  // b: a (k x n) view of any strides (e.g. w.t()).
-  StepOperand(const at::Tensor& b, const StepSchedule& steps) : k_(b.size(0)), n_(b.size(1)) {
+  // b: a (k x n) view of any strides (e.g. w.t()). The packed form lives in
+  // this thread's workspace `slot` (a fresh multi-MB tensor per call would
+  // page-fault on every touch: 250 us of a 290 us one-step call at H=256).
+  StepOperand(const at::Tensor& b, const StepSchedule& steps, WorkspaceSlot slot)
+      : k_(b.size(0)), n_(b.size(1)) {
     if (steps.max_rows() > small_batch_limit()) dense_ = b.contiguous();
     if (steps.min_rows() <= small_batch_limit()) {
       const KernelTable& kernel = kernel_for_this_cpu();
       const bool is_double = b.scalar_type() == at::kDouble;
-      packed_ = at::empty({kernel.packed_size(k_, n_, is_double)}, b.options());
+      const int64_t bytes = kernel.packed_size(k_, n_, is_double) * b.element_size();
+      void* packed = Workspace::get<unsigned char>(slot, bytes);
       kernel.pack(PackArgs{k_, n_, b.stride(0), b.stride(1), is_double, b.const_data_ptr(),
-                           packed_.mutable_data_ptr()});
+                           packed});
+      packed_ = packed;
     }
   }
 
@@ -84,7 +90,7 @@ class StepOperand {
   void multiply(int64_t rows, const T* a, T* c, bool accumulate) const {
     if (rows <= small_batch_limit()) {
       kernel_for_this_cpu().small_matmul(SmallMatmulArgs{
-          rows, n_, k_, std::is_same_v<T, double>, a, packed_.const_data_ptr(), c, accumulate});
+          rows, n_, k_, std::is_same_v<T, double>, a, packed_, c, accumulate});
     } else {
       blas_matmul<T>(rows, n_, k_, a, dense_.const_data_ptr<T>(), c, accumulate);
     }
@@ -92,7 +98,8 @@ class StepOperand {
 
  private:
   int64_t k_ = 0, n_ = 0;
-  at::Tensor dense_, packed_;
+  at::Tensor dense_;
+  const void* packed_ = nullptr;
 };
 
 at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
@@ -187,14 +194,15 @@ lstm_layer_cpu(const at::Tensor& input, const at::Tensor& batch_sizes, const at:
   if (!proj.defined() && steps.max_rows() <= small_batch_limit()) {
     const KernelTable& kernel = kernel_for_this_cpu();
     const bool is_double = input.scalar_type() == at::kDouble;
-    at::Tensor panels = at::empty({kernel.gate_panels_size(s.hidden, is_double)}, opts);
-    kernel.pack_gate_panels(w_hh.contiguous().const_data_ptr(), s.hidden, is_double,
-                            panels.mutable_data_ptr());
+    void* panels = Workspace::get<unsigned char>(
+        WorkspaceSlot::LstmRecurrentWeight,
+        kernel.gate_panels_size(s.hidden, is_double) * input.element_size());
+    kernel.pack_gate_panels(w_hh.contiguous().const_data_ptr(), s.hidden, is_double, panels);
     at::Tensor h_buffers = hy.unsqueeze(0).repeat({2, 1, 1});
     at::Tensor c_state = cy.clone();
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pydl.lstm_layer", [&] {
       fused_forward_loop<scalar_t>(
-          steps, s, panels.const_data_ptr<scalar_t>(),
+          steps, s, static_cast<const scalar_t*>(panels),
           bi.defined() ? bi.const_data_ptr<scalar_t>() : nullptr,
           bh.defined() ? bh.const_data_ptr<scalar_t>() : nullptr,
           gates.mutable_data_ptr<scalar_t>(), cells.mutable_data_ptr<scalar_t>(),
@@ -204,8 +212,10 @@ lstm_layer_cpu(const at::Tensor& input, const at::Tensor& batch_sizes, const at:
     });
     return {output, hy, cy, gates, cells, hidden_pre};
   }
-  const StepOperand whh_t(w_hh.t(), steps);
-  const StepOperand proj_t = proj.defined() ? StepOperand(proj.t(), steps) : StepOperand();
+  const StepOperand whh_t(w_hh.t(), steps, WorkspaceSlot::LstmRecurrentWeight);
+  const StepOperand proj_t = proj.defined()
+                                 ? StepOperand(proj.t(), steps, WorkspaceSlot::LstmProjectionWeight)
+                                 : StepOperand();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pydl.lstm_layer", [&] {
     forward_loop<scalar_t>(steps, s, whh_t, proj_t,
                            bi.defined() ? bi.const_data_ptr<scalar_t>() : nullptr,
@@ -293,8 +303,10 @@ lstm_layer_backward_cpu(const at::Tensor& grad_output, const at::Tensor& grad_hy
   at::Tensor dh_total = at::empty({proj.defined() ? s.rows : 0, s.out}, opts);
   at::Tensor scratch = at::empty({2, s.batch, s.hidden}, opts);
   const StepSchedule steps(batch_sizes, reverse);
-  const StepOperand whh_op(whh, steps);
-  const StepOperand proj_op = proj.defined() ? StepOperand(proj, steps) : StepOperand();
+  const StepOperand whh_op(whh, steps, WorkspaceSlot::LstmRecurrentWeight);
+  const StepOperand proj_op = proj.defined()
+                                  ? StepOperand(proj, steps, WorkspaceSlot::LstmProjectionWeight)
+                                  : StepOperand();
   at::Tensor h_prev;  // (N, P): each step's h_prev, for w_hh's gradient
   if (output_mask[4]) h_prev = at::empty({s.rows, s.out}, opts);
 
