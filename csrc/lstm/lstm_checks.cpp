@@ -150,4 +150,9 @@ void check_lstm_layer_backward_args(const LstmLayerShape& s, bool projected,
   expect_saved(op, hidden_pre, {projected ? s.rows : 0, s.hidden}, "hidden_pre", input);
 }
 
+void check_lstm_cpu_dtype(const at::Tensor& input, const char* op) {
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
+              " (CPU): supports float32 and float64, got ", input.scalar_type());
+}
+
 }  // namespace pydl

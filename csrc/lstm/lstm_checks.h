@@ -39,6 +39,9 @@ LstmLayerShape check_lstm_layer_args(const at::Tensor& input, const at::Tensor& 
                                      const std::optional<at::Tensor>& b_hh,
                                      const std::optional<at::Tensor>& w_hr);
 
+// The CPU kernels compute in float32 and float64 only; `op` names the caller.
+void check_lstm_cpu_dtype(const at::Tensor& input, const char* op);
+
 // The backward's extra arguments: gradients and what the forward saved,
 // shaped as the forward made them, same dtype and device as the input.
 void check_lstm_cell_backward_args(const LstmCellShape& s, const at::Tensor& input,

@@ -21,18 +21,13 @@ const KernelTable& kernel_for_this_cpu() {
 
 namespace {
 
-void check_cpu_dtype(const at::Tensor& input) {
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
-              "pydl.lstm_cell (CPU): supports float32 and float64, got ", input.scalar_type());
-}
-
 // (hy, cy, workspace): workspace holds the activated gates for the backward.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_cpu(
     const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh) {
   const LstmCellShape s = check_lstm_cell_args(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
-  check_cpu_dtype(input);
+  check_lstm_cpu_dtype(input, "pydl.lstm_cell");
   // The biases are added by the pointwise pass (no broadcast op per step).
   at::Tensor gates = at::mm(input, w_ih.t());
   gates.addmm_(hx, w_hh.t());
@@ -65,7 +60,7 @@ lstm_cell_backward_cpu(const at::Tensor& grad_hy, const at::Tensor& grad_cy,
                        const at::Tensor& w_hh, std::array<bool, 6> output_mask) {
   const LstmCellShape s =
       check_lstm_cell_args(input, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt);
-  check_cpu_dtype(input);
+  check_lstm_cpu_dtype(input, "pydl.lstm_cell");
   check_lstm_cell_backward_args(s, input, grad_hy, grad_cy, cy, workspace);
   const at::Tensor dh = grad_hy.contiguous(), dc = grad_cy.contiguous(), c0 = cx.contiguous(),
                    c1 = cy.contiguous(), ws = workspace.contiguous();

@@ -106,11 +106,6 @@ at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
   return (t.has_value() && t->defined()) ? t->contiguous() : at::Tensor();
 }
 
-void check_cpu_float(const at::Tensor& input) {
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
-              "pydl.lstm_layer (CPU): supports float32 and float64, got ", input.scalar_type());
-}
-
 // w_hh = w_hh^T (P x 4H), w_hr = w_hr^T (H x P) or undefined.
 template <typename T>
 void forward_loop(const StepSchedule& steps, const LstmLayerShape& s, const StepOperand& w_hh,
@@ -176,7 +171,7 @@ lstm_layer_cpu(const at::Tensor& input, const at::Tensor& batch_sizes, const at:
                const std::optional<at::Tensor>& w_hr, bool reverse) {
   const LstmLayerShape s =
       check_lstm_layer_args(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
-  check_cpu_float(input);
+  check_lstm_cpu_dtype(input, "pydl.lstm_layer");
   const at::Tensor proj = contiguous_or_undefined(w_hr);
   // The hoisted input projection: one GEMM for all steps. (The biases are
   // added by the pointwise pass: no extra pass over all the gates.)
@@ -288,7 +283,7 @@ lstm_layer_backward_cpu(const at::Tensor& grad_output, const at::Tensor& grad_hy
                         std::array<bool, 7> output_mask) {
   const LstmLayerShape s = check_lstm_layer_args(input, batch_sizes, hx, cx, w_ih, w_hh,
                                                  std::nullopt, std::nullopt, w_hr);
-  check_cpu_float(input);
+  check_lstm_cpu_dtype(input, "pydl.lstm_layer");
   const at::Tensor proj = contiguous_or_undefined(w_hr);
   check_lstm_layer_backward_args(s, proj.defined(), input, grad_output, grad_hy, grad_cy, output,
                                  gates, cells, hidden_pre);
