@@ -83,19 +83,22 @@ def convert(model: torch.nn.Module, to: str = "pydl", verbose: bool = False) -> 
     report = ConversionReport(direction=to)
     known = set(_DROP_INS) | set(_DROP_INS.values())
 
-    def visit(module, name):
+    def visit(module, name, inside_drop_in=False):
         new, reason = _convert_one(module, to)
         if new is not None:
             report.swapped.append((name, _qualname(type(module)), _qualname(type(new))))
-            return new
-        if reason:
+            # A drop-in's children are converted too (a TransformerEncoder's
+            # layers, their attention); its plain parts are not reported as left.
+            module, inside_drop_in = new, True
+        elif reason:
             report.left.append((name, _qualname(type(module)), reason))
-        elif not module._modules and type(module) not in known:
+        elif not inside_drop_in and not module._modules and type(module) not in known:
             report.left.append((name, _qualname(type(module)), "no pydl drop-in"))
         for child_name, child in list(module._modules.items()):
             if child is None:
                 continue
-            replacement = visit(child, f"{name}.{child_name}" if name else child_name)
+            replacement = visit(child, f"{name}.{child_name}" if name else child_name,
+                                inside_drop_in)
             if replacement is not child:
                 module._modules[child_name] = replacement
         return module
@@ -117,11 +120,14 @@ def _register_builtin() -> None:
     from pydl.nn.attention import MultiheadAttention
     from pydl.nn.conv import Conv2d
     from pydl.nn.rnn import LSTM, LSTMCell
+    from pydl.nn.transformer import TransformerEncoder, TransformerEncoderLayer
 
     register_drop_in(torch.nn.Conv2d, Conv2d, _conv2d_cannot_go_back)
     register_drop_in(torch.nn.LSTMCell, LSTMCell)
     register_drop_in(torch.nn.LSTM, LSTM)
     register_drop_in(torch.nn.MultiheadAttention, MultiheadAttention)
+    register_drop_in(torch.nn.TransformerEncoderLayer, TransformerEncoderLayer)
+    register_drop_in(torch.nn.TransformerEncoder, TransformerEncoder)
 
 
 _register_builtin()
