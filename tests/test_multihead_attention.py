@@ -132,3 +132,28 @@ def test_convert_swaps_multihead_attention_and_back():
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
     back = pydl.convert(converted, to="torch")
     assert type(back[0]) is torch.nn.MultiheadAttention
+
+
+@pytest.mark.parametrize("average", [True, False])
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
+def test_weights_are_differentiable_like_torch(average, mask_kind):
+    """need_weights=True: gradients flowing through the returned weights (and
+    the output) match torch's module."""
+    dtype = torch.float64
+    ours, theirs = _pair(embed_dim=16, num_heads=4, batch_first=True, dtype=dtype)
+    x = torch.randn(2, 5, 16, dtype=dtype, requires_grad=True)
+    mask = None
+    if mask_kind == "bool":
+        # nn.MultiheadAttention's bool attn_mask: True = may NOT attend (causal here)
+        mask = ~torch.ones(5, 5, dtype=torch.bool).tril()
+    elif mask_kind == "float":
+        mask = torch.randn(5, 5, dtype=dtype)
+    out, w = ours(x, x, x, attn_mask=mask, average_attn_weights=average)
+    ref, rw = theirs(x, x, x, attn_mask=mask, average_attn_weights=average)
+    assert_close_rel(w, rw, dtype, "weights")
+    g, gw = torch.randn_like(out), torch.randn_like(w)
+    got = torch.autograd.grad((out * g).sum() + (w * gw).sum(), [x] + list(ours.parameters()))
+    want = torch.autograd.grad((ref * g).sum() + (rw * gw).sum(),
+                               [x] + list(theirs.parameters()))
+    for a, e in zip(got, want):
+        assert_close_rel(a, e, dtype, "grad")

@@ -8,7 +8,8 @@ dim 64 and 128, sequence length 128 .. 2048 (--quick) or 4096 (full), batch
 2.5x forward, so a forward + backward row counts 3.5x.
 
 Module rows: pydl.nn.MultiheadAttention vs torch.nn.MultiheadAttention (same
-weights, self-attention, batch_first, need_weights=False; torch's module may
+weights, self-attention, batch_first, need_weights=False, and at L=1024 also
+need_weights=True (the averaged weights, differentiated in training); torch's module may
 take its native fast path in inference). FLOPs: the four projections
 (8 * B * L * E^2) plus the attention's.
 """
@@ -65,7 +66,7 @@ def _case(length, dim, causal, train, cfg):
     return make_providers
 
 
-def _mha_case(batch, length, embed, heads, train, cfg):
+def _mha_case(batch, length, embed, heads, train, cfg, need_weights=False):
     def make_providers():
         opts = {"device": cfg.device, "dtype": cfg.dtype}
         theirs = torch.nn.MultiheadAttention(embed, heads, batch_first=True, **opts)
@@ -76,9 +77,9 @@ def _mha_case(batch, length, embed, heads, train, cfg):
         x = torch.randn(batch, length, embed, requires_grad=train, **opts)
 
         def run(module):
-            out = module(x, x, x, need_weights=False)[0]
+            out, weights = module(x, x, x, need_weights=need_weights)
             if train:
-                out.sum().backward()
+                (out.sum() + (weights.sum() if need_weights else 0)).backward()
             return out.detach()
 
         return {"pydl": lambda: run(ours), "torch": lambda: run(theirs)}
@@ -91,16 +92,22 @@ def _mha_cases(cfg) -> list[Case]:
     out = []
     for train in (False, True):
         for batch, length, embed, heads in MHA_SIZES:
-            flops = 8 * batch * length * embed**2 + 4 * batch * length * length * embed
-            out.append(Case(
-                name=f"attention/mha_{'fwd_bwd' if train else 'fwd'}/B{batch}_L{length}_E{embed}",
-                family=FAMILY,
-                shape=f"B{batch} L{length} E{embed} H{heads}",
-                flops=flops * (3 if train else 1),
-                bytes=elem * (4 * embed**2 + 2 * batch * length * embed),
-                make_providers=_mha_case(batch, length, embed, heads, train, cfg),
-                tags={"train": train, "module": True},
-            ))
+            # need_weights=True (averaged weights, as torch returns them) only at
+            # the long sequence: where torch leaves its fused path.
+            for need_weights in (False, True) if length >= 1024 else (False,):
+                flops = 8 * batch * length * embed**2 + 4 * batch * length * length * embed
+                kind = ("fwd_bwd" if train else "fwd") + ("_weights" if need_weights else "")
+                out.append(Case(
+                    name=f"attention/mha_{kind}/B{batch}_L{length}_E{embed}",
+                    family=FAMILY,
+                    shape=f"B{batch} L{length} E{embed} H{heads}"
+                          + (" need_weights" if need_weights else ""),
+                    flops=flops * (3 if train else 1),
+                    bytes=elem * (4 * embed**2 + 2 * batch * length * embed),
+                    make_providers=_mha_case(batch, length, embed, heads, train, cfg,
+                                             need_weights),
+                    tags={"train": train, "module": True},
+                ))
     return out
 
 

@@ -172,9 +172,14 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
     def _weights(self, q, k, mask, lse):
         """softmax(q k^T * scale + mask) per head, from the kernel's lse: one
         pass, no second softmax. Rows with no visible key (lse = -inf) are zeros."""
-        scores = torch.matmul(q, k.transpose(-2, -1)) * (self.head_dim ** -0.5)
+        # In place after the one GEMM: each pass over the (B, heads, L, S)
+        # scores is a memory pass (64 MB at B2 L1024 8 heads), and autograd
+        # needs none of the intermediates (matmul keeps q, k; exp its result).
+        scores = torch.matmul(q * (self.head_dim ** -0.5), k.transpose(-2, -1))
         if mask is not None:
-            scores = (scores.masked_fill(mask.logical_not(), float("-inf"))
-                      if mask.dtype == torch.bool else scores + mask)
+            if mask.dtype == torch.bool:
+                scores.masked_fill_(mask.logical_not(), float("-inf"))
+            else:
+                scores.add_(mask)
         lse = lse.masked_fill(torch.isneginf(lse), 0.0)
-        return torch.exp(scores - lse.unsqueeze(-1))
+        return scores.sub_(lse.unsqueeze(-1)).exp_()
