@@ -132,12 +132,13 @@ void forward_loop(const StepSchedule& steps, const LstmLayerShape& s, const Step
 // Small batches without a projection: one fused pass per step, recurrent
 // product and pointwise math together (cpu/fused_step.h). h alternates
 // between two buffers (threads read all of h_prev while others write their
-// units of h_next); c is updated in place (each unit belongs to one thread).
-// hy/cy take each row's values at its own last step.
+// units of h_next). c is updated in place in cy (each unit belongs to one
+// thread): a row's c is left untouched once its sequence ends, so cy ends
+// holding every row's last c. hy takes each row's h at its own last step.
 template <typename T>
 void fused_forward_loop(const StepSchedule& steps, const LstmLayerShape& s, const T* panels,
                         const T* b_ih, const T* b_hh, T* gates, T* cells, T* output,
-                        T* h_buffers, T* c_state, T* hy, T* cy) {
+                        T* h_buffers, T* hy, T* cy) {
   const KernelTable& kernel = kernel_for_this_cpu();
   const int64_t H = s.hidden, B = s.batch;
   int64_t done = 0;  // non-empty steps so far: picks the h buffers
@@ -148,7 +149,7 @@ void fused_forward_loop(const StepSchedule& steps, const LstmLayerShape& s, cons
     T* h_next = h_buffers + ((done + 1) % 2) * B * H;
     ++done;
     kernel.fused_step(FusedStepArgs{rows, H, std::is_same_v<T, double>, h_prev, panels,
-                                    gates + off * 4 * H, b_ih, b_hh, c_state, cells + off * H,
+                                    gates + off * 4 * H, b_ih, b_hh, cy, cells + off * H,
                                     output + off * H, h_next});
     // Rows the next step does not run end here.
     const int64_t next = i + 1 < steps.count() ? steps.rows(steps.forward_step(i + 1)) : 0;
@@ -156,7 +157,6 @@ void fused_forward_loop(const StepSchedule& steps, const LstmLayerShape& s, cons
     const int64_t ended = rows - first_ended;
     if (ended > 0) {
       std::memcpy(hy + first_ended * H, output + (off + first_ended) * H, sizeof(T) * ended * H);
-      std::memcpy(cy + first_ended * H, cells + (off + first_ended) * H, sizeof(T) * ended * H);
     }
   }
 }
@@ -194,7 +194,6 @@ lstm_layer_cpu(const at::Tensor& input, const at::Tensor& batch_sizes, const at:
         kernel.gate_panels_size(s.hidden, is_double) * input.element_size());
     kernel.pack_gate_panels(w_hh.contiguous().const_data_ptr(), s.hidden, is_double, panels);
     at::Tensor h_buffers = hy.unsqueeze(0).repeat({2, 1, 1});
-    at::Tensor c_state = cy.clone();
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pydl.lstm_layer", [&] {
       fused_forward_loop<scalar_t>(
           steps, s, static_cast<const scalar_t*>(panels),
@@ -202,8 +201,7 @@ lstm_layer_cpu(const at::Tensor& input, const at::Tensor& batch_sizes, const at:
           bh.defined() ? bh.const_data_ptr<scalar_t>() : nullptr,
           gates.mutable_data_ptr<scalar_t>(), cells.mutable_data_ptr<scalar_t>(),
           output.mutable_data_ptr<scalar_t>(), h_buffers.mutable_data_ptr<scalar_t>(),
-          c_state.mutable_data_ptr<scalar_t>(), hy.mutable_data_ptr<scalar_t>(),
-          cy.mutable_data_ptr<scalar_t>());
+          hy.mutable_data_ptr<scalar_t>(), cy.mutable_data_ptr<scalar_t>());
     });
     return {output, hy, cy, gates, cells, hidden_pre};
   }
