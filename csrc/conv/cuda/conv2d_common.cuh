@@ -1,5 +1,6 @@
-// Small device helpers shared by the conv2d CUDA kernels: conversions between
-// storage types and the accumulator type, and the fused epilogue.
+// Small device helpers shared by the conv2d CUDA kernels: the fused epilogue
+// and the implicit-GEMM index decoding (storage <-> accumulator conversions
+// come from common/cuda_storage.cuh).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -7,33 +8,11 @@
 #include <cuda_runtime.h>
 
 #include "../../common/activation.h"
+#include "../../common/cuda_storage.cuh"
 #include "conv2d_kernels.h"
 
 namespace pydl {
 namespace conv_cuda {
-
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-
-template <typename T>
-struct Acc { using type = float; };
-template <>
-struct Acc<double> { using type = double; };
-
-template <typename T>
-__device__ __forceinline__ T from_acc(typename Acc<T>::type v);
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-template <>
-__device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ double from_acc<double>(double v) { return v; }
 
 // out = act(acc + bias[co] + residual[idx]), the order torch's unfused
 // reference uses.
@@ -47,6 +26,38 @@ __device__ __forceinline__ A epilogue(A acc, const T* __restrict__ bias,
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Implicit GEMM row m (an output pixel) of group g: where its image starts in
+// the NHWC input and the top-left input coordinates of its window. Rows past
+// M get a window outside every image, so all their taps load zeros.
+struct PixelWindow {
+  int64_t base;
+  int ih0, iw0;
+};
+
+__device__ __forceinline__ PixelWindow pixel_window(const ConvParams& p, int64_t m, int g) {
+  if (m >= p.M) return {0, -(1 << 30), -(1 << 30)};
+  const int64_t hw = static_cast<int64_t>(p.OH) * p.OW;
+  const int64_t img = m / hw;
+  const int rem = static_cast<int>(m - img * hw);
+  const int oh = rem / p.OW;
+  const int ow = rem - oh * p.OW;
+  return {img * p.H * p.W * p.C + static_cast<int64_t>(g) * p.cin_g,
+          oh * p.stride_h - p.pad_h, ow * p.stride_w - p.pad_w};
+}
+
+// Implicit GEMM column k < K: kernel tap (r, s) and input channel c within the group.
+struct KernelTap {
+  int r, s, c;
+};
+
+__device__ __forceinline__ KernelTap kernel_tap(const ConvParams& p, int k) {
+  const int kwc = p.KW * p.cin_g;
+  const int r = k / kwc;
+  const int rem = k - r * kwc;
+  const int s = rem / p.cin_g;
+  return {r, s, rem - s * p.cin_g};
+}
 
 }  // namespace conv_cuda
 }  // namespace pydl

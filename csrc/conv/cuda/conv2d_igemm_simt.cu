@@ -42,21 +42,10 @@ __global__ void __launch_bounds__(kThreads) conv2d_igemm_simt_kernel(const ConvP
   bool b_ok[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const int64_t m = m_block + ld_row + 16 * i;
-    if (m < p.M) {
-      const int64_t hw = static_cast<int64_t>(p.OH) * p.OW;
-      const int64_t img = m / hw;
-      const int rem = static_cast<int>(m - img * hw);
-      const int oh = rem / p.OW;
-      const int ow = rem - oh * p.OW;
-      a_base[i] = img * p.H * p.W * p.C + static_cast<int64_t>(g) * p.cin_g;
-      a_ih0[i] = oh * p.stride_h - p.pad_h;
-      a_iw0[i] = ow * p.stride_w - p.pad_w;
-    } else {
-      a_base[i] = 0;
-      a_ih0[i] = -(1 << 30);
-      a_iw0[i] = -(1 << 30);
-    }
+    const PixelWindow window = pixel_window(p, m_block + ld_row + 16 * i, g);
+    a_base[i] = window.base;
+    a_ih0[i] = window.ih0;
+    a_iw0[i] = window.iw0;
     const int n = n_block + ld_row + 16 * i;
     b_ok[i] = n < p.cout_g;
     b_base[i] = (static_cast<int64_t>(g) * p.cout_g + (b_ok[i] ? n : 0)) * p.K;
@@ -66,14 +55,8 @@ __global__ void __launch_bounds__(kThreads) conv2d_igemm_simt_kernel(const ConvP
   auto load_tile = [&](int kt) {
     const int k = kt * kBK + ld_k;
     const bool k_ok = k < K;
-    int r = 0, s = 0, c = 0;
-    if (k_ok) {
-      const int kwc = p.KW * p.cin_g;
-      r = k / kwc;
-      const int rem = k - r * kwc;
-      s = rem / p.cin_g;
-      c = rem - s * p.cin_g;
-    }
+    const KernelTap tap = k_ok ? kernel_tap(p, k) : KernelTap{0, 0, 0};
+    const int r = tap.r, s = tap.s, c = tap.c;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int ih = a_ih0[i] + r * p.dil_h;

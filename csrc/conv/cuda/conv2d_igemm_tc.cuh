@@ -122,21 +122,10 @@ __global__ void __launch_bounds__(tc::kThreads)
   bool b_ok[2];
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
-    const int64_t m = m_block + ld_row + 64 * i;
-    if (m < p.M) {
-      const int64_t hw = static_cast<int64_t>(p.OH) * p.OW;
-      const int64_t img = m / hw;
-      const int rem = static_cast<int>(m - img * hw);
-      const int oh = rem / p.OW;
-      const int ow = rem - oh * p.OW;
-      a_base[i] = img * p.H * p.W * p.C + static_cast<int64_t>(g) * p.cin_g;
-      a_ih0[i] = oh * p.stride_h - p.pad_h;
-      a_iw0[i] = ow * p.stride_w - p.pad_w;
-    } else {
-      a_base[i] = 0;
-      a_ih0[i] = -(1 << 30);  // every tap falls outside the image
-      a_iw0[i] = -(1 << 30);
-    }
+    const PixelWindow window = pixel_window(p, m_block + ld_row + 64 * i, g);
+    a_base[i] = window.base;
+    a_ih0[i] = window.ih0;
+    a_iw0[i] = window.iw0;
     const int n = n_block + ld_row + 64 * i;
     b_ok[i] = n < p.cout_g;
     b_base[i] = (static_cast<int64_t>(g) * p.cout_g + (b_ok[i] ? n : 0)) * p.K;
@@ -149,14 +138,8 @@ __global__ void __launch_bounds__(tc::kThreads)
     if (kVec) {
       // Cin_g % kVE == 0: the chunk lies in one kernel tap, and K % kVE == 0.
       const bool k_ok = k < K;
-      int r = 0, s = 0, c = 0;
-      if (k_ok) {
-        const int kwc = p.KW * p.cin_g;
-        r = k / kwc;
-        const int rem = k - r * kwc;
-        s = rem / p.cin_g;
-        c = rem - s * p.cin_g;
-      }
+      const KernelTap tap = k_ok ? kernel_tap(p, k) : KernelTap{0, 0, 0};
+      const int r = tap.r, s = tap.s, c = tap.c;
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         const int ih = a_ih0[i] + r * p.dil_h;
@@ -176,14 +159,8 @@ __global__ void __launch_bounds__(tc::kThreads)
       }
     } else {
       // Element by element: the chunk may span kernel taps and the K tail.
-      int r = 0, s = 0, c = 0;
-      if (k < K) {
-        const int kwc = p.KW * p.cin_g;
-        r = k / kwc;
-        const int rem = k - r * kwc;
-        s = rem / p.cin_g;
-        c = rem - s * p.cin_g;
-      }
+      const KernelTap tap = k < K ? kernel_tap(p, k) : KernelTap{0, 0, 0};
+      int r = tap.r, s = tap.s, c = tap.c;  // advanced element by element below
 #pragma unroll
       for (int j = 0; j < kVE; ++j) {
         const bool k_ok = k + j < K;

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 
+#include "common/cuda_storage.cuh"
 #include "lstm/cuda/lstm_persistent.h"
 
 namespace pydl {
@@ -22,21 +23,6 @@ namespace cg = cooperative_groups;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
 
 __device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + __expf(-x)); }
 
@@ -52,7 +38,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int idx = threadIdx.x; idx < 4 * units * H; idx += kThreads) {
     const int q = idx / (units * H), rest = idx - q * units * H;
     const int u = rest / H, k = rest - u * H;
-    w_smem[idx] = to_float(w_hh[(int64_t(q) * H + u0 + u) * H + k]);
+    w_smem[idx] = to_acc(w_hh[(int64_t(q) * H + u0 + u) * H + k]);
   }
   __syncthreads();
 
@@ -82,7 +68,7 @@ __global__ void __launch_bounds__(kThreads)
       const bool first = s == 0 || b >= prev;
       float acc[4] = {0.f, 0.f, 0.f, 0.f};
       for (int k = lane; k < H; k += 32) {
-        const float hk = first ? to_float(h0[int64_t(b) * H + k]) : h_read[int64_t(b) * H + k];
+        const float hk = first ? to_acc(h0[int64_t(b) * H + k]) : h_read[int64_t(b) * H + k];
 #pragma unroll
         for (int q = 0; q < 4; ++q) acc[q] += w_smem[(q * units + u) * H + k] * hk;
       }
@@ -92,25 +78,25 @@ __global__ void __launch_bounds__(kThreads)
       }
       if (lane == 0) {
         T* g = gates + (off + b) * 4 * H;
-        const float i = sigmoidf(acc[0] + to_float(g[j]));
-        const float f = sigmoidf(acc[1] + to_float(g[H + j]));
-        const float gg = tanhf(acc[2] + to_float(g[2 * H + j]));
-        const float o = sigmoidf(acc[3] + to_float(g[3 * H + j]));
+        const float i = sigmoidf(acc[0] + to_acc(g[j]));
+        const float f = sigmoidf(acc[1] + to_acc(g[H + j]));
+        const float gg = tanhf(acc[2] + to_acc(g[2 * H + j]));
+        const float o = sigmoidf(acc[3] + to_acc(g[3 * H + j]));
         const float c_prev =
-            first ? to_float(c0[int64_t(b) * H + j]) : a.c_state[int64_t(b) * H + j];
+            first ? to_acc(c0[int64_t(b) * H + j]) : a.c_state[int64_t(b) * H + j];
         const float c = f * c_prev + i * gg;
         const float h = o * tanhf(c);
-        g[j] = from_float<T>(i);
-        g[H + j] = from_float<T>(f);
-        g[2 * H + j] = from_float<T>(gg);
-        g[3 * H + j] = from_float<T>(o);
-        cells[(off + b) * H + j] = from_float<T>(c);
-        output[(off + b) * H + j] = from_float<T>(h);
+        g[j] = from_acc<T>(i);
+        g[H + j] = from_acc<T>(f);
+        g[2 * H + j] = from_acc<T>(gg);
+        g[3 * H + j] = from_acc<T>(o);
+        cells[(off + b) * H + j] = from_acc<T>(c);
+        output[(off + b) * H + j] = from_acc<T>(h);
         a.c_state[int64_t(b) * H + j] = c;
         h_write[int64_t(b) * H + j] = h;
         if (b >= next) {
-          hy[int64_t(b) * H + j] = from_float<T>(h);
-          cy[int64_t(b) * H + j] = from_float<T>(c);
+          hy[int64_t(b) * H + j] = from_acc<T>(h);
+          cy[int64_t(b) * H + j] = from_acc<T>(c);
         }
       }
     }
