@@ -82,4 +82,18 @@ TORCH_LIBRARY(pydl, m) {
       "Tensor? attn_mask, Tensor? dropout_seed, Tensor out, Tensor lse, Tensor? grad_lse, "
       "float dropout_p, bool is_causal, bool causal_bottom_right, float scale, "
       "bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  // The same attention when the caller also wants the weights (after
+  // dropout): (out, weights, lse), weights (N, L, S) averaged over the heads
+  // when average_heads, else (N, Hq, L, S). MultiheadAttention's need_weights.
+  m.def(
+      "attention_with_weights(Tensor query, Tensor key, Tensor value, Tensor? attn_mask, "
+      "Tensor? dropout_seed, float dropout_p, bool is_causal, bool causal_bottom_right, "
+      "float scale, bool average_heads) -> (Tensor, Tensor, Tensor)");
+  // Gradients (query, key, value, attn_mask) from those of out and weights
+  // (either may be None).
+  m.def(
+      "attention_with_weights_backward(Tensor? grad_out, Tensor? grad_weights, Tensor query, "
+      "Tensor key, Tensor value, Tensor? attn_mask, Tensor? dropout_seed, Tensor lse, "
+      "float dropout_p, bool is_causal, bool causal_bottom_right, float scale, "
+      "bool average_heads, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
 }

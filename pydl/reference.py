@@ -219,7 +219,8 @@ def scaled_dot_product_attention(
     dropout_mask: Tensor | None = None,
     causal_alignment: str = "top_left",
     return_lse: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
+    return_weights: bool = False,
+) -> Tensor | tuple[Tensor, ...]:
     """``softmax(q k^T * scale + mask) v`` with torch's conventions.
 
     Layout (batch..., heads, L, E) for query, (batch..., heads_kv, S, E) for
@@ -232,7 +233,9 @@ def scaled_dot_product_attention(
     through ``dropout_mask`` (bool, True = keep, kept weights scaled by
     ``1 / (1 - dropout_p)``). A row with no key to attend gives zeros (and
     ``lse = -inf``). ``lse`` is logsumexp of the scaled, masked scores, shape
-    (batch..., heads, L), before dropout.
+    (batch..., heads, L), before dropout. Returns ``out``, then ``lse`` if
+    ``return_lse``, then the weights (after dropout, (batch..., heads, L, S))
+    if ``return_weights``.
     """
     if query.dim() < 2 or key.dim() < 2 or value.dim() < 2:
         raise ValueError(
@@ -341,9 +344,29 @@ def scaled_dot_product_attention(
         weights = torch.where(dropout_mask, weights * keep_scale, torch.zeros_like(weights))
 
     out = torch.matmul(weights, value)
-    if return_lse:
-        return out, lse
-    return out
+    extras = ((lse,) if return_lse else ()) + ((weights,) if return_weights else ())
+    return (out, *extras) if extras else out
+
+
+def attention_with_weights(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    *,
+    dropout_mask: Tensor | None = None,
+    average_heads: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """(out, weights) of attention over (N, H, L, E) inputs: the weights after
+    dropout, averaged over the heads to (N, L, S) when ``average_heads``
+    (what torch.nn.MultiheadAttention returns with need_weights=True)."""
+    out, weights = scaled_dot_product_attention(
+        query, key, value, attn_mask, dropout_p, is_causal, scale, dropout_mask=dropout_mask,
+        return_weights=True)
+    return out, (weights.mean(dim=-3) if average_heads else weights)
 
 
 # --------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import assert_close_rel
+from conftest import assert_close_rel, needs_extension
 
 import pydl
 
@@ -88,11 +88,35 @@ def test_dropout_training_is_reproducible(monkeypatch):
     ours.eval()
     c, _ = ours(x, x, x, need_weights=False)
     assert not torch.equal(a, c)
-    # torch's module serves need_weights with dropout; strict mode says so
-    ours.train()
+
+@needs_extension
+def test_need_weights_with_dropout_returns_the_dropped_out_weights(monkeypatch):
+    """As torch's module: the weights returned are those that multiplied V,
+    after dropout (each either 0 or the eval-mode weight / (1 - p)), and
+    torch.manual_seed reproduces them; on the CPU pydl's kernel serves it."""
     monkeypatch.setenv("PYDL_STRICT", "1")
-    with pytest.raises(pydl.FallbackError, match="dropout"):
-        ours(x, x, x)
+    p = 0.5
+    ours, _ = _pair(embed_dim=16, num_heads=2, dropout=p, dtype=torch.float64)
+    x = torch.randn(6, 2, 16, dtype=torch.float64)
+    ours.eval()
+    _, full = ours(x, x, x, average_attn_weights=False)
+    ours.train()
+    torch.manual_seed(5)
+    out, dropped = ours(x, x, x, average_attn_weights=False)
+    torch.manual_seed(5)
+    out2, dropped2 = ours(x, x, x, average_attn_weights=False)
+    assert torch.equal(out, out2) and torch.equal(dropped, dropped2)
+    kept = dropped != 0
+    assert 0.3 < kept.double().mean().item() < 0.7
+    assert torch.allclose(dropped[kept], full[kept] / (1 - p), rtol=1e-12, atol=0)
+    # out = out_proj(dropped weights @ V), V from the value projection
+    B, H, L, hd = 2, 2, 6, 8
+    v = torch.nn.functional.linear(x, *[t.split(16)[2] for t in (ours.in_proj_weight,
+                                                                ours.in_proj_bias)])
+    v = v.view(L, B, H, hd).permute(1, 2, 0, 3)
+    heads = (dropped @ v).permute(2, 0, 1, 3).reshape(L, B, 16)
+    expected = torch.nn.functional.linear(heads, ours.out_proj.weight, ours.out_proj.bias)
+    assert_close_rel(out, expected, torch.float64, "out from the dropped-out weights")
 
 
 def test_torch_compile_fullgraph():

@@ -5,15 +5,18 @@ parameter names, initialization and state_dict, and the same forward
 (batch_first, key_padding_mask, attn_mask bool/float of (L, S) or
 (B*heads, L, S), is_causal hint, need_weights, average_attn_weights,
 unbatched input). The heads are strided views of the projections, so the
-fused kernel reads them without a transpose copy. need_weights=True costs one
-extra pass that rebuilds softmax(q k^T * scale + mask) from the kernel's
-log-sum-exp. A query row whose keys are all masked gives zeros (output and
+fused kernel reads them without a transpose copy. need_weights=True on the
+CPU runs pydl's attention-with-weights kernel (pydl.ops.attention_weights):
+the output and the weights (after dropout, averaged or per head) from one
+pass over blocks of whole score rows, differentiable through both; elsewhere
+the weights are rebuilt from the fused kernel's log-sum-exp in one extra
+pass. A query row whose keys are all masked gives zeros (output and
 weights), where torch gives NaN.
 
-Served by torch's own module instead: add_bias_kv / add_zero_attn, and
-need_weights=True while dropout is active (torch returns the dropped-out
-weights, which pydl's kernel does not materialize); PYDL_STRICT=1 makes
-those raise pydl.FallbackError.
+Served by torch's own module instead: add_bias_kv / add_zero_attn, and,
+off the CPU, need_weights=True while dropout is active (torch returns the
+dropped-out weights, which the fused kernel does not materialize);
+PYDL_STRICT=1 makes those raise pydl.FallbackError.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ import torch.nn.functional as F
 
 from pydl import _backend
 from pydl.ops.attention import scaled_dot_product_attention
+from pydl.ops.attention_weights import attention_with_weights, kernel_serves
 
 
 class MultiheadAttention(torch.nn.MultiheadAttention):
-    def _torch_reason(self, need_weights: bool) -> str | None:
+    def _torch_reason(self, query: torch.Tensor, need_weights: bool) -> str | None:
         if self.bias_k is not None or self.add_zero_attn:
             return "add_bias_kv / add_zero_attn"
-        if need_weights and self.training and self.dropout > 0.0:
+        if need_weights and self.training and self.dropout > 0.0 and not kernel_serves(query):
             return "need_weights=True with dropout active (torch returns the dropped-out weights)"
         return None
 
@@ -44,7 +48,7 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         average_attn_weights: bool = True,
         is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        reason = self._torch_reason(need_weights)
+        reason = self._torch_reason(query, need_weights)
         if reason is not None:
             if _backend.strict():
                 raise _backend.FallbackError(
@@ -97,19 +101,23 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         if is_causal and key_padding_mask is None and not need_weights:
             mask, causal = None, True  # trust the hint, as torch does
         dropout_p = self.dropout if self.training else 0.0
-        out = scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                           is_causal=causal, return_lse=need_weights)
-        if need_weights:
-            out, lse = out
+        weights = None
+        if need_weights and kernel_serves(q):
+            # One kernel computes the output and the (averaged) weights.
+            out, weights = attention_with_weights(q, k, v, mask, dropout_p,
+                                                  average_heads=average_attn_weights)
+        else:
+            out = scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                               is_causal=causal, return_lse=need_weights)
+            if need_weights:
+                out, lse = out
+                weights = self._weights(q, k, mask, lse)
+                if average_attn_weights:
+                    weights = weights.mean(dim=1)
         out = (out.transpose(1, 2).reshape(B, L, E) if batch_first
                else out.permute(2, 0, 1, 3).reshape(L, B, E))
         out = F.linear(out, self.out_proj.weight, self.out_proj.bias)
 
-        weights = None
-        if need_weights:
-            weights = self._weights(q, k, mask, lse)
-            if average_attn_weights:
-                weights = weights.mean(dim=1)
         if unbatched:
             out = out.squeeze(0)
             weights = None if weights is None else weights.squeeze(0)

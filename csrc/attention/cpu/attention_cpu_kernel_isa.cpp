@@ -15,10 +15,10 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <vector>
 
 #include "attention/cpu/attention_cpu_kernel.h"
 #include "attention/cpu/dropout_hash.h"
+#include "attention/cpu/kernel_helpers.h"
 #include "attention/cpu/softmax_rows.h"
 #include "attention/cpu/tile_gemm.h"
 #include "common/blas.h"
@@ -37,41 +37,9 @@ namespace {
 // narrowest full-height tile worth a GEMM call of its own.
 constexpr int64_t kDiagonalRows = 32, kMinFullWidth = 64;
 
-// Per-thread tile memory, kept between calls: a fresh 256 KiB allocation per
-// call would come from mmap, and its page faults cost as much as a small problem.
-template <typename T>
-class ThreadScratch {
- public:
-  explicit ThreadScratch(int64_t count) {
-    thread_local std::vector<double> storage;  // double-aligned for either T
-    const size_t doubles = (static_cast<size_t>(count) * sizeof(T) + 7) / 8;
-    if (storage.size() < doubles) storage.resize(doubles);
-    next_ = reinterpret_cast<T*>(storage.data());
-  }
-  T* take(int64_t count) {
-    T* out = next_;
-    next_ += count;
-    return out;
-  }
-
- private:
-  T* next_;
-};
-
 // Query block visited by task slot t of nb: 0, nb-1, 1, nb-2, ... so that a
 // thread's contiguous range of slots mixes cheap and expensive causal blocks.
 inline int64_t balanced_block(int64_t t, int64_t nb) { return t % 2 == 0 ? t / 2 : nb - 1 - t / 2; }
-
-// Keys of block [j0, j0 + nk) visible to query row i under the causal rule.
-inline int64_t causal_visible(const Problem& p, int64_t i, int64_t j0, int64_t nk) {
-  if (!p.causal) return nk;
-  return std::clamp<int64_t>(i + p.causal_offset - j0 + 1, 0, nk);
-}
-
-template <typename T>
-const T* ptr(const Operand& o, int64_t n, int64_t h, int64_t row) {
-  return static_cast<const T*>(o.data) + n * o.stride_n + h * o.stride_h + row * o.stride_row;
-}
 
 // --------------------------------------------------------------------------- forward
 

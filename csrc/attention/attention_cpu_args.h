@@ -1,0 +1,35 @@
+// Turning the attention ops' tensor arguments into the CPU kernels' Problem
+// (operand strides, the mask as an additive view, dropout seed), shared by the
+// flash op (attention_cpu.cpp) and the attention-with-weights op
+// (attention_weights_cpu.cpp).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "attention/attention_checks.h"
+#include "attention/cpu/attention_cpu_kernel.h"
+
+namespace pydl {
+namespace attention_cpu {
+
+void check_cpu_dtype(const at::Tensor& query);
+
+// The kernels hand rows to BLAS, which needs a contiguous last dim and rows at
+// least a row apart; anything else (rare) is copied once.
+at::Tensor gemm_ready(const at::Tensor& t);
+
+// The mask as an additive (N, Hq, L, S) view of broadcast strides: a bool
+// mask becomes 0 / -inf once, at its own (unbroadcast) size. Undefined when
+// there is no mask.
+at::Tensor additive_mask(const std::optional<at::Tensor>& mask, const at::Tensor& query,
+                         const AttentionShape& s);
+
+Problem make_problem(const AttentionShape& s, const at::Tensor& q, const at::Tensor& k,
+                     const at::Tensor& v, const at::Tensor& mask,
+                     const std::optional<at::Tensor>& dropout_seed, double dropout_p,
+                     bool is_causal, bool causal_bottom_right, double scale);
+
+}  // namespace attention_cpu
+}  // namespace pydl

@@ -1,0 +1,214 @@
+"""pydl.ops.attention_with_weights (torch.ops.pydl.attention_with_weights):
+attention that also returns its weights, against the float64 reference and
+against pydl's flash kernel (same dropout keep pattern for the same seed)."""
+
+import math
+
+import pytest
+import torch
+from conftest import assert_close_rel, needs_extension
+
+from pydl import reference
+from pydl.ops.attention_weights import attention_with_weights
+
+pytestmark = needs_extension
+
+
+def _inputs(N, H, Hk, L, S, E, Ev, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    make = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+    q, k, v = make(N, H, L, E), make(N, Hk, S, E), make(N, Hk, S, Ev)
+    return [t.requires_grad_() for t in (q, k, v)]
+
+
+def _mask(kind, N, H, L, S, dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    if kind is None:
+        return None
+    if kind == "bool":  # broadcast over heads
+        return torch.rand(N, 1, L, S, generator=g) > 0.3
+    if kind == "float":  # broadcast over batch, differentiable
+        return torch.randn(1, H, L, S, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    if kind == "padding":  # (N, 1, 1, S) key padding with -inf
+        m = torch.zeros(N, 1, 1, S, dtype=dtype)
+        m[..., S // 2:] = -math.inf
+        return m
+    raise AssertionError(kind)
+
+
+def _reference(q, k, v, mask, causal, average, dropout_mask=None, p=0.0):
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    return reference.attention_with_weights(q, k, v, mask, p, causal, dropout_mask=dropout_mask,
+                                            average_heads=average)
+
+
+def _grads(out, weights, inputs, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    go = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype)
+    gw = torch.randn(weights.shape, generator=g, dtype=torch.float64).to(out.dtype)
+    return torch.autograd.grad((out * go).sum() + (weights * gw).sum(), inputs)
+
+
+CASES = [
+    # N, H, Hk, L, S, E, Ev, mask, causal, average
+    (2, 4, 4, 37, 53, 16, 8, None, False, True),
+    (2, 4, 2, 37, 53, 16, 8, "bool", True, False),
+    (1, 3, 1, 70, 70, 8, 8, "float", True, True),
+    (2, 2, 2, 1, 1, 4, 4, None, False, False),
+    (1, 2, 2, 130, 100, 32, 16, "float", False, False),
+    (3, 2, 1, 65, 129, 24, 40, "padding", False, True),
+    (1, 2, 2, 40, 3000, 16, 16, "bool", True, True),  # long rows: few rows per block
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_matches_reference_float64(case):
+    N, H, Hk, L, S, E, Ev, kind, causal, average = case
+    q, k, v = _inputs(N, H, Hk, L, S, E, Ev, torch.float64)
+    mask = _mask(kind, N, H, L, S, torch.float64)
+    out, w = attention_with_weights(q, k, v, mask, 0.0, causal, average_heads=average)
+    ref, rw = _reference(q, k, v, mask, causal, average)
+    assert w.shape == ((N, L, S) if average else (N, H, L, S))
+    assert_close_rel(out, ref, torch.float64, "out")
+    assert_close_rel(w, rw, torch.float64, "weights")
+    inputs = [q, k, v] + ([mask] if kind == "float" else [])
+    for ours, theirs, name in zip(_grads(out, w, inputs), _grads(ref, rw, inputs),
+                                  ["dq", "dk", "dv", "dmask"]):
+        assert_close_rel(ours, theirs, torch.float64, name)
+
+
+@pytest.mark.parametrize("average", [True, False])
+def test_float32_against_float64_reference(average):
+    q, k, v = _inputs(2, 4, 4, 200, 300, 64, 64, torch.float32)
+    mask = _mask("bool", 2, 4, 200, 300, torch.float32)
+    out, w = attention_with_weights(q, k, v, mask, 0.0, True, average_heads=average)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref, rw = _reference(q64, k64, v64, mask, True, average)
+    assert_close_rel(out, ref, torch.float32, "out")
+    assert_close_rel(w, rw, torch.float32, "weights")
+    for ours, theirs, name in zip(_grads(out, w, [q, k, v]), _grads(ref, rw, [q64, k64, v64]),
+                                  ["dq", "dk", "dv"]):
+        assert_close_rel(ours, theirs, torch.float32, name)
+
+
+def test_gradient_through_one_output_only():
+    q, k, v = _inputs(2, 2, 2, 20, 30, 8, 8, torch.float64)
+    ref, rw = _reference(q, k, v, None, False, True)
+    out, w = attention_with_weights(q, k, v)
+    g = torch.autograd.grad(out.sum(), [q, k, v], retain_graph=True)
+    r = torch.autograd.grad(ref.sum(), [q, k, v], retain_graph=True)
+    for a, b in zip(g, r):
+        assert_close_rel(a, b, torch.float64, "grad through out only")
+    # the weights do not depend on v
+    g = torch.autograd.grad((w * w).sum(), [q, k, v])
+    r = torch.autograd.grad((rw * rw).sum(), [q, k])
+    for a, b in zip(g, r):
+        assert_close_rel(a, b, torch.float64, "grad through the weights only")
+    assert torch.equal(g[2], torch.zeros_like(v))
+
+
+def test_rows_that_see_no_key_give_zeros():
+    N, H, L, S = 1, 2, 6, 4
+    q, k, v = _inputs(N, H, H, L, S, 8, 8, torch.float64)
+    mask = torch.ones(N, 1, L, S, dtype=torch.bool)
+    mask[:, :, 2] = False  # row 2 sees nothing
+    out, w = attention_with_weights(q, k, v, mask, average_heads=False)
+    assert torch.equal(out[:, :, 2], torch.zeros_like(out[:, :, 2]))
+    assert torch.equal(w[:, :, 2], torch.zeros_like(w[:, :, 2]))
+    grads = torch.autograd.grad((out.sum() + w.sum()), [q, k, v])
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert torch.equal(grads[0][:, :, 2], torch.zeros_like(grads[0][:, :, 2]))
+    # bottom-right causal with L > S: the first L - S rows see no key
+    out, w, lse = torch.ops.pydl.attention_with_weights(q, k, v, None, None, 0.0, True, True,
+                                                         0.5, False)
+    ref, ref_lse, rw = reference.scaled_dot_product_attention(
+        q, k, v, None, 0.0, True, 0.5, causal_alignment="bottom_right", return_lse=True,
+        return_weights=True)
+    assert torch.equal(w[:, :, : L - S], torch.zeros_like(w[:, :, : L - S]))
+    assert torch.isneginf(lse[:, :, : L - S]).all()
+    assert_close_rel(out, ref, torch.float64, "bottom-right out")
+    assert_close_rel(w, rw, torch.float64, "bottom-right weights")
+    assert torch.allclose(lse[:, :, L - S:], ref_lse[:, :, L - S:], rtol=1e-12)
+
+
+def test_dropout_keeps_what_the_flash_kernel_keeps():
+    """Same seed, same keep decisions as torch.ops.pydl.attention; the weights
+    are the dropped-out ones, and the gradients match the reference given
+    that keep mask."""
+    p = 0.4
+    N, H, L, S, E = 2, 3, 33, 47, 16
+    q, k, v = _inputs(N, H, H, L, S, E, E, torch.float64)
+    seed = torch.tensor([12345], dtype=torch.int64)
+    out, w, lse = torch.ops.pydl.attention_with_weights(q, k, v, None, seed, p, False, False,
+                                                         E ** -0.5, False)
+    flash, flash_lse = torch.ops.pydl.attention(q, k, v, None, seed, p, False, False, E ** -0.5)
+    assert_close_rel(out, flash, torch.float64, "out vs flash kernel")
+    assert_close_rel(lse, flash_lse, torch.float64, "lse vs flash kernel")
+    keep = w != 0
+    assert 0.45 < keep.double().mean().item() < 0.75
+    ref, rw = _reference(q, k, v, None, False, False, dropout_mask=keep, p=p)
+    assert_close_rel(out, ref, torch.float64, "out")
+    assert_close_rel(w, rw, torch.float64, "weights")
+    for a, b, name in zip(_grads(out, w, [q, k, v]), _grads(ref, rw, [q, k, v]),
+                          ["dq", "dk", "dv"]):
+        assert_close_rel(a, b, torch.float64, name)
+
+
+def test_dropout_reproducible_under_manual_seed():
+    q, k, v = _inputs(1, 2, 2, 16, 16, 8, 8, torch.float32)
+    torch.manual_seed(7)
+    a = attention_with_weights(q, k, v, dropout_p=0.3)
+    torch.manual_seed(7)
+    b = attention_with_weights(q, k, v, dropout_p=0.3)
+    c = attention_with_weights(q, k, v, dropout_p=0.3)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[1], c[1])
+
+
+def test_gradcheck():
+    q, k, v = _inputs(1, 2, 1, 5, 6, 3, 4, torch.float64)
+    mask = _mask("float", 1, 2, 5, 6, torch.float64)
+    seed = torch.tensor([99], dtype=torch.int64)
+
+    def fn(q, k, v, mask):
+        out, w, _ = torch.ops.pydl.attention_with_weights(q, k, v, mask, seed, 0.25, True, False,
+                                                           0.7, True)
+        return out, w
+
+    assert torch.autograd.gradcheck(fn, (q, k, v, mask))
+
+
+def test_opcheck():
+    q, k, v = _inputs(2, 2, 1, 7, 9, 8, 4, torch.float32)
+    mask = _mask("float", 2, 2, 7, 9, torch.float32)
+    seed = torch.tensor([3], dtype=torch.int64)
+    for args in ((q, k, v, mask, seed, 0.2, True, False, 0.3, True),
+                 (q, k, v, None, None, 0.0, False, False, 0.3, False)):
+        torch.library.opcheck(torch.ops.pydl.attention_with_weights.default, args)
+
+
+def test_compile_fullgraph():
+    q, k, v = _inputs(1, 2, 2, 9, 11, 8, 8, torch.float64)
+    compiled = torch.compile(attention_with_weights, backend="aot_eager", fullgraph=True)
+    out, w = compiled(q, k, v)
+    ref, rw = attention_with_weights(q, k, v)
+    assert_close_rel(out, ref, torch.float64, "out")
+    assert_close_rel(w, rw, torch.float64, "weights")
+    (out.sum() + w.sum()).backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+def test_bad_input_gives_clear_errors():
+    q, k, v = _inputs(1, 2, 2, 4, 5, 8, 8, torch.float32)
+    with pytest.raises(ValueError, match="4-D"):
+        attention_with_weights(q[0], k, v)
+    with pytest.raises(ValueError, match="dropout_p"):
+        attention_with_weights(q, k, v, dropout_p=1.5)
+    with pytest.raises(RuntimeError, match="dtype"):
+        attention_with_weights(q, k.double(), v)
+    with pytest.raises(RuntimeError, match="broadcast"):
+        attention_with_weights(q, k, v, torch.ones(3, 5, dtype=torch.bool))
+    three = lambda t: t[:, :1].expand(1, 3, 5, 8).contiguous()
+    with pytest.raises(RuntimeError, match="multiple"):
+        attention_with_weights(q, three(k), three(v))
