@@ -66,11 +66,11 @@ def _case(length, dim, causal, train, cfg):
     return make_providers
 
 
-def _mha_case(batch, length, embed, heads, train, cfg, need_weights=False):
+def _mha_case(batch, length, embed, heads, train, cfg, need_weights=False, dropout=0.0):
     def make_providers():
         opts = {"device": cfg.device, "dtype": cfg.dtype}
-        theirs = torch.nn.MultiheadAttention(embed, heads, batch_first=True, **opts)
-        ours = MultiheadAttention(embed, heads, batch_first=True, **opts)
+        theirs = torch.nn.MultiheadAttention(embed, heads, dropout, batch_first=True, **opts)
+        ours = MultiheadAttention(embed, heads, dropout, batch_first=True, **opts)
         ours.load_state_dict(theirs.state_dict())
         for m in (ours, theirs):
             m.train(train)
@@ -93,20 +93,27 @@ def _mha_cases(cfg) -> list[Case]:
     for train in (False, True):
         for batch, length, embed, heads in MHA_SIZES:
             # need_weights=True (averaged weights, as torch returns them) only at
-            # the long sequence: where torch leaves its fused path.
-            for need_weights in (False, True) if length >= 1024 else (False,):
+            # the long sequence: where torch leaves its fused path; in training
+            # also with dropout (the weights returned are the dropped-out ones).
+            variants = [(False, 0.0)]
+            if length >= 1024:
+                variants += [(True, 0.0)] + ([(True, 0.1)] if train else [])
+            for need_weights, dropout in variants:
                 flops = 8 * batch * length * embed**2 + 4 * batch * length * length * embed
-                kind = ("fwd_bwd" if train else "fwd") + ("_weights" if need_weights else "")
+                kind = ("fwd_bwd" if train else "fwd") + ("_weights" if need_weights else "") \
+                    + ("_dropout" if dropout else "")
                 out.append(Case(
                     name=f"attention/mha_{kind}/B{batch}_L{length}_E{embed}",
                     family=FAMILY,
                     shape=f"B{batch} L{length} E{embed} H{heads}"
-                          + (" need_weights" if need_weights else ""),
+                          + (" need_weights" if need_weights else "")
+                          + (f" dropout {dropout}" if dropout else ""),
                     flops=flops * (3 if train else 1),
                     bytes=elem * (4 * embed**2 + 2 * batch * length * embed),
                     make_providers=_mha_case(batch, length, embed, heads, train, cfg,
-                                             need_weights),
-                    tags={"train": train, "module": True},
+                                             need_weights, dropout),
+                    # dropout rows: outputs differ by their masks (tests check the math)
+                    tags={"train": train, "module": True, "random": dropout > 0},
                 ))
     return out
 
