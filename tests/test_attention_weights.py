@@ -212,3 +212,49 @@ def test_bad_input_gives_clear_errors():
     three = lambda t: t[:, :1].expand(1, 3, 5, 8).contiguous()
     with pytest.raises(RuntimeError, match="multiple"):
         attention_with_weights(q, three(k), three(v))
+
+
+def _philox_keep(seed, head_row, col, p):
+    """The dropout rule written out independently: Philox4x32-10 on counter
+    (col // 4 as two words, head_row as two words) under key seed; the
+    weight survives when the top 24 bits of word col % 4 are >= p * 2^24."""
+    m32 = 0xFFFFFFFF
+    group = col >> 2
+    ctr = [group & m32, group >> 32, head_row & m32, head_row >> 32]
+    k0, k1 = seed & m32, seed >> 32
+    for _ in range(10):
+        p0, p1 = 0xD2511F53 * ctr[0], 0xCD9E8D57 * ctr[2]
+        ctr = [(p1 >> 32) ^ ctr[1] ^ k0, p1 & m32, (p0 >> 32) ^ ctr[3] ^ k1, p0 & m32]
+        k0, k1 = (k0 + 0x9E3779B9) & m32, (k1 + 0xBB67AE85) & m32
+    return (ctr[col & 3] >> 8) >= p * 16777216.0
+
+
+_KEEP_SCRIPT = """
+import torch, pydl
+N, H, L, S, seed, p = 2, 2, 5, 150, 987654321987, 0.5
+g = torch.Generator().manual_seed(0)
+q, k, v = (torch.randn(N, H, n, 8, generator=g, dtype=torch.float64) for n in (L, S, S))
+_, w, _ = torch.ops.pydl.attention_with_weights(
+    q, k, v, None, torch.tensor([seed]), p, False, False, 0.1, False)
+print("".join("1" if x else "0" for x in (w != 0).flatten().tolist()))
+"""
+
+
+@pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
+def test_dropout_keep_pattern_is_philox_on_every_isa(isa):
+    """Each per-ISA build (scalar, 8-lane AVX2, 16-lane AVX-512 Philox)
+    keeps exactly the weights the written-out rule keeps."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa)
+    run = subprocess.run([sys.executable, "-c", _KEEP_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    got = run.stdout.strip().splitlines()[-1]
+    N, H, L, S, seed, p = 2, 2, 5, 150, 987654321987, 0.5
+    want = "".join(
+        "1" if _philox_keep(seed, (n * H + h) * L + i, j, p) else "0"
+        for n in range(N) for h in range(H) for i in range(L) for j in range(S))
+    assert got == want

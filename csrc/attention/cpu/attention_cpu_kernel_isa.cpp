@@ -17,7 +17,7 @@
 #include <limits>
 
 #include "attention/cpu/attention_cpu_kernel.h"
-#include "attention/cpu/dropout_hash.h"
+#include "attention/cpu/dropout_keep_simd.h"
 #include "attention/cpu/kernel_helpers.h"
 #include "attention/cpu/softmax_rows.h"
 #include "attention/cpu/tile_gemm.h"
@@ -114,7 +114,7 @@ void forward_typed(const ForwardArgs& a) {
             l[r] = l[r] * alpha + sum;
             m[r] = m_new;
             if (dropout) {  // l sums the weights before dropout: lse is dropout-free
-              dropout_keep_row(keep, width, p.dropout_seed,
+              dropout_keep_row_simd(keep, width, p.dropout_seed,
                                static_cast<uint64_t>(nh * L + i0 + r), j0, p.dropout_p);
               mul_rows(row, keep, width);
             }
@@ -213,7 +213,7 @@ void backward_typed(const BackwardArgs& a) {
             if (dropout) {
               for (int64_t r = 0; r < nq; ++r) {
                 T* z = kept + r * kBwdBlockK;
-                dropout_keep_row(z, nk, p.dropout_seed, static_cast<uint64_t>(nh * L + i0 + r),
+                dropout_keep_row_simd(z, nk, p.dropout_seed, static_cast<uint64_t>(nh * L + i0 + r),
                                  j0, p.dropout_p);
                 mul_rows(dP + r * kBwdBlockK, z, nk);
                 mul_rows(z, P + r * kBwdBlockK, nk);

@@ -19,7 +19,7 @@
 #include <cstring>
 
 #include "attention/cpu/attention_weights_kernel.h"
-#include "attention/cpu/dropout_hash.h"
+#include "attention/cpu/dropout_keep_simd.h"
 #include "attention/cpu/kernel_helpers.h"
 #include "attention/cpu/softmax_rows.h"
 #include "attention/cpu/tile_gemm.h"
@@ -124,7 +124,7 @@ void forward_typed(const weights::ForwardArgs& a) {
           std::fill(row + key_end, row + S, T(0));
           row_lse = m + std::log(sum);
           if (p.dropout_p > 0.0) {  // the weights returned are the dropped-out ones, as torch's
-            dropout_keep_row(keep, key_end, p.dropout_seed, static_cast<uint64_t>(nh * L + i0 + r),
+            dropout_keep_row_simd(keep, key_end, p.dropout_seed, static_cast<uint64_t>(nh * L + i0 + r),
                              0, p.dropout_p);
             mul_rows(row, keep, key_end);
           }
@@ -212,7 +212,7 @@ void backward_typed(const weights::BackwardArgs& a) {
           const T* used = prob;  // the weights that multiplied V
           if (dropout) {
             for (int64_t r = 0; r < nq; ++r) {
-              dropout_keep_row(keep, key_end, p.dropout_seed,
+              dropout_keep_row_simd(keep, key_end, p.dropout_seed,
                                static_cast<uint64_t>(nh * L + i0 + r), 0, p.dropout_p);
               mul_rows(dprob + r * S, keep, key_end);
               T* z = dropped + r * S;
