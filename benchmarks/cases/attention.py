@@ -2,7 +2,8 @@
 torch.nn.functional.scaled_dot_product_attention with the same inputs.
 
 torch's side is pinned to its flash-attention backend (ATen's CPU flash
-kernel on CPU). Rows: forward and forward + backward, causal and not, head
+kernel on CPU; its math backend for the dropout row, the only one with
+dropout on the CPU). Rows: forward and forward + backward, causal and not, head
 dim 64 and 128, sequence length 128 .. 2048 (--quick) or 4096 (full), batch
 1 x 8 heads. FLOPs: 4 * b * h * L * S * d forward (causal: half); backward
 2.5x forward, so a forward + backward row counts 3.5x.
@@ -34,24 +35,26 @@ FULL_LENGTHS = (128, 512, 1024, 2048, 4096)
 MHA_SIZES = ((8, 128, 512, 8), (2, 1024, 512, 8))
 
 
-def _torch_sdpa(q, k, v, causal):
+def _torch_sdpa(q, k, v, causal, dropout=0.0):
     backend = SDPBackend.FLASH_ATTENTION if q.device.type == "cpu" or q.dtype != torch.float32 \
         else SDPBackend.EFFICIENT_ATTENTION
+    if dropout > 0.0 and q.device.type == "cpu":
+        backend = SDPBackend.MATH  # torch's CPU flash kernel has no dropout
     with sdpa_kernel(backend):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout)
 
 
-def _case(length, dim, causal, train, cfg):
+def _case(length, dim, causal, train, cfg, dropout=0.0):
     def make_providers():
         opts = {"device": cfg.device, "dtype": cfg.dtype, "requires_grad": train}
         q, k, v = (torch.randn(BATCH, HEADS, length, dim, **opts) for _ in range(3))
         grad = torch.randn(BATCH, HEADS, length, dim, device=cfg.device, dtype=cfg.dtype)
 
         def ours():
-            return scaled_dot_product_attention(q, k, v, is_causal=causal)
+            return scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout)
 
         def theirs():
-            return _torch_sdpa(q, k, v, causal)
+            return _torch_sdpa(q, k, v, causal, dropout)
 
         if not train:
             return {"pydl": ours, "torch": theirs}
@@ -138,4 +141,15 @@ def cases(cfg) -> list[Case]:
                         tags={"train": train, "causal": causal, "head_dim": dim,
                               "length": length},
                     ))
+    # Training with attention dropout (Transformer layers default to 0.1).
+    length, dim = 1024, 64
+    out.append(Case(
+        name=f"attention/fwd_bwd_dropout/full_L{length}_d{dim}",
+        family=FAMILY,
+        shape=f"B{BATCH} H{HEADS} L{length} S{length} d{dim} dropout 0.1",
+        flops=4 * BATCH * HEADS * length * length * dim * 3.5,
+        bytes=8 * BATCH * HEADS * length * dim * elem,
+        make_providers=_case(length, dim, False, True, cfg, dropout=0.1),
+        tags={"train": True, "causal": False, "head_dim": dim, "length": length, "random": True},
+    ))
     return out + _mha_cases(cfg)
