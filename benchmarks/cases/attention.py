@@ -8,7 +8,9 @@ dim 64 and 128, sequence length 128 .. 2048 (--quick) or 4096 (full), batch
 1 x 8 heads. FLOPs: 4 * b * h * L * S * d forward (causal: half); backward
 2.5x forward, so a forward + backward row counts 3.5x.
 
-Module rows: pydl.nn.MultiheadAttention vs torch.nn.MultiheadAttention (same
+Module rows: pydl.nn.TransformerEncoderLayer vs torch's (same weights,
+d_ff = 4 x embed, dropout 0.1 in training; torch's inference fast path on),
+and pydl.nn.MultiheadAttention vs torch.nn.MultiheadAttention (same
 weights, self-attention, batch_first, need_weights=False, and at L=1024 also
 need_weights=True (the averaged weights, differentiated in training); torch's module may
 take its native fast path in inference). FLOPs: the four projections
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from benchmarks.harness import Case
-from pydl.nn import MultiheadAttention
+from pydl.nn import MultiheadAttention, TransformerEncoderLayer
 from pydl.nn.functional import scaled_dot_product_attention
 
 FAMILY = "attention"
@@ -90,6 +92,48 @@ def _mha_case(batch, length, embed, heads, train, cfg, need_weights=False, dropo
     return make_providers
 
 
+def _encoder_layer_case(batch, length, embed, heads, train, cfg):
+    def make_providers():
+        opts = {"device": cfg.device, "dtype": cfg.dtype}
+        theirs = torch.nn.TransformerEncoderLayer(embed, heads, 4 * embed, batch_first=True, **opts)
+        ours = TransformerEncoderLayer(embed, heads, 4 * embed, batch_first=True, **opts)
+        ours.load_state_dict(theirs.state_dict())
+        for m in (ours, theirs):
+            m.train(train)
+        x = torch.randn(batch, length, embed, requires_grad=train, **opts)
+
+        def run(module):
+            out = module(x)
+            if train:
+                out.sum().backward()
+            return out.detach()
+
+        return {"pydl": lambda: run(ours), "torch": lambda: run(theirs)}
+
+    return make_providers
+
+
+def _encoder_layer_cases(cfg) -> list[Case]:
+    """TransformerEncoderLayer (d_ff = 4 x embed, dropout 0.1 as torch's
+    default): in inference torch's module takes its native fast path."""
+    elem = torch.empty((), dtype=cfg.dtype).element_size()
+    out = []
+    for train in (False, True):
+        for batch, length, embed, heads in MHA_SIZES:
+            flops = 24 * batch * length * embed**2 + 4 * batch * length * length * embed
+            out.append(Case(
+                name=f"attention/encoder_layer_{'fwd_bwd' if train else 'fwd'}/B{batch}_L{length}_E{embed}",
+                family=FAMILY,
+                shape=f"B{batch} L{length} E{embed} H{heads} ff{4 * embed}"
+                      + (" dropout 0.1" if train else ""),
+                flops=flops * (3 if train else 1),
+                bytes=elem * (12 * embed**2 + 2 * batch * length * embed),
+                make_providers=_encoder_layer_case(batch, length, embed, heads, train, cfg),
+                tags={"train": train, "module": True, "random": train},
+            ))
+    return out
+
+
 def _mha_cases(cfg) -> list[Case]:
     elem = torch.empty((), dtype=cfg.dtype).element_size()
     out = []
@@ -152,4 +196,4 @@ def cases(cfg) -> list[Case]:
         make_providers=_case(length, dim, False, True, cfg, dropout=0.1),
         tags={"train": True, "causal": False, "head_dim": dim, "length": length, "random": True},
     ))
-    return out + _mha_cases(cfg)
+    return out + _mha_cases(cfg) + _encoder_layer_cases(cfg)
