@@ -165,6 +165,18 @@ def _fallback(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_
         dropout_mask=dropout_mask, causal_alignment=causal_alignment, return_lse=return_lse)
 
 
+def input_grad_fakes(query, key, value, attn_mask, output_mask):
+    """Fake (dq, dk, dv, dmask) of an attention backward op: shaped like the
+    inputs; a mask gradient only for a float mask."""
+    mask_grad = output_mask[3] and attn_mask is not None and attn_mask.dtype != torch.bool
+    return (
+        query.new_empty(query.shape) if output_mask[0] else None,
+        key.new_empty(key.shape) if output_mask[1] else None,
+        value.new_empty(value.shape) if output_mask[2] else None,
+        attn_mask.new_empty(attn_mask.shape) if mask_grad else None,
+    )
+
+
 def _register() -> None:
     """Fake kernels and autograd for torch.ops.pydl.attention (extension loaded only)."""
 
@@ -179,13 +191,7 @@ def _register() -> None:
     def _attention_backward_fake(grad_out, query, key, value, attn_mask, dropout_seed, out, lse,
                                  grad_lse, dropout_p, is_causal, causal_bottom_right, scale,
                                  output_mask):
-        mask_grad = output_mask[3] and attn_mask is not None and attn_mask.dtype != torch.bool
-        return (
-            query.new_empty(query.shape) if output_mask[0] else None,
-            key.new_empty(key.shape) if output_mask[1] else None,
-            value.new_empty(value.shape) if output_mask[2] else None,
-            attn_mask.new_empty(attn_mask.shape) if mask_grad else None,
-        )
+        return input_grad_fakes(query, key, value, attn_mask, output_mask)
 
     def setup_context(ctx, inputs, output):
         query, key, value, attn_mask, dropout_seed, dropout_p, is_causal, bottom_right, scale = inputs

@@ -22,6 +22,7 @@ import math
 import torch
 
 from pydl import _backend, _ext, reference
+from pydl.ops.attention import input_grad_fakes
 
 
 def kernel_serves(query: torch.Tensor) -> bool:
@@ -93,13 +94,7 @@ def _register() -> None:
     def _backward_fake(grad_out, grad_weights, query, key, value, attn_mask, dropout_seed, lse,
                        dropout_p, is_causal, causal_bottom_right, scale, average_heads,
                        output_mask):
-        mask_grad = output_mask[3] and attn_mask is not None and attn_mask.dtype != torch.bool
-        return (
-            query.new_empty(query.shape) if output_mask[0] else None,
-            key.new_empty(key.shape) if output_mask[1] else None,
-            value.new_empty(value.shape) if output_mask[2] else None,
-            attn_mask.new_empty(attn_mask.shape) if mask_grad else None,
-        )
+        return input_grad_fakes(query, key, value, attn_mask, output_mask)
 
     def setup_context(ctx, inputs, output):
         (query, key, value, attn_mask, dropout_seed, dropout_p, is_causal, bottom_right, scale,
