@@ -258,3 +258,46 @@ def test_dropout_keep_pattern_is_philox_on_every_isa(isa):
         "1" if _philox_keep(seed, (n * H + h) * L + i, j, p) else "0"
         for n in range(N) for h in range(H) for i in range(L) for j in range(S))
     assert got == want
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_randomized_configurations(seed):
+    """Random sizes (incl. 1 and odd), GQA, masks, causal alignment, head
+    averaging and dropout, float64, through the op directly."""
+    g = torch.Generator().manual_seed(100 + seed)
+    pick = lambda *options: options[torch.randint(len(options), (1,), generator=g).item()]
+    Hk = pick(1, 2, 3)
+    N, H = pick(1, 2, 3), Hk * pick(1, 2)
+    L, S = pick(1, 7, 64, 65, 130), pick(1, 9, 64, 100, 257)
+    E, Ev = pick(1, 8, 24), pick(1, 8, 40)
+    kind, causal, bottom_right = pick(None, "bool", "float", "padding"), pick(False, True), pick(False, True)
+    average, p = pick(False, True), pick(0.0, 0.0, 0.3)
+    q, k, v = _inputs(N, H, Hk, L, S, E, Ev, torch.float64, seed=seed)
+    mask = _mask(kind, N, H, L, S, torch.float64, seed=seed)
+    scale = 0.1 + seed / 10
+    dseed = torch.tensor([seed * 7919 + 1], dtype=torch.int64)
+    out, w, lse = torch.ops.pydl.attention_with_weights(
+        q, k, v, mask, dseed if p else None, p, causal, bottom_right, scale, average)
+    dropout_mask = None
+    if p:  # the keep pattern, read off per-head weights of the same call
+        _, per_head, _ = torch.ops.pydl.attention_with_weights(
+            q, k, v, mask, dseed, p, causal, bottom_right, scale, False)
+        probs = reference.scaled_dot_product_attention(
+            q.detach(), k.detach(), v.detach(), mask, 0.0, causal, scale, enable_gqa=True,
+            causal_alignment="bottom_right" if bottom_right else "top_left", return_weights=True)[1]
+        dropout_mask = (per_head != 0) | (probs == 0)
+    ref, rlse, rw = reference.scaled_dot_product_attention(
+        q, k, v, mask, p, causal, scale, enable_gqa=True, dropout_mask=dropout_mask,
+        causal_alignment="bottom_right" if bottom_right else "top_left", return_lse=True,
+        return_weights=True)
+    if average:
+        rw = rw.mean(dim=1)
+    assert_close_rel(out, ref, torch.float64, "out")
+    assert_close_rel(w, rw, torch.float64, "weights")
+    finite = torch.isfinite(rlse)
+    assert torch.equal(torch.isfinite(lse), finite)
+    assert torch.allclose(lse[finite], rlse[finite], rtol=1e-12, atol=1e-12)
+    inputs = [q, k, v] + ([mask] if kind == "float" else [])
+    for a, b, name in zip(_grads(out, w, inputs), _grads(ref, rw, inputs),
+                          ["dq", "dk", "dv", "dmask"]):
+        assert_close_rel(a, b, torch.float64, name)
