@@ -142,6 +142,27 @@ def test_persistent_sizes_match_reference(batch, hidden):
         assert rel_error(a.cpu(), e) <= 2e-5, f"tensor {k}"
 
 
+def _kernels_run(fn) -> list[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.key for e in prof.key_averages()]
+
+
+@pytest.mark.parametrize("hidden, expected", [(64, True), (1001, True), (1500, False)])
+def test_persistent_kernel_actually_runs(hidden, expected, monkeypatch):
+    """The persistent kernel falls back to the cuBLAS loop quietly when it
+    cannot launch; the tests above would pass either way, so check by name
+    which kernel ran (H=1001: 128 KB of shared memory; H=1500 does not fit)."""
+    monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "1")
+    ours, _, _ = _models(torch.float32, input_size=16, hidden_size=hidden)
+    x = torch.randn(5, 3, 16, device="cuda")
+    with torch.no_grad():
+        names = _kernels_run(lambda: ours(x))
+    ran = any("persistent_forward_kernel" in n for n in names)
+    assert ran == expected, names
+
+
 def test_layer_op_gradcheck_float64_packed():
     """The cuBLAS loop (float64 never takes the persistent kernel) with more hx
     rows than batch_sizes[0], a trailing empty step, reverse and a projection."""

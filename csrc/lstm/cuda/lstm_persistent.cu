@@ -129,8 +129,10 @@ LaunchPlan plan_launch(int hidden) {
   const size_t smem = size_t(4) * units * hidden * sizeof(float);
   if (smem > size_t(smem_optin)) return plan;
   auto kernel = persistent_forward_kernel<T>;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(smem)) != cudaSuccess) {
+  // The cap is the device's opt-in maximum, the same on every call: a
+  // per-call size would let two host threads lower it under each other's launch.
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin) !=
+      cudaSuccess) {
     cudaGetLastError();  // ours: clear it; the caller takes the cuBLAS path
     return plan;
   }
