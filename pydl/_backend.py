@@ -19,6 +19,15 @@ from pydl._verified import VERIFIED_CUDA
 PYDL = "pydl"
 TORCH = "torch"
 
+def _cpu_bf16_units() -> bool:
+    """MKL's bf16 GEMM (what pydl's CPU bf16 attention tiles use) and bf16
+    units to run it (AMX or AVX512-BF16); without them torch's own path is the
+    better choice."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    units = any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return torch.backends.mkl.is_available() and units
+
+
 # Devices and dtypes each family's kernels accept.
 # The CPU conv2d kernel also accepts bf16/fp16 (torch.ops.pydl.conv2d computes
 # them in float32), but torch's oneDNN bf16 convolution (AMX where the CPU has
@@ -34,9 +43,11 @@ SUPPORTED = {
         "cpu": (torch.float32, torch.float64),
         "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
     },
-    # Fused attention: CPU kernels only so far (issue 3); bf16 and CUDA calls use torch's SDPA.
+    # Fused attention: CPU kernels only so far (issue 3); CUDA calls use torch's SDPA.
+    # CPU bf16 where the CPU has bf16 units (see _cpu_bf16_units); bf16 inference
+    # still goes to torch (pydl.ops.attention._torch_is_faster).
     "attention": {
-        "cpu": (torch.float32, torch.float64),
+        "cpu": (torch.float32, torch.float64) + ((torch.bfloat16,) if _cpu_bf16_units() else ()),
     },
 }
 

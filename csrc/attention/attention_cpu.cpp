@@ -48,7 +48,8 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(
   const at::Tensor q = gemm_ready(query), k = gemm_ready(key), v = gemm_ready(value);
   const at::Tensor mask = additive_mask(attn_mask, query, s);
   at::Tensor out = at::empty({s.batch, s.heads_q, s.len_q, s.dim_v}, query.options());
-  at::Tensor lse = at::empty({s.batch, s.heads_q, s.len_q}, query.options());
+  // lse in the compute dtype (float32 for bf16: it feeds the backward's exp).
+  at::Tensor lse = at::empty({s.batch, s.heads_q, s.len_q}, query.options().dtype(compute_dtype(query)));
   if (lse.numel() == 0) return {out, lse};
   ForwardArgs a{make_problem(s, q, k, v, mask, dropout_seed, dropout_p, is_causal,
                              causal_bottom_right, scale),
@@ -78,17 +79,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
                 "pydl.attention_backward: grad_out and out must be ", at::IntArrayRef(out_shape),
                 " ", query.scalar_type(), ", got ", t->sizes(), " ", t->scalar_type());
   }
-  TORCH_CHECK(lse.sizes() == at::IntArrayRef(lse_shape) &&
+  const at::ScalarType acc = compute_dtype(query);
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef(lse_shape) && lse.scalar_type() == acc &&
                   (!grad_lse.has_value() || grad_lse->sizes() == at::IntArrayRef(lse_shape)),
               "pydl.attention_backward: lse and grad_lse must be ", at::IntArrayRef(lse_shape),
-              ", got ", lse.sizes());
+              " ", acc, ", got ", lse.sizes(), " ", lse.scalar_type());
   const at::Tensor q = gemm_ready(query), k = gemm_ready(key), v = gemm_ready(value);
   const at::Tensor mask = additive_mask(attn_mask, query, s);
   const at::Tensor dout = grad_out.contiguous();
   // delta_i = rowsum(dO * O) - dlse_i: the row term of the softmax backward
   // (d lse_i / d s_ij = P_ij folds the lse gradient into the same place).
-  at::Tensor delta = (dout * out).sum(-1);
-  if (grad_lse.has_value()) delta = delta - *grad_lse;
+  at::Tensor delta = (dout.to(acc) * out.to(acc)).sum(-1);
+  if (grad_lse.has_value()) delta = delta - grad_lse->to(acc);
   delta = delta.contiguous();
   const at::Tensor lse_c = lse.contiguous();
 
@@ -98,14 +100,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
   const int64_t key_blocks = std::max<int64_t>(1, (s.len_kv + kBackwardBlockK - 1) / kBackwardBlockK);
   const int64_t chunks = output_mask[0] ? std::clamp<int64_t>(
       (4 * at::get_num_threads() + units - 1) / units, 1, std::min<int64_t>(key_blocks, 16)) : 1;
-  at::Tensor dq_acc = at::zeros({chunks, s.batch, s.heads_q, s.len_q, s.dim_qk}, query.options());
-  at::Tensor grad_k = at::zeros({s.batch, s.heads_kv, s.len_kv, s.dim_qk}, query.options());
-  at::Tensor grad_v = at::zeros({s.batch, s.heads_kv, s.len_kv, s.dim_v}, query.options());
+  // Accumulators in the compute dtype (float32 for bf16), cast at the end.
+  const auto acc_options = query.options().dtype(acc);
+  at::Tensor dq_acc = at::zeros({chunks, s.batch, s.heads_q, s.len_q, s.dim_qk}, acc_options);
+  at::Tensor grad_k = at::zeros({s.batch, s.heads_kv, s.len_kv, s.dim_qk}, acc_options);
+  at::Tensor grad_v = at::zeros({s.batch, s.heads_kv, s.len_kv, s.dim_v}, acc_options);
   const bool want_mask_grad = output_mask[3] && mask.defined() &&
                               attn_mask->scalar_type() != at::kBool;
   at::Tensor grad_scores;
   if (want_mask_grad) {
-    grad_scores = at::zeros({s.batch, s.heads_q, s.len_q, s.len_kv}, query.options());
+    grad_scores = at::zeros({s.batch, s.heads_q, s.len_q, s.len_kv}, acc_options);
   }
   if (lse.numel() > 0 && s.len_kv > 0) {
     BackwardArgs a{make_problem(s, q, k, v, mask, dropout_seed, dropout_p, is_causal,
@@ -126,11 +130,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
     kernel_for_this_cpu().backward(a);
   }
   at::Tensor g_q, g_k, g_v, g_mask;
-  if (output_mask[0]) g_q = chunks == 1 ? dq_acc.select(0, 0) : dq_acc.sum(0);
-  if (output_mask[1]) g_k = grad_k;
-  if (output_mask[2]) g_v = grad_v;
+  const at::ScalarType dtype = query.scalar_type();
+  if (output_mask[0]) g_q = (chunks == 1 ? dq_acc.select(0, 0) : dq_acc.sum(0)).to(dtype);
+  if (output_mask[1]) g_k = grad_k.to(dtype);
+  if (output_mask[2]) g_v = grad_v.to(dtype);
   // A broadcast mask's gradient sums over the dims it was broadcast along.
-  if (want_mask_grad) g_mask = at::sum_to(grad_scores, attn_mask->sizes());
+  if (want_mask_grad) g_mask = at::sum_to(grad_scores, attn_mask->sizes()).to(attn_mask->scalar_type());
   return {g_q, g_k, g_v, g_mask};
 }
 

@@ -1,5 +1,7 @@
 #include "attention/attention_cpu_args.h"
 
+#include "attention/cpu/tile_gemm.h"
+
 #include <algorithm>
 #include <limits>
 
@@ -7,8 +9,19 @@ namespace pydl {
 namespace attention_cpu {
 
 void check_cpu_dtype(const at::Tensor& query) {
+  const at::ScalarType t = query.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || (t == at::kBFloat16 && bf16_gemm_available()),
+              "pydl.attention (CPU): supports float32, float64 and (with MKL) bfloat16, got ", t);
+}
+
+void check_cpu_dtype_fp32_fp64(const at::Tensor& query) {
   TORCH_CHECK(query.scalar_type() == at::kFloat || query.scalar_type() == at::kDouble,
-              "pydl.attention (CPU): supports float32 and float64, got ", query.scalar_type());
+              "pydl.attention_with_weights (CPU): supports float32 and float64, got ",
+              query.scalar_type());
+}
+
+at::ScalarType compute_dtype(const at::Tensor& query) {
+  return query.scalar_type() == at::kBFloat16 ? at::kFloat : query.scalar_type();
 }
 
 at::Tensor gemm_ready(const at::Tensor& t) {
@@ -31,9 +44,12 @@ at::Tensor additive_mask(const std::optional<at::Tensor>& mask, const at::Tensor
                          const AttentionShape& s) {
   if (!mask.has_value()) return {};
   at::Tensor m = *mask;
+  const auto options = query.options().dtype(compute_dtype(query));
   if (m.scalar_type() == at::kBool) {
-    m = at::zeros(m.sizes(), query.options())
+    m = at::zeros(m.sizes(), options)
             .masked_fill_(m.logical_not(), -std::numeric_limits<double>::infinity());
+  } else {
+    m = m.to(options.dtype());  // at the mask's own size, before the broadcast
   }
   return m.expand({s.batch, s.heads_q, s.len_q, s.len_kv});
 }
@@ -50,7 +66,9 @@ Problem make_problem(const AttentionShape& s, const at::Tensor& q, const at::Ten
   p.len_kv = s.len_kv;
   p.dim_qk = s.dim_qk;
   p.dim_v = s.dim_v;
-  p.is_double = q.scalar_type() == at::kDouble;
+  p.storage = q.scalar_type() == at::kDouble     ? Storage::Double
+              : q.scalar_type() == at::kBFloat16 ? Storage::BFloat16
+                                                 : Storage::Float;
   p.scale = scale;
   p.causal = is_causal;
   p.causal_offset = causal_bottom_right ? s.len_kv - s.len_q : 0;

@@ -14,15 +14,22 @@
 namespace pydl {
 namespace attention_cpu {
 
+// The flash kernel: float32, float64, and bf16 where libtorch has MKL's bf16 GEMM.
 void check_cpu_dtype(const at::Tensor& query);
+// The attention-with-weights kernel: float32 and float64.
+void check_cpu_dtype_fp32_fp64(const at::Tensor& query);
+
+// The dtype the kernels compute in (and keep lse, masks, accumulators in):
+// float32 for bf16 inputs, else the inputs' own.
+at::ScalarType compute_dtype(const at::Tensor& query);
 
 // The kernels hand rows to BLAS, which needs a contiguous last dim and rows at
 // least a row apart; anything else (rare) is copied once.
 at::Tensor gemm_ready(const at::Tensor& t);
 
-// The mask as an additive (N, Hq, L, S) view of broadcast strides: a bool
-// mask becomes 0 / -inf once, at its own (unbroadcast) size. Undefined when
-// there is no mask.
+// The mask as an additive (N, Hq, L, S) view of broadcast strides, in the
+// compute dtype: a bool mask becomes 0 / -inf once, at its own (unbroadcast)
+// size. Undefined when there is no mask.
 at::Tensor additive_mask(const std::optional<at::Tensor>& mask, const at::Tensor& query,
                          const AttentionShape& s);
 

@@ -58,7 +58,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_with_weights_cpu(
     bool average_heads) {
   const AttentionShape s =
       check_attention_args(query, key, value, attn_mask, dropout_seed, dropout_p);
-  check_cpu_dtype(query);
+  check_cpu_dtype_fp32_fp64(query);
   const at::Tensor q = gemm_ready(query), k = gemm_ready(key), v = gemm_ready(value);
   const at::Tensor mask = additive_mask(attn_mask, query, s);
   at::Tensor out = at::empty({s.batch, s.heads_q, s.len_q, s.dim_v}, query.options());
@@ -84,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_with_weight
     double scale, bool average_heads, std::array<bool, 4> output_mask) {
   const AttentionShape s =
       check_attention_args(query, key, value, attn_mask, dropout_seed, dropout_p);
-  check_cpu_dtype(query);
+  check_cpu_dtype_fp32_fp64(query);
   const std::vector<int64_t> out_shape{s.batch, s.heads_q, s.len_q, s.dim_v};
   const std::vector<int64_t> w_shape = weights_shape(s, average_heads);
   TORCH_CHECK(!grad_out.has_value() || (grad_out->sizes() == at::IntArrayRef(out_shape) &&

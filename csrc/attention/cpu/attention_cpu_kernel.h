@@ -18,9 +18,15 @@ struct Operand {
 // What forward and backward share. Key j is visible to query row i when the
 // mask allows it and, if causal, j <= i + causal_offset (0: torch's top-left
 // alignment, S - L: bottom-right).
+// How q, k, v, out (and grad_out) are stored. The kernels compute in
+// float64 for Double and float32 otherwise: with BFloat16 the tiles, lse,
+// mask, delta and every gradient accumulator are float32, and the tile GEMMs
+// take bf16 operands (MKL's bf16 GEMM: AMX / AVX512-BF16 where the CPU has them).
+enum class Storage { Float, Double, BFloat16 };
+
 struct Problem {
   int64_t batch, heads_q, heads_kv, len_q, len_kv, dim_qk, dim_v;
-  bool is_double;
+  Storage storage;
   double scale;
   bool causal;
   int64_t causal_offset;
@@ -41,10 +47,11 @@ struct Problem {
 
 struct ForwardArgs {
   Problem p;
-  void* out;  // (N, Hq, L, Ev), contiguous
-  void* lse;  // (N, Hq, L): log-sum-exp of the scaled, masked scores (-inf: no visible key)
+  void* out;  // (N, Hq, L, Ev), contiguous, storage type
+  void* lse;  // (N, Hq, L), compute type: log-sum-exp of the scaled, masked scores (-inf: no visible key)
 };
 
+// grad_out in the storage type; everything else in the compute type.
 struct BackwardArgs {
   Problem p;
   const void* grad_out;  // (N, Hq, L, Ev), contiguous

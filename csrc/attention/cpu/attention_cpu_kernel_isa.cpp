@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "attention/cpu/attention_cpu_kernel.h"
 #include "attention/cpu/dropout_keep_simd.h"
@@ -43,41 +44,49 @@ inline int64_t balanced_block(int64_t t, int64_t nb) { return t % 2 == 0 ? t / 2
 
 // --------------------------------------------------------------------------- forward
 
-template <typename T>
+// S: how q, k, v, out are stored; T: the compute type (Compute<S>).
+template <typename S>
 void forward_typed(const ForwardArgs& a) {
+  using T = Compute<S>;
+  constexpr bool kConvert = !std::is_same_v<S, T>;  // bf16: tiles in float32
   const Problem& p = a.p;
-  const int64_t L = p.len_q, S = p.len_kv, E = p.dim_qk, Ev = p.dim_v;
+  const int64_t L = p.len_q, S_len = p.len_kv, E = p.dim_qk, Ev = p.dim_v;
   const int64_t group = p.heads_q / p.heads_kv;
   const int64_t kFwdBlockQ = p.block_q, kFwdBlockK = p.block_k;
   const int64_t nqb = (L + kFwdBlockQ - 1) / kFwdBlockQ;
   const T scale = static_cast<T>(p.scale);
   const bool dropout = p.dropout_p > 0.0;
   const T* mask = static_cast<const T*>(p.mask.data);
-  T* out = static_cast<T*>(a.out);
+  S* out = static_cast<S*>(a.out);
   T* lse = static_cast<T*>(a.lse);
 
   at::parallel_for(0, p.batch * p.heads_q * nqb, 1, [&](int64_t begin, int64_t end) {
     SingleThreadedBlas single_threaded;
-    ThreadScratch<T> scratch(kFwdBlockQ * kFwdBlockK + 2 * kFwdBlockQ + kFwdBlockK);
-    T* const tile = scratch.take(kFwdBlockQ * kFwdBlockK);
+    const int64_t tile_size = kFwdBlockQ * kFwdBlockK;
+    ThreadScratch<T> scratch(tile_size + 2 * kFwdBlockQ + kFwdBlockK +
+                             (kConvert ? tile_size + kFwdBlockQ * Ev : 0));
+    T* const tile = scratch.take(tile_size);
     T* const m = scratch.take(kFwdBlockQ);
     T* const l = scratch.take(kFwdBlockQ);
     T* const keep = scratch.take(kFwdBlockK);
+    // bf16: the probabilities in bf16 for the P V GEMM, and a float32 output block.
+    S* const tile_s = kConvert ? reinterpret_cast<S*>(scratch.take(tile_size)) : nullptr;
+    T* const o_acc = kConvert ? scratch.take(kFwdBlockQ * Ev) : nullptr;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t nh = t / nqb, n = nh / p.heads_q, h = nh % p.heads_q, hk = h / group;
       const int64_t i0 = balanced_block(t % nqb, nqb) * kFwdBlockQ;
       const int64_t nq = std::min(kFwdBlockQ, L - i0);
-      const T* q = ptr<T>(p.q, n, h, i0);
-      const T* k = ptr<T>(p.k, n, hk, 0);
-      const T* v = ptr<T>(p.v, n, hk, 0);
+      const S* q = ptr<S>(p.q, n, h, i0);
+      const S* k = ptr<S>(p.k, n, hk, 0);
+      const S* v = ptr<S>(p.v, n, hk, 0);
       const T* mtile = mask ? ptr<T>(p.mask, n, h, i0) : nullptr;
-      T* o = out + (nh * L + i0) * Ev;
+      T* o = kConvert ? o_acc : reinterpret_cast<T*>(out + (nh * L + i0) * Ev);
       std::fill(o, o + nq * Ev, T(0));
       std::fill(m, m + nq, neg_inf<T>());
       std::fill(l, l + nq, T(0));
       // Causal: no row of this block sees keys past its last row's limit.
       const int64_t key_end =
-          p.causal ? std::clamp<int64_t>(i0 + nq + p.causal_offset, 0, S) : S;
+          p.causal ? std::clamp<int64_t>(i0 + nq + p.causal_offset, 0, S_len) : S_len;
       // Keys before full_end are visible to every row of the block: full-height
       // tiles. The rest, the causal diagonal (at most block_q - 1 keys, plus a
       // leftover of fewer than kMinFullWidth), is one tile done in slabs of
@@ -96,9 +105,8 @@ void forward_typed(const ForwardArgs& a) {
           const int64_t width = crosses ? causal_visible(p, i0 + r1 - 1, j0, nk) : nk;
           if (width == 0) continue;  // these rows see none of the block
           T* s = tile + r0 * kFwdBlockK;
-          gemm_rm<T>(false, true, r1 - r0, width, E, scale, q + r0 * p.q.stride_row,
-                     p.q.stride_row, k + j0 * p.k.stride_row, p.k.stride_row, T(0), s,
-                     kFwdBlockK);
+          gemm_rm(false, true, r1 - r0, width, E, scale, q + r0 * p.q.stride_row,
+                  p.q.stride_row, k + j0 * p.k.stride_row, p.k.stride_row, T(0), s, kFwdBlockK);
           for (int64_t r = r0; r < r1; ++r) {
             T* row = tile + r * kFwdBlockK;
             const int64_t visible = causal_visible(p, i0 + r, j0, width);
@@ -119,8 +127,10 @@ void forward_typed(const ForwardArgs& a) {
               mul_rows(row, keep, width);
             }
           }
-          gemm_rm<T>(false, false, r1 - r0, Ev, width, T(1), s, kFwdBlockK,
-                     v + j0 * p.v.stride_row, p.v.stride_row, T(1), o + r0 * Ev, Ev);
+          gemm_rm(false, false, r1 - r0, Ev, width, T(1),
+                  as_storage(s, tile_s ? tile_s + r0 * kFwdBlockK : nullptr, r1 - r0, width,
+                             kFwdBlockK),
+                  kFwdBlockK, v + j0 * p.v.stride_row, p.v.stride_row, T(1), o + r0 * Ev, Ev);
         }
       }
       // Rule for a row with no visible key (l = 0): output zeros, lse = -inf.
@@ -133,24 +143,27 @@ void forward_typed(const ForwardArgs& a) {
           lse[nh * L + i0 + r] = neg_inf<T>();
         }
       }
+      if constexpr (kConvert) at::vec::convert(o, out + (nh * L + i0) * Ev, nq * Ev);
     }
   });
 }
 
 // --------------------------------------------------------------------------- backward
 
-template <typename T>
+template <typename S>
 void backward_typed(const BackwardArgs& a) {
+  using T = Compute<S>;
+  constexpr bool kConvert = !std::is_same_v<S, T>;  // bf16: tiles in float32
   const Problem& p = a.p;
-  const int64_t L = p.len_q, S = p.len_kv, E = p.dim_qk, Ev = p.dim_v;
+  const int64_t L = p.len_q, S_len = p.len_kv, E = p.dim_qk, Ev = p.dim_v;
   const int64_t group = p.heads_q / p.heads_kv;
   const int64_t kBwdBlockQ = p.block_q, kBwdBlockK = p.block_k;
   const int64_t nqb = (L + kBwdBlockQ - 1) / kBwdBlockQ;
-  const int64_t nkb = (S + kBwdBlockK - 1) / kBwdBlockK;
+  const int64_t nkb = (S_len + kBwdBlockK - 1) / kBwdBlockK;
   const T scale = static_cast<T>(p.scale);
   const bool dropout = p.dropout_p > 0.0;
   const T* mask = static_cast<const T*>(p.mask.data);
-  const T* dout = static_cast<const T*>(a.grad_out);
+  const S* dout = static_cast<const S*>(a.grad_out);
   const T* lse = static_cast<const T*>(a.lse);
   const T* delta = static_cast<const T*>(a.delta);
   T* grad_k = static_cast<T*>(a.grad_k);
@@ -162,20 +175,22 @@ void backward_typed(const BackwardArgs& a) {
     using V = Vec<T>;
     SingleThreadedBlas single_threaded;
     const int64_t kTile = kBwdBlockQ * kBwdBlockK;
-    ThreadScratch<T> scratch(3 * kTile);
+    ThreadScratch<T> scratch((kConvert ? 4 : 3) * kTile);
     T* const prob = scratch.take(kTile);
     T* const dprob = scratch.take(kTile);
     T* const kept = scratch.take(kTile);
+    // bf16: P and dS converted for the GEMMs that take them as operands.
+    S* const tile_s = kConvert ? reinterpret_cast<S*>(scratch.take(kTile)) : nullptr;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t chunk = t % a.chunks, nhk = t / a.chunks;
       const int64_t n = nhk / p.heads_kv, hk = nhk % p.heads_kv;
       T* dq_base = static_cast<T*>(a.grad_q) + chunk * dq_slice;
       for (int64_t kb = chunk; kb < nkb; kb += a.chunks) {
-        const int64_t j0 = kb * kBwdBlockK, nk_block = std::min(kBwdBlockK, S - j0);
-        const T* k = ptr<T>(p.k, n, hk, j0);
-        const T* v = ptr<T>(p.v, n, hk, j0);
-        T* dk = grad_k + (nhk * S + j0) * E;
-        T* dv = grad_v + (nhk * S + j0) * Ev;
+        const int64_t j0 = kb * kBwdBlockK, nk_block = std::min(kBwdBlockK, S_len - j0);
+        const S* k = ptr<S>(p.k, n, hk, j0);
+        const S* v = ptr<S>(p.v, n, hk, j0);
+        T* dk = grad_k + (nhk * S_len + j0) * E;
+        T* dv = grad_v + (nhk * S_len + j0) * Ev;
         // Causal: rows before j0 - offset see none of these keys.
         const int64_t i_first = p.causal ? std::max<int64_t>(0, j0 - p.causal_offset) : 0;
         for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
@@ -188,12 +203,12 @@ void backward_typed(const BackwardArgs& a) {
             if (nk == 0) continue;
             const T* mt = mask ? ptr<T>(p.mask, n, h, i0) + j0 * p.mask_stride_col : nullptr;
             if (mt && tile_all_masked(mt, p.mask.stride_row, p.mask_stride_col, nq, nk)) continue;
-            const T* q = ptr<T>(p.q, n, h, i0);
-            const T* dO = dout + (nh * L + i0) * Ev;
+            const S* q = ptr<S>(p.q, n, h, i0);
+            const S* dO = dout + (nh * L + i0) * Ev;
             T* P = prob;
             T* dP = dprob;
-            gemm_rm<T>(false, true, nq, nk, E, scale, q, p.q.stride_row, k, p.k.stride_row, T(0),
-                       P, kBwdBlockK);
+            gemm_rm(false, true, nq, nk, E, scale, q, p.q.stride_row, k, p.k.stride_row, T(0), P,
+                    kBwdBlockK);
             // P = exp(score - lse): the forward's softmax, recomputed.
             for (int64_t r = 0; r < nq; ++r) {
               T* row = P + r * kBwdBlockK;
@@ -207,8 +222,8 @@ void backward_typed(const BackwardArgs& a) {
               exp_sum(row, nk, row_lse);
             }
             // dP = dO V^T (gradient w.r.t. the dropped-out weights).
-            gemm_rm<T>(false, true, nq, nk, Ev, T(1), dO, Ev, v, p.v.stride_row, T(0), dP,
-                       kBwdBlockK);
+            gemm_rm(false, true, nq, nk, Ev, T(1), dO, Ev, v, p.v.stride_row, T(0), dP,
+                    kBwdBlockK);
             const T* P_used = P;  // the weights that multiplied V in the forward
             if (dropout) {
               for (int64_t r = 0; r < nq; ++r) {
@@ -221,7 +236,9 @@ void backward_typed(const BackwardArgs& a) {
               P_used = kept;
             }
             if (a.need_v) {
-              gemm_rm<T>(true, false, nk, Ev, nq, T(1), P_used, kBwdBlockK, dO, Ev, T(1), dv, Ev);
+              gemm_rm(true, false, nk, Ev, nq, T(1),
+                      as_storage(P_used, tile_s, nq, nk, kBwdBlockK), kBwdBlockK, dO, Ev, T(1),
+                      dv, Ev);
             }
             // dS = P * (dP - delta_i): the softmax backward, delta_i = rowsum(dO * O) - dlse_i.
             for (int64_t r = 0; r < nq; ++r) {
@@ -233,15 +250,19 @@ void backward_typed(const BackwardArgs& a) {
                 (V::loadu(pr + c) * (V::loadu(ds + c) - d)).store(ds + c);
               }
               for (; c < nk; ++c) ds[c] = pr[c] * (ds[c] - delta[nh * L + i0 + r]);
-              if (grad_mask) std::memcpy(grad_mask + (nh * L + i0 + r) * S + j0, ds, sizeof(T) * nk);
+              if (grad_mask) {
+                std::memcpy(grad_mask + (nh * L + i0 + r) * S_len + j0, ds, sizeof(T) * nk);
+              }
             }
+            const auto* dS = (a.need_k || a.need_q) ? as_storage(dP, tile_s, nq, nk, kBwdBlockK)
+                                                   : nullptr;
             if (a.need_k) {
-              gemm_rm<T>(true, false, nk, E, nq, scale, dP, kBwdBlockK, q, p.q.stride_row, T(1),
-                         dk, E);
+              gemm_rm(true, false, nk, E, nq, scale, dS, kBwdBlockK, q, p.q.stride_row, T(1), dk,
+                      E);
             }
             if (a.need_q) {
-              gemm_rm<T>(false, false, nq, E, nk, scale, dP, kBwdBlockK, k, p.k.stride_row, T(1),
-                         dq_base + (nh * L + i0) * E, E);
+              gemm_rm(false, false, nq, E, nk, scale, dS, kBwdBlockK, k, p.k.stride_row, T(1),
+                      dq_base + (nh * L + i0) * E, E);
             }
           }
         }
@@ -251,11 +272,19 @@ void backward_typed(const BackwardArgs& a) {
 }
 
 void forward(const ForwardArgs& a) {
-  a.p.is_double ? forward_typed<double>(a) : forward_typed<float>(a);
+  switch (a.p.storage) {
+    case Storage::Float: return forward_typed<float>(a);
+    case Storage::Double: return forward_typed<double>(a);
+    case Storage::BFloat16: return forward_typed<c10::BFloat16>(a);
+  }
 }
 
 void backward(const BackwardArgs& a) {
-  a.p.is_double ? backward_typed<double>(a) : backward_typed<float>(a);
+  switch (a.p.storage) {
+    case Storage::Float: return backward_typed<float>(a);
+    case Storage::Double: return backward_typed<double>(a);
+    case Storage::BFloat16: return backward_typed<c10::BFloat16>(a);
+  }
 }
 
 }  // namespace

@@ -252,12 +252,13 @@ void backward_typed(const weights::BackwardArgs& a) {
   });
 }
 
+// float32 / float64 only (the host checks; bf16 calls are not routed here).
 void forward(const weights::ForwardArgs& a) {
-  a.p.is_double ? forward_typed<double>(a) : forward_typed<float>(a);
+  a.p.storage == Storage::Double ? forward_typed<double>(a) : forward_typed<float>(a);
 }
 
 void backward(const weights::BackwardArgs& a) {
-  a.p.is_double ? backward_typed<double>(a) : backward_typed<float>(a);
+  a.p.storage == Storage::Double ? backward_typed<double>(a) : backward_typed<float>(a);
 }
 
 }  // namespace

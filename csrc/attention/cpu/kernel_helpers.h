@@ -5,8 +5,12 @@
 // linker hand AVX-512 code to a machine without it).
 #pragma once
 
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "attention/cpu/attention_cpu_kernel.h"
@@ -18,6 +22,32 @@
 namespace pydl {
 namespace attention_cpu {
 namespace CPU_CAPABILITY {
+
+// The type the kernels compute in for each storage type: bf16 inputs are
+// computed in float32 (tiles, softmax, accumulators).
+template <typename S>
+struct ComputeType {
+  using type = S;
+};
+template <>
+struct ComputeType<c10::BFloat16> {
+  using type = float;
+};
+template <typename S>
+using Compute = typename ComputeType<S>::type;
+
+// rows x cols of a compute-type tile (row stride ld) as storage-type GEMM
+// operands: the tile itself when the types agree, else converted into
+// `converted` (same row stride).
+template <typename S, typename T>
+const S* as_storage(const T* tile, S* converted, int64_t rows, int64_t cols, int64_t ld) {
+  if constexpr (std::is_same_v<S, T>) {
+    return tile;
+  } else {
+    for (int64_t r = 0; r < rows; ++r) at::vec::convert(tile + r * ld, converted + r * ld, cols);
+    return converted;
+  }
+}
 
 // Per-thread tile memory, kept between calls: a fresh 256 KiB allocation per
 // call would come from mmap, and its page faults cost as much as a small problem.

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include <c10/util/BFloat16.h>
+
 #include "common/blas.h"
 
 namespace pydl {
@@ -38,6 +40,15 @@ inline void gemm_rm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
     dgemm_(&ta, &tb, &m_, &n_, &k_, &alpha, b, &lda_, a, &ldb_, &beta, c, &ldc_);
   }
 }
+
+// bf16 operands, float32 C: MKL's cblas_gemm_bf16bf16f32 (row-major
+// directly). Only called when bf16_gemm_available().
+void gemm_rm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+             const c10::BFloat16* a, int64_t lda, const c10::BFloat16* b, int64_t ldb, float beta,
+             float* c, int64_t ldc);
+
+// Whether the BLAS that libtorch links has a bf16 GEMM (MKL does).
+bool bf16_gemm_available();
 
 }  // namespace attention_cpu
 }  // namespace pydl
