@@ -181,3 +181,18 @@ def test_weights_are_differentiable_like_torch(average, mask_kind):
                                [x] + list(theirs.parameters()))
     for a, e in zip(got, want):
         assert_close_rel(a, e, dtype, "grad")
+
+
+def test_need_weights_under_cpu_autocast_matches_torch():
+    """bf16 under autocast: the weights come from the fused output's lse path
+    (the attention-with-weights kernel is float32/float64), as torch's do."""
+    ours, theirs = _pair(embed_dim=16, num_heads=2, batch_first=True)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, w = ours(x, x, x)
+        ref, rw = theirs(x, x, x)
+    assert out.dtype == ref.dtype and w.dtype == rw.dtype
+    assert (out.float() - ref.float()).abs().max() < 5e-2
+    assert (w.float() - rw.float()).abs().max() < 2e-2
+    out.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

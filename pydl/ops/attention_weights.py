@@ -26,8 +26,9 @@ from pydl.ops.attention import input_grad_fakes
 
 
 def kernel_serves(query: torch.Tensor) -> bool:
-    """Whether pydl's attention-with-weights kernel runs for this query (CPU only)."""
-    if query.device.type != "cpu":
+    """Whether pydl's attention-with-weights kernel runs for this query (CPU,
+    float32 / float64)."""
+    if query.device.type != "cpu" or query.dtype not in (torch.float32, torch.float64):
         return False
     return _backend.explain("attention", "cpu", query.dtype)[0] == _backend.PYDL
 
