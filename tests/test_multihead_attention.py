@@ -196,3 +196,17 @@ def test_need_weights_under_cpu_autocast_matches_torch():
     assert (w.float() - rw.float()).abs().max() < 2e-2
     out.float().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_need_weights_with_dropout_under_autocast_is_torchs(monkeypatch):
+    """bf16 under autocast with dropout in training: the fused bf16 path does
+    not return dropped-out weights, so torch's module serves the call
+    (strict mode says so)."""
+    ours, _ = _pair(embed_dim=16, num_heads=2, dropout=0.5, batch_first=True)
+    x = torch.randn(2, 5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, w = ours(x, x, x, average_attn_weights=False)
+        monkeypatch.setenv("PYDL_STRICT", "1")
+        with pytest.raises(pydl.FallbackError, match="dropout"):
+            ours(x, x, x)
+    assert w.dtype == torch.bfloat16 and (w == 0).any()  # dropped-out weights, as torch's

@@ -29,11 +29,20 @@ from pydl.ops.attention import scaled_dot_product_attention
 from pydl.ops.attention_weights import attention_with_weights, kernel_serves
 
 
+def _projected_dtype(query: torch.Tensor) -> torch.dtype:
+    """The dtype the heads will have: the autocast dtype under autocast."""
+    device = query.device.type
+    if torch.is_autocast_enabled(device) and query.dtype == torch.float32:
+        return torch.get_autocast_dtype(device)
+    return query.dtype
+
+
 class MultiheadAttention(torch.nn.MultiheadAttention):
     def _torch_reason(self, query: torch.Tensor, need_weights: bool) -> str | None:
         if self.bias_k is not None or self.add_zero_attn:
             return "add_bias_kv / add_zero_attn"
-        if need_weights and self.training and self.dropout > 0.0 and not kernel_serves(query):
+        if (need_weights and self.training and self.dropout > 0.0
+                and not kernel_serves(query, _projected_dtype(query))):
             return "need_weights=True with dropout active (torch returns the dropped-out weights)"
         return None
 

@@ -25,12 +25,14 @@ from pydl import _backend, _ext, reference
 from pydl.ops.attention import input_grad_fakes
 
 
-def kernel_serves(query: torch.Tensor) -> bool:
+def kernel_serves(query: torch.Tensor, dtype: torch.dtype | None = None) -> bool:
     """Whether pydl's attention-with-weights kernel runs for this query (CPU,
-    float32 / float64)."""
-    if query.device.type != "cpu" or query.dtype not in (torch.float32, torch.float64):
+    float32 / float64); ``dtype``: the one the call will compute in, when it
+    differs from the query's (autocast)."""
+    dtype = query.dtype if dtype is None else dtype
+    if query.device.type != "cpu" or dtype not in (torch.float32, torch.float64):
         return False
-    return _backend.explain("attention", "cpu", query.dtype)[0] == _backend.PYDL
+    return _backend.explain("attention", "cpu", dtype)[0] == _backend.PYDL
 
 
 def attention_with_weights(
