@@ -34,9 +34,11 @@ SUPPORTED = {
         "cpu": (torch.float32, torch.float64),
         "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
     },
-    # Fused attention: CPU kernels only so far (issue 3); bf16 and CUDA calls use torch's SDPA.
+    # Fused attention. bf16/fp16 on the CPU use torch's SDPA; the CUDA kernels
+    # are opt-in until verified on a GPU (see pydl/_verified.py).
     "attention": {
         "cpu": (torch.float32, torch.float64),
+        "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
     },
 }
 

@@ -5,7 +5,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <limits>
 
 #include "attention/attention_checks.h"
 #include "attention/cpu/attention_cpu_kernel.h"
@@ -40,19 +39,6 @@ Operand operand(const at::Tensor& t) {
   // A single row's stride is arbitrary in torch; BLAS wants at least its width.
   const int64_t row = t.size(2) <= 1 ? std::max<int64_t>(t.size(3), 1) : t.stride(2);
   return {t.const_data_ptr(), t.stride(0), t.stride(1), row};
-}
-
-// The mask as an additive (N, Hq, L, S) view of broadcast strides: a bool
-// mask becomes 0 / -inf once, at its own (unbroadcast) size.
-at::Tensor additive_mask(const std::optional<at::Tensor>& mask, const at::Tensor& query,
-                         const AttentionShape& s) {
-  if (!mask.has_value()) return {};
-  at::Tensor m = *mask;
-  if (m.scalar_type() == at::kBool) {
-    m = at::zeros(m.sizes(), query.options())
-            .masked_fill_(m.logical_not(), -std::numeric_limits<double>::infinity());
-  }
-  return m.expand({s.batch, s.heads_q, s.len_q, s.len_kv});
 }
 
 Problem make_problem(const AttentionShape& s, const at::Tensor& q, const at::Tensor& k,
@@ -130,17 +116,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
   const AttentionShape s =
       check_attention_args(query, key, value, attn_mask, dropout_seed, dropout_p);
   check_cpu_dtype(query);
-  const std::vector<int64_t> out_shape{s.batch, s.heads_q, s.len_q, s.dim_v};
-  const std::vector<int64_t> lse_shape{s.batch, s.heads_q, s.len_q};
-  for (const at::Tensor* t : {&grad_out, &out}) {
-    TORCH_CHECK(t->sizes() == at::IntArrayRef(out_shape) && t->scalar_type() == query.scalar_type(),
-                "pydl.attention_backward: grad_out and out must be ", at::IntArrayRef(out_shape),
-                " ", query.scalar_type(), ", got ", t->sizes(), " ", t->scalar_type());
-  }
-  TORCH_CHECK(lse.sizes() == at::IntArrayRef(lse_shape) &&
-                  (!grad_lse.has_value() || grad_lse->sizes() == at::IntArrayRef(lse_shape)),
-              "pydl.attention_backward: lse and grad_lse must be ", at::IntArrayRef(lse_shape),
-              ", got ", lse.sizes());
+  check_attention_backward_tensors(s, query, grad_out, out, lse, grad_lse, query.scalar_type());
   const at::Tensor q = gemm_ready(query), k = gemm_ready(key), v = gemm_ready(value);
   const at::Tensor mask = additive_mask(attn_mask, query, s);
   const at::Tensor dout = grad_out.contiguous();
