@@ -9,6 +9,9 @@
 #   bash scripts/gpu_check.sh            # everything
 #   STEPS="tests" bash scripts/gpu_check.sh   # a subset of: build tests cputests bench
 #   BENCH_ARGS="--quick --only /b32/" ...     # what `python -m benchmarks --device cuda` gets
+#   BENCH_ARGS="--quick --only attention/" ...  # one family (attention: ~46 SDPA rows + MHA rows)
+# The gpu tests include tests/test_attention_cuda.py (~140 tests, about a
+# minute on an H100); the quick benchmarks include attention's GPU rows.
 cd "$(dirname "$0")/.."
 export PYDL_SKIP_PIP=1 PYDL_CUDA=1 PYTHONUNBUFFERED=1
 OUT=${OUT:-$PWD/gpu_check_out}
@@ -63,6 +66,8 @@ if [ "${PIPESTATUS[0]}" -ne 0 ] && command -v cuda-gdb > /dev/null; then
 fi
 
 if [[ $STEPS == *" tests"* || $STEPS == "tests"* ]]; then
+  # Attention: one line of errors per CUDA kernel path, before the full tests.
+  timeout 120 "$PYTHON" scripts/attention_smoke.py 2>&1 | tail -n 20 | tee -a "$report"
   start=$SECONDS
   PYDL_EXPERIMENTAL_CUDA=1 timeout ${TEST_TIMEOUT:-300} "$PYTHON" -m pytest tests -m gpu -q -p no:cacheprovider \
     > "$OUT/gpu_tests.log" 2>&1

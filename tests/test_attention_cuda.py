@@ -64,6 +64,7 @@ CASES = [
     (1, 2, 2, 17, 1, 8, 24, None, "bottom_right"),  # only the last row sees the key
     (2, 6, 2, 64, 200, 256, 40, "float_h", None),
     (1, 3, 3, 255, 255, 128, 128, "float_b", "bottom_right"),
+    (1, 2, 2, 33, 47, 12, 20, "float_b", "top_left"),  # head dims not multiples of 8: CUDA cores
 ]
 
 
@@ -93,8 +94,8 @@ def _cast(t, dtype):
 
 def _kw(case):
     causal = case[8]
-    return dict(is_causal=causal is not None, causal_alignment=causal or "top_left",
-                enable_gqa=case[1] != case[2])
+    return {"is_causal": causal is not None, "causal_alignment": causal or "top_left",
+                "enable_gqa": case[1] != case[2]}
 
 
 def _torch_can(case):
@@ -232,6 +233,34 @@ def test_grads_vs_torch_flash(dtype, E):
         _check(a, e, dtype, f"d{name} vs flash", t)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["nlhe", "sliced", "misaligned"])
+def test_strided_inputs(dtype, layout):
+    """(N, L, H, E).transpose(1, 2) views (no copy), a head-dim slice (row
+    stride 48), and a 2-byte-offset slice (the tensor-core path copies it)."""
+    g = torch.Generator().manual_seed(4)
+    view = {"nlhe": lambda t: t.transpose(1, 2),
+            "sliced": lambda t: t.transpose(1, 2)[..., :40],
+            "misaligned": lambda t: t.transpose(1, 2)[..., 1:41]}[layout]
+    bases = [torch.randn(2, 100, 4, 48, generator=g, dtype=torch.float64).cuda() for _ in range(3)]
+    q, k, v = (view(b) for b in bases)
+    cast = [view(b.to(dtype)) for b in bases]  # views of the cast tensors: the strides survive
+    assert not cast[0].is_contiguous()
+    grad_out = torch.randn(2, 4, 100, q.shape[-1], generator=g, dtype=torch.float64).cuda()
+    fn = lambda q, k, v, m: reference.scaled_dot_product_attention(q, k, v, is_causal=True)
+    exact_out, _, exact = _forward_and_grads(fn, q, k, v, None, grad_out)
+    ours = lambda q, k, v, m: sdpa(q, k, v, is_causal=True)
+    out, _, got = _forward_and_grads(ours, *cast, None, grad_out)
+    theirs_out, theirs = None, [None] * 3
+    if dtype in LOW:
+        theirs_out, _, theirs = _forward_and_grads(
+            lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+            *cast, None, grad_out)
+    _check(out, exact_out, dtype, f"{layout} out", theirs_out)
+    for name, a, e, t in zip("qkv", got, exact, theirs):
+        _check(a, e, dtype, f"{layout} d{name}", t)
+
+
 def test_fully_masked_rows_have_zero_grads():
     q, k, v, _ = _inputs((1, 2, 2, 40, 10, 64, 64, None, "bottom_right"))
     mask = torch.ones(40, 10, dtype=torch.bool, device="cuda")
@@ -248,7 +277,7 @@ def test_fully_masked_rows_have_zero_grads():
 
 def test_gradcheck_float64():
     torch.manual_seed(5)
-    d = dict(dtype=torch.float64, device="cuda", requires_grad=True)
+    d = {"dtype": torch.float64, "device": "cuda", "requires_grad": True}
     q, k, v = torch.randn(1, 4, 5, 8, **d), torch.randn(1, 2, 7, 8, **d), torch.randn(1, 2, 7, 6, **d)
     mask = torch.randn(4, 5, 7, **d)
     assert torch.autograd.gradcheck(lambda q, k, v, m: sdpa(q, k, v, m, enable_gqa=True),
@@ -366,7 +395,7 @@ def test_deterministic_mode_gives_bitwise_equal_grads():
 def test_opcheck(variant):
     torch.manual_seed(6)
     dtype = torch.float16 if variant == "half" else torch.float32
-    d = dict(device="cuda", dtype=dtype)
+    d = {"device": "cuda", "dtype": dtype}
     q, k, v = torch.randn(2, 4, 6, 8, **d), torch.randn(2, 2, 9, 8, **d), torch.randn(2, 2, 9, 8, **d)
     mask, seed, p, causal = None, None, 0.0, False
     if variant == "mask_grad":

@@ -4,7 +4,8 @@
 // Paths:
 //   float16, bfloat16, E and Ev multiples of 8:
 //       forward   tensor cores, FlashAttention-2 style (cuda/attention_tc_forward.cuh)
-//       backward  CUDA-core kernels with float accumulation (cuda/attention_simt.cuh)
+//       backward  tensor cores for head dims up to 128 (cuda/attention_tc_backward.cuh),
+//                 CUDA-core kernels with float accumulation above
 //   float32, float64 (and half types with other head dims):
 //       CUDA-core flash kernels (cuda/attention_simt.cuh), exact accumulator math
 // lse is returned in the accumulator dtype: float32 for fp16/bf16 inputs.
@@ -186,12 +187,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cu
   const c10::cuda::CUDAGuard guard(query.device());
   const at::Tensor mask = additive_mask(attn_mask, query, s);
   const at::Tensor dout = grad_out.contiguous();
-  // delta_i = rowsum(dO * O) - dlse_i: the row term of the softmax backward
-  // (d lse_i / d s_ij = P_ij folds the lse gradient into the same place).
-  at::Tensor delta = (dout.to(acc) * out.to(acc)).sum(-1);
-  if (grad_lse.has_value()) delta = delta - *grad_lse;
-  delta = delta.contiguous();
+  const at::Tensor out_c = out.contiguous();
   const at::Tensor lse_c = lse.contiguous();
+  const at::Tensor grad_lse_c = grad_lse.has_value() ? grad_lse->contiguous() : at::Tensor();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  // delta_i = rowsum(dO * O) - dlse_i: the row term of the softmax backward.
+  const at::Tensor delta = at::empty({s.batch, s.heads_q, s.len_q}, lse.options());
+  dispatch(kernel_dtype(query.scalar_type()), [&](auto tag) {
+    using T = decltype(tag);
+    row_delta<T>(static_cast<const T*>(dout.const_data_ptr()),
+                 static_cast<const T*>(out_c.const_data_ptr()),
+                 grad_lse_c.defined() ? grad_lse_c.const_data_ptr() : nullptr,
+                 delta.mutable_data_ptr(), delta.numel(), narrow(s.dim_v, "Ev"), stream);
+  });
 
   at::Tensor g_q, g_k, g_v, g_mask;
   if (output_mask[0]) g_q = at::empty({s.batch, s.heads_q, s.len_q, s.dim_qk}, query.options());
@@ -214,8 +222,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cu
                    g_k.defined() ? g_k.mutable_data_ptr() : nullptr,
                    g_v.defined() ? g_v.mutable_data_ptr() : nullptr,
                    want_mask_grad ? grad_scores.mutable_data_ptr() : nullptr};
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    dispatch(a.p.dtype, [&](auto tag) { simt_backward<decltype(tag)>(a, stream); });
+    if (tensor_core_path(query, s) && head_dim_bucket(s) <= 128) {
+      const at::Tensor q = tensor_core_ready(query), k = tensor_core_ready(key),
+                       v = tensor_core_ready(value);
+      a.p = make_problem(s, q, k, v, mask, dropout_seed, dropout_p, is_causal,
+                         causal_bottom_right, scale);
+      if (query.scalar_type() == at::kHalf) {
+        tc_backward<__half>(a, head_dim_bucket(s), stream);
+      } else {
+        tc_backward<__nv_bfloat16>(a, head_dim_bucket(s), stream);
+      }
+    } else {
+      dispatch(a.p.dtype, [&](auto tag) { simt_backward<decltype(tag)>(a, stream); });
+    }
   } else if (g_q.defined()) {
     g_q.zero_();
   }

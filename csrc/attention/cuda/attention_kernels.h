@@ -58,6 +58,13 @@ struct BackwardArgs {
   void* grad_scores;     // (N, Hq, L, S) contiguous zeroed, accumulator dtype, or nullptr
 };
 
+// delta[r] = sum_c grad_out[r, c] * out[r, c] - grad_lse[r] (grad_lse may be
+// nullptr) for `rows` contiguous rows of `dim`; grad_lse and delta in the
+// accumulator dtype. T: __half, __nv_bfloat16, float, double.
+template <typename T>
+void row_delta(const T* grad_out, const T* out, const void* grad_lse, void* delta, int64_t rows,
+               int dim, cudaStream_t stream);
+
 // CUDA-core kernels, exact accumulator math, any head dim up to kMaxHeadDim,
 // any strides. T: __half, __nv_bfloat16, float or double (one .cu file each).
 constexpr int kMaxHeadDim = 256;
@@ -85,6 +92,13 @@ template <>
 void tc_forward<__half>(const ForwardArgs& a, int head_dim_bucket, cudaStream_t stream);
 template <>
 void tc_forward<__nv_bfloat16>(const ForwardArgs& a, int head_dim_bucket, cudaStream_t stream);
+// head_dim_bucket 64 or 128 (256: the CUDA-core backward). lse and delta float.
+template <typename T>
+void tc_backward(const BackwardArgs& a, int head_dim_bucket, cudaStream_t stream);
+template <>
+void tc_backward<__half>(const BackwardArgs& a, int head_dim_bucket, cudaStream_t stream);
+template <>
+void tc_backward<__nv_bfloat16>(const BackwardArgs& a, int head_dim_bucket, cudaStream_t stream);
 
 }  // namespace attention_cuda
 }  // namespace pydl

@@ -210,6 +210,7 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
     }
     __syncthreads();  // this buffer is refilled by the prefetch two tiles on
   }
+  cp_async_wait<0>();  // with no key tile, the Q load is still in flight
 
   // Epilogue: O / l, lse = m + log l; a row with no visible key (l = 0) gets zeros and -inf.
 #pragma unroll
