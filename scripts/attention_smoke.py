@@ -2,8 +2,8 @@
 dq / dk / dv against the float64 reference, so a GPU session sees at a glance
 which kernel is wrong before reading the test log (scripts/gpu_check.sh runs it).
 
-Paths: tensor-core forward + backward (fp16/bf16, head dim 64, 128), tensor-core
-forward + CUDA-core backward (head dim 256), CUDA-core everything (fp32, fp64,
+Paths: tensor-core forward + backward (fp16/bf16, head dims 64, 128, 256: the
+backward with 8 warps), CUDA-core everything (fp32, fp64,
 and fp16 with a head dim that is not a multiple of 8); each with causal
 bottom-right + a float mask + GQA, and with dropout against the CPU kernel.
 """
@@ -68,7 +68,7 @@ if __name__ == "__main__":
         ("tc fwd + tc bwd  fp16 E64", torch.float16, 64, 64),
         ("tc fwd + tc bwd  bf16 E128/Ev64", torch.bfloat16, 128, 64),
         ("tc fwd + tc bwd  fp16 E40", torch.float16, 40, 40),
-        ("tc fwd + simt bwd bf16 E256", torch.bfloat16, 256, 256),
+        ("tc fwd + tc bwd 8 warps bf16 E256", torch.bfloat16, 256, 256),
         ("simt             fp16 E12/Ev20", torch.float16, 12, 20),
         ("simt             fp32 E64", torch.float32, 64, 64),
         ("simt             fp64 E80", torch.float64, 80, 80),

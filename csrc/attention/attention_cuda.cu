@@ -4,13 +4,14 @@
 // Paths:
 //   float16, bfloat16, E and Ev multiples of 8:
 //       forward   tensor cores, FlashAttention-2 style (cuda/attention_tc_forward.cuh)
-//       backward  tensor cores for head dims up to 128 (cuda/attention_tc_backward.cuh),
-//                 CUDA-core kernels with float accumulation above
-//   float32, float64 (and half types with other head dims):
+//       backward  tensor cores (cuda/attention_tc_backward.cuh)
+//   float32, float64, and half types with head dims not multiples of 8:
 //       CUDA-core flash kernels (cuda/attention_simt.cuh), exact accumulator math
 // lse is returned in the accumulator dtype: float32 for fp16/bf16 inputs.
 // Kernels launch on the current stream and never synchronize the host: the
-// dropout seed is read by the kernels from device memory.
+// dropout seed is read by the kernels from device memory. Every path is
+// deterministic (each output element has one writer, no atomics), so
+// torch.use_deterministic_algorithms(True) needs no separate path.
 #include <ATen/ATen.h>
 #include <ATen/ExpandUtils.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -222,7 +223,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cu
                    g_k.defined() ? g_k.mutable_data_ptr() : nullptr,
                    g_v.defined() ? g_v.mutable_data_ptr() : nullptr,
                    want_mask_grad ? grad_scores.mutable_data_ptr() : nullptr};
-    if (tensor_core_path(query, s) && head_dim_bucket(s) <= 128) {
+    if (tensor_core_path(query, s)) {
       const at::Tensor q = tensor_core_ready(query), k = tensor_core_ready(key),
                        v = tensor_core_ready(value);
       a.p = make_problem(s, q, k, v, mask, dropout_seed, dropout_p, is_causal,

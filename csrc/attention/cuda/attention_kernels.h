@@ -92,7 +92,7 @@ template <>
 void tc_forward<__half>(const ForwardArgs& a, int head_dim_bucket, cudaStream_t stream);
 template <>
 void tc_forward<__nv_bfloat16>(const ForwardArgs& a, int head_dim_bucket, cudaStream_t stream);
-// head_dim_bucket 64 or 128 (256: the CUDA-core backward). lse and delta float.
+// head_dim_bucket 64, 128 or 256. lse and delta float.
 template <typename T>
 void tc_backward(const BackwardArgs& a, int head_dim_bucket, cudaStream_t stream);
 template <>

@@ -1,10 +1,13 @@
 // FlashAttention-2-style backward on tensor cores for fp16 / bf16, head dims
-// bucketed to 64 / 128 (256 takes the CUDA-core backward: its dK and dV
-// accumulators alone would fill a thread's registers). Probabilities are
+// bucketed to 64 / 128 / 256. At 256 the dK + dV (or dQ) accumulators of 16
+// rows would not fit one warp's registers, so the CTA has 8 warps and the two
+// warps of each 16-row group split the accumulator columns; both compute the
+// group's score tile (the QK^T and dO V^T products twice, the price of no
+// shared-memory round trip). Probabilities are
 // recomputed from the saved lse; delta = rowsum(dO * O) - grad_lse comes in.
 // Deterministic: every output element has exactly one writer, no atomics.
 //
-// dK / dV kernel: CTA = (n, hk, 64 keys), 4 warps x 16 keys. It walks the
+// dK / dV kernel: CTA = (n, hk, 64 keys), 4 row groups x 16 keys. It walks the
 //   query tiles (32 rows) of every query head of its GQA group; Q / dO tiles
 //   stream through shared memory, double-buffered with cp.async. A warp
 //   computes its 16 x 32 slice of the TRANSPOSED scores, so P^T and dS^T come
@@ -13,8 +16,9 @@
 //     P^T  = exp(S^T * scale + mask - lse)   (dropout: P_used^T = P^T * z)
 //     dS^T = P^T * (dP^T * z - delta)        (written to the mask-grad buffer if asked)
 //     dV  += P_used^T dO    dK  += dS^T Q    (dK scaled at the end)
-// dQ kernel: CTA = (n, h, 64 query rows), 4 warps x 16 rows, walks the key
-//   tiles (64 keys) up to the causal limit, K / V double-buffered:
+// dQ kernel: CTA = (n, h, 64 query rows), 4 row groups x 16 rows, walks the
+//   key tiles (64 keys; 32 at head dim 256) up to the causal limit, K / V
+//   double-buffered:
 //     S = Q K^T, dP = dO V^T, dS = P * (dP * z - delta), dQ += dS K.
 #pragma once
 
@@ -33,18 +37,20 @@ namespace tc {
 
 template <int kHeadDim_>
 struct BackwardTraits {
-  static_assert(kHeadDim_ <= 128, "the tensor-core backward covers head dims up to 128");
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kWarps = 4;
+  static constexpr int kSplit = kHeadDim > 128 ? 2 : 1;  // warps per 16-row group
+  static constexpr int kAccCols = kHeadDim / kSplit;     // accumulator columns per warp
+  static constexpr int kGroups = 4;                      // 16-row groups per CTA
+  static constexpr int kWarps = kGroups * kSplit;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kPitch = kHeadDim + 8;
   // dK / dV kernel: 64 keys per CTA, query tiles of 32 rows.
-  static constexpr int kKeys = 16 * kWarps;
+  static constexpr int kKeys = 16 * kGroups;
   static constexpr int kQueryTile = 32;
   static constexpr int kDkdvSmemBytes = (2 * kKeys + 4 * kQueryTile) * kPitch * 2;  // K, V, 2 x (Q, dO)
-  // dQ kernel: 64 query rows per CTA, key tiles of 64.
-  static constexpr int kRows = 16 * kWarps;
-  static constexpr int kKeyTile = 64;
+  // dQ kernel: 64 query rows per CTA, key tiles of 64 (32 at head dim 256: smem).
+  static constexpr int kRows = 16 * kGroups;
+  static constexpr int kKeyTile = kHeadDim > 128 ? 32 : 64;
   static constexpr int kDqSmemBytes = (2 * kRows + 4 * kKeyTile) * kPitch * 2;  // Q, dO, 2 x (K, V)
 };
 
@@ -128,6 +134,7 @@ __device__ __forceinline__ void store_acc(const float (*acc)[4], T* out, int64_t
 template <typename T, typename Tr>
 __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
   constexpr int kD = Tr::kHeadDim, kPitch = Tr::kPitch, kKeys = Tr::kKeys, kQT = Tr::kQueryTile;
+  constexpr int kAcc = Tr::kAccCols;
   const Problem& p = a.p;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* Ks = reinterpret_cast<T*>(smem_raw);
@@ -138,18 +145,20 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
   const int nhk = blockIdx.x, n = nhk / p.heads_kv, hk = nhk % p.heads_kv;
   const int j0 = blockIdx.y * kKeys, keys_here = min(kKeys, p.len_kv - j0);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  // 16-row group (its keys) and which accumulator columns [half * kAcc, + kAcc) this warp owns.
+  const int rg = warp / Tr::kSplit, half = warp % Tr::kSplit;
   const float scale = static_cast<float>(p.scale), keep_scale = static_cast<float>(p.keep_scale);
   const uint64_t seed = p.dropout ? static_cast<uint64_t>(*p.seed) : 0;
   const float* lse = static_cast<const float*>(a.lse);
   const float* delta = static_cast<const float*>(a.delta);
   float* grad_scores = static_cast<float*>(a.grad_scores);
-  // This lane's two keys (fragment rows g, g + 8 of its warp's 16).
-  const int key[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};
+  // This lane's two keys (fragment rows g, g + 8 of its group's 16).
+  const int key[2] = {j0 + rg * 16 + g, j0 + rg * 16 + g + 8};
 
-  load_tile_async<ForwardTraits<kD>>(Ks, static_cast<const T*>(p.k) + n * p.sk.n + hk * p.sk.h +
+  load_tile_async<Tr>(Ks, static_cast<const T*>(p.k) + n * p.sk.n + hk * p.sk.h +
                                              j0 * p.sk.row,
                                      p.sk.row, kKeys, keys_here, p.dim_qk);
-  load_tile_async<ForwardTraits<kD>>(Vs, static_cast<const T*>(p.v) + n * p.sv.n + hk * p.sv.h +
+  load_tile_async<Tr>(Vs, static_cast<const T*>(p.v) + n * p.sv.n + hk * p.sv.h +
                                              j0 * p.sv.row,
                                      p.sv.row, kKeys, keys_here, p.dim_v);
   // Query tiles: (head of the group, tile) flattened; causal rows before
@@ -162,11 +171,11 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
     const int h = hk * p.group + tile / tiles_per_head;
     const int i0 = (first_tile + tile % tiles_per_head) * kQT;
     const int64_t nh = static_cast<int64_t>(n) * p.heads_q + h;
-    load_tile_async<ForwardTraits<kD>>(
+    load_tile_async<Tr>(
         Qs + buf * kQT * kPitch,
         static_cast<const T*>(p.q) + n * p.sq.n + h * p.sq.h + i0 * p.sq.row, p.sq.row, kQT,
         min(kQT, p.len_q - i0), p.dim_qk);
-    load_tile_async<ForwardTraits<kD>>(
+    load_tile_async<Tr>(
         dOs + buf * kQT * kPitch,
         static_cast<const T*>(a.grad_out) + (nh * p.len_q + i0) * p.dim_v, p.dim_v, kQT,
         min(kQT, p.len_q - i0), p.dim_v);
@@ -174,9 +183,9 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
   if (n_tiles > 0) load_q_tile(0, 0);
   cp_async_commit();
 
-  float dk[kD / 8][4], dv[kD / 8][4];
-  zero_acc<kD / 8>(dk);
-  zero_acc<kD / 8>(dv);
+  float dk[kAcc / 8][4], dv[kAcc / 8][4];
+  zero_acc<kAcc / 8>(dk);
+  zero_acc<kAcc / 8>(dv);
   for (int tile = 0; tile < n_tiles; ++tile) {
     const int buf = tile & 1;
     if (tile + 1 < n_tiles) {
@@ -198,8 +207,8 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
     float st[kQT / 8][4], dpt[kQT / 8][4];  // S^T, dP^T: 16 keys x 32 queries
     zero_acc<kQT / 8>(st);
     zero_acc<kQT / 8>(dpt);
-    mma_abt<T, kD, kQT / 8, kPitch>(st, Ks + warp * 16 * kPitch, Qb, lane);
-    mma_abt<T, kD, kQT / 8, kPitch>(dpt, Vs + warp * 16 * kPitch, dOb, lane);
+    mma_abt<T, kD, kQT / 8, kPitch>(st, Ks + rg * 16 * kPitch, Qb, lane);
+    mma_abt<T, kD, kQT / 8, kPitch>(dpt, Vs + rg * 16 * kPitch, dOb, lane);
 #pragma unroll
     for (int nt = 0; nt < kQT / 8; ++nt) {
 #pragma unroll
@@ -223,25 +232,25 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
           }
           ds = prob * (dp - delta[nh * p.len_q + qi]);
           prob = used;
-          if (grad_scores) grad_scores[(nh * p.len_q + qi) * p.len_kv + kj] = ds;
+          if (grad_scores && half == 0) grad_scores[(nh * p.len_q + qi) * p.len_kv + kj] = ds;
         }
         st[nt][e] = prob;  // P_used^T
         dpt[nt][e] = ds;   // dS^T
       }
     }
-    mma_xb<T, kD, kQT / 8, kPitch>(dv, st, dOb, lane);
-    mma_xb<T, kD, kQT / 8, kPitch>(dk, dpt, Qb, lane);
+    mma_xb<T, kAcc, kQT / 8, kPitch>(dv, st, dOb + half * kAcc, lane);
+    mma_xb<T, kAcc, kQT / 8, kPitch>(dk, dpt, Qb + half * kAcc, lane);
     __syncthreads();  // this buffer is refilled two tiles on
   }
   cp_async_wait<0>();  // with no tile, the first group (K, V) is still in flight
   const int64_t key_row0 = static_cast<int64_t>(nhk) * p.len_kv + j0;
   if (a.grad_k) {
-    store_acc<T, kD>(dk, static_cast<T*>(a.grad_k) + key_row0 * p.dim_qk, p.dim_qk, warp * 16,
-                     keys_here, p.dim_qk, scale, lane);
+    store_acc<T, kAcc>(dk, static_cast<T*>(a.grad_k) + key_row0 * p.dim_qk + half * kAcc,
+                       p.dim_qk, rg * 16, keys_here, p.dim_qk - half * kAcc, scale, lane);
   }
   if (a.grad_v) {
-    store_acc<T, kD>(dv, static_cast<T*>(a.grad_v) + key_row0 * p.dim_v, p.dim_v, warp * 16,
-                     keys_here, p.dim_v, 1.f, lane);
+    store_acc<T, kAcc>(dv, static_cast<T*>(a.grad_v) + key_row0 * p.dim_v + half * kAcc,
+                       p.dim_v, rg * 16, keys_here, p.dim_v - half * kAcc, 1.f, lane);
   }
 }
 
@@ -250,6 +259,7 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
 template <typename T, typename Tr>
 __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
   constexpr int kD = Tr::kHeadDim, kPitch = Tr::kPitch, kBM = Tr::kRows, kBN = Tr::kKeyTile;
+  constexpr int kAcc = Tr::kAccCols;
   const Problem& p = a.p;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* Qs = reinterpret_cast<T*>(smem_raw);
@@ -260,6 +270,7 @@ __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
   const int nh = blockIdx.x, n = nh / p.heads_q, h = nh % p.heads_q, hk = h / p.group;
   const int i0 = blockIdx.y * kBM, rows_here = min(kBM, p.len_q - i0);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int rg = warp / Tr::kSplit, half = warp % Tr::kSplit;  // as in dkdv_kernel
   const float scale = static_cast<float>(p.scale), keep_scale = static_cast<float>(p.keep_scale);
   const uint64_t seed = p.dropout ? static_cast<uint64_t>(*p.seed) : 0;
   const T* k = static_cast<const T*>(p.k) + n * p.sk.n + hk * p.sk.h;
@@ -268,7 +279,7 @@ __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
   float row_lse[2], row_delta[2];
   const T* mask_row[2];
   for (int rr = 0; rr < 2; ++rr) {
-    row[rr] = i0 + warp * 16 + g + 8 * rr;
+    row[rr] = i0 + rg * 16 + g + 8 * rr;
     const bool valid = row[rr] < p.len_q;
     const int64_t idx = static_cast<int64_t>(nh) * p.len_q + row[rr];
     row_lse[rr] = valid ? static_cast<const float*>(a.lse)[idx] : neg_inf<float>();
@@ -281,24 +292,24 @@ __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
   const int key_end = p.causal ? max(0, min(p.len_kv, i0 + rows_here + p.causal_offset))
                                : p.len_kv;
   const int n_tiles = (key_end + kBN - 1) / kBN;
-  load_tile_async<ForwardTraits<kD>>(Qs, static_cast<const T*>(p.q) + n * p.sq.n + h * p.sq.h +
+  load_tile_async<Tr>(Qs, static_cast<const T*>(p.q) + n * p.sq.n + h * p.sq.h +
                                              i0 * p.sq.row,
                                      p.sq.row, kBM, rows_here, p.dim_qk);
-  load_tile_async<ForwardTraits<kD>>(
+  load_tile_async<Tr>(
       dOs, static_cast<const T*>(a.grad_out) + (static_cast<int64_t>(nh) * p.len_q + i0) * p.dim_v,
       p.dim_v, kBM, rows_here, p.dim_v);
   auto load_kv_tile = [&](int tile, int buf) {
     const int j0 = tile * kBN;
-    load_tile_async<ForwardTraits<kD>>(Ks + buf * kBN * kPitch, k + j0 * p.sk.row, p.sk.row, kBN,
+    load_tile_async<Tr>(Ks + buf * kBN * kPitch, k + j0 * p.sk.row, p.sk.row, kBN,
                                        min(kBN, p.len_kv - j0), p.dim_qk);
-    load_tile_async<ForwardTraits<kD>>(Vs + buf * kBN * kPitch, v + j0 * p.sv.row, p.sv.row, kBN,
+    load_tile_async<Tr>(Vs + buf * kBN * kPitch, v + j0 * p.sv.row, p.sv.row, kBN,
                                        min(kBN, p.len_kv - j0), p.dim_v);
   };
   if (n_tiles > 0) load_kv_tile(0, 0);
   cp_async_commit();
 
-  float dq[kD / 8][4];
-  zero_acc<kD / 8>(dq);
+  float dq[kAcc / 8][4];
+  zero_acc<kAcc / 8>(dq);
   for (int tile = 0; tile < n_tiles; ++tile) {
     const int j0 = tile * kBN, buf = tile & 1;
     if (tile + 1 < n_tiles) {
@@ -314,8 +325,8 @@ __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
     float s[kBN / 8][4], dp[kBN / 8][4];
     zero_acc<kBN / 8>(s);
     zero_acc<kBN / 8>(dp);
-    mma_abt<T, kD, kBN / 8, kPitch>(s, Qs + warp * 16 * kPitch, Kb, lane);
-    mma_abt<T, kD, kBN / 8, kPitch>(dp, dOs + warp * 16 * kPitch, Vb, lane);
+    mma_abt<T, kD, kBN / 8, kPitch>(s, Qs + rg * 16 * kPitch, Kb, lane);
+    mma_abt<T, kD, kBN / 8, kPitch>(dp, dOs + rg * 16 * kPitch, Vb, lane);
 #pragma unroll
     for (int nt = 0; nt < kBN / 8; ++nt) {
 #pragma unroll
@@ -338,14 +349,14 @@ __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
         s[nt][e] = ds;
       }
     }
-    mma_xb<T, kD, kBN / 8, kPitch>(dq, s, Kb, lane);
+    mma_xb<T, kAcc, kBN / 8, kPitch>(dq, s, Kb + half * kAcc, lane);
     __syncthreads();
   }
   cp_async_wait<0>();  // with no key tile, the Q / dO load is still in flight
   if (a.grad_q) {
-    store_acc<T, kD>(dq, static_cast<T*>(a.grad_q) + (static_cast<int64_t>(nh) * p.len_q + i0) *
-                                                         p.dim_qk,
-                     p.dim_qk, warp * 16, rows_here, p.dim_qk, scale, lane);
+    store_acc<T, kAcc>(dq, static_cast<T*>(a.grad_q) +
+                               (static_cast<int64_t>(nh) * p.len_q + i0) * p.dim_qk + half * kAcc,
+                       p.dim_qk, rg * 16, rows_here, p.dim_qk - half * kAcc, scale, lane);
   }
 }
 
