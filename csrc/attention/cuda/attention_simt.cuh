@@ -25,6 +25,7 @@
 #include <limits>
 
 #include "attention/cuda/attention_kernels.h"
+#include "attention/cuda/attention_launch.h"
 #include "attention/cuda/attention_math.cuh"
 #include "attention/dropout_philox.h"
 #include "common/cuda_storage.cuh"
@@ -113,6 +114,7 @@ __global__ void __launch_bounds__(4 * kMaxRows) forward_kernel(ForwardArgs a, in
 
   load_tile(Qs, pitch.qk, q, p.sq.row, p.sq.col, rows_here, R, p.dim_qk);
   zero_tile(Os, R * pitch.v);
+  __syncthreads();  // Os is zeroed by all threads and read per row, even with no key tile
   AccT m = neg_inf<AccT>(), l = AccT(0);
   // No row of this CTA sees a key at or past key_end under the causal rule.
   const int key_end = p.causal ? max(0, min(p.len_kv, i0 + rows_here + p.causal_offset))
@@ -181,8 +183,9 @@ __global__ void __launch_bounds__(4 * kMaxRows) forward_kernel(ForwardArgs a, in
 
 // ----------------------------------------------------------------------------- backward
 
-// P (dropped out as in the forward) and dS = P * (dP - delta) for one visible
-// score; returns false (both zero) when the row has no visible key.
+// For one visible score s of a row with a finite lse: the weight that
+// multiplied V in the forward (P, dropped out and rescaled) and
+// dS = P * (dP * z - delta), z the dropout factor (0 or keep_scale).
 template <typename AccT>
 struct ScoreGrad {
   AccT p_used, ds;
@@ -190,12 +193,11 @@ struct ScoreGrad {
 
 template <typename AccT>
 __device__ __forceinline__ ScoreGrad<AccT> score_grad(AccT s, AccT row_lse, AccT dp, AccT delta,
-                                                      bool dropped_in, bool dropout,
-                                                      AccT keep_scale) {
+                                                      bool kept, bool dropout, AccT keep_scale) {
   const AccT prob = exp_acc(s - row_lse);
   AccT p_used = prob;
   if (dropout) {
-    const AccT z = dropped_in ? keep_scale : AccT(0);
+    const AccT z = kept ? keep_scale : AccT(0);
     dp *= z;
     p_used = prob * z;
   }
@@ -236,6 +238,7 @@ __global__ void __launch_bounds__(4 * kMaxRows) dkdv_kernel(BackwardArgs a, int 
             keys_here, R, p.dim_v);
   zero_tile(dKs, R * pitch.qk);
   zero_tile(dVs, R * pitch.v);
+  __syncthreads();  // read per key row at the end, even with no query tile
   // Causal: query rows before j0 - offset see none of these keys.
   const int i_first = p.causal ? max(0, j0 - p.causal_offset) : 0;
   for (int h = hk * p.group; h < (hk + 1) * p.group; ++h) {
@@ -340,6 +343,7 @@ __global__ void __launch_bounds__(4 * kMaxRows) dq_kernel(BackwardArgs a, int R)
             static_cast<const T*>(a.grad_out) + (static_cast<int64_t>(nh) * p.len_q + i0) * p.dim_v,
             p.dim_v, 1, rows_here, R, p.dim_v);
   zero_tile(dQs, R * pitch.qk);
+  __syncthreads();  // read per row at the end, even with no key tile
   const int key_end = p.causal ? max(0, min(p.len_kv, i0 + rows_here + p.causal_offset))
                                : p.len_kv;
   for (int j0 = 0; j0 < key_end; j0 += R) {
@@ -401,13 +405,6 @@ size_t dq_smem(const Problem& p, int R) {
   return sizeof(AccT) * R * (3 * pt.qk + 2 * pt.v + pt.tile);
 }
 
-inline int max_smem_optin() {
-  int device = 0, bytes = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return bytes;
-}
-
 // Largest R in {32, 16, 8} whose tiles fit; launches kernel over (heads, ceil(rows / R)).
 template <typename Kernel, typename Args, typename SmemFn>
 void launch_rows(Kernel kernel, const Args& a, int heads, int rows, SmemFn smem,
@@ -422,8 +419,7 @@ void launch_rows(Kernel kernel, const Args& a, int heads, int rows, SmemFn smem,
   TORCH_CHECK(blocks <= 65535, "pydl.attention (CUDA): sequence of ", rows,
               " rows is too long for the CUDA-core kernel");
   if (heads == 0 || blocks == 0) return;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(bytes)));
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), static_cast<int>(bytes));
   kernel<<<dim3(heads, static_cast<unsigned>(blocks)), 4 * R, bytes, stream>>>(a, R);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

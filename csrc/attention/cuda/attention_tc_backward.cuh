@@ -25,6 +25,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include "attention/cuda/attention_kernels.h"
+#include "attention/cuda/attention_launch.h"
 #include "attention/cuda/attention_math.cuh"
 #include "attention/cuda/attention_tc_forward.cuh"
 #include "attention/cuda/attention_tc_ptx.cuh"
@@ -367,8 +368,7 @@ void launch_backward(const BackwardArgs& a, cudaStream_t stream) {
     const int64_t blocks = (static_cast<int64_t>(a.p.len_kv) + Tr::kKeys - 1) / Tr::kKeys;
     TORCH_CHECK(blocks <= 65535, "pydl.attention (CUDA): S = ", a.p.len_kv, " is too long");
     auto kernel = dkdv_kernel<T, Tr>;
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        Tr::kDkdvSmemBytes));
+    allow_dynamic_smem(reinterpret_cast<const void*>(kernel), Tr::kDkdvSmemBytes);
     kernel<<<dim3(a.p.batch * a.p.heads_kv, static_cast<unsigned>(blocks)), Tr::kThreads,
              Tr::kDkdvSmemBytes, stream>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -377,8 +377,7 @@ void launch_backward(const BackwardArgs& a, cudaStream_t stream) {
     const int64_t blocks = (static_cast<int64_t>(a.p.len_q) + Tr::kRows - 1) / Tr::kRows;
     TORCH_CHECK(blocks <= 65535, "pydl.attention (CUDA): L = ", a.p.len_q, " is too long");
     auto kernel = dq_kernel<T, Tr>;
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        Tr::kDqSmemBytes));
+    allow_dynamic_smem(reinterpret_cast<const void*>(kernel), Tr::kDqSmemBytes);
     kernel<<<dim3(a.p.batch * a.p.heads_q, static_cast<unsigned>(blocks)), Tr::kThreads,
              Tr::kDqSmemBytes, stream>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

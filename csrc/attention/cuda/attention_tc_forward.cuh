@@ -21,6 +21,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include "attention/cuda/attention_kernels.h"
+#include "attention/cuda/attention_launch.h"
 #include "attention/cuda/attention_math.cuh"
 #include "attention/cuda/attention_tc_ptx.cuh"
 #include "attention/dropout_philox.h"
@@ -242,8 +243,7 @@ void launch_forward(const ForwardArgs& a, cudaStream_t stream) {
   const int heads = a.p.batch * a.p.heads_q;
   if (heads == 0 || blocks == 0) return;
   auto kernel = forward_kernel<T, Tr>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      Tr::kSmemBytes));
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), Tr::kSmemBytes);
   kernel<<<dim3(heads, static_cast<unsigned>(blocks)), Tr::kThreads, Tr::kSmemBytes, stream>>>(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
