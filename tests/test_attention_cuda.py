@@ -234,18 +234,25 @@ def test_grads_vs_torch_flash(dtype, E):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("layout", ["nlhe", "sliced", "misaligned"])
+@pytest.mark.parametrize("layout", ["nlhe", "sliced", "misaligned", "offset"])
 def test_strided_inputs(dtype, layout):
     """(N, L, H, E).transpose(1, 2) views (no copy), a head-dim slice (row
-    stride 48), and a 2-byte-offset slice (the tensor-core path copies it)."""
+    stride 48), a one-element-offset slice, and a contiguous tensor at a
+    one-element storage offset (the tensor-core path copies the last two)."""
     g = torch.Generator().manual_seed(4)
+
+    def at_offset(t):  # contiguous, but one element past an aligned address
+        flat = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+        return flat[1:].view(2, 4, 100, 48).copy_(t.transpose(1, 2))
+
     view = {"nlhe": lambda t: t.transpose(1, 2),
             "sliced": lambda t: t.transpose(1, 2)[..., :40],
-            "misaligned": lambda t: t.transpose(1, 2)[..., 1:41]}[layout]
+            "misaligned": lambda t: t.transpose(1, 2)[..., 1:41],
+            "offset": at_offset}[layout]
     bases = [torch.randn(2, 100, 4, 48, generator=g, dtype=torch.float64).cuda() for _ in range(3)]
     q, k, v = (view(b) for b in bases)
     cast = [view(b.to(dtype)) for b in bases]  # views of the cast tensors: the strides survive
-    assert not cast[0].is_contiguous()
+    assert not cast[0].is_contiguous() or cast[0].data_ptr() % 16 != 0
     grad_out = torch.randn(2, 4, 100, q.shape[-1], generator=g, dtype=torch.float64).cuda()
     fn = lambda q, k, v, m: reference.scaled_dot_product_attention(q, k, v, is_causal=True)
     exact_out, _, exact = _forward_and_grads(fn, q, k, v, None, grad_out)

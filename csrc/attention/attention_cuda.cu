@@ -116,11 +116,14 @@ bool tensor_core_path(const at::Tensor& query, const AttentionShape& s) {
 
 // The layout the tensor-core loads need (16-byte chunks of a row): unit
 // last-dim stride, other strides multiples of 8 elements, 16-byte aligned
-// data; anything else is copied once.
+// data; anything else is copied once into a fresh (aligned) contiguous tensor.
+// (A contiguous view at an odd storage offset is misaligned: contiguous()
+// would return it as it is, hence clone.)
 at::Tensor tensor_core_ready(const at::Tensor& t) {
   bool ok = t.stride(3) == 1 && reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
   for (int d = 0; d < 3; ++d) ok = ok && (t.size(d) <= 1 || t.stride(d) % 8 == 0);
-  return ok ? t : t.contiguous();
+  if (ok) return t;
+  return t.is_contiguous() ? t.clone() : t.contiguous();
 }
 
 int head_dim_bucket(const AttentionShape& s) {
@@ -187,7 +190,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cu
   check_attention_backward_tensors(s, query, grad_out, out, lse, grad_lse, acc);
   const c10::cuda::CUDAGuard guard(query.device());
   const at::Tensor mask = additive_mask(attn_mask, query, s);
-  const at::Tensor dout = grad_out.contiguous();
+  // Contiguous; for the tensor-core kernels also 16-byte aligned (see tensor_core_ready).
+  const at::Tensor dout =
+      tensor_core_path(query, s) ? tensor_core_ready(grad_out.contiguous()) : grad_out.contiguous();
   const at::Tensor out_c = out.contiguous();
   const at::Tensor lse_c = lse.contiguous();
   const at::Tensor grad_lse_c = grad_lse.has_value() ? grad_lse->contiguous() : at::Tensor();
