@@ -5,7 +5,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-
 #include "attention/attention_checks.h"
 #include "attention/cpu/attention_cpu_kernel.h"
 #include "common/cpu_isa.h"
