@@ -43,11 +43,12 @@ SUPPORTED = {
         "cpu": (torch.float32, torch.float64),
         "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
     },
-    # Fused attention: CPU kernels only so far (issue 3); CUDA calls use torch's SDPA.
-    # CPU bf16 where the CPU has bf16 units (see _cpu_bf16_units); bf16 inference
-    # still goes to torch (pydl.ops.attention._torch_is_faster).
+    # Fused attention. CPU bf16 where the CPU has bf16 units (see _cpu_bf16_units;
+    # bf16 inference still goes to torch: pydl.ops.attention._torch_is_faster);
+    # the CUDA kernels are opt-in until verified on a GPU (see pydl/_verified.py).
     "attention": {
         "cpu": (torch.float32, torch.float64) + ((torch.bfloat16,) if _cpu_bf16_units() else ()),
+        "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
     },
 }
 

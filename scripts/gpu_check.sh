@@ -9,6 +9,9 @@
 #   bash scripts/gpu_check.sh            # everything
 #   STEPS="tests" bash scripts/gpu_check.sh   # a subset of: build tests cputests bench
 #   BENCH_ARGS="--quick --only /b32/" ...     # what `python -m benchmarks --device cuda` gets
+#   BENCH_ARGS="--quick --only attention/" ...  # one family (attention: ~46 SDPA rows + MHA rows)
+# The gpu tests include tests/test_attention_cuda.py (~160 tests); the quick
+# benchmarks include attention's GPU rows (46 SDPA rows + the module rows).
 cd "$(dirname "$0")/.."
 export PYDL_SKIP_PIP=1 PYDL_CUDA=1 PYTHONUNBUFFERED=1
 OUT=${OUT:-$PWD/gpu_check_out}
@@ -63,9 +66,13 @@ if [ "${PIPESTATUS[0]}" -ne 0 ] && command -v cuda-gdb > /dev/null; then
 fi
 
 if [[ $STEPS == *" tests"* || $STEPS == "tests"* ]]; then
+  # Attention: one line of errors per CUDA kernel path, before the full tests.
+  timeout 120 "$PYTHON" scripts/attention_smoke.py 2>&1 | tail -n 20 | tee -a "$report"
   start=$SECONDS
-  PYDL_EXPERIMENTAL_CUDA=1 timeout ${TEST_TIMEOUT:-300} "$PYTHON" -m pytest tests -m gpu -q -p no:cacheprovider \
-    > "$OUT/gpu_tests.log" 2>&1
+  # 420 s: the attention file added ~160 tests (estimated 1-2 min on an H100);
+  # --durations names the slow ones if the budget ever runs out.
+  PYDL_EXPERIMENTAL_CUDA=1 timeout ${TEST_TIMEOUT:-420} "$PYTHON" -m pytest tests -m gpu -q -p no:cacheprovider \
+    --durations=10 > "$OUT/gpu_tests.log" 2>&1
   echo "gpu tests: exit $? in $((SECONDS - start)) s — $(tail -n 1 "$OUT/gpu_tests.log")" | tee -a "$report"
   grep -E "^(FAILED|ERROR)" "$OUT/gpu_tests.log" | head -n 20 | tee -a "$report"
 fi

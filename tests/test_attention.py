@@ -376,6 +376,19 @@ def test_bad_input_gives_clear_errors(make, message):
 
 
 @needs_extension
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_fake_kernel_gives_float32_lse_for_half_types(dtype):
+    """The CUDA kernels return lse in float32 for fp16 / bf16 queries; the fake
+    kernel (meta tensors, torch.compile) must say the same."""
+    q = torch.empty(2, 4, 5, 8, dtype=dtype, device="meta")
+    k = v = torch.empty(2, 4, 6, 8, dtype=dtype, device="meta")
+    out, lse = torch.ops.pydl.attention(q, k, v, None, None, 0.0, False, False, 1.0)
+    assert out.dtype == dtype and out.shape == (2, 4, 5, 8)
+    want = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    assert lse.dtype == want and lse.shape == (2, 4, 5)
+
+
+@needs_extension
 def test_op_errors_come_from_cpp():
     q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 8)
     op = torch.ops.pydl.attention

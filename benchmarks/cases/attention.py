@@ -8,6 +8,14 @@ dim 64 and 128, sequence length 128 .. 2048 (--quick) or 4096 (full), batch
 1 x 8 heads. FLOPs: 4 * b * h * L * S * d forward (causal: half); backward
 2.5x forward, so a forward + backward row counts 3.5x.
 
+GPU rows (--device cuda): bf16 and fp16 (whatever --dtype says), head dim 64
+and 128, sequence 1k and 4k (--quick) or 1k .. 8k, 16k tokens per batch
+(batch = 16384 / L) x 16 heads, causal and not, forward and forward +
+backward, against torch's SDPA pinned to EACH of its flash, efficient and
+cuDNN backends (one provider each; a backend that refuses the case is left
+out); plus float32 rows against the efficient backend (torch's only fused
+fp32 kernel).
+
 Module rows: pydl.nn.TransformerEncoderLayer vs torch's (same weights,
 d_ff = 4 x embed, dropout 0.1 in training; torch's inference fast path on),
 and pydl.nn.MultiheadAttention vs torch.nn.MultiheadAttention (same
@@ -44,6 +52,77 @@ def _torch_sdpa(q, k, v, causal, dropout=0.0):
         backend = SDPBackend.MATH  # torch's CPU flash kernel has no dropout
     with sdpa_kernel(backend):
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout)
+
+
+# GPU: 16k tokens per batch x 16 heads fill an H100 at every length.
+GPU_TOKENS, GPU_HEADS = 16384, 16
+GPU_QUICK_LENGTHS = (1024, 4096)
+GPU_FULL_LENGTHS = (1024, 2048, 4096, 8192)
+GPU_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "cudnn": SDPBackend.CUDNN_ATTENTION}
+# float32: torch's efficient backend is the only fused fp32 kernel.
+GPU_FP32 = ((4, 1024, 64), (2, 2048, 128))  # (batch, length, head dim), 16 heads
+
+
+def _gpu_case(batch, length, dim, causal, train, dtype, backends):
+    def make_providers():
+        opts = {"device": "cuda", "dtype": dtype, "requires_grad": train}
+        q, k, v = (torch.randn(batch, GPU_HEADS, length, dim, **opts) for _ in range(3))
+        grad = torch.randn(batch, GPU_HEADS, length, dim, device="cuda", dtype=dtype)
+
+        def run(fn):
+            if not train:
+                return fn()
+            out = fn()
+            torch.autograd.grad(out, (q, k, v), grad)
+            return out.detach()
+
+        def pinned(backend):
+            def fn():
+                with sdpa_kernel(backend):
+                    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            return lambda: run(fn)
+
+        providers = {}
+        for name in backends:
+            candidate = pinned(GPU_BACKENDS[name])
+            try:  # leave out a backend that refuses this case (dtype, head dim, card)
+                with torch.set_grad_enabled(train):
+                    candidate()
+            except RuntimeError:
+                continue
+            providers[f"torch {name}"] = candidate
+        providers["pydl"] = lambda: run(
+            lambda: scaled_dot_product_attention(q, k, v, is_causal=causal))
+        return providers
+
+    return make_providers
+
+
+def _gpu_cases(cfg) -> list[Case]:
+    out = []
+    lengths = GPU_QUICK_LENGTHS if cfg.quick else GPU_FULL_LENGTHS
+    rows = [(GPU_TOKENS // length, length, dim, dtype, tuple(GPU_BACKENDS))
+            for dtype in (torch.bfloat16, torch.float16) for dim in HEAD_DIMS for length in lengths]
+    rows += [(b, length, dim, torch.float32, ("efficient",)) for b, length, dim in GPU_FP32]
+    for train in (False, True):
+        for causal in (False, True):
+            for batch, length, dim, dtype, backends in rows:
+                fwd = 4 * batch * GPU_HEADS * length * length * dim * (0.5 if causal else 1.0)
+                elem = torch.empty((), dtype=dtype).element_size()
+                io = 4 * batch * GPU_HEADS * length * dim * elem
+                kind = "fwd_bwd" if train else "fwd"
+                out.append(Case(
+                    name=(f"attention/{kind}/{'causal' if causal else 'full'}_L{length}_d{dim}"
+                          f"_{str(dtype)[6:]}"),
+                    family=FAMILY,
+                    shape=f"B{batch} H{GPU_HEADS} L{length} S{length} d{dim} {str(dtype)[6:]}",
+                    flops=fwd * (3.5 if train else 1.0),
+                    bytes=io * (2 if train else 1),
+                    make_providers=_gpu_case(batch, length, dim, causal, train, dtype, backends),
+                    tags={"train": train, "causal": causal, "head_dim": dim, "length": length},
+                ))
+    return out
 
 
 def _case(length, dim, causal, train, cfg, dropout=0.0):
@@ -166,6 +245,8 @@ def _mha_cases(cfg) -> list[Case]:
 
 
 def cases(cfg) -> list[Case]:
+    if cfg.device == "cuda":
+        return _gpu_cases(cfg) + _mha_cases(cfg)
     elem = torch.empty((), dtype=cfg.dtype).element_size()
     out = []
     for train in (False, True):

@@ -1,5 +1,8 @@
 #include "attention/attention_checks.h"
 
+#include <limits>
+#include <vector>
+
 namespace pydl {
 
 AttentionShape check_attention_args(const at::Tensor& query, const at::Tensor& key,
@@ -54,11 +57,53 @@ AttentionShape check_attention_args(const at::Tensor& query, const at::Tensor& k
               "pydl.attention: dropout_p must be in [0, 1], got ", dropout_p);
   if (dropout_p > 0.0) {
     TORCH_CHECK(dropout_seed.has_value() && dropout_seed->numel() == 1 &&
-                    dropout_seed->scalar_type() == at::kLong && dropout_seed->is_cpu(),
-                "pydl.attention: dropout_p > 0 needs dropout_seed, a one-element int64 CPU "
-                "tensor (drawn from torch's generator)");
+                    dropout_seed->scalar_type() == at::kLong,
+                "pydl.attention: dropout_p > 0 needs dropout_seed, a one-element int64 tensor "
+                "drawn from torch's generator");
+    // CPU kernels read the seed on the host; CUDA kernels read it in device
+    // memory (no host sync, safe under CUDA graph capture).
+    TORCH_CHECK(dropout_seed->device() == query.device(), "pydl.attention: dropout_seed is on ",
+                dropout_seed->device(), " but must be on the query's device (", query.device(),
+                ")");
   }
   return s;
+}
+
+void check_attention_backward_tensors(const AttentionShape& s, const at::Tensor& query,
+                                      const at::Tensor& grad_out, const at::Tensor& out,
+                                      const at::Tensor& lse,
+                                      const std::optional<at::Tensor>& grad_lse,
+                                      at::ScalarType lse_dtype) {
+  const std::vector<int64_t> out_shape{s.batch, s.heads_q, s.len_q, s.dim_v};
+  const std::vector<int64_t> lse_shape{s.batch, s.heads_q, s.len_q};
+  for (const at::Tensor* t : {&grad_out, &out}) {
+    TORCH_CHECK(t->sizes() == at::IntArrayRef(out_shape) && t->scalar_type() == query.scalar_type(),
+                "pydl.attention_backward: grad_out and out must be ", at::IntArrayRef(out_shape),
+                " ", query.scalar_type(), ", got ", t->sizes(), " ", t->scalar_type());
+  }
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef(lse_shape) && lse.scalar_type() == lse_dtype &&
+                  (!grad_lse.has_value() || (grad_lse->sizes() == at::IntArrayRef(lse_shape) &&
+                                             grad_lse->scalar_type() == lse_dtype)),
+              "pydl.attention_backward: lse and grad_lse must be ", at::IntArrayRef(lse_shape), " ",
+              lse_dtype, ", got ", lse.sizes(), " ", lse.scalar_type());
+  for (const at::Tensor* t : {&grad_out, &out, &lse}) {
+    TORCH_CHECK(t->device() == query.device(), "pydl.attention_backward: grad_out, out and lse "
+                "must be on the query's device (", query.device(), "), got ", t->device());
+  }
+  TORCH_CHECK(!grad_lse.has_value() || grad_lse->device() == query.device(),
+              "pydl.attention_backward: grad_lse is on ", grad_lse->device(), ", query on ",
+              query.device());
+}
+
+at::Tensor additive_mask(const std::optional<at::Tensor>& mask, const at::Tensor& query,
+                         const AttentionShape& s) {
+  if (!mask.has_value()) return {};
+  at::Tensor m = *mask;
+  if (m.scalar_type() == at::kBool) {
+    m = at::zeros(m.sizes(), query.options())
+            .masked_fill_(m.logical_not(), -std::numeric_limits<double>::infinity());
+  }
+  return m.expand({s.batch, s.heads_q, s.len_q, s.len_kv});
 }
 
 }  // namespace pydl

@@ -14,11 +14,26 @@ struct AttentionShape {
 
 // query (N, Hq, L, E), key (N, Hk, S, E), value (N, Hk, S, Ev), Hq a multiple
 // of Hk; attn_mask bool or the query's dtype, broadcastable to (N, Hq, L, S);
-// dropout_seed a one-element int64 CPU tensor when dropout_p > 0.
+// dropout_seed a one-element int64 tensor on the query's device when
+// dropout_p > 0. Every tensor must be on the query's device.
 AttentionShape check_attention_args(const at::Tensor& query, const at::Tensor& key,
                                     const at::Tensor& value,
                                     const std::optional<at::Tensor>& attn_mask,
                                     const std::optional<at::Tensor>& dropout_seed,
                                     double dropout_p);
+
+// The backward's extra tensors: grad_out and out (N, Hq, L, Ev) in the
+// query's dtype, lse and grad_lse (N, Hq, L) in lse_dtype, all on the query's device.
+void check_attention_backward_tensors(const AttentionShape& s, const at::Tensor& query,
+                                      const at::Tensor& grad_out, const at::Tensor& out,
+                                      const at::Tensor& lse,
+                                      const std::optional<at::Tensor>& grad_lse,
+                                      at::ScalarType lse_dtype);
+
+// The mask as an additive (N, Hq, L, S) view of broadcast strides (stride 0
+// where broadcast, never materialized): a bool mask becomes 0 / -inf once, at
+// its own (unbroadcast) size, in the query's dtype. Undefined when no mask.
+at::Tensor additive_mask(const std::optional<at::Tensor>& mask, const at::Tensor& query,
+                         const AttentionShape& s);
 
 }  // namespace pydl

@@ -5,8 +5,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <limits>
-
 #include "attention/attention_checks.h"
 #include "attention/attention_cpu_args.h"
 #include "attention/cpu/attention_cpu_kernel.h"
@@ -46,7 +44,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(
       check_attention_args(query, key, value, attn_mask, dropout_seed, dropout_p);
   check_cpu_dtype(query);
   const at::Tensor q = gemm_ready(query), k = gemm_ready(key), v = gemm_ready(value);
-  const at::Tensor mask = additive_mask(attn_mask, query, s);
+  const at::Tensor mask = cpu_kernel_mask(attn_mask, query, s);
   at::Tensor out = at::empty({s.batch, s.heads_q, s.len_q, s.dim_v}, query.options());
   // lse in the compute dtype (float32 for bf16: it feeds the backward's exp).
   at::Tensor lse = at::empty({s.batch, s.heads_q, s.len_q}, query.options().dtype(compute_dtype(query)));
@@ -72,20 +70,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
   const AttentionShape s =
       check_attention_args(query, key, value, attn_mask, dropout_seed, dropout_p);
   check_cpu_dtype(query);
-  const std::vector<int64_t> out_shape{s.batch, s.heads_q, s.len_q, s.dim_v};
-  const std::vector<int64_t> lse_shape{s.batch, s.heads_q, s.len_q};
-  for (const at::Tensor* t : {&grad_out, &out}) {
-    TORCH_CHECK(t->sizes() == at::IntArrayRef(out_shape) && t->scalar_type() == query.scalar_type(),
-                "pydl.attention_backward: grad_out and out must be ", at::IntArrayRef(out_shape),
-                " ", query.scalar_type(), ", got ", t->sizes(), " ", t->scalar_type());
-  }
+  // lse, grad_lse and the accumulators in the compute dtype (float32 for bf16).
   const at::ScalarType acc = compute_dtype(query);
-  TORCH_CHECK(lse.sizes() == at::IntArrayRef(lse_shape) && lse.scalar_type() == acc &&
-                  (!grad_lse.has_value() || grad_lse->sizes() == at::IntArrayRef(lse_shape)),
-              "pydl.attention_backward: lse and grad_lse must be ", at::IntArrayRef(lse_shape),
-              " ", acc, ", got ", lse.sizes(), " ", lse.scalar_type());
+  check_attention_backward_tensors(s, query, grad_out, out, lse, grad_lse, acc);
   const at::Tensor q = gemm_ready(query), k = gemm_ready(key), v = gemm_ready(value);
-  const at::Tensor mask = additive_mask(attn_mask, query, s);
+  const at::Tensor mask = cpu_kernel_mask(attn_mask, query, s);
   const at::Tensor dout = grad_out.contiguous();
   // delta_i = rowsum(dO * O) - dlse_i: the row term of the softmax backward
   // (d lse_i / d s_ij = P_ij folds the lse gradient into the same place).

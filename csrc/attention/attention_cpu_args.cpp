@@ -3,7 +3,6 @@
 #include "attention/cpu/tile_gemm.h"
 
 #include <algorithm>
-#include <limits>
 
 namespace pydl {
 namespace attention_cpu {
@@ -40,18 +39,14 @@ Operand operand(const at::Tensor& t) {
 
 }  // namespace
 
-at::Tensor additive_mask(const std::optional<at::Tensor>& mask, const at::Tensor& query,
-                         const AttentionShape& s) {
-  if (!mask.has_value()) return {};
-  at::Tensor m = *mask;
-  const auto options = query.options().dtype(compute_dtype(query));
-  if (m.scalar_type() == at::kBool) {
-    m = at::zeros(m.sizes(), options)
-            .masked_fill_(m.logical_not(), -std::numeric_limits<double>::infinity());
-  } else {
-    m = m.to(options.dtype());  // at the mask's own size, before the broadcast
+at::Tensor cpu_kernel_mask(const std::optional<at::Tensor>& mask, const at::Tensor& query,
+                           const AttentionShape& s) {
+  if (!mask.has_value() || compute_dtype(query) == query.scalar_type()) {
+    return additive_mask(mask, query, s);
   }
-  return m.expand({s.batch, s.heads_q, s.len_q, s.len_kv});
+  const at::Tensor converted = mask->scalar_type() == at::kBool ? *mask : mask->to(at::kFloat);
+  // additive_mask takes its dtype (for a bool mask's 0 / -inf) from the "query".
+  return additive_mask(converted, at::empty({0}, query.options().dtype(at::kFloat)), s);
 }
 
 Problem make_problem(const AttentionShape& s, const at::Tensor& q, const at::Tensor& k,

@@ -27,11 +27,11 @@ at::ScalarType compute_dtype(const at::Tensor& query);
 // least a row apart; anything else (rare) is copied once.
 at::Tensor gemm_ready(const at::Tensor& t);
 
-// The mask as an additive (N, Hq, L, S) view of broadcast strides, in the
-// compute dtype: a bool mask becomes 0 / -inf once, at its own (unbroadcast)
-// size. Undefined when there is no mask.
-at::Tensor additive_mask(const std::optional<at::Tensor>& mask, const at::Tensor& query,
-                         const AttentionShape& s);
+// The mask the CPU kernels read: additive_mask (attention_checks.h), in the
+// compute dtype (a bf16 float mask becomes float32 at its own size, before the
+// broadcast). Undefined when there is no mask.
+at::Tensor cpu_kernel_mask(const std::optional<at::Tensor>& mask, const at::Tensor& query,
+                           const AttentionShape& s);
 
 Problem make_problem(const AttentionShape& s, const at::Tensor& q, const at::Tensor& k,
                      const at::Tensor& v, const at::Tensor& mask,

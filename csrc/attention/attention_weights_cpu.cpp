@@ -60,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_with_weights_cpu(
       check_attention_args(query, key, value, attn_mask, dropout_seed, dropout_p);
   check_cpu_dtype_fp32_fp64(query);
   const at::Tensor q = gemm_ready(query), k = gemm_ready(key), v = gemm_ready(value);
-  const at::Tensor mask = additive_mask(attn_mask, query, s);
+  const at::Tensor mask = cpu_kernel_mask(attn_mask, query, s);
   at::Tensor out = at::empty({s.batch, s.heads_q, s.len_q, s.dim_v}, query.options());
   at::Tensor lse = at::empty({s.batch, s.heads_q, s.len_q}, query.options());
   at::Tensor w = at::empty(weights_shape(s, average_heads), query.options());
@@ -101,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_with_weight
               "pydl.attention_with_weights_backward: lse must be (", s.batch, ", ", s.heads_q,
               ", ", s.len_q, ") ", query.scalar_type(), ", got ", lse.sizes());
   const at::Tensor q = gemm_ready(query), k = gemm_ready(key), v = gemm_ready(value);
-  const at::Tensor mask = additive_mask(attn_mask, query, s);
+  const at::Tensor mask = cpu_kernel_mask(attn_mask, query, s);
   const at::Tensor dout = grad_out.has_value() ? grad_out->contiguous() : at::Tensor();
   const at::Tensor dweights = grad_weights.has_value() ? grad_weights->contiguous() : at::Tensor();
   const at::Tensor lse_c = lse.contiguous();

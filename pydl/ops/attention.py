@@ -15,7 +15,8 @@ bottom-right causal with L > S): its output is zeros and its lse is -inf;
 no NaN reaches the output or the gradients.
 
 Calls ``torch.ops.pydl.attention`` (CPU: float32/float64, and bfloat16 on
-CPUs with bf16 units when a gradient or dropout is needed) when pydl's kernel
+CPUs with bf16 units when a gradient or dropout is needed; CUDA: float16,
+bfloat16, float32, float64; lse in float32 for the half types) when pydl's kernel
 serves the call; otherwise torch's own SDPA, or pydl.reference for the
 extras torch lacks. Registers the op's fake kernels and autograd.
 """
@@ -129,8 +130,9 @@ def scaled_dot_product_attention(
     L, S, E = query.shape[-2], key.shape[-2], query.shape[-1]
     if scale is None:
         scale = 1.0 / math.sqrt(E) if E > 0 else 1.0
-    if _torch_is_faster(query, key, value, attn_mask, dropout_p, is_causal, causal_alignment,
-                        return_lse) or not _backend.use_pydl("attention", query):
+    if (_torch_is_faster(query, key, value, attn_mask, dropout_p, is_causal, causal_alignment,
+                         return_lse)
+            or not _backend.use_pydl("attention", query) or not _kernel_serves(query, value)):
         return _fallback(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                          causal_alignment, return_lse, out_batch)
     q = _as_4d(query, batch, heads)
@@ -139,9 +141,12 @@ def scaled_dot_product_attention(
     mask = attn_mask
     if mask is not None and (mask.dim() > 4 or len(out_batch) > 2):
         mask = mask.expand(*out_batch, L, S).reshape(-1, heads, L, S)
-    # The keep decisions are a hash of this seed: drawn from torch's generator,
-    # so torch.manual_seed reproduces the dropout pattern.
-    seed = (torch.randint(0, 2**62, (1,), dtype=torch.int64) if dropout_p > 0.0 else None)
+    # The keep decisions are a hash of this seed: drawn from torch's generator
+    # on the query's device (CUDA: its generator, read by the kernel in device
+    # memory, so no host sync and CUDA-graph replays draw fresh seeds), so
+    # torch.manual_seed reproduces the dropout pattern.
+    seed = (torch.randint(0, 2**62, (1,), dtype=torch.int64, device=query.device)
+            if dropout_p > 0.0 else None)
     out, lse = torch.ops.pydl.attention(q, k, v, mask, seed, float(dropout_p), bool(is_causal),
                                         causal_alignment == "bottom_right", float(scale))
     out = out.reshape(*out_batch, L, value.shape[-1])
@@ -167,6 +172,21 @@ def _torch_is_faster(query, key, value, attn_mask, dropout_p, is_causal, causal_
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
+# The CUDA kernels' largest head dim (csrc/attention/cuda/attention_kernels.h).
+CUDA_MAX_HEAD_DIM = 256
+
+
+def _kernel_serves(query, value) -> bool:
+    """Argument limits of the kernels beyond device and dtype (raises under PYDL_STRICT=1)."""
+    if query.device.type != "cuda" or max(query.shape[-1], value.shape[-1]) <= CUDA_MAX_HEAD_DIM:
+        return True
+    if _backend.strict():
+        raise _backend.FallbackError(
+            f"PYDL_STRICT=1: attention head dims ({query.shape[-1]}, {value.shape[-1]}) exceed "
+            f"the CUDA kernels' {CUDA_MAX_HEAD_DIM}; the call would fall back to torch")
+    return False
+
+
 def _fallback(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
               causal_alignment, return_lse, out_batch):
     """torch's SDPA; pydl.reference for what torch's op cannot express."""
@@ -185,7 +205,7 @@ def _fallback(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_
 
 
 def _lse_dtype(query: torch.Tensor) -> torch.dtype:
-    """The lse's dtype: bf16/fp16 inputs are computed in float32 and their lse kept so."""
+    """The lse's dtype: fp16/bf16 inputs are computed in float32 (CPU and CUDA) and their lse kept so."""
     if query.dtype in (torch.float16, torch.bfloat16):
         return torch.float32
     return query.dtype

@@ -1,0 +1,389 @@
+// FlashAttention-2-style backward on tensor cores for fp16 / bf16, head dims
+// bucketed to 64 / 128 / 256. At 256 the dK + dV (or dQ) accumulators of 16
+// rows would not fit one warp's registers, so the CTA has 8 warps and the two
+// warps of each 16-row group split the accumulator columns; both compute the
+// group's score tile (the QK^T and dO V^T products twice, the price of no
+// shared-memory round trip). Probabilities are
+// recomputed from the saved lse; delta = rowsum(dO * O) - grad_lse comes in.
+// Deterministic: every output element has exactly one writer, no atomics.
+//
+// dK / dV kernel: CTA = (n, hk, 64 keys), 4 row groups x 16 keys. It walks the
+//   query tiles (32 rows) of every query head of its GQA group; Q / dO tiles
+//   stream through shared memory, double-buffered with cp.async. A warp
+//   computes its 16 x 32 slice of the TRANSPOSED scores, so P^T and dS^T come
+//   out as accumulators that are re-packed directly as A fragments:
+//     S^T  = K Q^T          dP^T = V dO^T
+//     P^T  = exp(S^T * scale + mask - lse)   (dropout: P_used^T = P^T * z)
+//     dS^T = P^T * (dP^T * z - delta)        (written to the mask-grad buffer if asked)
+//     dV  += P_used^T dO    dK  += dS^T Q    (dK scaled at the end)
+// dQ kernel: CTA = (n, h, 64 query rows), 4 row groups x 16 rows, walks the
+//   key tiles (64 keys; 32 at head dim 256) up to the causal limit, K / V
+//   double-buffered:
+//     S = Q K^T, dP = dO V^T, dS = P * (dP * z - delta), dQ += dS K.
+#pragma once
+
+#include <c10/cuda/CUDAException.h>
+
+#include "attention/cuda/attention_kernels.h"
+#include "attention/cuda/attention_launch.h"
+#include "attention/cuda/attention_math.cuh"
+#include "attention/cuda/attention_tc_forward.cuh"
+#include "attention/cuda/attention_tc_ptx.cuh"
+#include "attention/dropout_philox.h"
+#include "common/cuda_storage.cuh"
+
+namespace pydl {
+namespace attention_cuda {
+namespace tc {
+
+template <int kHeadDim_>
+struct BackwardTraits {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kSplit = kHeadDim > 128 ? 2 : 1;  // warps per 16-row group
+  static constexpr int kAccCols = kHeadDim / kSplit;     // accumulator columns per warp
+  static constexpr int kGroups = 4;                      // 16-row groups per CTA
+  static constexpr int kWarps = kGroups * kSplit;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kPitch = kHeadDim + 8;
+  // dK / dV kernel: 64 keys per CTA, query tiles of 32 rows.
+  static constexpr int kKeys = 16 * kGroups;
+  static constexpr int kQueryTile = 32;
+  static constexpr int kDkdvSmemBytes = (2 * kKeys + 4 * kQueryTile) * kPitch * 2;  // K, V, 2 x (Q, dO)
+  // dQ kernel: 64 query rows per CTA, key tiles of 64 (32 at head dim 256: smem).
+  static constexpr int kRows = 16 * kGroups;
+  static constexpr int kKeyTile = kHeadDim > 128 ? 32 : 64;
+  static constexpr int kDqSmemBytes = (2 * kRows + 4 * kKeyTile) * kPitch * 2;  // Q, dO, 2 x (K, V)
+};
+
+// Load/compute helper used by both kernels: c[nt] += A(16 rows at a_rows) x
+// B^T where B is stored row-major [n][k] (rows b_rows .. + 8 * kNTiles), the
+// k extent kD: the "Q K^T" product shape.
+template <typename T, int kD, int kNTiles, int kPitch>
+__device__ __forceinline__ void mma_abt(float (*c)[4], const T* a_rows, const T* b_rows, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk) {
+    uint32_t a[4];
+    ldmatrix_x4(a, a_rows + (lane & 15) * kPitch + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; nt += 2) {
+      uint32_t b[4];
+      ldmatrix_x4(b, b_rows + (nt * 8 + (lane & 7) + ((lane >> 4) << 3)) * kPitch + kk * 16 +
+                         ((lane >> 3) & 1) * 8);
+      mma_16816<T>(c[nt], a, b[0], b[1]);
+      mma_16816<T>(c[nt + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// acc[nt] += X B where X (16 x 8 * kXTiles) sits in accumulator layout in x
+// (re-packed as A fragments) and B is stored row-major [k][n] at b (k rows
+// 0 .. 8 * kXTiles, n extent kD): the "P V" product shape.
+template <typename T, int kD, int kXTiles, int kPitch>
+__device__ __forceinline__ void mma_xb(float (*acc)[4], const float (*x)[4], const T* b, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < kXTiles / 2; ++kk) {
+    const uint32_t a[4] = {pack2<T>(x[2 * kk][0], x[2 * kk][1]), pack2<T>(x[2 * kk][2], x[2 * kk][3]),
+                           pack2<T>(x[2 * kk + 1][0], x[2 * kk + 1][1]),
+                           pack2<T>(x[2 * kk + 1][2], x[2 * kk + 1][3])};
+#pragma unroll
+    for (int nt = 0; nt < kD / 8; nt += 2) {
+      uint32_t bb[4];
+      ldmatrix_x4_trans(bb, b + (kk * 16 + (lane & 15)) * kPitch + nt * 8 + (lane >> 4) * 8);
+      mma_16816<T>(acc[nt], a, bb[0], bb[1]);
+      mma_16816<T>(acc[nt + 1], a, bb[2], bb[3]);
+    }
+  }
+}
+
+template <int kN>
+__device__ __forceinline__ void zero_acc(float (*c)[4]) {
+#pragma unroll
+  for (int i = 0; i < kN; ++i) c[i][0] = c[i][1] = c[i][2] = c[i][3] = 0.f;
+}
+
+// Whether weight (head_row, col) survives dropout (one Philox call per weight).
+__device__ __forceinline__ bool kept_at(const Problem& p, uint64_t seed, uint64_t head_row,
+                                        int col) {
+  uint32_t words[4];
+  attention_dropout::keep_words(words, seed, head_row, static_cast<uint64_t>(col) >> 2);
+  return attention_dropout::is_kept(words, static_cast<uint64_t>(col), p.keep_threshold);
+}
+
+// Writes rows x kD accumulators (this lane's fragment rows r0 + g, r0 + g + 8)
+// times `factor` to out (row-major, `cols` valid columns, `rows` valid rows).
+template <typename T, int kD>
+__device__ __forceinline__ void store_acc(const float (*acc)[4], T* out, int64_t row_stride,
+                                          int r0, int rows, int cols, float factor, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    const int r = r0 + g + 8 * rr;
+    if (r >= rows) continue;
+#pragma unroll
+    for (int nt = 0; nt < kD / 8; ++nt) {
+      const int col = nt * 8 + 2 * t;
+      if (col < cols) {
+        *reinterpret_cast<uint32_t*>(out + r * row_stride + col) =
+            pack2<T>(acc[nt][2 * rr] * factor, acc[nt][2 * rr + 1] * factor);
+      }
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------- dK / dV
+
+template <typename T, typename Tr>
+__global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
+  constexpr int kD = Tr::kHeadDim, kPitch = Tr::kPitch, kKeys = Tr::kKeys, kQT = Tr::kQueryTile;
+  constexpr int kAcc = Tr::kAccCols;
+  const Problem& p = a.p;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Ks = reinterpret_cast<T*>(smem_raw);
+  T* Vs = Ks + kKeys * kPitch;
+  T* Qs = Vs + kKeys * kPitch;  // [2][kQT][kPitch]
+  T* dOs = Qs + 2 * kQT * kPitch;
+
+  const int nhk = blockIdx.x, n = nhk / p.heads_kv, hk = nhk % p.heads_kv;
+  const int j0 = blockIdx.y * kKeys, keys_here = min(kKeys, p.len_kv - j0);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  // 16-row group (its keys) and which accumulator columns [half * kAcc, + kAcc) this warp owns.
+  const int rg = warp / Tr::kSplit, half = warp % Tr::kSplit;
+  const float scale = static_cast<float>(p.scale), keep_scale = static_cast<float>(p.keep_scale);
+  const uint64_t seed = p.dropout ? static_cast<uint64_t>(*p.seed) : 0;
+  const float* lse = static_cast<const float*>(a.lse);
+  const float* delta = static_cast<const float*>(a.delta);
+  float* grad_scores = static_cast<float*>(a.grad_scores);
+  // This lane's two keys (fragment rows g, g + 8 of its group's 16).
+  const int key[2] = {j0 + rg * 16 + g, j0 + rg * 16 + g + 8};
+
+  load_tile_async<Tr>(Ks, static_cast<const T*>(p.k) + n * p.sk.n + hk * p.sk.h +
+                                             j0 * p.sk.row,
+                                     p.sk.row, kKeys, keys_here, p.dim_qk);
+  load_tile_async<Tr>(Vs, static_cast<const T*>(p.v) + n * p.sv.n + hk * p.sv.h +
+                                             j0 * p.sv.row,
+                                     p.sv.row, kKeys, keys_here, p.dim_v);
+  // Query tiles: (head of the group, tile) flattened; causal rows before
+  // j0 - offset see none of these keys.
+  const int i_first = p.causal ? max(0, j0 - p.causal_offset) : 0;
+  const int first_tile = i_first / kQT;
+  const int tiles_per_head = max(0, (p.len_q + kQT - 1) / kQT - first_tile);
+  const int n_tiles = tiles_per_head * p.group;
+  auto load_q_tile = [&](int tile, int buf) {
+    const int h = hk * p.group + tile / tiles_per_head;
+    const int i0 = (first_tile + tile % tiles_per_head) * kQT;
+    const int64_t nh = static_cast<int64_t>(n) * p.heads_q + h;
+    load_tile_async<Tr>(
+        Qs + buf * kQT * kPitch,
+        static_cast<const T*>(p.q) + n * p.sq.n + h * p.sq.h + i0 * p.sq.row, p.sq.row, kQT,
+        min(kQT, p.len_q - i0), p.dim_qk);
+    load_tile_async<Tr>(
+        dOs + buf * kQT * kPitch,
+        static_cast<const T*>(a.grad_out) + (nh * p.len_q + i0) * p.dim_v, p.dim_v, kQT,
+        min(kQT, p.len_q - i0), p.dim_v);
+  };
+  if (n_tiles > 0) load_q_tile(0, 0);
+  cp_async_commit();
+
+  float dk[kAcc / 8][4], dv[kAcc / 8][4];
+  zero_acc<kAcc / 8>(dk);
+  zero_acc<kAcc / 8>(dv);
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    const int buf = tile & 1;
+    if (tile + 1 < n_tiles) {
+      load_q_tile(tile + 1, buf ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const int h = hk * p.group + tile / tiles_per_head;
+    const int i0 = (first_tile + tile % tiles_per_head) * kQT;
+    const int64_t nh = static_cast<int64_t>(n) * p.heads_q + h;
+    const T* Qb = Qs + buf * kQT * kPitch;
+    const T* dOb = dOs + buf * kQT * kPitch;
+    const T* mhead = p.mask ? static_cast<const T*>(p.mask) + n * p.smask.n + h * p.smask.h
+                            : nullptr;
+
+    float st[kQT / 8][4], dpt[kQT / 8][4];  // S^T, dP^T: 16 keys x 32 queries
+    zero_acc<kQT / 8>(st);
+    zero_acc<kQT / 8>(dpt);
+    mma_abt<T, kD, kQT / 8, kPitch>(st, Ks + rg * 16 * kPitch, Qb, lane);
+    mma_abt<T, kD, kQT / 8, kPitch>(dpt, Vs + rg * 16 * kPitch, dOb, lane);
+#pragma unroll
+    for (int nt = 0; nt < kQT / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int kj = key[e >> 1], qi = i0 + nt * 8 + 2 * t + (e & 1);
+        const bool visible = kj < p.len_kv && qi < p.len_q &&
+                             (!p.causal || kj <= qi + p.causal_offset);
+        const float row_lse = qi < p.len_q ? lse[nh * p.len_q + qi] : neg_inf<float>();
+        float prob = 0.f, ds = 0.f;
+        if (visible && row_lse != neg_inf<float>()) {
+          float x = st[nt][e] * scale;
+          if (mhead) x += to_acc(mhead[qi * p.smask.row + kj * p.smask.col]);
+          prob = exp2f((x - row_lse) * kLog2e);
+          float dp = dpt[nt][e];
+          float used = prob;
+          if (p.dropout) {
+            const float z = kept_at(p, seed, static_cast<uint64_t>(nh * p.len_q + qi), kj)
+                                ? keep_scale : 0.f;
+            dp *= z;
+            used = prob * z;
+          }
+          ds = prob * (dp - delta[nh * p.len_q + qi]);
+          prob = used;
+          if (grad_scores && half == 0) grad_scores[(nh * p.len_q + qi) * p.len_kv + kj] = ds;
+        }
+        st[nt][e] = prob;  // P_used^T
+        dpt[nt][e] = ds;   // dS^T
+      }
+    }
+    mma_xb<T, kAcc, kQT / 8, kPitch>(dv, st, dOb + half * kAcc, lane);
+    mma_xb<T, kAcc, kQT / 8, kPitch>(dk, dpt, Qb + half * kAcc, lane);
+    __syncthreads();  // this buffer is refilled two tiles on
+  }
+  cp_async_wait<0>();  // with no tile, the first group (K, V) is still in flight
+  const int64_t key_row0 = static_cast<int64_t>(nhk) * p.len_kv + j0;
+  if (a.grad_k) {
+    store_acc<T, kAcc>(dk, static_cast<T*>(a.grad_k) + key_row0 * p.dim_qk + half * kAcc,
+                       p.dim_qk, rg * 16, keys_here, p.dim_qk - half * kAcc, scale, lane);
+  }
+  if (a.grad_v) {
+    store_acc<T, kAcc>(dv, static_cast<T*>(a.grad_v) + key_row0 * p.dim_v + half * kAcc,
+                       p.dim_v, rg * 16, keys_here, p.dim_v - half * kAcc, 1.f, lane);
+  }
+}
+
+// ----------------------------------------------------------------------------- dQ
+
+template <typename T, typename Tr>
+__global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
+  constexpr int kD = Tr::kHeadDim, kPitch = Tr::kPitch, kBM = Tr::kRows, kBN = Tr::kKeyTile;
+  constexpr int kAcc = Tr::kAccCols;
+  const Problem& p = a.p;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Qs = reinterpret_cast<T*>(smem_raw);
+  T* dOs = Qs + kBM * kPitch;
+  T* Ks = dOs + kBM * kPitch;  // [2][kBN][kPitch]
+  T* Vs = Ks + 2 * kBN * kPitch;
+
+  const int nh = blockIdx.x, n = nh / p.heads_q, h = nh % p.heads_q, hk = h / p.group;
+  const int i0 = blockIdx.y * kBM, rows_here = min(kBM, p.len_q - i0);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int rg = warp / Tr::kSplit, half = warp % Tr::kSplit;  // as in dkdv_kernel
+  const float scale = static_cast<float>(p.scale), keep_scale = static_cast<float>(p.keep_scale);
+  const uint64_t seed = p.dropout ? static_cast<uint64_t>(*p.seed) : 0;
+  const T* k = static_cast<const T*>(p.k) + n * p.sk.n + hk * p.sk.h;
+  const T* v = static_cast<const T*>(p.v) + n * p.sv.n + hk * p.sv.h;
+  int row[2];
+  float row_lse[2], row_delta[2];
+  const T* mask_row[2];
+  for (int rr = 0; rr < 2; ++rr) {
+    row[rr] = i0 + rg * 16 + g + 8 * rr;
+    const bool valid = row[rr] < p.len_q;
+    const int64_t idx = static_cast<int64_t>(nh) * p.len_q + row[rr];
+    row_lse[rr] = valid ? static_cast<const float*>(a.lse)[idx] : neg_inf<float>();
+    row_delta[rr] = valid ? static_cast<const float*>(a.delta)[idx] : 0.f;
+    mask_row[rr] = p.mask ? static_cast<const T*>(p.mask) + n * p.smask.n + h * p.smask.h +
+                                static_cast<int64_t>(min(row[rr], p.len_q - 1)) * p.smask.row
+                          : nullptr;
+  }
+
+  const int key_end = p.causal ? max(0, min(p.len_kv, i0 + rows_here + p.causal_offset))
+                               : p.len_kv;
+  const int n_tiles = (key_end + kBN - 1) / kBN;
+  load_tile_async<Tr>(Qs, static_cast<const T*>(p.q) + n * p.sq.n + h * p.sq.h +
+                                             i0 * p.sq.row,
+                                     p.sq.row, kBM, rows_here, p.dim_qk);
+  load_tile_async<Tr>(
+      dOs, static_cast<const T*>(a.grad_out) + (static_cast<int64_t>(nh) * p.len_q + i0) * p.dim_v,
+      p.dim_v, kBM, rows_here, p.dim_v);
+  auto load_kv_tile = [&](int tile, int buf) {
+    const int j0 = tile * kBN;
+    load_tile_async<Tr>(Ks + buf * kBN * kPitch, k + j0 * p.sk.row, p.sk.row, kBN,
+                                       min(kBN, p.len_kv - j0), p.dim_qk);
+    load_tile_async<Tr>(Vs + buf * kBN * kPitch, v + j0 * p.sv.row, p.sv.row, kBN,
+                                       min(kBN, p.len_kv - j0), p.dim_v);
+  };
+  if (n_tiles > 0) load_kv_tile(0, 0);
+  cp_async_commit();
+
+  float dq[kAcc / 8][4];
+  zero_acc<kAcc / 8>(dq);
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    const int j0 = tile * kBN, buf = tile & 1;
+    if (tile + 1 < n_tiles) {
+      load_kv_tile(tile + 1, buf ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* Kb = Ks + buf * kBN * kPitch;
+    const T* Vb = Vs + buf * kBN * kPitch;
+    float s[kBN / 8][4], dp[kBN / 8][4];
+    zero_acc<kBN / 8>(s);
+    zero_acc<kBN / 8>(dp);
+    mma_abt<T, kD, kBN / 8, kPitch>(s, Qs + rg * 16 * kPitch, Kb, lane);
+    mma_abt<T, kD, kBN / 8, kPitch>(dp, dOs + rg * 16 * kPitch, Vb, lane);
+#pragma unroll
+    for (int nt = 0; nt < kBN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int rr = e >> 1, col = j0 + nt * 8 + 2 * t + (e & 1);
+        const bool visible = row[rr] < p.len_q && col < p.len_kv &&
+                             (!p.causal || col <= row[rr] + p.causal_offset);
+        float ds = 0.f;
+        if (visible && row_lse[rr] != neg_inf<float>()) {
+          float x = s[nt][e] * scale;
+          if (mask_row[rr]) x += to_acc(mask_row[rr][col * p.smask.col]);
+          const float prob = exp2f((x - row_lse[rr]) * kLog2e);
+          float d = dp[nt][e];
+          if (p.dropout) {
+            d = kept_at(p, seed, static_cast<uint64_t>(nh) * p.len_q + row[rr], col)
+                    ? d * keep_scale : 0.f;
+          }
+          ds = prob * (d - row_delta[rr]);
+        }
+        s[nt][e] = ds;
+      }
+    }
+    mma_xb<T, kAcc, kBN / 8, kPitch>(dq, s, Kb + half * kAcc, lane);
+    __syncthreads();
+  }
+  cp_async_wait<0>();  // with no key tile, the Q / dO load is still in flight
+  if (a.grad_q) {
+    store_acc<T, kAcc>(dq, static_cast<T*>(a.grad_q) +
+                               (static_cast<int64_t>(nh) * p.len_q + i0) * p.dim_qk + half * kAcc,
+                       p.dim_qk, rg * 16, rows_here, p.dim_qk - half * kAcc, scale, lane);
+  }
+}
+
+template <typename T, int kHeadDim>
+void launch_backward(const BackwardArgs& a, cudaStream_t stream) {
+  using Tr = BackwardTraits<kHeadDim>;
+  if (a.grad_k || a.grad_v || a.grad_scores) {
+    const int64_t blocks = (static_cast<int64_t>(a.p.len_kv) + Tr::kKeys - 1) / Tr::kKeys;
+    TORCH_CHECK(blocks <= 65535, "pydl.attention (CUDA): S = ", a.p.len_kv, " is too long");
+    auto kernel = dkdv_kernel<T, Tr>;
+    allow_dynamic_smem(reinterpret_cast<const void*>(kernel), Tr::kDkdvSmemBytes);
+    kernel<<<dim3(a.p.batch * a.p.heads_kv, static_cast<unsigned>(blocks)), Tr::kThreads,
+             Tr::kDkdvSmemBytes, stream>>>(a);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (a.grad_q) {
+    const int64_t blocks = (static_cast<int64_t>(a.p.len_q) + Tr::kRows - 1) / Tr::kRows;
+    TORCH_CHECK(blocks <= 65535, "pydl.attention (CUDA): L = ", a.p.len_q, " is too long");
+    auto kernel = dq_kernel<T, Tr>;
+    allow_dynamic_smem(reinterpret_cast<const void*>(kernel), Tr::kDqSmemBytes);
+    kernel<<<dim3(a.p.batch * a.p.heads_q, static_cast<unsigned>(blocks)), Tr::kThreads,
+             Tr::kDqSmemBytes, stream>>>(a);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+}  // namespace tc
+}  // namespace attention_cuda
+}  // namespace pydl

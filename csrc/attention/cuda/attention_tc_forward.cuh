@@ -1,0 +1,253 @@
+// FlashAttention-2-style forward on tensor cores for fp16 / bf16 (float
+// accumulators, float lse).
+//
+// CTA = (n, h, 64 query rows), 4 warps, each warp owning 16 query rows for
+// the whole pass (no inter-warp reductions). The CTA walks the key tiles of
+// kBlockN keys up to the causal limit; K/V tiles stream through shared memory
+// with cp.async, double-buffered (tile t+1 loads while tile t computes). Per tile:
+//   S = Q K^T        mma m16n8k16, Q and K fragments by ldmatrix from smem
+//   scale, mask, causal / bounds predicates, online softmax (row max and sum
+//   over the 4 lanes that share a fragment row), dropout after the row sum
+//   O += P V         P re-packed from the S accumulators as A fragments in
+//                    registers, V fragments by ldmatrix.trans
+// Head dims are bucketed (kHeadDim = 64 / 128 / 256 >= max(E, Ev)); the
+// columns past E (Q, K) and Ev (V) are zero-filled by the loads, so they add
+// nothing. Requires E, Ev multiples of 8, unit last-dim strides, other strides
+// multiples of 8 and 16-byte aligned bases (the host makes that so or uses
+// the CUDA-core kernel). Smem rows are padded by 16 bytes: the 8 rows an
+// ldmatrix reads then fall on 8 different 16-byte bank groups.
+#pragma once
+
+#include <c10/cuda/CUDAException.h>
+
+#include "attention/cuda/attention_kernels.h"
+#include "attention/cuda/attention_launch.h"
+#include "attention/cuda/attention_math.cuh"
+#include "attention/cuda/attention_tc_ptx.cuh"
+#include "attention/dropout_philox.h"
+#include "common/cuda_storage.cuh"
+
+namespace pydl {
+namespace attention_cuda {
+namespace tc {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+template <int kHeadDim_>
+struct ForwardTraits {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kBlockM = 16 * kWarps;
+  static constexpr int kBlockN = kHeadDim <= 128 ? 64 : 32;  // d 256: 128 O registers already
+  static constexpr int kPitch = kHeadDim + 8;                // elements per smem row
+  static constexpr int kSmemBytes = (kBlockM + 4 * kBlockN) * kPitch * 2;  // Q, 2 x K, 2 x V
+};
+
+// rows x kHeadDim tile of src (row r at src + r * row_stride) into dst (pitch
+// kPitch): 16-byte chunks, zero past valid_rows and past cols.
+template <typename Tr, typename T>
+__device__ __forceinline__ void load_tile_async(T* dst, const T* src, int64_t row_stride,
+                                                int rows, int valid_rows, int cols) {
+  constexpr int kChunks = Tr::kHeadDim / 8;
+  for (int idx = threadIdx.x; idx < rows * kChunks; idx += Tr::kThreads) {
+    const int r = idx / kChunks, c = idx - r * kChunks;
+    const bool valid = r < valid_rows && c * 8 < cols;
+    cp_async_16(dst + r * Tr::kPitch + c * 8, valid ? src + r * row_stride + c * 8 : src, valid);
+  }
+}
+
+template <typename T, typename Tr>
+__global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
+  constexpr int kD = Tr::kHeadDim, kBM = Tr::kBlockM, kBN = Tr::kBlockN, kPitch = Tr::kPitch;
+  const Problem& p = a.p;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Qs = reinterpret_cast<T*>(smem_raw);
+  T* Ks = Qs + kBM * kPitch;  // [2][kBN][kPitch]
+  T* Vs = Ks + 2 * kBN * kPitch;
+
+  const int nh = blockIdx.x, n = nh / p.heads_q, h = nh % p.heads_q, hk = h / p.group;
+  const int i0 = blockIdx.y * kBM, rows_here = min(kBM, p.len_q - i0);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const T* q = static_cast<const T*>(p.q) + n * p.sq.n + h * p.sq.h + i0 * p.sq.row;
+  const T* k = static_cast<const T*>(p.k) + n * p.sk.n + hk * p.sk.h;
+  const T* v = static_cast<const T*>(p.v) + n * p.sv.n + hk * p.sv.h;
+  // This thread's two fragment rows: g and g + 8 of its warp's 16.
+  int row[2];
+  const T* mask_row[2];
+  for (int rr = 0; rr < 2; ++rr) {
+    row[rr] = i0 + warp * 16 + g + 8 * rr;
+    mask_row[rr] = p.mask ? static_cast<const T*>(p.mask) + n * p.smask.n + h * p.smask.h +
+                                static_cast<int64_t>(min(row[rr], p.len_q - 1)) * p.smask.row
+                          : nullptr;
+  }
+  const float scale = static_cast<float>(p.scale), keep_scale = static_cast<float>(p.keep_scale);
+  const uint64_t seed = p.dropout ? static_cast<uint64_t>(*p.seed) : 0;
+
+  // No row of this CTA sees a key at or past key_end under the causal rule.
+  const int key_end = p.causal ? max(0, min(p.len_kv, i0 + rows_here + p.causal_offset))
+                               : p.len_kv;
+  const int n_tiles = (key_end + kBN - 1) / kBN;
+  load_tile_async<Tr>(Qs, q, p.sq.row, kBM, rows_here, p.dim_qk);
+  if (n_tiles > 0) {
+    load_tile_async<Tr>(Ks, k, p.sk.row, kBN, min(kBN, p.len_kv), p.dim_qk);
+    load_tile_async<Tr>(Vs, v, p.sv.row, kBN, min(kBN, p.len_kv), p.dim_v);
+  }
+  cp_async_commit();
+
+  float o[kD / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < kD / 8; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
+  float m[2] = {neg_inf<float>(), neg_inf<float>()};
+  float l[2] = {0.f, 0.f};  // this lane's partial row sums (its columns only)
+
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    const int j0 = tile * kBN, buf = tile & 1;
+    if (tile + 1 < n_tiles) {  // prefetch the next tile into the other buffer
+      const int j1 = j0 + kBN, nxt = buf ^ 1;
+      load_tile_async<Tr>(Ks + nxt * kBN * kPitch, k + j1 * p.sk.row, p.sk.row, kBN,
+                          min(kBN, p.len_kv - j1), p.dim_qk);
+      load_tile_async<Tr>(Vs + nxt * kBN * kPitch, v + j1 * p.sv.row, p.sv.row, kBN,
+                          min(kBN, p.len_kv - j1), p.dim_v);
+      cp_async_commit();
+      cp_async_wait<1>();  // everything but the prefetch has landed
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* Kb = Ks + buf * kBN * kPitch;
+    const T* Vb = Vs + buf * kBN * kPitch;
+
+    // S = Q K^T for this warp's 16 rows x kBN keys.
+    float s[kBN / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kBN / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      uint32_t qa[4];
+      ldmatrix_x4(qa, Qs + (warp * 16 + (lane & 15)) * kPitch + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+      for (int nt = 0; nt < kBN / 8; nt += 2) {
+        uint32_t kb[4];  // b0, b1 of key n-tile nt, then of nt + 1
+        ldmatrix_x4(kb, Kb + (nt * 8 + (lane & 7) + ((lane >> 4) << 3)) * kPitch + kk * 16 +
+                            ((lane >> 3) & 1) * 8);
+        mma_16816<T>(s[nt], qa, kb[0], kb[1]);
+        mma_16816<T>(s[nt + 1], qa, kb[2], kb[3]);
+      }
+    }
+
+    // Scale, mask, hide invisible keys; the tile's row maxima.
+    float tile_max[2] = {neg_inf<float>(), neg_inf<float>()};
+#pragma unroll
+    for (int nt = 0; nt < kBN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int rr = e >> 1, col = j0 + nt * 8 + 2 * t + (e & 1);
+        const bool visible = row[rr] < p.len_q && col < p.len_kv &&
+                             (!p.causal || col <= row[rr] + p.causal_offset);
+        float x = s[nt][e] * scale;
+        if (mask_row[rr] && visible) x += to_acc(mask_row[rr][col * p.smask.col]);
+        s[nt][e] = visible ? x : neg_inf<float>();
+        tile_max[rr] = fmaxf(tile_max[rr], s[nt][e]);
+      }
+    }
+    float alpha[2], ref[2];
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      const float m_new = fmaxf(m[rr], quad_max(tile_max[rr]));
+      // A row that has seen only hidden keys keeps m = -inf: exponentiate
+      // against 0 then, so it stays zeros instead of NaN.
+      ref[rr] = m_new == neg_inf<float>() ? 0.f : m_new;
+      alpha[rr] = exp2f((m[rr] - ref[rr]) * kLog2e);
+      m[rr] = m_new;
+      l[rr] *= alpha[rr];
+    }
+#pragma unroll
+    for (int nt = 0; nt < kBN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int rr = e >> 1;
+        s[nt][e] = exp2f((s[nt][e] - ref[rr]) * kLog2e);
+        l[rr] += s[nt][e];  // before dropout: the lse is dropout-free
+      }
+      if (p.dropout) {
+        // Columns 2t, 2t+1 of the n-tile share one Philox group (col & 3 is 0 or 2).
+        const int col = j0 + nt * 8 + 2 * t;
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+          uint32_t words[4];
+          attention_dropout::keep_words(words, seed,
+                                        static_cast<uint64_t>(nh) * p.len_q + row[rr],
+                                        static_cast<uint64_t>(col) >> 2);
+          const bool lo = attention_dropout::is_kept(words, col, p.keep_threshold);
+          const bool hi = attention_dropout::is_kept(words, col + 1, p.keep_threshold);
+          s[nt][2 * rr] = lo ? s[nt][2 * rr] * keep_scale : 0.f;
+          s[nt][2 * rr + 1] = hi ? s[nt][2 * rr + 1] * keep_scale : 0.f;
+        }
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < kD / 8; ++nt) {
+      o[nt][0] *= alpha[0];
+      o[nt][1] *= alpha[0];
+      o[nt][2] *= alpha[1];
+      o[nt][3] *= alpha[1];
+    }
+
+    // O += P V: the S accumulators of key n-tiles 2kk, 2kk+1 are the A fragment of k-step kk.
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      const uint32_t pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]),
+                              pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                              pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int nt = 0; nt < kD / 8; nt += 2) {
+        uint32_t vb[4];  // b0, b1 of value-dim n-tile nt, then of nt + 1
+        ldmatrix_x4_trans(vb, Vb + (kk * 16 + (lane & 15)) * kPitch + nt * 8 + (lane >> 4) * 8);
+        mma_16816<T>(o[nt], pa, vb[0], vb[1]);
+        mma_16816<T>(o[nt + 1], pa, vb[2], vb[3]);
+      }
+    }
+    __syncthreads();  // this buffer is refilled by the prefetch two tiles on
+  }
+  cp_async_wait<0>();  // with no key tile, the Q load is still in flight
+
+  // Epilogue: O / l, lse = m + log l; a row with no visible key (l = 0) gets zeros and -inf.
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    const float sum = quad_sum(l[rr]);
+    if (row[rr] >= p.len_q) continue;
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    T* out = static_cast<T*>(a.out) + (static_cast<int64_t>(nh) * p.len_q + row[rr]) * p.dim_v;
+#pragma unroll
+    for (int nt = 0; nt < kD / 8; ++nt) {
+      const int col = nt * 8 + 2 * t;
+      if (col < p.dim_v) {
+        *reinterpret_cast<uint32_t*>(out + col) =
+            pack2<T>(o[nt][2 * rr] * inv, o[nt][2 * rr + 1] * inv);
+      }
+    }
+    if (t == 0) {
+      static_cast<float*>(a.lse)[static_cast<int64_t>(nh) * p.len_q + row[rr]] =
+          sum > 0.f ? m[rr] + logf(sum) : neg_inf<float>();
+    }
+  }
+}
+
+template <typename T, int kHeadDim>
+void launch_forward(const ForwardArgs& a, cudaStream_t stream) {
+  using Tr = ForwardTraits<kHeadDim>;
+  const int64_t blocks = (static_cast<int64_t>(a.p.len_q) + Tr::kBlockM - 1) / Tr::kBlockM;
+  TORCH_CHECK(blocks <= 65535, "pydl.attention (CUDA): L = ", a.p.len_q, " is too long");
+  const int heads = a.p.batch * a.p.heads_q;
+  if (heads == 0 || blocks == 0) return;
+  auto kernel = forward_kernel<T, Tr>;
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), Tr::kSmemBytes);
+  kernel<<<dim3(heads, static_cast<unsigned>(blocks)), Tr::kThreads, Tr::kSmemBytes, stream>>>(a);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace tc
+}  // namespace attention_cuda
+}  // namespace pydl

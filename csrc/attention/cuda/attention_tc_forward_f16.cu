@@ -1,0 +1,16 @@
+// __half instantiations of the tensor-core attention forward, head dims 64 / 128
+// / 256 (one file per dtype so the build compiles them in parallel).
+#include "attention/cuda/attention_tc_forward.cuh"
+
+namespace pydl {
+namespace attention_cuda {
+template <>
+void tc_forward<__half>(const ForwardArgs& a, int head_dim_bucket, cudaStream_t stream) {
+  switch (head_dim_bucket) {
+    case 64: tc::launch_forward<__half, 64>(a, stream); break;
+    case 128: tc::launch_forward<__half, 128>(a, stream); break;
+    default: tc::launch_forward<__half, 256>(a, stream); break;
+  }
+}
+}  // namespace attention_cuda
+}  // namespace pydl
