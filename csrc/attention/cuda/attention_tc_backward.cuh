@@ -364,6 +364,10 @@ __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
 template <typename T, int kHeadDim>
 void launch_backward(const BackwardArgs& a, cudaStream_t stream) {
   using Tr = BackwardTraits<kHeadDim>;
+  // A card with less opt-in shared memory than these tiles need (sm_86 / sm_89
+  // allow 99 KB; head dims 128 and 256 need more) takes the CUDA-core kernels.
+  const int optin = max_smem_optin();
+  if (Tr::kDkdvSmemBytes > optin || Tr::kDqSmemBytes > optin) return simt_backward<T>(a, stream);
   if (a.grad_k || a.grad_v || a.grad_scores) {
     const int64_t blocks = (static_cast<int64_t>(a.p.len_kv) + Tr::kKeys - 1) / Tr::kKeys;
     TORCH_CHECK(blocks <= 65535, "pydl.attention (CUDA): S = ", a.p.len_kv, " is too long");

@@ -242,6 +242,9 @@ void launch_forward(const ForwardArgs& a, cudaStream_t stream) {
   TORCH_CHECK(blocks <= 65535, "pydl.attention (CUDA): L = ", a.p.len_q, " is too long");
   const int heads = a.p.batch * a.p.heads_q;
   if (heads == 0 || blocks == 0) return;
+  // A card with less opt-in shared memory than the tile needs (sm_86 / sm_89
+  // allow 99 KB) takes the CUDA-core kernel instead of failing.
+  if (Tr::kSmemBytes > max_smem_optin()) return simt_forward<T>(a, stream);
   auto kernel = forward_kernel<T, Tr>;
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), Tr::kSmemBytes);
   kernel<<<dim3(heads, static_cast<unsigned>(blocks)), Tr::kThreads, Tr::kSmemBytes, stream>>>(a);
