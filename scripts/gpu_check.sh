@@ -12,6 +12,8 @@
 #   BENCH_ARGS="--quick --only attention/" ...  # one family (attention: ~46 SDPA rows + MHA rows)
 # The gpu tests include tests/test_attention_cuda.py (~160 tests); the quick
 # benchmarks include attention's GPU rows (46 SDPA rows + the module rows).
+# The device tool allows 10 minutes per command: run it as two calls on the
+# same warm machine, STEPS="build tests" then STEPS="bench" (the build stays).
 cd "$(dirname "$0")/.."
 export PYDL_SKIP_PIP=1 PYDL_CUDA=1 PYTHONUNBUFFERED=1
 OUT=${OUT:-$PWD/gpu_check_out}
