@@ -226,10 +226,11 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
           float dp = dpt[nt][e];
           float used = prob;
           if (p.dropout) {
-            const float z = kept_at(p, seed, static_cast<uint64_t>(nh * p.len_q + qi), kj)
-                                ? keep_scale : 0.f;
-            dp *= z;
-            used = prob * z;
+            // used stays in [0, 1] for the half-precision dV mma; dV is scaled
+            // by 1 / (1 - p) when stored.
+            const bool kept = kept_at(p, seed, static_cast<uint64_t>(nh * p.len_q + qi), kj);
+            dp = kept ? dp * keep_scale : 0.f;
+            used = kept ? prob : 0.f;
           }
           ds = prob * (dp - delta[nh * p.len_q + qi]);
           prob = used;
@@ -251,7 +252,7 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
   }
   if (a.grad_v) {
     store_acc<T, kAcc>(dv, static_cast<T*>(a.grad_v) + key_row0 * p.dim_v + half * kAcc,
-                       p.dim_v, rg * 16, keys_here, p.dim_v - half * kAcc, 1.f, lane);
+                       p.dim_v, rg * 16, keys_here, p.dim_v - half * kAcc, keep_scale, lane);
   }
 }
 

@@ -181,8 +181,10 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
                                         static_cast<uint64_t>(col) >> 2);
           const bool lo = attention_dropout::is_kept(words, col, p.keep_threshold);
           const bool hi = attention_dropout::is_kept(words, col + 1, p.keep_threshold);
-          s[nt][2 * rr] = lo ? s[nt][2 * rr] * keep_scale : 0.f;
-          s[nt][2 * rr + 1] = hi ? s[nt][2 * rr + 1] * keep_scale : 0.f;
+          // P stays in [0, 1] for the half-precision PV mma (P / (1 - p)
+          // overflows fp16 when p is near 1); the epilogue applies 1 / (1 - p).
+          s[nt][2 * rr] = lo ? s[nt][2 * rr] : 0.f;
+          s[nt][2 * rr + 1] = hi ? s[nt][2 * rr + 1] : 0.f;
         }
       }
     }
@@ -218,7 +220,7 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
   for (int rr = 0; rr < 2; ++rr) {
     const float sum = quad_sum(l[rr]);
     if (row[rr] >= p.len_q) continue;
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    const float inv = sum > 0.f ? keep_scale / sum : 0.f;  // keep_scale: 1 without dropout
     T* out = static_cast<T*>(a.out) + (static_cast<int64_t>(nh) * p.len_q + row[rr]) * p.dim_v;
 #pragma unroll
     for (int nt = 0; nt < kD / 8; ++nt) {
