@@ -150,3 +150,24 @@ def test_op_errors_come_from_cpp():
         torch.ops.pydl.lstm_cell(x, h.double(), h, w_ih, w_hh, b_ih, b_hh)
     with pytest.raises(RuntimeError, match="cx must be"):
         torch.ops.pydl.lstm_cell(x, h, torch.randn(3, 3), w_ih, w_hh, b_ih, b_hh)
+
+
+@pytest.mark.parametrize("give_b_ih", [True, False])
+@pytest.mark.parametrize("wanted", [("x",), ("b_hh",), ("w_hh", "b_hh"), ("h0", "b_ih")])
+def test_grads_of_a_subset_of_inputs(give_b_ih, wanted):
+    """Only the asked-for gradients, each at its own input (an absent b_ih
+    shifts b_hh's place in the C++ autograd's needs_input_grad)."""
+    if "b_ih" in wanted and not give_b_ih:
+        pytest.skip("b_ih absent")
+    w_ih, w_hh, b_ih, b_hh = _params(5, 6, torch.float64)
+    b_ih = b_ih if give_b_ih else None
+    g = torch.Generator().manual_seed(2)
+    x, h0, c0 = (torch.randn(3, n, generator=g, dtype=torch.float64) for n in (5, 6, 6))
+    named = {"x": x, "h0": h0, "c0": c0, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
+    leaves = [named[k].requires_grad_() for k in wanted]
+    hy, cy = pydl.ops.lstm_cell(x, (h0, c0), w_ih, w_hh, b_ih, b_hh)
+    got = torch.autograd.grad((hy * 1.5).sum() + cy.sum(), leaves)
+    ry, rc = reference.lstm_cell(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    want = torch.autograd.grad((ry * 1.5).sum() + rc.sum(), leaves)
+    for name, a, e in zip(wanted, got, want):
+        assert_close_rel(a, e, torch.float64, name)
