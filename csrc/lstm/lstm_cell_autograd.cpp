@@ -43,10 +43,11 @@ class LstmCellFunction : public torch::autograd::Function<LstmCellFunction> {
     ctx->saved_data["has_b_ih"] = present(b_ih);
     ctx->saved_data["has_b_hh"] = present(b_hh);
     ctx->mark_non_differentiable({workspace});
+    // Zeros only where hy/cy's gradient is missing, never for the workspace's.
+    ctx->set_materialize_grads(false);
     return {hy, cy, workspace};
   }
 
-  // Undefined output gradients arrive as zeros (materialize_grads' default).
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = c10::Dispatcher::singleton()
                                .findSchemaOrThrow("pydl::lstm_cell_backward", "")
@@ -60,8 +61,11 @@ class LstmCellFunction : public torch::autograd::Function<LstmCellFunction> {
     const std::array<bool, 6> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                    ctx->needs_input_grad(2), ctx->needs_input_grad(3),
                                    ctx->needs_input_grad(4), need_b_ih || need_b_hh};
+    const at::Tensor& cy = saved[3];
+    const at::Tensor grad_hy = grads[0].defined() ? grads[0] : at::zeros_like(cy);
+    const at::Tensor grad_cy = grads[1].defined() ? grads[1] : at::zeros_like(cy);
     auto [g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias] =
-        op.call(grads[0], grads[1], saved[0], saved[1], saved[2], saved[3], saved[4], saved[5],
+        op.call(grad_hy, grad_cy, saved[0], saved[1], saved[2], saved[3], saved[4], saved[5],
                 saved[6], mask);
     // One gradient per forward argument: undefined for an absent bias.
     return {g_input, g_hx, g_cx, g_w_ih, g_w_hh, need_b_ih ? g_bias : at::Tensor(),

@@ -70,9 +70,35 @@ struct FusedStepArgs {
   void* h_next;          // (rows, H): h out, read by the next step
 };
 
+// The cell's products for a few rows without MKL (see row_dot_matmul.h and
+// weight_grad_matmul.h); every pointer contiguous.
+// gates (B, 4H) = x (B, I) @ w_ih^T + h (B, H) @ w_hh^T.
+struct CellGatesArgs {
+  int64_t batch, input_size, hidden;
+  bool is_double;
+  const void* x;
+  const void* h;
+  const void* w_ih;  // (4H, I)
+  const void* w_hh;  // (4H, H)
+  void* gates;
+};
+
+// grad_w (n, k) = grad_gates (rows, n)^T @ a (rows, k); rows, n, k >= 1.
+struct WeightGradArgs {
+  int64_t rows, n, k;
+  bool is_double;
+  const void* grad_gates;
+  const void* a;
+  void* grad_w;
+};
+
 struct KernelTable {
   void (*cell_forward)(const CellForwardArgs&);
   void (*cell_backward)(const CellBackwardArgs&);
+  void (*cell_gates)(const CellGatesArgs&);
+  void (*weight_grad)(const WeightGradArgs&);
+  // out (n) = the sum of src's rows (rows x n).
+  void (*column_sums)(int64_t rows, int64_t n, bool is_double, const void* src, void* out);
   int64_t (*packed_size)(int64_t k, int64_t n, bool is_double);
   void (*pack)(const PackArgs&);
   void (*small_matmul)(const SmallMatmulArgs&);
