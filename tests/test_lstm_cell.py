@@ -1,5 +1,9 @@
 """pydl LSTM cell (op and nn.LSTMCell) against the float64 reference and torch.nn.LSTMCell."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import assert_close_rel, needs_extension
@@ -8,7 +12,10 @@ import pydl
 from pydl import reference
 
 # (batch, input_size, hidden): awkward sizes on purpose (vector tails, batch 1).
-SHAPES = [(1, 1, 1), (3, 5, 7), (8, 16, 33), (2, 40, 64), (5, 3, 130)]
+# Batches up to 8 take the CPU register kernels, above it MKL (the default
+# PYDL_LSTM_CELL_SMALL_BATCH): both sides of the switch, 7 = 4 + 2 + 1 rows.
+SHAPES = [(1, 1, 1), (3, 5, 7), (8, 16, 33), (9, 16, 33), (7, 20, 17), (2, 40, 64),
+          (5, 3, 130), (12, 24, 20)]
 
 
 def _params(i, h, dtype, seed=0, bias=True):
@@ -171,3 +178,37 @@ def test_grads_of_a_subset_of_inputs(give_b_ih, wanted):
     want = torch.autograd.grad((ry * 1.5).sum() + rc.sum(), leaves)
     for name, a, e in zip(wanted, got, want):
         assert_close_rel(a, e, torch.float64, name)
+
+
+# Batches above 8 through the register kernels (several row blocks: the
+# weight gradient's accumulate path, the gates' 8 + 4 + ... row tiles).
+_WIDE_BATCH_SCRIPT = """
+import torch, pydl
+from pydl import reference
+g = torch.Generator().manual_seed(0)
+for b, i, h in ((12, 19, 20), (21, 16, 33), (64, 8, 16)):
+    for dtype in (torch.float32, torch.float64):
+        r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+        ts = [r(b, i), r(b, h), r(b, h), r(4 * h, i) * 0.5, r(4 * h, h) * 0.5, r(4 * h), r(4 * h)]
+        ours = [t.to(dtype).requires_grad_() for t in ts]
+        refs = [t.clone().requires_grad_() for t in ts]
+        hy, cy = pydl.ops.lstm_cell(ours[0], (ours[1], ours[2]), *ours[3:])
+        ry, rc = reference.lstm_cell(*refs)
+        gh, gc = r(b, h), r(b, h)
+        got = torch.autograd.grad((hy * gh.to(dtype)).sum() + (cy * gc.to(dtype)).sum(), ours)
+        want = torch.autograd.grad((ry * gh).sum() + (rc * gc).sum(), refs)
+        tol = 2e-5 if dtype == torch.float32 else 1e-10
+        for name, a, e in zip(["h", "c"] + [f"grad {k}" for k in range(7)],
+                              [hy, cy, *got], [ry, rc, *want]):
+            err = ((a.double() - e).norm() / e.norm()).item()
+            assert err <= tol, (b, dtype, name, err)
+print("ok")
+"""
+
+
+@needs_extension
+def test_register_kernels_above_the_default_batch_limit():
+    env = dict(os.environ, PYDL_LSTM_CELL_SMALL_BATCH="64", PYDL_STRICT="1")
+    result = subprocess.run([sys.executable, "-c", _WIDE_BATCH_SCRIPT], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
