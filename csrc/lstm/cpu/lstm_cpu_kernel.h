@@ -53,21 +53,25 @@ struct SmallMatmulArgs {
   bool accumulate;     // c += a @ B, else c = a @ B
 };
 
-// A whole step for a small batch without projection (see fused_step.h): the
-// recurrent product on gate-interleaved panels and the pointwise math in one
-// pass. The pointers are the step's rows.
-struct FusedStepArgs {
-  int64_t rows, hidden;  // k = hidden (no projection)
+// A whole sequence for a small batch without projection (see fused_step.h):
+// per step the recurrent product on gate-interleaved panels and the pointwise
+// math in one pass, the time loop inside one parallel region.
+struct FusedSequenceArgs {
+  int64_t steps;              // non-empty steps, in the order they run
+  const int64_t* rows;        // [steps] rows of each
+  const int64_t* row_offset;  // [steps] its first packed row
+  const int64_t* ended_from;  // [steps] rows [ended_from, rows) end there: h -> hy
+  int64_t batch, hidden;
   bool is_double;
-  const void* h_prev;    // (rows, H)
-  const void* panels;    // pack_gate_panels(w_hh)
-  void* gates;           // (rows, 4H): input projection in, activated gates out
-  const void* b_ih;      // (4H) or nullptr
-  const void* b_hh;      // (4H) or nullptr
-  void* c_state;         // (rows, H): c_prev in, c out
-  void* cells;           // (rows, H): c out
-  void* output;          // (rows, H): h out
-  void* h_next;          // (rows, H): h out, read by the next step
+  const void* panels;  // pack_gate_panels(w_hh)
+  void* gates;         // (N, 4H): input projection in, activated gates out
+  const void* b_ih;    // (4H) or nullptr
+  const void* b_hh;    // (4H) or nullptr
+  void* c_state;       // (B, H): c0 in, each row's last c out
+  void* cells;         // (N, H): c out
+  void* output;        // (N, H): h out
+  void* h_buffers;     // (2, B, H): h0 in [0]
+  void* hy;            // (B, H): each row's last h out
 };
 
 // The cell's products for a few rows without MKL (see row_dot_matmul.h and
@@ -105,7 +109,7 @@ struct KernelTable {
   int64_t (*gate_panels_size)(int64_t hidden, bool is_double);
   // w_hh (4H, H) row-major into gate_panels_size elements.
   void (*pack_gate_panels)(const void* w_hh, int64_t hidden, bool is_double, void* out);
-  void (*fused_step)(const FusedStepArgs&);
+  void (*fused_sequence)(const FusedSequenceArgs&);
   const char* isa;
 };
 

@@ -224,16 +224,16 @@ void pack_gate_panels_any(const void* w_hh, int64_t hidden, bool is_double, void
 }
 
 template <typename T>
-void fused_step_cast(const FusedStepArgs& a) {
-  fused_step_typed<T>(FusedStep<T>{
-      a.rows, a.hidden, a.hidden, static_cast<const T*>(a.h_prev),
+void fused_sequence_cast(const FusedSequenceArgs& a) {
+  fused_sequence_typed<T>(FusedSequence<T>{
+      a.steps, a.rows, a.row_offset, a.ended_from, a.batch, a.hidden,
       static_cast<const T*>(a.panels), static_cast<T*>(a.gates), static_cast<const T*>(a.b_ih),
       static_cast<const T*>(a.b_hh), static_cast<T*>(a.c_state), static_cast<T*>(a.cells),
-      static_cast<T*>(a.output), static_cast<T*>(a.h_next)});
+      static_cast<T*>(a.output), static_cast<T*>(a.h_buffers), static_cast<T*>(a.hy)});
 }
 
-void fused_step(const FusedStepArgs& a) {
-  a.is_double ? fused_step_cast<double>(a) : fused_step_cast<float>(a);
+void fused_sequence(const FusedSequenceArgs& a) {
+  a.is_double ? fused_sequence_cast<double>(a) : fused_sequence_cast<float>(a);
 }
 
 void small_matmul(const SmallMatmulArgs& a) {
@@ -262,7 +262,7 @@ KernelTable PYDL_ISA_TABLE_FN() {
           &CPU_CAPABILITY::small_matmul,
           &CPU_CAPABILITY::gate_panels_size_any,
           &CPU_CAPABILITY::pack_gate_panels_any,
-          &CPU_CAPABILITY::fused_step,
+          &CPU_CAPABILITY::fused_sequence,
           C10_STRINGIZE(CPU_CAPABILITY)};
 }
 
