@@ -285,14 +285,16 @@ def test_op_matches_row_by_row_reference(reverse, sizes, batch, proj):
 # step; with one thread it runs the same loop alone. Sizes that split over two
 # threads (3 blocks of 16 units, the last partial), packed rows that end at
 # different steps (each thread copies its units of their h into hy).
+# hidden 100 with 5-6 rows: the panel is walked in k chunks (96 floats, 48
+# doubles) across row tiles, the partial sums carried between chunks.
 @needs_extension
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_forward_two_threads_match_one_thread_and_reference(reverse, dtype):
-    sizes = [5, 5, 4, 4, 2, 1, 1]
+@pytest.mark.parametrize("sizes, hidden", [([5, 5, 4, 4, 2, 1, 1], 40), ([6, 6, 5, 5, 3], 100)])
+def test_fused_forward_two_threads_match_one_thread_and_reference(reverse, dtype, sizes, hidden):
     x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, _ = (
         t.detach() if isinstance(t, torch.Tensor) and t.dtype != torch.long else t
-        for t in _layer_args(sizes, input_size=6, hidden=40, dtype=dtype))
+        for t in _layer_args(sizes, input_size=6, hidden=hidden, dtype=dtype))
     args = (x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, None, reverse)
     previous = torch.get_num_threads()
     try:
