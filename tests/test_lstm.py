@@ -285,8 +285,7 @@ def test_op_matches_row_by_row_reference(reverse, sizes, batch, proj):
 # step; with one thread it runs the same loop alone. Sizes that split over two
 # threads (3 blocks of 16 units, the last partial), packed rows that end at
 # different steps (each thread copies its units of their h into hy).
-# hidden 100 with 5-6 rows: the panel is walked in k chunks (96 floats, 48
-# doubles) across row tiles, the partial sums carried between chunks.
+# hidden 100: 7 unit blocks split 3 + 4 over two threads, 4 + 2 row tiles.
 @needs_extension
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -127,34 +127,24 @@ inline void finish_units(const FusedStep<T>& s, int64_t r, int64_t unit0, int64_
   store_part(h, s.h_next + at, valid);
 }
 
-// kRows rows starting at r0, one unit block, k in [p0, p1). The
-// accumulators start at zero (first) or from `carry`, and end in the finished
-// units (last) or in `carry` (kRows x 4 vectors) for the next k chunk.
+// kRows rows starting at r0, one unit block.
 template <typename T, int kRows>
-inline void fused_tile(const FusedStep<T>& s, int64_t r0, int64_t block, int64_t p0, int64_t p1,
-                       T* carry, bool first, bool last) {
+inline void fused_tile(const FusedStep<T>& s, int64_t r0, int64_t block) {
   using V = at::vec::Vectorized<T>;
   constexpr int64_t U = units_per_block<T>();
-  const int64_t k = s.k;
-  const T* panel = s.panels + block * k * 4 * U;
+  const T* panel = s.panels + block * s.k * 4 * U;
   V acc[kRows][4];
   for (int r = 0; r < kRows; ++r) {
-    for (int q = 0; q < 4; ++q) acc[r][q] = first ? V(T(0)) : V::loadu(carry + (r * 4 + q) * U);
+    for (int q = 0; q < 4; ++q) acc[r][q] = V(T(0));
   }
-  const T* a = s.h_prev + r0 * k;
-  for (int64_t p = p0; p < p1; ++p) {
+  const T* a = s.h_prev + r0 * s.k;
+  for (int64_t p = 0; p < s.k; ++p) {
     V w[4];
     for (int q = 0; q < 4; ++q) w[q] = V::loadu(panel + (p * 4 + q) * U);
     for (int r = 0; r < kRows; ++r) {
-      const V h(a[r * k + p]);
+      const V h(a[r * s.k + p]);
       for (int q = 0; q < 4; ++q) acc[r][q] = at::vec::fmadd(h, w[q], acc[r][q]);
     }
-  }
-  if (!last) {
-    for (int r = 0; r < kRows; ++r) {
-      for (int q = 0; q < 4; ++q) acc[r][q].store(carry + (r * 4 + q) * U);
-    }
-    return;
   }
   const int64_t unit0 = block * U, valid = std::min<int64_t>(U, s.hidden - unit0);
   for (int r = 0; r < kRows; ++r) finish_units(s, r0 + r, unit0, valid, acc[r]);
@@ -190,41 +180,20 @@ inline void fused_row(const FusedStep<T>& s, int64_t r, int64_t block) {
   finish_units(s, r, unit0, valid, acc);
 }
 
-// Rows per block beyond which the panel is walked in k chunks (the largest
-// small batch, see lstm_layer_cpu.cpp's small_batch_limit; more rows fall
-// back to a single chunk).
-constexpr int64_t kChunkedRowsMax = 64;
-
-// All rows of one unit block. With more rows than one tile, k goes in chunks
-// whose panel slice fits L1 (24 KB), each chunk running every row tile: the
-// panel comes from L2 once per step instead of once per row tile (at batch 8,
-// hidden 256 a thread's panels are 512 KB).
+// All rows of one unit block.
 template <typename T>
 inline void fused_block(const FusedStep<T>& s, int64_t block) {
-  constexpr int64_t U = units_per_block<T>();
   if (s.rows == 1) {
     fused_row(s, 0, block);
     return;
   }
-  const bool chunked = s.rows > kFusedRows && s.rows <= kChunkedRowsMax;
-  const int64_t chunk = chunked ? std::max<int64_t>(1, 24576 / (4 * U * sizeof(T))) : s.k;
-  alignas(64) T carry[kChunkedRowsMax * 4 * U];  // 16 KB, only read when chunked
-  for (int64_t p0 = 0; p0 < s.k || p0 == 0; p0 += chunk) {
-    const int64_t p1 = std::min(s.k, p0 + chunk);
-    const bool first = p0 == 0, last = p1 == s.k;
-    int64_t r = 0;
-    for (; r + kFusedRows <= s.rows; r += kFusedRows) {
-      fused_tile<T, kFusedRows>(s, r, block, p0, p1, chunked ? carry + r * 4 * U : nullptr,
-                                first, last);
-    }
-    T* c = chunked ? carry + r * 4 * U : nullptr;
-    switch (s.rows - r) {
-      case 3: fused_tile<T, 3>(s, r, block, p0, p1, c, first, last); break;
-      case 2: fused_tile<T, 2>(s, r, block, p0, p1, c, first, last); break;
-      case 1: fused_tile<T, 1>(s, r, block, p0, p1, c, first, last); break;
-      default: break;
-    }
-    if (last) break;
+  int64_t r = 0;
+  for (; r + kFusedRows <= s.rows; r += kFusedRows) fused_tile<T, kFusedRows>(s, r, block);
+  switch (s.rows - r) {
+    case 3: fused_tile<T, 3>(s, r, block); break;
+    case 2: fused_tile<T, 2>(s, r, block); break;
+    case 1: fused_tile<T, 1>(s, r, block); break;
+    default: break;
   }
 }
 
