@@ -311,6 +311,22 @@ def test_fused_forward_two_threads_match_one_thread_and_reference(reverse, dtype
         assert_close_rel(two, e, dtype, what)
 
 
+# Pre-activations far past exp's float range: saturated gates, no NaN from
+# the vectorized activations.
+@needs_extension
+def test_fused_forward_saturated_gates_stay_finite():
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, _ = (
+        t.detach() if isinstance(t, torch.Tensor) and t.dtype != torch.long else t
+        for t in _layer_args([3, 3, 2], input_size=5, hidden=40, dtype=torch.float32))
+    x = x * 1e4
+    got = torch.ops.pydl.lstm_layer(x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, None, False)[:3]
+    want = _layer_reference(x.double(), bs, h0.double(), c0.double(), w_ih.double(),
+                            w_hh.double(), b_ih.double(), b_hh.double(), None, False)
+    for a, e, what in zip(got, want, ("output", "hy", "cy")):
+        assert torch.isfinite(a).all(), what
+        assert_close_rel(a, e, torch.float32, what)
+
+
 @needs_extension
 def test_op_bad_input_messages():
     x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, _ = (

@@ -212,3 +212,19 @@ def test_register_kernels_above_the_default_batch_limit():
     result = subprocess.run([sys.executable, "-c", _WIDE_BATCH_SCRIPT], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("scale", [30.0, 1e4])
+def test_saturated_gates_stay_finite_and_exact(scale):
+    """Pre-activations far past exp's float range: the gates saturate to 0/1,
+    no inf/inf or 0 * inf in the vectorized activations."""
+    w_ih, w_hh, b_ih, b_hh = _params(8, 40, torch.float32)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 8, generator=g) * scale
+    h0, c0 = torch.randn(3, 40, generator=g), torch.randn(3, 40, generator=g) * scale
+    hy, cy = pydl.ops.lstm_cell(x, (h0, c0), w_ih, w_hh, b_ih, b_hh)
+    d = lambda t: t.double()
+    ry, rc = reference.lstm_cell(d(x), d(h0), d(c0), d(w_ih), d(w_hh), d(b_ih), d(b_hh))
+    assert torch.isfinite(hy).all() and torch.isfinite(cy).all()
+    assert_close_rel(hy, ry, torch.float32, "h")
+    assert_close_rel(cy, rc, torch.float32, "c")
