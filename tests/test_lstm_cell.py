@@ -210,7 +210,7 @@ print("ok")
 def test_register_kernels_above_the_default_batch_limit():
     env = dict(os.environ, PYDL_LSTM_CELL_SMALL_BATCH="64", PYDL_STRICT="1")
     result = subprocess.run([sys.executable, "-c", _WIDE_BATCH_SCRIPT], env=env,
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
 
 
