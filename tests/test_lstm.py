@@ -280,6 +280,53 @@ def test_op_matches_row_by_row_reference(reverse, sizes, batch, proj):
         assert_close_rel(a, e, torch.float64, f"grad {k}")
 
 
+# The fused small-batch forward runs the whole time loop in one parallel
+# region, each thread owning a range of hidden-unit blocks, with a barrier per
+# step; with one thread it runs the same loop alone. Sizes that split over two
+# threads (3 blocks of 16 units, the last partial), packed rows that end at
+# different steps (each thread copies its units of their h into hy).
+# hidden 100: 7 unit blocks split 3 + 4 over two threads, 4 + 2 row tiles.
+@needs_extension
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sizes, hidden", [([5, 5, 4, 4, 2, 1, 1], 40), ([6, 6, 5, 5, 3], 100)])
+def test_fused_forward_two_threads_match_one_thread_and_reference(reverse, dtype, sizes, hidden):
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, _ = (
+        t.detach() if isinstance(t, torch.Tensor) and t.dtype != torch.long else t
+        for t in _layer_args(sizes, input_size=6, hidden=hidden, dtype=dtype))
+    args = (x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, None, reverse)
+    previous = torch.get_num_threads()
+    try:
+        results = {}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results[threads] = torch.ops.pydl.lstm_layer(*args)[:3]
+    finally:
+        torch.set_num_threads(previous)
+    want = _layer_reference(*(a.double() if isinstance(a, torch.Tensor) and a.is_floating_point()
+                               else a for a in args))
+    for one, two, e, what in zip(results[1], results[2], want, ("output", "hy", "cy")):
+        # Each unit is computed the same way whichever thread owns it.
+        assert torch.equal(one, two), what
+        assert_close_rel(two, e, dtype, what)
+
+
+# Pre-activations far past exp's float range: saturated gates, no NaN from
+# the vectorized activations.
+@needs_extension
+def test_fused_forward_saturated_gates_stay_finite():
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, _ = (
+        t.detach() if isinstance(t, torch.Tensor) and t.dtype != torch.long else t
+        for t in _layer_args([3, 3, 2], input_size=5, hidden=40, dtype=torch.float32))
+    x = x * 1e4
+    got = torch.ops.pydl.lstm_layer(x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, None, False)[:3]
+    want = _layer_reference(x.double(), bs, h0.double(), c0.double(), w_ih.double(),
+                            w_hh.double(), b_ih.double(), b_hh.double(), None, False)
+    for a, e, what in zip(got, want, ("output", "hy", "cy")):
+        assert torch.isfinite(a).all(), what
+        assert_close_rel(a, e, torch.float32, what)
+
+
 @needs_extension
 def test_op_bad_input_messages():
     x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, _ = (

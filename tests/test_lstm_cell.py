@@ -1,5 +1,9 @@
 """pydl LSTM cell (op and nn.LSTMCell) against the float64 reference and torch.nn.LSTMCell."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import assert_close_rel, needs_extension
@@ -8,7 +12,10 @@ import pydl
 from pydl import reference
 
 # (batch, input_size, hidden): awkward sizes on purpose (vector tails, batch 1).
-SHAPES = [(1, 1, 1), (3, 5, 7), (8, 16, 33), (2, 40, 64), (5, 3, 130)]
+# Batches up to 8 take the CPU register kernels, above it MKL (the default
+# PYDL_LSTM_CELL_SMALL_BATCH): both sides of the switch, 7 = 4 + 2 + 1 rows.
+SHAPES = [(1, 1, 1), (3, 5, 7), (8, 16, 33), (9, 16, 33), (7, 20, 17), (2, 40, 64),
+          (5, 3, 130), (12, 24, 20)]
 
 
 def _params(i, h, dtype, seed=0, bias=True):
@@ -150,3 +157,74 @@ def test_op_errors_come_from_cpp():
         torch.ops.pydl.lstm_cell(x, h.double(), h, w_ih, w_hh, b_ih, b_hh)
     with pytest.raises(RuntimeError, match="cx must be"):
         torch.ops.pydl.lstm_cell(x, h, torch.randn(3, 3), w_ih, w_hh, b_ih, b_hh)
+
+
+@pytest.mark.parametrize("give_b_ih", [True, False])
+@pytest.mark.parametrize("wanted", [("x",), ("b_hh",), ("w_hh", "b_hh"), ("h0", "b_ih")])
+def test_grads_of_a_subset_of_inputs(give_b_ih, wanted):
+    """Only the asked-for gradients, each at its own input (an absent b_ih
+    shifts b_hh's place in the C++ autograd's needs_input_grad)."""
+    if "b_ih" in wanted and not give_b_ih:
+        pytest.skip("b_ih absent")
+    w_ih, w_hh, b_ih, b_hh = _params(5, 6, torch.float64)
+    b_ih = b_ih if give_b_ih else None
+    g = torch.Generator().manual_seed(2)
+    x, h0, c0 = (torch.randn(3, n, generator=g, dtype=torch.float64) for n in (5, 6, 6))
+    named = {"x": x, "h0": h0, "c0": c0, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
+    leaves = [named[k].requires_grad_() for k in wanted]
+    hy, cy = pydl.ops.lstm_cell(x, (h0, c0), w_ih, w_hh, b_ih, b_hh)
+    got = torch.autograd.grad((hy * 1.5).sum() + cy.sum(), leaves)
+    ry, rc = reference.lstm_cell(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    want = torch.autograd.grad((ry * 1.5).sum() + rc.sum(), leaves)
+    for name, a, e in zip(wanted, got, want):
+        assert_close_rel(a, e, torch.float64, name)
+
+
+# Batches above 8 through the register kernels (several row blocks: the
+# weight gradient's accumulate path, the gates' 8 + 4 + ... row tiles).
+_WIDE_BATCH_SCRIPT = """
+import torch, pydl
+from pydl import reference
+g = torch.Generator().manual_seed(0)
+for b, i, h in ((12, 19, 20), (21, 16, 33), (64, 8, 16)):
+    for dtype in (torch.float32, torch.float64):
+        r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+        ts = [r(b, i), r(b, h), r(b, h), r(4 * h, i) * 0.5, r(4 * h, h) * 0.5, r(4 * h), r(4 * h)]
+        ours = [t.to(dtype).requires_grad_() for t in ts]
+        refs = [t.clone().requires_grad_() for t in ts]
+        hy, cy = pydl.ops.lstm_cell(ours[0], (ours[1], ours[2]), *ours[3:])
+        ry, rc = reference.lstm_cell(*refs)
+        gh, gc = r(b, h), r(b, h)
+        got = torch.autograd.grad((hy * gh.to(dtype)).sum() + (cy * gc.to(dtype)).sum(), ours)
+        want = torch.autograd.grad((ry * gh).sum() + (rc * gc).sum(), refs)
+        tol = 2e-5 if dtype == torch.float32 else 1e-10
+        for name, a, e in zip(["h", "c"] + [f"grad {k}" for k in range(7)],
+                              [hy, cy, *got], [ry, rc, *want]):
+            err = ((a.double() - e).norm() / e.norm()).item()
+            assert err <= tol, (b, dtype, name, err)
+print("ok")
+"""
+
+
+@needs_extension
+def test_register_kernels_above_the_default_batch_limit():
+    env = dict(os.environ, PYDL_LSTM_CELL_SMALL_BATCH="64", PYDL_STRICT="1")
+    result = subprocess.run([sys.executable, "-c", _WIDE_BATCH_SCRIPT], env=env,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("scale", [30.0, 1e4])
+def test_saturated_gates_stay_finite_and_exact(scale):
+    """Pre-activations far past exp's float range: the gates saturate to 0/1,
+    no inf/inf or 0 * inf in the vectorized activations."""
+    w_ih, w_hh, b_ih, b_hh = _params(8, 40, torch.float32)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 8, generator=g) * scale
+    h0, c0 = torch.randn(3, 40, generator=g), torch.randn(3, 40, generator=g) * scale
+    hy, cy = pydl.ops.lstm_cell(x, (h0, c0), w_ih, w_hh, b_ih, b_hh)
+    d = lambda t: t.double()
+    ry, rc = reference.lstm_cell(d(x), d(h0), d(c0), d(w_ih), d(w_hh), d(b_ih), d(b_hh))
+    assert torch.isfinite(hy).all() and torch.isfinite(cy).all()
+    assert_close_rel(hy, ry, torch.float32, "h")
+    assert_close_rel(cy, rc, torch.float32, "c")

@@ -1,8 +1,12 @@
-// LSTM cell on the CPU: the two GEMMs through ATen (MKL), then one fused
-// pointwise pass (lstm/cpu/lstm_cpu_kernel_isa.cpp) instead of torch's eight
-// separate elementwise ops per step.
+// LSTM cell on the CPU: the GEMMs, then one fused pointwise pass
+// (lstm/cpu/lstm_cpu_kernel_isa.cpp) instead of torch's eight separate
+// elementwise ops per step. Up to cell_small_batch_limit() rows the GEMMs are
+// pydl's register kernels on the weights as stored (row_dot_matmul.h for the
+// gates, weight_grad_matmul.h for the weight gradients); otherwise ATen (MKL).
 #include <ATen/ATen.h>
 #include <torch/library.h>
+
+#include <cstdlib>
 
 #include "common/cpu_isa.h"
 #include "lstm/cpu/lstm_cpu_kernel.h"
@@ -21,6 +25,71 @@ const KernelTable& kernel_for_this_cpu() {
 
 namespace {
 
+// Rows up to which the register kernels replace MKL in the cell (MKL's fixed
+// cost per call dominates products this small). PYDL_LSTM_CELL_SMALL_BATCH
+// overrides it (for measuring the switch, and for the tests of both sides).
+int64_t cell_small_batch_limit() {
+  static const int64_t limit = [] {
+    const char* env = std::getenv("PYDL_LSTM_CELL_SMALL_BATCH");
+    return env ? std::atoll(env) : int64_t(8);
+  }();
+  return limit;
+}
+
+bool cell_takes_register_kernels(const LstmCellShape& s) {
+  return s.batch >= 1 && s.hidden >= 1 && s.batch <= cell_small_batch_limit();
+}
+
+// gates (B, 4H) = input @ w_ih^T + hx @ w_hh^T, without the biases.
+at::Tensor cell_gate_products(const LstmCellShape& s, const at::Tensor& input,
+                              const at::Tensor& hx, const at::Tensor& w_ih,
+                              const at::Tensor& w_hh) {
+  if (!cell_takes_register_kernels(s)) {
+    at::Tensor gates = at::mm(input, w_ih.t());
+    gates.addmm_(hx, w_hh.t());
+    return gates;
+  }
+  const at::Tensor x = input.contiguous(), h = hx.contiguous(), wi = w_ih.contiguous(),
+                   wh = w_hh.contiguous();
+  at::Tensor gates = at::empty({s.batch, 4 * s.hidden}, input.options());
+  kernel_for_this_cpu().cell_gates(CellGatesArgs{
+      s.batch, s.input_size, s.hidden, input.scalar_type() == at::kDouble, x.const_data_ptr(),
+      h.const_data_ptr(), wi.const_data_ptr(), wh.const_data_ptr(), gates.mutable_data_ptr()});
+  return gates;
+}
+
+// lstm_cell_gemm_grads for a few rows: the weight gradients (inner dimension
+// = the batch, slow in MKL) by the register kernel, the rest as there.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+cell_gemm_grads_small(const LstmCellShape& s, const at::Tensor& grad_gates,
+                      const at::Tensor& grad_cx, const at::Tensor& input, const at::Tensor& hx,
+                      const at::Tensor& w_ih, const at::Tensor& w_hh,
+                      std::array<bool, 6> output_mask) {
+  const KernelTable& kernel = kernel_for_this_cpu();
+  const bool is_double = input.scalar_type() == at::kDouble;
+  const int64_t N = 4 * s.hidden;
+  at::Tensor g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias;
+  if (output_mask[0]) g_input = at::mm(grad_gates, w_ih);
+  if (output_mask[1]) g_hx = at::mm(grad_gates, w_hh);
+  if (output_mask[2]) g_cx = grad_cx;
+  auto weight_grad = [&](const at::Tensor& a, int64_t k) {
+    at::Tensor grad_w = at::empty({N, k}, input.options());
+    if (k == 0) return grad_w;
+    const at::Tensor ac = a.contiguous();
+    kernel.weight_grad(WeightGradArgs{s.batch, N, k, is_double, grad_gates.const_data_ptr(),
+                                      ac.const_data_ptr(), grad_w.mutable_data_ptr()});
+    return grad_w;
+  };
+  if (output_mask[3]) g_w_ih = weight_grad(input, s.input_size);
+  if (output_mask[4]) g_w_hh = weight_grad(hx, s.hidden);
+  if (output_mask[5]) {
+    g_bias = at::empty({N}, input.options());
+    kernel.column_sums(s.batch, N, is_double, grad_gates.const_data_ptr(),
+                       g_bias.mutable_data_ptr());
+  }
+  return {g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias};
+}
+
 // (hy, cy, workspace): workspace holds the activated gates for the backward.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_cpu(
     const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
@@ -29,8 +98,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_cpu(
   const LstmCellShape s = check_lstm_cell_args(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
   check_lstm_cpu_dtype(input, "pydl.lstm_cell");
   // The biases are added by the pointwise pass (no broadcast op per step).
-  at::Tensor gates = at::mm(input, w_ih.t());
-  gates.addmm_(hx, w_hh.t());
+  at::Tensor gates = cell_gate_products(s, input, hx, w_ih, w_hh);
   const at::Tensor bi = b_ih.has_value() ? b_ih->contiguous() : at::Tensor();
   const at::Tensor bh = b_hh.has_value() ? b_hh->contiguous() : at::Tensor();
   const at::Tensor c0 = cx.contiguous();
@@ -75,6 +143,9 @@ lstm_cell_backward_cpu(const at::Tensor& grad_hy, const at::Tensor& grad_cy,
                        ws.const_data_ptr(), dgates.mutable_data_ptr(),
                        dcx.mutable_data_ptr()};
     kernel_for_this_cpu().cell_backward(a);
+  }
+  if (cell_takes_register_kernels(s)) {
+    return cell_gemm_grads_small(s, dgates, dcx, input, hx, w_ih, w_hh, output_mask);
   }
   return lstm_cell_gemm_grads(dgates, dcx, input, hx, w_ih, w_hh, output_mask);
 }

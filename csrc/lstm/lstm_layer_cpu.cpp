@@ -130,35 +130,34 @@ void forward_loop(const StepSchedule& steps, const LstmLayerShape& s, const Step
 }
 
 // Small batches without a projection: one fused pass per step, recurrent
-// product and pointwise math together (cpu/fused_step.h). h alternates
-// between two buffers (threads read all of h_prev while others write their
-// units of h_next). c is updated in place in cy (each unit belongs to one
-// thread): a row's c is left untouched once its sequence ends, so cy ends
-// holding every row's last c. hy takes each row's h at its own last step.
-template <typename T>
-void fused_forward_loop(const StepSchedule& steps, const LstmLayerShape& s, const T* panels,
-                        const T* b_ih, const T* b_hh, T* gates, T* cells, T* output,
-                        T* h_buffers, T* hy, T* cy) {
-  const KernelTable& kernel = kernel_for_this_cpu();
-  const int64_t H = s.hidden, B = s.batch;
-  int64_t done = 0;  // non-empty steps so far: picks the h buffers
+// product and pointwise math together, the whole time loop in one parallel
+// region (cpu/fused_step.h). h alternates between two buffers (threads read
+// all of h_prev while others write their units of h_next). c is updated in
+// place in cy (each unit belongs to one thread): a row's c is left untouched
+// once its sequence ends, so cy ends holding every row's last c. hy takes
+// each row's h at its own last step.
+void fused_forward_loop(const StepSchedule& steps, const LstmLayerShape& s, bool is_double,
+                        const void* panels, const at::Tensor& bi, const at::Tensor& bh,
+                        const at::Tensor& gates, const at::Tensor& cells,
+                        const at::Tensor& output, const at::Tensor& h_buffers,
+                        const at::Tensor& hy, const at::Tensor& cy) {
+  std::vector<int64_t> rows, offsets, ended_from;
   for (int64_t i = 0; i < steps.count(); ++i) {
-    const int64_t t = steps.forward_step(i), rows = steps.rows(t), off = steps.offset(t);
-    if (rows == 0) continue;
-    const T* h_prev = h_buffers + (done % 2) * B * H;
-    T* h_next = h_buffers + ((done + 1) % 2) * B * H;
-    ++done;
-    kernel.fused_step(FusedStepArgs{rows, H, std::is_same_v<T, double>, h_prev, panels,
-                                    gates + off * 4 * H, b_ih, b_hh, cy, cells + off * H,
-                                    output + off * H, h_next});
+    const int64_t t = steps.forward_step(i), n = steps.rows(t);
+    if (n == 0) continue;
     // Rows the next step does not run end here.
     const int64_t next = i + 1 < steps.count() ? steps.rows(steps.forward_step(i + 1)) : 0;
-    const int64_t first_ended = std::min(next, rows);
-    const int64_t ended = rows - first_ended;
-    if (ended > 0) {
-      std::memcpy(hy + first_ended * H, output + (off + first_ended) * H, sizeof(T) * ended * H);
-    }
+    rows.push_back(n);
+    offsets.push_back(steps.offset(t));
+    ended_from.push_back(std::min(next, n));
   }
+  kernel_for_this_cpu().fused_sequence(FusedSequenceArgs{
+      static_cast<int64_t>(rows.size()), rows.data(), offsets.data(), ended_from.data(),
+      s.batch, s.hidden, is_double, panels, gates.mutable_data_ptr(),
+      bi.defined() ? bi.const_data_ptr() : nullptr,
+      bh.defined() ? bh.const_data_ptr() : nullptr, cy.mutable_data_ptr(),
+      cells.mutable_data_ptr(), output.mutable_data_ptr(), h_buffers.mutable_data_ptr(),
+      hy.mutable_data_ptr()});
 }
 
 // (output, hy, cy, gates, cells, hidden_pre); the last three feed the backward:
@@ -194,15 +193,8 @@ lstm_layer_cpu(const at::Tensor& input, const at::Tensor& batch_sizes, const at:
         kernel.gate_panels_size(s.hidden, is_double) * input.element_size());
     kernel.pack_gate_panels(w_hh.contiguous().const_data_ptr(), s.hidden, is_double, panels);
     at::Tensor h_buffers = hy.unsqueeze(0).repeat({2, 1, 1});
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pydl.lstm_layer", [&] {
-      fused_forward_loop<scalar_t>(
-          steps, s, static_cast<const scalar_t*>(panels),
-          bi.defined() ? bi.const_data_ptr<scalar_t>() : nullptr,
-          bh.defined() ? bh.const_data_ptr<scalar_t>() : nullptr,
-          gates.mutable_data_ptr<scalar_t>(), cells.mutable_data_ptr<scalar_t>(),
-          output.mutable_data_ptr<scalar_t>(), h_buffers.mutable_data_ptr<scalar_t>(),
-          hy.mutable_data_ptr<scalar_t>(), cy.mutable_data_ptr<scalar_t>());
-    });
+    fused_forward_loop(steps, s, is_double, panels, bi, bh, gates, cells, output, h_buffers, hy,
+                       cy);
     return {output, hy, cy, gates, cells, hidden_pre};
   }
   const StepOperand whh_t(w_hh.t(), steps, WorkspaceSlot::LstmRecurrentWeight);

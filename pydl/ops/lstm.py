@@ -5,7 +5,7 @@ whole sequences (``lstm``, torch.nn.LSTM's semantics over packed rows).
 pointwise pass) when pydl's kernel serves the call, otherwise torch's own
 cell. ``lstm`` runs ``torch.ops.pydl.lstm_layer`` per layer and direction (the
 caller, pydl.nn.LSTM, falls back to torch as a whole). Registers the ops'
-fake kernels and autograd.
+fake kernels, and lstm_layer's autograd (lstm_cell's is in C++).
 """
 
 from __future__ import annotations
@@ -92,7 +92,9 @@ def lstm(
 
 
 def _register() -> None:
-    """Fake kernels and autograd for torch.ops.pydl.lstm_cell (extension loaded only)."""
+    """Fake kernels for torch.ops.pydl.lstm_cell (extension loaded only); its autograd
+    is C++ (csrc/lstm/lstm_cell_autograd.cpp: a Python bridge per step cost more
+    than the step)."""
 
     @torch.library.register_fake("pydl::lstm_cell")
     def _lstm_cell_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
@@ -108,26 +110,6 @@ def _register() -> None:
         shapes = (input, hx, cx, w_ih, w_hh, w_ih[:, 0])
         return tuple(torch.empty_like(t) if m else None for t, m in zip(shapes, output_mask))
 
-    def setup_context(ctx, inputs, output):
-        input, hx, cx, w_ih, w_hh, b_ih, b_hh = inputs
-        _, cy, workspace = output
-        ctx.save_for_backward(input, hx, cx, cy, workspace, w_ih, w_hh)
-        ctx.has_bias = (b_ih is not None, b_hh is not None)
-
-    def backward(ctx, grad_hy, grad_cy, _grad_workspace):
-        input, hx, cx, cy, workspace, w_ih, w_hh = ctx.saved_tensors
-        grad_hy = torch.zeros_like(cy) if grad_hy is None else grad_hy
-        grad_cy = torch.zeros_like(cy) if grad_cy is None else grad_cy
-        need = ctx.needs_input_grad
-        mask = [need[0], need[1], need[2], need[3], need[4], need[5] or need[6]]
-        g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias = torch.ops.pydl.lstm_cell_backward(
-            grad_hy, grad_cy, input, hx, cx, cy, workspace, w_ih, w_hh, mask
-        )
-        g_b_ih = g_bias if need[5] else None
-        g_b_hh = g_bias if need[6] else None
-        return g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_b_ih, g_b_hh
-
-    torch.library.register_autograd("pydl::lstm_cell", backward, setup_context=setup_context)
     _register_layer()
 
 

@@ -1,12 +1,13 @@
-// One whole LSTM step for small batches: the recurrent product and the cell's
-// pointwise math in one pass, parallel over blocks of hidden units.
+// Whole LSTM steps for small batches: the recurrent product and the cell's
+// pointwise math in one pass, parallel over blocks of hidden units, and the
+// time loop itself inside one parallel region (fused_sequence_typed).
 //
 // The recurrent weight is packed so that one panel holds all four gates of a
 // block of V::size() hidden units (columns i, f, g, o of those units, for
 // every k). A thread then computes its units' gate pre-activations in
 // registers, adds the input projection and biases, and finishes their c and
-// h at once: one parallel region per step, no second pass over the gates,
-// and no thread idles while another runs the pointwise part.
+// h at once: no second pass over the gates, and no thread idles while
+// another runs the pointwise part.
 // Included by lstm_cpu_kernel_isa.cpp only (compiled once per CPU ISA).
 #pragma once
 
@@ -16,6 +17,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common/spin_barrier.h"
 #include "lstm/cpu/activations.h"
 
 namespace pydl {
@@ -178,29 +180,90 @@ inline void fused_row(const FusedStep<T>& s, int64_t r, int64_t block) {
   finish_units(s, r, unit0, valid, acc);
 }
 
+// All rows of one unit block.
 template <typename T>
-void fused_step_typed(const FusedStep<T>& s) {
+inline void fused_block(const FusedStep<T>& s, int64_t block) {
+  if (s.rows == 1) {
+    fused_row(s, 0, block);
+    return;
+  }
+  int64_t r = 0;
+  for (; r + kFusedRows <= s.rows; r += kFusedRows) fused_tile<T, kFusedRows>(s, r, block);
+  switch (s.rows - r) {
+    case 3: fused_tile<T, 3>(s, r, block); break;
+    case 2: fused_tile<T, 2>(s, r, block); break;
+    case 1: fused_tile<T, 1>(s, r, block); break;
+    default: break;
+  }
+}
+
+// A whole sequence of fused steps (no projection). Step i reads h from
+// h_buffers[i % 2] and writes h_buffers[(i + 1) % 2]; c is updated in place
+// in c_state (a finished row's c is never touched again).
+template <typename T>
+struct FusedSequence {
+  int64_t steps;              // non-empty steps, in the order they run
+  const int64_t* rows;        // [steps] rows of each
+  const int64_t* row_offset;  // [steps] its first packed row
+  const int64_t* ended_from;  // [steps] rows [ended_from, rows) end there: h -> hy
+  int64_t batch, hidden;
+  const T* panels;  // pack_gate_panels(w_hh)
+  T* gates;         // (N, 4H): input projection in, activated gates out
+  const T* b_ih;    // (4H) or nullptr
+  const T* b_hh;    // (4H) or nullptr
+  T* c_state;       // (B, H)
+  T* cells;         // (N, H)
+  T* output;        // (N, H)
+  T* h_buffers;     // (2, B, H); [0] holds h0
+  T* hy;            // (B, H)
+};
+
+template <typename T>
+FusedStep<T> step_view(const FusedSequence<T>& q, int64_t i) {
+  const int64_t H = q.hidden, B = q.batch, off = q.row_offset[i];
+  return FusedStep<T>{q.rows[i],       H,
+                      H,               q.h_buffers + (i % 2) * B * H,
+                      q.panels,        q.gates + off * 4 * H,
+                      q.b_ih,          q.b_hh,
+                      q.c_state,       q.cells + off * H,
+                      q.output + off * H, q.h_buffers + ((i + 1) % 2) * B * H};
+}
+
+// The time loop inside one parallel region: each participant owns a fixed
+// range of unit blocks for the whole sequence (their weight panels stay in its
+// core's cache), and a spin barrier separates the steps instead of an OpenMP
+// fork/join per step. Participants: as many threads as have enough work.
+template <typename T>
+void fused_sequence_typed(const FusedSequence<T>& q) {
   constexpr int64_t U = units_per_block<T>();
-  const int64_t blocks = (s.hidden + U - 1) / U;
-  // Enough work per task to be worth a thread (the whole step may run inline).
-  const int64_t work_per_block = std::max<int64_t>(1, s.rows * s.k * 4 * U);
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / work_per_block);
-  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
-    for (int64_t block = b0; block < b1; ++block) {
-      if (s.rows == 1) {
-        fused_row(s, 0, block);
-        continue;
+  const int64_t H = q.hidden, blocks = (H + U - 1) / U;
+  int64_t max_rows = 0;
+  for (int64_t i = 0; i < q.steps; ++i) max_rows = std::max(max_rows, q.rows[i]);
+  // Enough work per participant and step to be worth a thread: a barrier
+  // costs far less than the fork/join a step's own parallel_for paid (which
+  // needed 4x this), so batch 1 at hidden 128 now splits, hidden 64 does not.
+  const int64_t work_per_block = std::max<int64_t>(1, max_rows * H * 4 * U);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / work_per_block);
+  const int64_t participants =
+      std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks / grain));
+  SpinBarrier barrier(participants);
+  auto run = [&](int64_t id0, int64_t id1) {
+    const int64_t block0 = id0 * blocks / participants, block1 = id1 * blocks / participants;
+    const int64_t unit0 = block0 * U, unit1 = std::min(H, block1 * U);
+    for (int64_t i = 0; i < q.steps; ++i) {
+      const FusedStep<T> s = step_view(q, i);
+      for (int64_t block = block0; block < block1; ++block) fused_block(s, block);
+      for (int64_t r = q.ended_from[i]; r < s.rows; ++r) {
+        std::copy(s.output + r * H + unit0, s.output + r * H + unit1, q.hy + r * H + unit0);
       }
-      int64_t r = 0;
-      for (; r + kFusedRows <= s.rows; r += kFusedRows) fused_tile<T, kFusedRows>(s, r, block);
-      switch (s.rows - r) {
-        case 3: fused_tile<T, 3>(s, r, block); break;
-        case 2: fused_tile<T, 2>(s, r, block); break;
-        case 1: fused_tile<T, 1>(s, r, block); break;
-        default: break;
-      }
+      if (participants > 1) barrier.arrive_and_wait(id1 - id0);
     }
-  });
+  };
+  if (participants == 1) {
+    run(0, 1);
+  } else {
+    at::parallel_for(0, participants, 1, run);
+  }
 }
 
 }  // namespace CPU_CAPABILITY

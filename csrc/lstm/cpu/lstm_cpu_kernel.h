@@ -53,33 +53,63 @@ struct SmallMatmulArgs {
   bool accumulate;     // c += a @ B, else c = a @ B
 };
 
-// A whole step for a small batch without projection (see fused_step.h): the
-// recurrent product on gate-interleaved panels and the pointwise math in one
-// pass. The pointers are the step's rows.
-struct FusedStepArgs {
-  int64_t rows, hidden;  // k = hidden (no projection)
+// A whole sequence for a small batch without projection (see fused_step.h):
+// per step the recurrent product on gate-interleaved panels and the pointwise
+// math in one pass, the time loop inside one parallel region.
+struct FusedSequenceArgs {
+  int64_t steps;              // non-empty steps, in the order they run
+  const int64_t* rows;        // [steps] rows of each
+  const int64_t* row_offset;  // [steps] its first packed row
+  const int64_t* ended_from;  // [steps] rows [ended_from, rows) end there: h -> hy
+  int64_t batch, hidden;
   bool is_double;
-  const void* h_prev;    // (rows, H)
-  const void* panels;    // pack_gate_panels(w_hh)
-  void* gates;           // (rows, 4H): input projection in, activated gates out
-  const void* b_ih;      // (4H) or nullptr
-  const void* b_hh;      // (4H) or nullptr
-  void* c_state;         // (rows, H): c_prev in, c out
-  void* cells;           // (rows, H): c out
-  void* output;          // (rows, H): h out
-  void* h_next;          // (rows, H): h out, read by the next step
+  const void* panels;  // pack_gate_panels(w_hh)
+  void* gates;         // (N, 4H): input projection in, activated gates out
+  const void* b_ih;    // (4H) or nullptr
+  const void* b_hh;    // (4H) or nullptr
+  void* c_state;       // (B, H): c0 in, each row's last c out
+  void* cells;         // (N, H): c out
+  void* output;        // (N, H): h out
+  void* h_buffers;     // (2, B, H): h0 in [0]
+  void* hy;            // (B, H): each row's last h out
+};
+
+// The cell's products for a few rows without MKL (see row_dot_matmul.h and
+// weight_grad_matmul.h); every pointer contiguous.
+// gates (B, 4H) = x (B, I) @ w_ih^T + h (B, H) @ w_hh^T.
+struct CellGatesArgs {
+  int64_t batch, input_size, hidden;
+  bool is_double;
+  const void* x;
+  const void* h;
+  const void* w_ih;  // (4H, I)
+  const void* w_hh;  // (4H, H)
+  void* gates;
+};
+
+// grad_w (n, k) = grad_gates (rows, n)^T @ a (rows, k); rows, n, k >= 1.
+struct WeightGradArgs {
+  int64_t rows, n, k;
+  bool is_double;
+  const void* grad_gates;
+  const void* a;
+  void* grad_w;
 };
 
 struct KernelTable {
   void (*cell_forward)(const CellForwardArgs&);
   void (*cell_backward)(const CellBackwardArgs&);
+  void (*cell_gates)(const CellGatesArgs&);
+  void (*weight_grad)(const WeightGradArgs&);
+  // out (n) = the sum of src's rows (rows x n).
+  void (*column_sums)(int64_t rows, int64_t n, bool is_double, const void* src, void* out);
   int64_t (*packed_size)(int64_t k, int64_t n, bool is_double);
   void (*pack)(const PackArgs&);
   void (*small_matmul)(const SmallMatmulArgs&);
   int64_t (*gate_panels_size)(int64_t hidden, bool is_double);
   // w_hh (4H, H) row-major into gate_panels_size elements.
   void (*pack_gate_panels)(const void* w_hh, int64_t hidden, bool is_double, void* out);
-  void (*fused_step)(const FusedStepArgs&);
+  void (*fused_sequence)(const FusedSequenceArgs&);
   const char* isa;
 };
 

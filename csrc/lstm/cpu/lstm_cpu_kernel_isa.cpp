@@ -11,7 +11,9 @@
 #include "lstm/cpu/activations.h"
 #include "lstm/cpu/fused_step.h"
 #include "lstm/cpu/lstm_cpu_kernel.h"
+#include "lstm/cpu/row_dot_matmul.h"
 #include "lstm/cpu/small_matmul.h"
+#include "lstm/cpu/weight_grad_matmul.h"
 
 #ifndef CPU_CAPABILITY
 #error "lstm_cpu_kernel_isa.cpp is compiled through setup.py's per-ISA wrappers"
@@ -143,6 +145,55 @@ void cell_backward(const CellBackwardArgs& a) {
   }
 }
 
+template <typename T>
+void cell_gates_typed(const CellGatesArgs& a) {
+  const RowDotOperand<T> ops[2] = {
+      {static_cast<const T*>(a.h), static_cast<const T*>(a.w_hh), a.hidden, a.hidden, a.hidden},
+      {static_cast<const T*>(a.x), static_cast<const T*>(a.w_ih), a.input_size, a.input_size,
+       a.input_size}};
+  row_dot_matmul<T>(a.batch, 4 * a.hidden, ops, a.input_size > 0 ? 2 : 1,
+                    static_cast<T*>(a.gates));
+}
+
+void cell_gates(const CellGatesArgs& a) {
+  a.is_double ? cell_gates_typed<double>(a) : cell_gates_typed<float>(a);
+}
+
+template <typename T>
+void weight_grad_typed(const WeightGradArgs& a) {
+  weight_grad_product<T>(WeightGradProduct<T>{a.rows, a.n, a.k,
+                                              static_cast<const T*>(a.grad_gates),
+                                              static_cast<const T*>(a.a), static_cast<T*>(a.grad_w)});
+}
+
+void weight_grad(const WeightGradArgs& a) {
+  a.is_double ? weight_grad_typed<double>(a) : weight_grad_typed<float>(a);
+}
+
+template <typename T>
+void column_sums_typed(int64_t rows, int64_t n, const T* src, T* out) {
+  using V = Vec<T>;
+  int64_t j = 0;
+  for (; j + V::size() <= n; j += V::size()) {
+    V sum(T(0));
+    for (int64_t r = 0; r < rows; ++r) sum = sum + V::loadu(src + r * n + j);
+    sum.store(out + j);
+  }
+  for (; j < n; ++j) {
+    T sum(0);
+    for (int64_t r = 0; r < rows; ++r) sum += src[r * n + j];
+    out[j] = sum;
+  }
+}
+
+void column_sums(int64_t rows, int64_t n, bool is_double, const void* src, void* out) {
+  if (is_double) {
+    column_sums_typed<double>(rows, n, static_cast<const double*>(src), static_cast<double*>(out));
+  } else {
+    column_sums_typed<float>(rows, n, static_cast<const float*>(src), static_cast<float*>(out));
+  }
+}
+
 int64_t packed_size_any(int64_t k, int64_t n, bool is_double) {
   return is_double ? packed_size<double>(k, n) : packed_size<float>(k, n);
 }
@@ -173,16 +224,16 @@ void pack_gate_panels_any(const void* w_hh, int64_t hidden, bool is_double, void
 }
 
 template <typename T>
-void fused_step_cast(const FusedStepArgs& a) {
-  fused_step_typed<T>(FusedStep<T>{
-      a.rows, a.hidden, a.hidden, static_cast<const T*>(a.h_prev),
+void fused_sequence_cast(const FusedSequenceArgs& a) {
+  fused_sequence_typed<T>(FusedSequence<T>{
+      a.steps, a.rows, a.row_offset, a.ended_from, a.batch, a.hidden,
       static_cast<const T*>(a.panels), static_cast<T*>(a.gates), static_cast<const T*>(a.b_ih),
       static_cast<const T*>(a.b_hh), static_cast<T*>(a.c_state), static_cast<T*>(a.cells),
-      static_cast<T*>(a.output), static_cast<T*>(a.h_next)});
+      static_cast<T*>(a.output), static_cast<T*>(a.h_buffers), static_cast<T*>(a.hy)});
 }
 
-void fused_step(const FusedStepArgs& a) {
-  a.is_double ? fused_step_cast<double>(a) : fused_step_cast<float>(a);
+void fused_sequence(const FusedSequenceArgs& a) {
+  a.is_double ? fused_sequence_cast<double>(a) : fused_sequence_cast<float>(a);
 }
 
 void small_matmul(const SmallMatmulArgs& a) {
@@ -203,12 +254,15 @@ void small_matmul(const SmallMatmulArgs& a) {
 KernelTable PYDL_ISA_TABLE_FN() {
   return {&CPU_CAPABILITY::cell_forward,
           &CPU_CAPABILITY::cell_backward,
+          &CPU_CAPABILITY::cell_gates,
+          &CPU_CAPABILITY::weight_grad,
+          &CPU_CAPABILITY::column_sums,
           &CPU_CAPABILITY::packed_size_any,
           &CPU_CAPABILITY::pack,
           &CPU_CAPABILITY::small_matmul,
           &CPU_CAPABILITY::gate_panels_size_any,
           &CPU_CAPABILITY::pack_gate_panels_any,
-          &CPU_CAPABILITY::fused_step,
+          &CPU_CAPABILITY::fused_sequence,
           C10_STRINGIZE(CPU_CAPABILITY)};
 }
 
