@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "attention/cpu/tile_gemm.h"
 #include "common/build_info.h"
 #include "conv/cpu/conv2d_cpu_kernel.h"
 
@@ -25,6 +26,8 @@ TORCH_LIBRARY(pydl, m) {
   m.def("build_info() -> str", &build_info_op);
   // Which per-ISA build of the CPU conv2d loops this machine runs.
   m.def("conv2d_cpu_isa() -> str", &pydl::conv_cpu::selected_isa);
+  // Whether libtorch exports MKL's bf16 GEMM (the CPU bf16 attention tiles need it).
+  m.def("cpu_bf16_gemm_available() -> bool", &pydl::attention_cpu::bf16_gemm_available);
 
   // out = act(conv2d(input, weight) + bias + residual); act in
   // {none, relu, gelu, gelu_tanh, silu}.

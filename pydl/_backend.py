@@ -20,12 +20,12 @@ PYDL = "pydl"
 TORCH = "torch"
 
 def _cpu_bf16_units() -> bool:
-    """MKL's bf16 GEMM (what pydl's CPU bf16 attention tiles use) and bf16
-    units to run it (AMX or AVX512-BF16); without them torch's own path is the
-    better choice."""
+    """MKL's bf16 GEMM exported by libtorch (what pydl's CPU bf16 attention
+    tiles call; the extension says) and bf16 units to run it (AMX or
+    AVX512-BF16); without them torch's own path is the better choice."""
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     units = any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-    return torch.backends.mkl.is_available() and units
+    return units and _ext.loaded() and bool(torch.ops.pydl.cpu_bf16_gemm_available())
 
 
 # Devices and dtypes each family's kernels accept.

@@ -183,19 +183,39 @@ def test_weights_are_differentiable_like_torch(average, mask_kind):
         assert_close_rel(a, e, dtype, "grad")
 
 
-def test_need_weights_under_cpu_autocast_matches_torch():
-    """bf16 under autocast: the weights come from the fused output's lse path
-    (the attention-with-weights kernel is float32/float64), as torch's do."""
-    ours, theirs = _pair(embed_dim=16, num_heads=2, batch_first=True)
-    x = torch.randn(2, 5, 16, requires_grad=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, w = ours(x, x, x)
-        ref, rw = theirs(x, x, x)
-    assert out.dtype == ref.dtype and w.dtype == rw.dtype
-    assert (out.float() - ref.float()).abs().max() < 5e-2
-    assert (w.float() - rw.float()).abs().max() < 2e-2
-    out.float().sum().backward()
-    assert x.grad is not None and torch.isfinite(x.grad).all()
+@pytest.mark.parametrize("average", [True, False])
+@pytest.mark.parametrize("mode", ["autocast", "bf16_module"])
+def test_need_weights_in_bfloat16_as_accurate_as_torch(mode, average):
+    """bf16 heads (under autocast, or a bf16 module) take the lse path (the
+    attention-with-weights kernel is float32/float64): against a float64
+    module with the same (bf16-representable) weights and input, the error of
+    the output and the weights is at most twice torch's own bf16 error."""
+    from conftest import LOW_PRECISION_FACTOR, rel_error
+
+    ours, theirs = _pair(embed_dim=64, num_heads=4, batch_first=True)
+    with torch.no_grad():
+        for m in (ours, theirs):
+            for prm in m.parameters():
+                prm.copy_(prm.bfloat16().float())  # bf16-exact, so only the math differs
+    exact, _ = _pair(embed_dim=64, num_heads=4, batch_first=True, dtype=torch.float64)
+    exact.load_state_dict({k: v.double() for k, v in theirs.state_dict().items()})
+    x = torch.randn(2, 64, 64, generator=torch.Generator().manual_seed(0)).bfloat16()
+    ref, rw = exact(*(x.double(),) * 3, average_attn_weights=average)
+    if mode == "bf16_module":
+        ours, theirs = ours.bfloat16(), theirs.bfloat16()
+        xs, ctx = x.clone(), torch.autocast("cpu", enabled=False)
+    else:
+        xs, ctx = x.float(), torch.autocast("cpu", dtype=torch.bfloat16)
+    xs.requires_grad_()
+    with ctx:
+        out, w = ours(xs, xs, xs, average_attn_weights=average)
+        t_out, t_w = theirs(xs, xs, xs, average_attn_weights=average)
+    assert out.dtype == t_out.dtype and w.dtype == t_w.dtype == torch.bfloat16
+    for name, a, b, e in (("out", out, t_out, ref), ("weights", w, t_w, rw)):
+        err, torch_err = rel_error(a, e), rel_error(b, e)
+        assert err <= LOW_PRECISION_FACTOR * torch_err, f"{name}: {err:.2e} vs {torch_err:.2e}"
+    (out.float().sum() + w.float().sum()).backward()
+    assert torch.isfinite(xs.grad).all()
 
 
 def test_need_weights_with_dropout_under_autocast_is_torchs(monkeypatch):

@@ -192,11 +192,20 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         # In place after the one GEMM: each pass over the (B, heads, L, S)
         # scores is a memory pass (64 MB at B2 L1024 8 heads), and autograd
         # needs none of the intermediates (matmul keeps q, k; exp its result).
-        scores = torch.matmul(q * (self.head_dim ** -0.5), k.transpose(-2, -1))
-        if mask is not None:
-            if mask.dtype == torch.bool:
-                scores.masked_fill_(mask.logical_not(), float("-inf"))
-            else:
-                scores.add_(mask)
-        lse = lse.masked_fill(torch.isneginf(lse), 0.0)
-        return scores.sub_(lse.unsqueeze(-1)).exp_()
+        # bf16/fp16 heads: the scores in float32 against the kernel's float32
+        # lse, cast once at the end (bf16-rounded scores minus a float32 lse
+        # lose the normalization: 2-3x torch's own error, measured).
+        dtype = q.dtype
+        low = dtype in (torch.float16, torch.bfloat16)
+        with torch.autocast(q.device.type, enabled=False):
+            if low:
+                q, k = q.float(), k.float()
+            scores = torch.matmul(q * (self.head_dim ** -0.5), k.transpose(-2, -1))
+            if mask is not None:
+                if mask.dtype == torch.bool:
+                    scores.masked_fill_(mask.logical_not(), float("-inf"))
+                else:
+                    scores.add_(mask.to(scores.dtype))
+            lse = lse.to(scores.dtype).masked_fill(torch.isneginf(lse), 0.0)
+            weights = scores.sub_(lse.unsqueeze(-1)).exp_()
+        return weights.to(dtype) if low else weights
