@@ -199,9 +199,20 @@ def _fallback(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_
     if dropout_p > 0.0:  # materializes L x S: the fallback only
         shape = out_batch + (query.shape[-2], key.shape[-2])
         dropout_mask = torch.rand(shape, device=query.device) >= dropout_p
-    return reference.scaled_dot_product_attention(
-        query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-        dropout_mask=dropout_mask, causal_alignment=causal_alignment, return_lse=return_lse)
+    # fp16/bf16: computed in float32 like the kernels, the lse returned in float32.
+    dtype = query.dtype
+    compute = _lse_dtype(query)
+    if compute != dtype:
+        query, key, value = query.to(compute), key.to(compute), value.to(compute)
+        if attn_mask is not None and attn_mask.is_floating_point():
+            attn_mask = attn_mask.to(compute)
+    with torch.autocast(query.device.type, enabled=False):  # or its matmuls go back to bf16
+        result = reference.scaled_dot_product_attention(
+            query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+            dropout_mask=dropout_mask, causal_alignment=causal_alignment, return_lse=return_lse)
+    if compute == dtype:
+        return result
+    return (result[0].to(dtype), result[1]) if return_lse else result.to(dtype)
 
 
 def _lse_dtype(query: torch.Tensor) -> torch.dtype:
