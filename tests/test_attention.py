@@ -453,3 +453,19 @@ def test_long_sequence_never_allocates_l_by_s():
     assert result.returncode == 0, result.stderr
     grew = int(result.stdout.strip().splitlines()[-1])
     assert grew < L * L * 4 / 16, f"peak memory grew by {grew / 2**20:.0f} MiB"
+
+
+def test_bfloat16_extras_return_float32_lse_in_every_mode():
+    """bf16 with pydl's extras (lse, bottom-right causal): pydl's bf16 kernel,
+    or without it the reference computed in float32; either way the lse is
+    float32 (as the op's fake kernel says) and the output bf16 and accurate."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, n, 16, generator=g, dtype=torch.float64) for n in (9, 6, 6))
+    out, lse = sdpa(q.bfloat16(), k.bfloat16(), v.bfloat16(), is_causal=True,
+                    causal_alignment="bottom_right", return_lse=True)
+    ref, ref_lse = reference.scaled_dot_product_attention(
+        q, k, v, is_causal=True, causal_alignment="bottom_right", return_lse=True)
+    assert out.dtype == torch.bfloat16 and lse.dtype == torch.float32
+    assert torch.isneginf(lse[..., :3]).all()
+    assert (out.double() - ref).abs().max() < 3e-2
+    assert torch.allclose(lse[..., 3:].double(), ref_lse[..., 3:], atol=3e-2)
