@@ -12,13 +12,20 @@
 #   BENCH_ARGS="--quick --only attention/" ...  # one family (attention: ~46 SDPA rows + MHA rows)
 # The gpu tests include tests/test_attention_cuda.py (~160 tests); the quick
 # benchmarks include attention's GPU rows (46 SDPA rows + the module rows).
-# The device tool allows 10 minutes per command: run it as two calls on the
-# same warm machine, STEPS="build tests" then STEPS="bench" (the build stays).
+# The device tool allows 10 minutes per command: run it as two calls,
+# STEPS="build tests" then STEPS="bench". Every step's timeout is capped so the
+# script ends (and writes its report) within BUDGET seconds (default 570), and
+# a step that needs the extension builds it first when the machine is bare.
 cd "$(dirname "$0")/.."
 export PYDL_SKIP_PIP=1 PYDL_CUDA=1 PYTHONUNBUFFERED=1
 OUT=${OUT:-$PWD/gpu_check_out}
 mkdir -p "$OUT"
 STEPS=${STEPS:-"build tests bench"}
+BUDGET=${BUDGET:-570}
+# A step's timeout: its own default, but never past the script's budget.
+capped() { local left=$((BUDGET - SECONDS - 15)); echo $(( $1 < left ? $1 : (left > 10 ? left : 10) )); }
+# The later steps need pydl._C: build it when this machine has none yet.
+if [[ $STEPS != *build* ]] && ! ls pydl/_C*.so > /dev/null 2>&1; then STEPS="build $STEPS"; fi
 if [ -z "${CUDA_HOME:-}" ]; then
   nvcc_path=$(command -v nvcc || true)
   [ -n "$nvcc_path" ] && export CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$nvcc_path")")")
@@ -69,18 +76,18 @@ fi
 
 if [[ $STEPS == *" tests"* || $STEPS == "tests"* ]]; then
   # Attention: one line of errors per CUDA kernel path, before the full tests.
-  timeout 120 "$PYTHON" scripts/attention_smoke.py 2>&1 | tail -n 20 | tee -a "$report"
+  timeout "$(capped 120)" "$PYTHON" scripts/attention_smoke.py 2>&1 | tail -n 20 | tee -a "$report"
   start=$SECONDS
   # 420 s: the attention file added ~160 tests (estimated 1-2 min on an H100);
   # --durations names the slow ones if the budget ever runs out.
-  PYDL_EXPERIMENTAL_CUDA=1 timeout ${TEST_TIMEOUT:-420} "$PYTHON" -m pytest tests -m gpu -q -p no:cacheprovider \
+  PYDL_EXPERIMENTAL_CUDA=1 timeout "$(capped "${TEST_TIMEOUT:-420}")" "$PYTHON" -m pytest tests -m gpu -q -p no:cacheprovider \
     --durations=10 > "$OUT/gpu_tests.log" 2>&1
   echo "gpu tests: exit $? in $((SECONDS - start)) s — $(tail -n 1 "$OUT/gpu_tests.log")" | tee -a "$report"
   grep -E "^(FAILED|ERROR)" "$OUT/gpu_tests.log" | head -n 20 | tee -a "$report"
 fi
 
 if [[ $STEPS == *cputests* ]]; then
-  PYDL_STRICT=1 timeout 300 "$PYTHON" -m pytest tests -m "not gpu" -q -p no:cacheprovider \
+  PYDL_STRICT=1 timeout "$(capped 300)" "$PYTHON" -m pytest tests -m "not gpu" -q -p no:cacheprovider \
     > /tmp/pydl_cpu_tests.log 2>&1
   echo "cpu tests: exit $? — $(tail -n 1 /tmp/pydl_cpu_tests.log)" | tee -a "$report"
   grep -E "^(FAILED|ERROR)" /tmp/pydl_cpu_tests.log | head -n 20 | tee -a "$report"
@@ -89,7 +96,7 @@ fi
 if [[ $STEPS == *bench* ]]; then
   start=$SECONDS
   # shellcheck disable=SC2086
-  PYDL_EXPERIMENTAL_CUDA=1 timeout ${BENCH_TIMEOUT:-400} "$PYTHON" -m benchmarks --device cuda \
+  PYDL_EXPERIMENTAL_CUDA=1 timeout "$(capped "${BENCH_TIMEOUT:-400}")" "$PYTHON" -m benchmarks --device cuda \
     ${BENCH_ARGS:---quick} --out "$OUT/bench" > "$OUT/bench.log" 2>&1
   echo "bench: exit $? in $((SECONDS - start)) s" | tee -a "$report"
   tail -n 60 "$OUT/bench.log" | tee -a "$report"
