@@ -159,8 +159,8 @@ def _torch_is_faster(query, key, value, attn_mask, dropout_p, is_causal, causal_
                      return_lse) -> bool:
     """CPU bf16 inference: torch's flash forward (oneDNN AMX micro-kernels) ran
     1.1-1.6x faster than pydl's (MKL bf16 tile GEMMs) on this project's Sapphire
-    Rapids, while pydl's forward + backward ran 0.94-1.5x torch's and torch's
-    CPU flash kernel has no dropout. So a bf16 CPU call that torch's flash
+    Rapids, while pydl's forward + backward ran 0.92-2.4x torch's (geomean
+    1.35-1.57x) and torch's CPU flash kernel has no dropout. So a bf16 CPU call that torch's flash
     kernel can serve and that needs no gradient goes to torch: a choice of the
     faster kernel, not a fallback (PYDL_STRICT=1 does not object)."""
     if query.device.type != "cpu" or query.dtype != torch.bfloat16 or dropout_p > 0.0:
