@@ -23,19 +23,25 @@
 namespace pydl {
 namespace attention_dropout {
 
+// Philox4x32-10's round multipliers and key increments (the vectorized CPU
+// rounds in cpu/dropout_keep_simd.h use them too).
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u, kPhiloxM1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u, kPhiloxW1 = 0xBB67AE85u;
+constexpr int kPhiloxRounds = 10;
+
 // Four 32-bit random words for counter (c0, c1, c2, c3) under key (k0, k1).
 PYDL_HOST_DEVICE void philox4x32_10(uint32_t ctr[4], uint32_t k0, uint32_t k1) {
-  for (int round = 0; round < 10; ++round) {
-    const uint64_t p0 = uint64_t{0xD2511F53u} * ctr[0];
-    const uint64_t p1 = uint64_t{0xCD9E8D57u} * ctr[2];
+  for (int round = 0; round < kPhiloxRounds; ++round) {
+    const uint64_t p0 = uint64_t{kPhiloxM0} * ctr[0];
+    const uint64_t p1 = uint64_t{kPhiloxM1} * ctr[2];
     const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
     const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
     ctr[0] = hi1 ^ ctr[1] ^ k0;
     ctr[1] = lo1;
     ctr[2] = hi0 ^ ctr[3] ^ k1;
     ctr[3] = lo0;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
   }
 }
 

@@ -1,16 +1,16 @@
 // dropout_keep_row (dropout_hash.h) with the Philox rounds run on 16 (AVX-512)
 // or 8 (AVX2) counters at once: the scalar generator took ~65% of a dropout
-// training step. Bit-identical to the scalar one (same counters, same key
-// schedule, same threshold), so forward and backward, the flash kernel and the
+// training step. Bit-identical to the scalar one (same counters, constants and
+// keep rule from attention/dropout_philox.h), so forward and backward, the flash kernel and the
 // weights kernel, and every ISA build all agree on which weights survive.
 // Included only by *_kernel_isa.cpp files (lives in CPU_CAPABILITY).
 #pragma once
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 
 #include "attention/cpu/dropout_hash.h"
+#include "attention/dropout_philox.h"
 
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
@@ -34,7 +34,6 @@ struct PhiloxLanes {
   static V iota() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
   static V add(V a, V b) { return _mm512_add_epi32(a, b); }
   static V xor3(V a, V b, V c) { return _mm512_xor_si512(_mm512_xor_si512(a, b), c); }
-  static V shr8(V a) { return _mm512_srli_epi32(a, 8); }
   static void store(uint32_t* p, V a) { _mm512_storeu_si512(p, a); }
   // (hi, lo) halves of the 64-bit products a[i] * m, lane by lane: vpmuludq
   // multiplies the even lanes; the odd ones are shifted down and multiplied too.
@@ -53,7 +52,6 @@ struct PhiloxLanes {
   static V iota() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
   static V add(V a, V b) { return _mm256_add_epi32(a, b); }
   static V xor3(V a, V b, V c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
-  static V shr8(V a) { return _mm256_srli_epi32(a, 8); }
   static void store(uint32_t* p, V a) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), a); }
   static void mul_wide(V a, V m, V& hi, V& lo) {
     const V even = _mm256_mul_epu32(a, m);
@@ -64,18 +62,20 @@ struct PhiloxLanes {
 };
 #endif
 
-// The top 24 bits of the four Philox words of groups g0 .. g0 + kLanes - 1
-// (row head_row): bits[w][j] for column 4 (g0 + j) + w.
-inline void philox_bits(uint32_t bits[4][PhiloxLanes::kLanes], uint64_t seed, uint64_t head_row,
-                        uint64_t g0) {
+// The four Philox words of groups g0 .. g0 + kLanes - 1 (row head_row), as
+// attention_dropout::keep_words gives them one group at a time: words[w][j]
+// for column 4 (g0 + j) + w.
+inline void philox_words(uint32_t words[4][PhiloxLanes::kLanes], uint64_t seed, uint64_t head_row,
+                         uint64_t g0) {
+  using namespace attention_dropout;
   using P = PhiloxLanes;
   P::V c0 = P::add(P::set1(static_cast<uint32_t>(g0)), P::iota());
   P::V c1 = P::set1(static_cast<uint32_t>(g0 >> 32));
   P::V c2 = P::set1(static_cast<uint32_t>(head_row));
   P::V c3 = P::set1(static_cast<uint32_t>(head_row >> 32));
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  const P::V m0 = P::set1(0xD2511F53u), m1 = P::set1(0xCD9E8D57u);
-  for (int round = 0; round < 10; ++round) {
+  const P::V m0 = P::set1(kPhiloxM0), m1 = P::set1(kPhiloxM1);
+  for (int round = 0; round < kPhiloxRounds; ++round) {
     P::V hi0, lo0, hi1, lo1;
     P::mul_wide(c0, m0, hi0, lo0);
     P::mul_wide(c2, m1, hi1, lo1);
@@ -83,13 +83,13 @@ inline void philox_bits(uint32_t bits[4][PhiloxLanes::kLanes], uint64_t seed, ui
     c1 = lo1;
     c2 = P::xor3(hi0, c3, P::set1(k1));
     c3 = lo0;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
   }
-  P::store(bits[0], P::shr8(c0));
-  P::store(bits[1], P::shr8(c1));
-  P::store(bits[2], P::shr8(c2));
-  P::store(bits[3], P::shr8(c3));
+  P::store(words[0], c0);
+  P::store(words[1], c1);
+  P::store(words[2], c2);
+  P::store(words[3], c3);
 }
 
 // keep[c] for c in [0, count): 1 / (1 - p) where weight (head_row, col0 + c)
@@ -102,17 +102,18 @@ void dropout_keep_row_simd(T* keep, int64_t count, uint64_t seed, uint64_t head_
   const int64_t lead = std::min<int64_t>(count, (4 - (col0 & 3)) & 3);
   if (lead > 0) dropout_keep_row(keep, lead, seed, head_row, col0, p);
   const T kept = p >= 1.0 ? T(0) : static_cast<T>(1.0 / (1.0 - p));
-  // x >= p * 2^24 for an integer x is x >= ceil(p * 2^24).
-  const uint32_t threshold = static_cast<uint32_t>(std::ceil(p * 16777216.0));
+  const uint32_t threshold = attention_dropout::keep_threshold(p);
   int64_t c = lead;
-  uint32_t bits[4][PhiloxLanes::kLanes];
+  uint32_t words[4][PhiloxLanes::kLanes];
   for (; c + kCols <= count; c += kCols) {
     const uint64_t g0 = static_cast<uint64_t>(col0 + c) >> 2;
     if ((g0 & 0xFFFFFFFFu) + PhiloxLanes::kLanes - 1 > 0xFFFFFFFFu) break;  // word 0 would carry
-    philox_bits(bits, seed, head_row, g0);
+    philox_words(words, seed, head_row, g0);
     T* out = keep + c;
     for (int j = 0; j < PhiloxLanes::kLanes; ++j) {
-      for (int w = 0; w < 4; ++w) out[4 * j + w] = bits[w][j] >= threshold ? kept : T(0);
+      for (int w = 0; w < 4; ++w) {
+        out[4 * j + w] = attention_dropout::is_kept(words[w][j], threshold) ? kept : T(0);
+      }
     }
   }
   if (c < count) dropout_keep_row(keep + c, count - c, seed, head_row, col0 + c, p);
