@@ -155,6 +155,13 @@ def scaled_dot_product_attention(
     return out
 
 
+def _needs_extras(query, key, attn_mask, is_causal, causal_alignment, return_lse) -> bool:
+    """Whether the call asks for what torch's SDPA cannot express: the lse,
+    bottom-right causal alignment (L != S), or causal combined with a mask."""
+    bottom_right = is_causal and causal_alignment == "bottom_right" and query.shape[-2] != key.shape[-2]
+    return return_lse or bottom_right or (is_causal and attn_mask is not None)
+
+
 def _torch_is_faster(query, key, value, attn_mask, dropout_p, is_causal, causal_alignment,
                      return_lse) -> bool:
     """CPU bf16 inference: torch's flash forward (oneDNN AMX micro-kernels) ran
@@ -165,9 +172,8 @@ def _torch_is_faster(query, key, value, attn_mask, dropout_p, is_causal, causal_
     faster kernel, not a fallback (PYDL_STRICT=1 does not object)."""
     if query.device.type != "cpu" or query.dtype != torch.bfloat16 or dropout_p > 0.0:
         return False
-    if return_lse or (is_causal and (attn_mask is not None or (
-            causal_alignment == "bottom_right" and query.shape[-2] != key.shape[-2]))):
-        return False  # pydl-only extras
+    if _needs_extras(query, key, attn_mask, is_causal, causal_alignment, return_lse):
+        return False
     tensors = (query, key, value) + ((attn_mask,) if attn_mask is not None else ())
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
@@ -190,8 +196,7 @@ def _kernel_serves(query, value) -> bool:
 def _fallback(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
               causal_alignment, return_lse, out_batch):
     """torch's SDPA; pydl.reference for what torch's op cannot express."""
-    bottom_right = is_causal and causal_alignment == "bottom_right" and query.shape[-2] != key.shape[-2]
-    if not (return_lse or bottom_right or (is_causal and attn_mask is not None)):
+    if not _needs_extras(query, key, attn_mask, is_causal, causal_alignment, return_lse):
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask,
                                               dropout_p=dropout_p, is_causal=is_causal,
                                               scale=scale, enable_gqa=enable_gqa)
