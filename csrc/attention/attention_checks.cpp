@@ -96,12 +96,14 @@ void check_attention_backward_tensors(const AttentionShape& s, const at::Tensor&
 }
 
 at::Tensor additive_mask(const std::optional<at::Tensor>& mask, const at::Tensor& query,
-                         const AttentionShape& s) {
+                         const AttentionShape& s, at::ScalarType dtype) {
   if (!mask.has_value()) return {};
   at::Tensor m = *mask;
   if (m.scalar_type() == at::kBool) {
-    m = at::zeros(m.sizes(), query.options())
+    m = at::zeros(m.sizes(), query.options().dtype(dtype))
             .masked_fill_(m.logical_not(), -std::numeric_limits<double>::infinity());
+  } else {
+    m = m.to(dtype);  // no copy when it already has the dtype
   }
   return m.expand({s.batch, s.heads_q, s.len_q, s.len_kv});
 }

@@ -31,9 +31,11 @@ void check_attention_backward_tensors(const AttentionShape& s, const at::Tensor&
                                       at::ScalarType lse_dtype);
 
 // The mask as an additive (N, Hq, L, S) view of broadcast strides (stride 0
-// where broadcast, never materialized): a bool mask becomes 0 / -inf once, at
-// its own (unbroadcast) size, in the query's dtype. Undefined when no mask.
+// where broadcast, never materialized) in `dtype` (the kernel's: the query's,
+// or float32 where the CPU computes bf16 in float32): a bool mask becomes
+// 0 / -inf, a float mask is converted if needed, once, at its own
+// (unbroadcast) size. Undefined when no mask.
 at::Tensor additive_mask(const std::optional<at::Tensor>& mask, const at::Tensor& query,
-                         const AttentionShape& s);
+                         const AttentionShape& s, at::ScalarType dtype);
 
 }  // namespace pydl

@@ -41,12 +41,7 @@ Operand operand(const at::Tensor& t) {
 
 at::Tensor cpu_kernel_mask(const std::optional<at::Tensor>& mask, const at::Tensor& query,
                            const AttentionShape& s) {
-  if (!mask.has_value() || compute_dtype(query) == query.scalar_type()) {
-    return additive_mask(mask, query, s);
-  }
-  const at::Tensor converted = mask->scalar_type() == at::kBool ? *mask : mask->to(at::kFloat);
-  // additive_mask takes its dtype (for a bool mask's 0 / -inf) from the "query".
-  return additive_mask(converted, at::empty({0}, query.options().dtype(at::kFloat)), s);
+  return additive_mask(mask, query, s, compute_dtype(query));
 }
 
 Problem make_problem(const AttentionShape& s, const at::Tensor& q, const at::Tensor& k,

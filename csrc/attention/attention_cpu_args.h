@@ -27,9 +27,8 @@ at::ScalarType compute_dtype(const at::Tensor& query);
 // least a row apart; anything else (rare) is copied once.
 at::Tensor gemm_ready(const at::Tensor& t);
 
-// The mask the CPU kernels read: additive_mask (attention_checks.h), in the
-// compute dtype (a bf16 float mask becomes float32 at its own size, before the
-// broadcast). Undefined when there is no mask.
+// The mask the CPU kernels read: additive_mask (attention_checks.h) in the
+// compute dtype. Undefined when there is no mask.
 at::Tensor cpu_kernel_mask(const std::optional<at::Tensor>& mask, const at::Tensor& query,
                            const AttentionShape& s);
 

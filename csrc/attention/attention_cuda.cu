@@ -150,7 +150,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(
       check_attention_args(query, key, value, attn_mask, dropout_seed, dropout_p);
   check_cuda_args(query, s);
   const c10::cuda::CUDAGuard guard(query.device());
-  const at::Tensor mask = additive_mask(attn_mask, query, s);
+  const at::Tensor mask = additive_mask(attn_mask, query, s, query.scalar_type());
   at::Tensor out = at::empty({s.batch, s.heads_q, s.len_q, s.dim_v}, query.options());
   at::Tensor lse = at::empty({s.batch, s.heads_q, s.len_q},
                              query.options().dtype(accumulator_dtype(query.scalar_type())));
@@ -189,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cu
   const at::ScalarType acc = accumulator_dtype(query.scalar_type());
   check_attention_backward_tensors(s, query, grad_out, out, lse, grad_lse, acc);
   const c10::cuda::CUDAGuard guard(query.device());
-  const at::Tensor mask = additive_mask(attn_mask, query, s);
+  const at::Tensor mask = additive_mask(attn_mask, query, s, query.scalar_type());
   // Contiguous; for the tensor-core kernels also 16-byte aligned (see tensor_core_ready).
   const at::Tensor dout =
       tensor_core_path(query, s) ? tensor_core_ready(grad_out.contiguous()) : grad_out.contiguous();
