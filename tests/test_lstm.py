@@ -202,21 +202,35 @@ def _layer_args(batch_sizes, input_size=3, hidden=4, proj=0, dtype=torch.float64
 @needs_extension
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("proj", [0, 2])
-def test_op_gradcheck_packed(reverse, proj):
-    args = _layer_args([3, 3, 2, 1], proj=proj)
+@pytest.mark.parametrize("biases", ["both", "none", "hh only"])
+def test_op_gradcheck_packed(reverse, proj, biases):
+    # Absent optional tensors have no autograd edge: every later gradient must
+    # still reach its own argument (b_hh and w_hr without b_ih, w_hr alone).
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = _layer_args([3, 3, 2, 1], proj=proj)
+    optional = {"b_ih": b_ih if biases == "both" else None,
+                "b_hh": b_hh if biases != "none" else None, "w_hr": w_hr}
+    given = [x, h0, c0, w_ih, w_hh] + [t for t in optional.values() if t is not None]
 
     def fn(*tensors):
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = tensors
-        out, hy, cy, *_ = torch.ops.pydl.lstm_layer(x, args[1], h0, c0, w_ih, w_hh, b_ih, b_hh,
+        it = iter(tensors[5:])
+        b_ih, b_hh, w_hr = (next(it) if t is not None else None for t in optional.values())
+        out, hy, cy, *_ = torch.ops.pydl.lstm_layer(*tensors[:1], bs, *tensors[1:5], b_ih, b_hh,
                                                     w_hr, reverse)
         return out, hy, cy
 
-    tensors = [args[0], *args[2:]] if proj else [args[0], *args[2:8]]
-    if not proj:
-        fn_ = lambda *t: fn(*t, None)
-    else:
-        fn_ = fn
-    assert torch.autograd.gradcheck(fn_, tensors)
+    assert torch.autograd.gradcheck(fn, given)
+
+
+@needs_extension
+def test_op_gradients_only_where_asked():
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = _layer_args([2, 1], proj=2)
+    for t in (x, h0, c0, w_ih, b_ih):
+        t.requires_grad_(False)
+    out, hy, cy, *_ = torch.ops.pydl.lstm_layer(x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, False)
+    (out.sum() + cy.sum()).backward()
+    assert all(t.grad is None for t in (x, h0, c0, w_ih, b_ih))
+    for t in (w_hh, b_hh, w_hr):
+        assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
 
 
 @needs_extension

@@ -92,9 +92,9 @@ def lstm(
 
 
 def _register() -> None:
-    """Fake kernels for torch.ops.pydl.lstm_cell (extension loaded only); its autograd
-    is C++ (csrc/lstm/lstm_cell_autograd.cpp: a Python bridge per step cost more
-    than the step)."""
+    """Fake kernels for torch.ops.pydl.lstm_cell and lstm_layer (extension loaded
+    only); their autograd is C++ (csrc/lstm/lstm_autograd.cpp: a Python bridge
+    per step cost more than the step)."""
 
     @torch.library.register_fake("pydl::lstm_cell")
     def _lstm_cell_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
@@ -114,7 +114,7 @@ def _register() -> None:
 
 
 def _register_layer() -> None:
-    """Fake kernels and autograd for torch.ops.pydl.lstm_layer."""
+    """Fake kernels for torch.ops.pydl.lstm_layer and its backward."""
 
     @torch.library.register_fake("pydl::lstm_layer")
     def _lstm_layer_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
@@ -133,30 +133,6 @@ def _register_layer() -> None:
         like = (input, hx, cx, w_ih, w_hh, w_ih[:, 0], w_hr)
         return tuple(torch.empty_like(t) if m and t is not None else None
                      for t, m in zip(like, output_mask))
-
-    def setup_context(ctx, inputs, output):
-        input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
-        out, _, _, gates, cells, hidden_pre = output
-        ctx.save_for_backward(input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, out, gates, cells,
-                              hidden_pre)
-        ctx.reverse = reverse
-
-    def backward(ctx, grad_output, grad_hy, grad_cy, *_unused):
-        input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, out, gates, cells, hidden_pre = (
-            ctx.saved_tensors)
-        zeros = lambda g, like: torch.zeros_like(like) if g is None else g
-        need = ctx.needs_input_grad
-        # inputs: input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse
-        mask = [need[0], need[2], need[3], need[4], need[5], need[6] or need[7],
-                w_hr is not None and need[8]]
-        g = torch.ops.pydl.lstm_layer_backward(
-            zeros(grad_output, out), zeros(grad_hy, hx), zeros(grad_cy, cx), input, batch_sizes,
-            hx, cx, w_ih, w_hh, w_hr, out, gates, cells, hidden_pre, ctx.reverse, mask)
-        g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias, g_w_hr = g
-        return (g_input, None, g_hx, g_cx, g_w_ih, g_w_hh, g_bias if need[6] else None,
-                g_bias if need[7] else None, g_w_hr, None)
-
-    torch.library.register_autograd("pydl::lstm_layer", backward, setup_context=setup_context)
 
 
 if _ext.loaded():
