@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <initializer_list>
 
 namespace pydl {
 namespace {
@@ -47,17 +48,36 @@ at::Tensor or_zeros(const at::Tensor& grad, const at::Tensor& like) {
   return grad.defined() ? grad : at::zeros_like(like);
 }
 
+// Whether a call must record a graph node. When not (no_grad, inference),
+// the kernels below are called directly: Function::apply builds and drops a
+// node, saved variables and its saved_data map even then (~3 us per call,
+// measurable on a one-step call).
+bool any_requires_grad(std::initializer_list<const at::Tensor*> tensors,
+                       std::initializer_list<const std::optional<at::Tensor>*> optional) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor* t : tensors) {
+    if (t->requires_grad()) return true;
+  }
+  for (const std::optional<at::Tensor>* t : optional) {
+    if (present(*t) && (*t)->requires_grad()) return true;
+  }
+  return false;
+}
+
+const c10::TypedOperatorHandle<CellFn>& cell_op() {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("pydl::lstm_cell", "").typed<CellFn>();
+  return op;
+}
+
 class LstmCellFunction : public torch::autograd::Function<LstmCellFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
                                const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
                                const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
                                const std::optional<at::Tensor>& b_hh) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("pydl::lstm_cell", "")
-                               .typed<CellFn>();
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [hy, cy, workspace] = op.call(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
+    auto [hy, cy, workspace] = cell_op().call(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
     ctx->save_for_backward({input, hx, cx, cy, workspace, w_ih, w_hh});
     ctx->saved_data["has_b_ih"] = present(b_ih);
     ctx->saved_data["has_b_hh"] = present(b_hh);
@@ -100,6 +120,12 @@ using LayerBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const at::Tensor&, bool, std::array<bool, 7>);
 
+const c10::TypedOperatorHandle<LayerFn>& layer_op() {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("pydl::lstm_layer", "").typed<LayerFn>();
+  return op;
+}
+
 // Forward arguments: input, batch_sizes, hx, cx, w_ih, w_hh, b_ih?, b_hh?,
 // w_hr?, reverse. Outputs: output, hy, cy and the saved gates, cells,
 // hidden_pre (not differentiable).
@@ -111,12 +137,9 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
                                const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
                                const std::optional<at::Tensor>& b_hh,
                                const std::optional<at::Tensor>& w_hr, bool reverse) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("pydl::lstm_layer", "")
-                               .typed<LayerFn>();
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, hy, cy, gates, cells, hidden_pre] =
-        op.call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
+        layer_op().call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
     const at::Tensor projection = present(w_hr) ? *w_hr : at::Tensor();
     ctx->save_for_backward(
         {input, batch_sizes, hx, cx, w_ih, w_hh, projection, out, gates, cells, hidden_pre});
@@ -169,6 +192,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_autograd(
     const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh) {
+  if (!any_requires_grad({&input, &hx, &cx, &w_ih, &w_hh}, {&b_ih, &b_hh})) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return cell_op().call(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
+  }
   variable_list out = LstmCellFunction::apply(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
   return {out[0], out[1], out[2]};
 }
@@ -178,6 +205,10 @@ lstm_layer_autograd(const at::Tensor& input, const at::Tensor& batch_sizes, cons
                     const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
                     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
                     const std::optional<at::Tensor>& w_hr, bool reverse) {
+  if (!any_requires_grad({&input, &hx, &cx, &w_ih, &w_hh}, {&b_ih, &b_hh, &w_hr})) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return layer_op().call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
+  }
   variable_list out = LstmLayerFunction::apply(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
                                                w_hr, reverse);
   return {out[0], out[1], out[2], out[3], out[4], out[5]};
