@@ -86,14 +86,26 @@ class LSTM(torch.nn.LSTM):
         return h0, c0
 
     def _layer_weights(self) -> list[tuple]:
-        """(w_ih, w_hh, b_ih, b_hh, w_hr) per layer and direction, None where absent."""
-        out = []
-        for layer in range(self.num_layers):
-            for suffix in ("", "_reverse")[: 2 if self.bidirectional else 1]:
-                get = lambda name: getattr(self, f"{name}_l{layer}{suffix}", None)
-                out.append((get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"),
-                            get("weight_hr")))
-        return out
+        """(w_ih, w_hh, b_ih, b_hh, w_hr) per layer and direction, None where absent.
+
+        Read from torch's own ``_flat_weights`` (kept current by RNNBase when a
+        parameter is replaced or moved) through a layout computed once: ten
+        ``getattr`` per call cost ~4 us, a tenth of a one-step call.
+        """
+        layout = self.__dict__.get("_pydl_weight_layout")
+        if layout is None or layout[0] != self._flat_weights_names:
+            position = {name: i for i, name in enumerate(self._flat_weights_names)}
+            absent = len(self._flat_weights_names)  # indexes the None appended below
+            groups = []
+            for layer in range(self.num_layers):
+                for suffix in ("", "_reverse")[: 2 if self.bidirectional else 1]:
+                    groups.append(tuple(position.get(f"{name}_l{layer}{suffix}", absent)
+                                        for name in ("weight_ih", "weight_hh", "bias_ih",
+                                                     "bias_hh", "weight_hr")))
+            layout = (list(self._flat_weights_names), groups)
+            self.__dict__["_pydl_weight_layout"] = layout
+        weights = [*self._flat_weights, None]
+        return [tuple(weights[i] for i in group) for group in layout[1]]
 
 
 class LSTMCell(torch.nn.LSTMCell):

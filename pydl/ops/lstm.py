@@ -88,6 +88,8 @@ def lstm(
         layer_input = torch.cat(outputs, dim=1) if directions == 2 else outputs[0]
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = torch.nn.functional.dropout(layer_input, dropout, training=True)
+    if len(h_n) == 1:  # one layer, one direction: no stack (a copy) needed
+        return layer_input, h_n[0].unsqueeze(0), c_n[0].unsqueeze(0)
     return layer_input, torch.stack(h_n), torch.stack(c_n)
 
 
