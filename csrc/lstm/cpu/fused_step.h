@@ -256,7 +256,7 @@ void fused_sequence_typed(const FusedSequence<T>& q) {
       for (int64_t r = q.ended_from[i]; r < s.rows; ++r) {
         std::copy(s.output + r * H + unit0, s.output + r * H + unit1, q.hy + r * H + unit0);
       }
-      if (participants > 1) barrier.arrive_and_wait(id1 - id0);
+      if (participants > 1) barrier.arrive_and_wait(id0, id1, i + 1);
     }
   };
   if (participants == 1) {
