@@ -112,6 +112,7 @@ class LSTMCell(torch.nn.LSTMCell):
     def forward(
         self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        # Checked here for torch's messages; kept cheap (it runs once per step).
         if input.dim() not in (1, 2):
             raise ValueError(
                 f"pydl.nn.LSTMCell: expected input of shape (batch, {self.input_size}) or "
@@ -123,11 +124,12 @@ class LSTMCell(torch.nn.LSTMCell):
                 f"{self.input_size}"
             )
         if hx is not None:
-            expected = input.shape[:-1] + (self.hidden_size,)
-            for name, t in zip(("h0", "c0"), hx):
-                if tuple(t.shape) != tuple(expected):
-                    raise ValueError(
-                        f"pydl.nn.LSTMCell: {name} must have shape {tuple(expected)}, got "
-                        f"{tuple(t.shape)}"
-                    )
+            expected = (*input.shape[:-1], self.hidden_size)
+            h0, c0 = hx
+            if h0.shape != expected or c0.shape != expected:
+                name, t = ("h0", h0) if h0.shape != expected else ("c0", c0)
+                raise ValueError(
+                    f"pydl.nn.LSTMCell: {name} must have shape {expected}, got "
+                    f"{tuple(t.shape)}"
+                )
         return lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
