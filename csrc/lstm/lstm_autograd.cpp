@@ -101,8 +101,8 @@ class LstmCellFunction : public torch::autograd::Function<LstmCellFunction> {
                                    ctx->needs_input_grad(4), need_b_ih || need_b_hh};
     const at::Tensor& cy = saved[3];
     auto [g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias] =
-        op.call(or_zeros(grads[0], cy), or_zeros(grads[1], cy), saved[0], saved[1], saved[2], saved[3], saved[4], saved[5],
-                saved[6], mask);
+        op.call(or_zeros(grads[0], cy), or_zeros(grads[1], cy), saved[0], saved[1], saved[2],
+                saved[3], saved[4], saved[5], saved[6], mask);
     // One gradient per forward argument: undefined for an absent bias.
     return {g_input, g_hx, g_cx, g_w_ih, g_w_hh, need_b_ih ? g_bias : at::Tensor(),
             need_b_hh ? g_bias : at::Tensor()};
