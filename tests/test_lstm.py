@@ -300,10 +300,14 @@ def test_op_matches_row_by_row_reference(reverse, sizes, batch, proj):
 # threads (3 blocks of 16 units, the last partial), packed rows that end at
 # different steps (each thread copies its units of their h into hy).
 # hidden 100: 7 unit blocks split 3 + 4 over two threads, 4 + 2 row tiles.
+# Batch 1 (hidden 120: 8 blocks, the last half full): each thread sums the k
+# chunks of its own h before the step's barrier, the others after it; the
+# chunk sums are added in k order either way.
 @needs_extension
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("sizes, hidden", [([5, 5, 4, 4, 2, 1, 1], 40), ([6, 6, 5, 5, 3], 100)])
+@pytest.mark.parametrize("sizes, hidden", [([5, 5, 4, 4, 2, 1, 1], 40), ([6, 6, 5, 5, 3], 100),
+                                           ([1] * 9, 120)])
 def test_fused_forward_two_threads_match_one_thread_and_reference(reverse, dtype, sizes, hidden):
     x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, _ = (
         t.detach() if isinstance(t, torch.Tensor) and t.dtype != torch.long else t
