@@ -148,6 +148,27 @@ def test_dropout_between_layers_is_seeded_and_off_in_eval():
     assert_close_rel(ours(x)[0], theirs(x)[0], torch.float64, "eval output")
 
 
+def test_substituted_and_parametrized_weights_are_used():
+    # The module reads its weights per call: functional_call's substitutes and
+    # parametrized weights reach the kernel, as in torch's forward.
+    from torch.func import functional_call
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(0)
+    ours = pydl.nn.LSTM(5, 6, num_layers=2, bidirectional=True).double()
+    theirs = torch.nn.LSTM(5, 6, num_layers=2, bidirectional=True).double()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    subs = {k: torch.randn_like(v) for k, v in ours.state_dict().items()}
+    assert_close_rel(functional_call(ours, subs, (x,))[0], functional_call(theirs, subs, (x,))[0],
+                     torch.float64, "functional_call output")
+    for m in (ours, theirs):
+        parametrizations.weight_norm(m, "weight_hh_l1_reverse")
+        with torch.no_grad():
+            m.parametrizations.weight_hh_l1_reverse.original0.mul_(3)
+    assert_close_rel(ours(x)[0], theirs(x)[0], torch.float64, "weight_norm output")
+
+
 def test_state_dict_and_convert_round_trip():
     model = torch.nn.Sequential(torch.nn.LSTM(4, 8, num_layers=2, proj_size=3))
     keys = set(model.state_dict())

@@ -88,24 +88,25 @@ class LSTM(torch.nn.LSTM):
     def _layer_weights(self) -> list[tuple]:
         """(w_ih, w_hh, b_ih, b_hh, w_hr) per layer and direction, None where absent.
 
-        Read from torch's own ``_flat_weights`` (kept current by RNNBase when a
-        parameter is replaced or moved) through a layout computed once: ten
-        ``getattr`` per call cost ~4 us, a tenth of a one-step call.
+        The names are computed once per module shape; each call looks them up
+        in ``_parameters`` first (ten ``getattr`` per call cost ~4 us, a tenth
+        of a one-step call) and through ``getattr`` otherwise, so parametrized
+        weights and ``torch.func.functional_call``'s substitutes are seen, as
+        in torch's own forward. (torch's ``_flat_weights`` is not current for
+        those until its ``_update_flat_weights`` runs.)
         """
-        layout = self.__dict__.get("_pydl_weight_layout")
-        if layout is None or layout[0] != self._flat_weights_names:
-            position = {name: i for i, name in enumerate(self._flat_weights_names)}
-            absent = len(self._flat_weights_names)  # indexes the None appended below
-            groups = []
-            for layer in range(self.num_layers):
-                for suffix in ("", "_reverse")[: 2 if self.bidirectional else 1]:
-                    groups.append(tuple(position.get(f"{name}_l{layer}{suffix}", absent)
-                                        for name in ("weight_ih", "weight_hh", "bias_ih",
-                                                     "bias_hh", "weight_hr")))
-            layout = (list(self._flat_weights_names), groups)
-            self.__dict__["_pydl_weight_layout"] = layout
-        weights = [*self._flat_weights, None]
-        return [tuple(weights[i] for i in group) for group in layout[1]]
+        key = (self.num_layers, self.bidirectional)
+        layout = self.__dict__.get("_pydl_weight_names")
+        if layout is None or layout[0] != key:
+            suffixes = ("", "_reverse")[: 2 if self.bidirectional else 1]
+            names = [tuple(f"{name}_l{layer}{suffix}" for name in
+                           ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"))
+                     for layer in range(self.num_layers) for suffix in suffixes]
+            layout = (key, names)
+            self.__dict__["_pydl_weight_names"] = layout
+        params = self._parameters
+        return [tuple(params[n] if n in params else getattr(self, n, None) for n in group)
+                for group in layout[1]]
 
 
 class LSTMCell(torch.nn.LSTMCell):
