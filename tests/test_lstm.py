@@ -148,6 +148,49 @@ def test_dropout_between_layers_is_seeded_and_off_in_eval():
     assert_close_rel(ours(x)[0], theirs(x)[0], torch.float64, "eval output")
 
 
+@needs_extension
+def test_compiled_autograd_matches_eager():
+    from torch._dynamo import compiled_autograd
+
+    torch.manual_seed(0)
+    ours = pydl.nn.LSTM(3, 5, num_layers=2, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    params = list(ours.parameters())
+
+    def grads():
+        out, (h, c) = ours(x)
+        return torch.autograd.grad(out.sum() + c.sum(), params)
+
+    want = grads()
+    with compiled_autograd._enable(torch.compile(backend="eager")):
+        got = grads()
+    for g, w in zip(got, want):
+        assert_close_rel(g, w, torch.float64, "compiled autograd gradient")
+
+
+@needs_extension
+def test_second_order_and_forward_mode_gradients_are_refused():
+    # Neither is implemented; both must fail loudly, never give zeros or
+    # drop a tangent in silence.
+    import torch.autograd.forward_ad as fwAD
+
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, _ = _layer_args([2, 1])
+    out = torch.ops.pydl.lstm_layer(x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, None, False)[0]
+    (g,) = torch.autograd.grad(out.pow(2).sum(), w_hh, retain_graph=True)
+    assert g.grad_fn is None
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(out.pow(2).sum(), w_hh, create_graph=True)
+    cell = pydl.nn.LSTMCell(3, 4, dtype=torch.float64)
+    h, _ = cell(x[:2])
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(h.pow(2).sum(), cell.weight_hh, create_graph=True)
+    with torch.no_grad(), fwAD.dual_level():
+        dual = fwAD.make_dual(x.detach(), torch.ones_like(x))
+        with pytest.raises(RuntimeError):
+            torch.ops.pydl.lstm_layer(dual, bs, h0.detach(), c0.detach(), w_ih.detach(),
+                                      w_hh.detach(), None, None, None, False)
+
+
 def test_substituted_and_parametrized_weights_are_used():
     # The module reads its weights per call: functional_call's substitutes and
     # parametrized weights reach the kernel, as in torch's forward.
@@ -321,9 +364,7 @@ def test_op_matches_row_by_row_reference(reverse, sizes, batch, proj):
 # threads (3 blocks of 16 units, the last partial), packed rows that end at
 # different steps (each thread copies its units of their h into hy).
 # hidden 100: 7 unit blocks split 3 + 4 over two threads, 4 + 2 row tiles.
-# Batch 1 (hidden 120: 8 blocks, the last half full): each thread sums the k
-# chunks of its own h before the step's barrier, the others after it; the
-# chunk sums are added in k order either way.
+# Batch 1, hidden 120: 8 blocks (the last half full) split 4 + 4.
 @needs_extension
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -131,6 +131,35 @@ def test_torch_compile_fullgraph():
     assert x.grad is not None
 
 
+@needs_extension
+def test_compiled_autograd_and_separate_bias_gradients():
+    # Compiled autograd traces the C++ autograd node (it rejects
+    # mark_non_differentiable, so the workspace is returned beside the node).
+    from torch._dynamo import compiled_autograd
+
+    torch.manual_seed(0)
+    cell = pydl.nn.LSTMCell(4, 6, dtype=torch.float64)
+    x = torch.randn(3, 4, dtype=torch.float64)
+
+    def grads():
+        state = None
+        for _ in range(3):
+            state = cell(x, state)
+        return torch.autograd.grad(state[0].sum(), [cell.weight_hh, cell.bias_ih, cell.bias_hh])
+
+    want = grads()
+    with compiled_autograd._enable(torch.compile(backend="eager")):
+        got = grads()
+    for g, w, name in zip(got, want, ("weight_hh", "bias_ih", "bias_hh")):
+        assert_close_rel(g, w, torch.float64, name)
+    # b_ih and b_hh share the gradient's values, not its storage.
+    assert want[1].data_ptr() != want[2].data_ptr()
+    hy, _, workspace = torch.ops.pydl.lstm_cell(x, torch.zeros(3, 6, dtype=x.dtype),
+                                                torch.zeros(3, 6, dtype=x.dtype), cell.weight_ih,
+                                                cell.weight_hh, cell.bias_ih, cell.bias_hh)
+    assert hy.requires_grad and not workspace.requires_grad
+
+
 @pytest.mark.parametrize(
     "make, message",
     [

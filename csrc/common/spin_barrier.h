@@ -31,16 +31,11 @@ class SpinBarrier {
   explicit SpinBarrier(int64_t participants)
       : participants_(participants), slots_(new Slot[participants]) {}
 
-  // Ids [id0, id1) have reached `phase` (1, 2, 3, ... in order, the same
-  // sequence on every thread). Memory written before arriving is visible to
-  // the threads whose wait for this phase returns. Between arrive and wait a
-  // thread may do work that needs no other thread's data.
-  void arrive(int64_t id0, int64_t id1, int64_t phase) {
+  // Arrive for ids [id0, id1) at `phase` (1, 2, 3, ... in order, the same
+  // sequence on every thread); returns once every id has reached it. Memory
+  // written before arriving is visible after returning.
+  void arrive_and_wait(int64_t id0, int64_t id1, int64_t phase) {
     for (int64_t i = id0; i < id1; ++i) slots_[i].phase.store(phase, std::memory_order_release);
-  }
-
-  // Returns once every id other than [id0, id1) has reached `phase`.
-  void wait(int64_t id0, int64_t id1, int64_t phase) {
     for (int64_t j = 0; j < participants_; ++j) {
       if (j == id0) {
         j = id1 - 1;  // our own ids

@@ -2,6 +2,11 @@
 // forward and backward redispatch to the ops and their *_backward ops, so
 // fake kernels, torch.compile and opcheck see the same ops as before.
 //
+// The ops' saved-state outputs (the cell's workspace; the layer's gates,
+// cells, hidden_pre) are returned beside the Function, not by it: they get
+// no gradient edge, like non-differentiable outputs, without
+// mark_non_differentiable (which compiled autograd does not support).
+//
 // Why C++: a Python loop over LSTMCell steps pays the autograd bridge once
 // per step in the forward and once in the backward; in Python
 // (torch.library.register_autograd) that cost 25-45 us per step at batch 8,
@@ -44,24 +49,36 @@ bool needs_grad(AutogradContext* ctx, int edge) {
   return edge >= 0 && ctx->needs_input_grad(edge);
 }
 
+// b_ih and b_hh share one gradient; the second gets its own copy when both
+// are asked for (autograd.grad would otherwise return one tensor twice).
+at::Tensor second_use(const at::Tensor& grad, bool first_used) {
+  return first_used ? grad.clone() : grad;
+}
+
 at::Tensor or_zeros(const at::Tensor& grad, const at::Tensor& like) {
   return grad.defined() ? grad : at::zeros_like(like);
 }
 
-// Whether a call must record a graph node. When not (no_grad, inference),
-// the kernels below are called directly: Function::apply builds and drops a
-// node, saved variables and its saved_data map even then (~3 us per call,
-// measurable on a one-step call).
-bool any_requires_grad(std::initializer_list<const at::Tensor*> tensors,
-                       std::initializer_list<const std::optional<at::Tensor>*> optional) {
-  if (!at::GradMode::is_enabled()) return false;
+// Whether a call must go through its autograd Function. When not (no_grad,
+// inference, nothing requiring grad), the kernels are called directly:
+// Function::apply builds and drops a node, saved variables and its
+// saved_data map even then (~3 us per call, measurable on a one-step call).
+// A forward-mode tangent (level 0, as torch's own kernels check) always goes
+// through the Function, which has no jvp and says so, rather than being
+// dropped in silence.
+bool needs_function(std::initializer_list<const at::Tensor*> tensors,
+                    std::initializer_list<const std::optional<at::Tensor>*> optional) {
+  bool any_requires_grad = false;
   for (const at::Tensor* t : tensors) {
-    if (t->requires_grad()) return true;
+    if (t->defined() && t->_fw_grad(/*level=*/0).defined()) return true;
+    any_requires_grad = any_requires_grad || t->requires_grad();
   }
   for (const std::optional<at::Tensor>* t : optional) {
-    if (present(*t) && (*t)->requires_grad()) return true;
+    if (!present(*t)) continue;
+    if ((*t)->_fw_grad(/*level=*/0).defined()) return true;
+    any_requires_grad = any_requires_grad || (*t)->requires_grad();
   }
-  return false;
+  return any_requires_grad && at::GradMode::is_enabled();
 }
 
 const c10::TypedOperatorHandle<CellFn>& cell_op() {
@@ -75,16 +92,15 @@ class LstmCellFunction : public torch::autograd::Function<LstmCellFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
                                const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
                                const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-                               const std::optional<at::Tensor>& b_hh) {
+                               const std::optional<at::Tensor>& b_hh, at::Tensor* workspace_out) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [hy, cy, workspace] = cell_op().call(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
     ctx->save_for_backward({input, hx, cx, cy, workspace, w_ih, w_hh});
     ctx->saved_data["has_b_ih"] = present(b_ih);
     ctx->saved_data["has_b_hh"] = present(b_hh);
-    ctx->mark_non_differentiable({workspace});
-    // Zeros only where hy/cy's gradient is missing, never for the workspace's.
-    ctx->set_materialize_grads(false);
-    return {hy, cy, workspace};
+    ctx->set_materialize_grads(false);  // zeros only where hy/cy's gradient is missing
+    *workspace_out = workspace;
+    return {hy, cy};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -103,9 +119,10 @@ class LstmCellFunction : public torch::autograd::Function<LstmCellFunction> {
     auto [g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias] =
         op.call(or_zeros(grads[0], cy), or_zeros(grads[1], cy), saved[0], saved[1], saved[2],
                 saved[3], saved[4], saved[5], saved[6], mask);
-    // One gradient per forward argument: undefined for an absent bias.
+    // One gradient per forward argument: undefined for an absent bias and
+    // the workspace pointer.
     return {g_input, g_hx, g_cx, g_w_ih, g_w_hh, need_b_ih ? g_bias : at::Tensor(),
-            need_b_hh ? g_bias : at::Tensor()};
+            need_b_hh ? second_use(g_bias, need_b_ih) : at::Tensor(), at::Tensor()};
   }
 };
 
@@ -136,7 +153,8 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
                                const at::Tensor& cx, const at::Tensor& w_ih,
                                const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
                                const std::optional<at::Tensor>& b_hh,
-                               const std::optional<at::Tensor>& w_hr, bool reverse) {
+                               const std::optional<at::Tensor>& w_hr, bool reverse,
+                               std::array<at::Tensor, 3>* saved_out) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, hy, cy, gates, cells, hidden_pre] =
         layer_op().call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
@@ -146,9 +164,9 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
     ctx->saved_data["reverse"] = reverse;
     ctx->saved_data["has_b_ih"] = present(b_ih);
     ctx->saved_data["has_b_hh"] = present(b_hh);
-    ctx->mark_non_differentiable({gates, cells, hidden_pre});
     ctx->set_materialize_grads(false);
-    return {out, hy, cy, gates, cells, hidden_pre};
+    *saved_out = {gates, cells, hidden_pre};
+    return {out, hy, cy};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -174,7 +192,8 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
         op.call(or_zeros(grads[0], out), or_zeros(grads[1], hx), or_zeros(grads[2], cx), input,
                 batch_sizes, hx, cx, w_ih, w_hh, projection, out, saved[8], saved[9], saved[10],
                 ctx->saved_data["reverse"].toBool(), mask);
-    // One gradient per forward argument (batch_sizes and reverse have none).
+    // One gradient per forward argument (none for batch_sizes, reverse and
+    // the saved-state pointer).
     return {g_input,
             at::Tensor(),
             g_hx,
@@ -182,8 +201,9 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
             g_w_ih,
             g_w_hh,
             need_b_ih ? g_bias : at::Tensor(),
-            need_b_hh ? g_bias : at::Tensor(),
+            need_b_hh ? second_use(g_bias, need_b_ih) : at::Tensor(),
             g_w_hr,
+            at::Tensor(),
             at::Tensor()};
   }
 };
@@ -192,12 +212,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_autograd(
     const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh) {
-  if (!any_requires_grad({&input, &hx, &cx, &w_ih, &w_hh}, {&b_ih, &b_hh})) {
+  if (!needs_function({&input, &hx, &cx, &w_ih, &w_hh}, {&b_ih, &b_hh})) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return cell_op().call(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
   }
-  variable_list out = LstmCellFunction::apply(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
-  return {out[0], out[1], out[2]};
+  at::Tensor workspace;
+  variable_list out =
+      LstmCellFunction::apply(input, hx, cx, w_ih, w_hh, b_ih, b_hh, &workspace);
+  return {out[0], out[1], workspace};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -205,13 +227,68 @@ lstm_layer_autograd(const at::Tensor& input, const at::Tensor& batch_sizes, cons
                     const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
                     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
                     const std::optional<at::Tensor>& w_hr, bool reverse) {
-  if (!any_requires_grad({&input, &hx, &cx, &w_ih, &w_hh}, {&b_ih, &b_hh, &w_hr})) {
+  if (!needs_function({&input, &hx, &cx, &w_ih, &w_hh}, {&b_ih, &b_hh, &w_hr})) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return layer_op().call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
   }
+  std::array<at::Tensor, 3> saved;
   variable_list out = LstmLayerFunction::apply(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
-                                               w_hr, reverse);
-  return {out[0], out[1], out[2], out[3], out[4], out[5]};
+                                               w_hr, reverse, &saved);
+  return {out[0], out[1], out[2], saved[0], saved[1], saved[2]};
+}
+
+// The backward ops have no derivative of their own: a second-order
+// gradient (create_graph=True) through them is refused, where torch's
+// fallback for a kernel without autograd would warn and return zeros.
+void refuse_double_backward(const char* op, bool any_requires_grad) {
+  TORCH_CHECK(!(any_requires_grad && at::GradMode::is_enabled()), op,
+              ": double backward (a gradient of the gradient, create_graph=True) is not "
+              "supported");
+}
+
+bool requires_grad(std::initializer_list<const at::Tensor*> tensors) {
+  for (const at::Tensor* t : tensors) {
+    if (t->defined() && t->requires_grad()) return true;
+  }
+  return false;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_cell_backward_autograd(const at::Tensor& grad_hy, const at::Tensor& grad_cy,
+                            const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+                            const at::Tensor& cy, const at::Tensor& workspace,
+                            const at::Tensor& w_ih, const at::Tensor& w_hh,
+                            std::array<bool, 6> output_mask) {
+  refuse_double_backward("pydl.lstm_cell",
+                         requires_grad({&grad_hy, &grad_cy, &input, &hx, &cx, &cy, &workspace,
+                                        &w_ih, &w_hh}));
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("pydl::lstm_cell_backward", "")
+                             .typed<CellBackwardFn>();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(grad_hy, grad_cy, input, hx, cx, cy, workspace, w_ih, w_hh, output_mask);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_layer_backward_autograd(const at::Tensor& grad_output, const at::Tensor& grad_hy,
+                             const at::Tensor& grad_cy, const at::Tensor& input,
+                             const at::Tensor& batch_sizes, const at::Tensor& hx,
+                             const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                             const std::optional<at::Tensor>& w_hr, const at::Tensor& output,
+                             const at::Tensor& gates, const at::Tensor& cells,
+                             const at::Tensor& hidden_pre, bool reverse,
+                             std::array<bool, 7> output_mask) {
+  const at::Tensor projection = present(w_hr) ? *w_hr : at::Tensor();
+  refuse_double_backward("pydl.lstm_layer",
+                         requires_grad({&grad_output, &grad_hy, &grad_cy, &input, &hx, &cx,
+                                        &w_ih, &w_hh, &projection, &output, &gates, &cells,
+                                        &hidden_pre}));
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("pydl::lstm_layer_backward", "")
+                             .typed<LayerBackwardFn>();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(grad_output, grad_hy, grad_cy, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr,
+                 output, gates, cells, hidden_pre, reverse, output_mask);
 }
 
 }  // namespace
@@ -220,4 +297,6 @@ lstm_layer_autograd(const at::Tensor& input, const at::Tensor& batch_sizes, cons
 TORCH_LIBRARY_IMPL(pydl, Autograd, m) {
   m.impl("lstm_cell", &pydl::lstm_cell_autograd);
   m.impl("lstm_layer", &pydl::lstm_layer_autograd);
+  m.impl("lstm_cell_backward", &pydl::lstm_cell_backward_autograd);
+  m.impl("lstm_layer_backward", &pydl::lstm_layer_backward_autograd);
 }

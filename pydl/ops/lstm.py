@@ -5,7 +5,7 @@ whole sequences (``lstm``, torch.nn.LSTM's semantics over packed rows).
 pointwise pass) when pydl's kernel serves the call, otherwise torch's own
 cell. ``lstm`` runs ``torch.ops.pydl.lstm_layer`` per layer and direction (the
 caller, pydl.nn.LSTM, falls back to torch as a whole). Registers the ops'
-fake kernels, and lstm_layer's autograd (lstm_cell's is in C++).
+fake kernels; their autograd is C++ (csrc/lstm/lstm_autograd.cpp).
 """
 
 from __future__ import annotations

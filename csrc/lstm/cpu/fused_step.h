@@ -13,11 +13,9 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
-#include <c10/macros/Macros.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
 
 #include "common/spin_barrier.h"
 #include "lstm/cpu/activations.h"
@@ -152,86 +150,41 @@ inline void fused_tile(const FusedStep<T>& s, int64_t r0, int64_t block) {
   for (int r = 0; r < kRows; ++r) finish_units(s, r0 + r, unit0, valid, acc[r]);
 }
 
-// Batch 1's products over k in [p0, p1) for one block, from zero: even and
-// odd k in separate accumulators, eight independent FMA chains, not four.
+// One row (batch 1, the latency case): even and odd k in separate
+// accumulators, so eight independent FMA chains instead of four.
 template <typename T>
-inline void row_products(const FusedStep<T>& s, int64_t block, int64_t p0, int64_t p1,
-                         at::vec::Vectorized<T> (&out)[4]) {
+inline void fused_row(const FusedStep<T>& s, int64_t r, int64_t block) {
   using V = at::vec::Vectorized<T>;
   constexpr int64_t U = units_per_block<T>();
   const T* panel = s.panels + block * s.k * 4 * U;
-  const T* a = s.h_prev;
+  const T* a = s.h_prev + r * s.k;
   V even[4], odd[4];
   for (int q = 0; q < 4; ++q) even[q] = odd[q] = V(T(0));
-  int64_t p = p0;
-  for (; p + 2 <= p1; p += 2) {
+  int64_t p = 0;
+  for (; p + 2 <= s.k; p += 2) {
     const V a0(a[p]), a1(a[p + 1]);
     for (int q = 0; q < 4; ++q) {
       even[q] = at::vec::fmadd(a0, V::loadu(panel + (p * 4 + q) * U), even[q]);
       odd[q] = at::vec::fmadd(a1, V::loadu(panel + ((p + 1) * 4 + q) * U), odd[q]);
     }
   }
-  if (p < p1) {
+  if (p < s.k) {
     const V a0(a[p]);
     for (int q = 0; q < 4; ++q) {
       even[q] = at::vec::fmadd(a0, V::loadu(panel + (p * 4 + q) * U), even[q]);
     }
   }
-  for (int q = 0; q < 4; ++q) out[q] = even[q] + odd[q];
-}
-
-// Batch 1 (the latency case) splits k into chunks of U (chunk c: the h of
-// unit block c) and sums each chunk from zero, the chunk sums added in k
-// order. That fixed order lets a participant compute the chunks of its own
-// h before the step's barrier (fused_sequence_typed) with the same bits
-// whichever thread computed which chunk, and when.
-template <typename T>
-inline int64_t k_chunks(const FusedStep<T>& s) {
-  return (s.k + units_per_block<T>() - 1) / units_per_block<T>();
-}
-
-// Chunks [c0, c1) of one block into sums (4 vectors per chunk).
-template <typename T>
-inline void row_chunk_sums(const FusedStep<T>& s, int64_t block, int64_t c0, int64_t c1,
-                           T* sums) {
-  using V = at::vec::Vectorized<T>;
-  constexpr int64_t U = units_per_block<T>();
-  for (int64_t c = c0; c < c1; ++c) {
-    V part[4];
-    row_products(s, block, c * U, std::min(s.k, (c + 1) * U), part);
-    for (int q = 0; q < 4; ++q) part[q].store(sums + ((c - c0) * 4 + q) * U);
-  }
-}
-
-// One block of a batch-1 step; chunks [c0, c1) come from `sums`
-// (row_chunk_sums), the rest are computed here.
-template <typename T>
-inline void fused_row(const FusedStep<T>& s, int64_t block, const T* sums, int64_t c0,
-                      int64_t c1) {
-  using V = at::vec::Vectorized<T>;
-  constexpr int64_t U = units_per_block<T>();
-  V total[4];
-  for (int q = 0; q < 4; ++q) total[q] = V(T(0));
-  for (int64_t c = 0; c < k_chunks(s); ++c) {
-    V part[4];
-    if (c >= c0 && c < c1) {
-      for (int q = 0; q < 4; ++q) part[q] = V::loadu(sums + ((c - c0) * 4 + q) * U);
-    } else {
-      row_products(s, block, c * U, std::min(s.k, (c + 1) * U), part);
-    }
-    for (int q = 0; q < 4; ++q) total[q] = total[q] + part[q];
-  }
+  V acc[4];
+  for (int q = 0; q < 4; ++q) acc[q] = even[q] + odd[q];
   const int64_t unit0 = block * U, valid = std::min<int64_t>(U, s.hidden - unit0);
-  finish_units(s, 0, unit0, valid, total);
+  finish_units(s, r, unit0, valid, acc);
 }
 
-// All rows of one unit block. Not inlined into the time loop: there, with
-// the batch-1 code beside it, GCC kept fused_tile's accumulators on the stack
-// (stored every k step: batch 8 ran 1.7x slower).
+// All rows of one unit block.
 template <typename T>
-C10_NOINLINE void fused_block(const FusedStep<T>& s, int64_t block) {
+inline void fused_block(const FusedStep<T>& s, int64_t block) {
   if (s.rows == 1) {
-    fused_row<T>(s, block, nullptr, 0, 0);
+    fused_row(s, 0, block);
     return;
   }
   int64_t r = 0;
@@ -280,20 +233,12 @@ FusedStep<T> step_view(const FusedSequence<T>& q, int64_t i) {
 // range of unit blocks for the whole sequence (their weight panels stay in its
 // core's cache), and a spin barrier separates the steps instead of an OpenMP
 // fork/join per step. Participants: as many threads as have enough work.
-//
-// In batch-1 steps a participant first sums the k chunks of the h it wrote
-// itself (its own units), and only then waits for the others' h: the wait
-// overlaps that work (at hidden 128 the barrier and h exchange were ~0.45 us
-// of a ~2.06 us step). Larger batches wait first; their steps are longer.
 template <typename T>
 void fused_sequence_typed(const FusedSequence<T>& q) {
   constexpr int64_t U = units_per_block<T>();
   const int64_t H = q.hidden, blocks = (H + U - 1) / U;
-  int64_t max_rows = 0, min_rows = q.steps > 0 ? q.rows[0] : 0;
-  for (int64_t i = 0; i < q.steps; ++i) {
-    max_rows = std::max(max_rows, q.rows[i]);
-    min_rows = std::min(min_rows, q.rows[i]);
-  }
+  int64_t max_rows = 0;
+  for (int64_t i = 0; i < q.steps; ++i) max_rows = std::max(max_rows, q.rows[i]);
   // Enough work per participant and step to be worth a thread: a barrier
   // costs far less than the fork/join a step's own parallel_for paid (which
   // needed 4x this), so batch 1 at hidden 128 now splits, hidden 64 does not.
@@ -305,34 +250,13 @@ void fused_sequence_typed(const FusedSequence<T>& q) {
   auto run = [&](int64_t id0, int64_t id1) {
     const int64_t block0 = id0 * blocks / participants, block1 = id1 * blocks / participants;
     const int64_t unit0 = block0 * U, unit1 = std::min(H, block1 * U);
-    // Own chunks' sums per own block (chunk c holds the h of block c).
-    const int64_t own = block1 - block0;
-    std::vector<T> own_sums(participants > 1 && min_rows == 1 ? own * own * 4 * U : 0);
     for (int64_t i = 0; i < q.steps; ++i) {
       const FusedStep<T> s = step_view(q, i);
-      if (participants > 1 && i > 0) {
-        if (s.rows == 1) {
-          for (int64_t block = block0; block < block1; ++block) {
-            row_chunk_sums(s, block, block0, block1,
-                           own_sums.data() + (block - block0) * own * 4 * U);
-          }
-        }
-        barrier.wait(id0, id1, i);  // every participant has finished step i - 1
-        for (int64_t block = block0; block < block1; ++block) {
-          if (s.rows == 1) {
-            fused_row(s, block, own_sums.data() + (block - block0) * own * 4 * U, block0,
-                      block1);
-          } else {
-            fused_block(s, block);
-          }
-        }
-      } else {
-        for (int64_t block = block0; block < block1; ++block) fused_block(s, block);
-      }
+      for (int64_t block = block0; block < block1; ++block) fused_block(s, block);
       for (int64_t r = q.ended_from[i]; r < s.rows; ++r) {
         std::copy(s.output + r * H + unit0, s.output + r * H + unit1, q.hy + r * H + unit0);
       }
-      if (participants > 1) barrier.arrive(id0, id1, i + 1);
+      if (participants > 1) barrier.arrive_and_wait(id0, id1, i + 1);
     }
   };
   if (participants == 1) {
