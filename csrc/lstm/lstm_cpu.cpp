@@ -72,16 +72,16 @@ cell_gemm_grads_small(const LstmCellShape& s, const at::Tensor& grad_gates,
   if (output_mask[0]) g_input = at::mm(grad_gates, w_ih);
   if (output_mask[1]) g_hx = at::mm(grad_gates, w_hh);
   if (output_mask[2]) g_cx = grad_cx;
-  auto weight_grad = [&](const at::Tensor& a, int64_t k) {
-    at::Tensor grad_w = at::empty({N, k}, input.options());
-    if (k == 0) return grad_w;
-    const at::Tensor ac = a.contiguous();
-    kernel.weight_grad(WeightGradArgs{s.batch, N, k, is_double, grad_gates.const_data_ptr(),
-                                      ac.const_data_ptr(), grad_w.mutable_data_ptr()});
-    return grad_w;
+  // Both weight gradients in one call (one parallel region); k = 0 has none.
+  WeightGradArgs args{s.batch, N, is_double, grad_gates.const_data_ptr(), {}, 0};
+  const at::Tensor x = input.contiguous(), h = hx.contiguous();
+  auto add = [&](at::Tensor& grad_w, const at::Tensor& a, int64_t k) {
+    grad_w = at::empty({N, k}, input.options());
+    if (k > 0) args.operands[args.count++] = {k, a.const_data_ptr(), grad_w.mutable_data_ptr()};
   };
-  if (output_mask[3]) g_w_ih = weight_grad(input, s.input_size);
-  if (output_mask[4]) g_w_hh = weight_grad(hx, s.hidden);
+  if (output_mask[3]) add(g_w_ih, x, s.input_size);
+  if (output_mask[4]) add(g_w_hh, h, s.hidden);
+  if (args.count > 0) kernel.weight_grad(args);
   if (output_mask[5]) {
     g_bias = at::empty({N}, input.options());
     kernel.column_sums(s.batch, N, is_double, grad_gates.const_data_ptr(),

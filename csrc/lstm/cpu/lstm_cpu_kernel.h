@@ -87,13 +87,20 @@ struct CellGatesArgs {
   void* gates;
 };
 
-// grad_w (n, k) = grad_gates (rows, n)^T @ a (rows, k); rows, n, k >= 1.
-struct WeightGradArgs {
-  int64_t rows, n, k;
-  bool is_double;
-  const void* grad_gates;
+// grad_w (n, k) = grad_gates (rows, n)^T @ a (rows, k) for `count` (1 or
+// 2) operands sharing grad_gates, in one parallel region; rows, n, k >= 1.
+struct WeightGradOperand {
+  int64_t k;
   const void* a;
   void* grad_w;
+};
+
+struct WeightGradArgs {
+  int64_t rows, n;
+  bool is_double;
+  const void* grad_gates;
+  WeightGradOperand operands[2];
+  int count;
 };
 
 struct KernelTable {

@@ -161,9 +161,14 @@ void cell_gates(const CellGatesArgs& a) {
 
 template <typename T>
 void weight_grad_typed(const WeightGradArgs& a) {
-  weight_grad_product<T>(WeightGradProduct<T>{a.rows, a.n, a.k,
-                                              static_cast<const T*>(a.grad_gates),
-                                              static_cast<const T*>(a.a), static_cast<T*>(a.grad_w)});
+  WeightGradProduct<T> products[2];
+  for (int i = 0; i < a.count; ++i) {
+    products[i] = WeightGradProduct<T>{a.rows, a.n, a.operands[i].k,
+                                       static_cast<const T*>(a.grad_gates),
+                                       static_cast<const T*>(a.operands[i].a),
+                                       static_cast<T*>(a.operands[i].grad_w)};
+  }
+  weight_grad_products<T>(products, a.count);
 }
 
 void weight_grad(const WeightGradArgs& a) {

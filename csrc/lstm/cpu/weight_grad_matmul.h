@@ -125,30 +125,40 @@ void weight_grad_rows(const WeightGradProduct<T>& s, int64_t j0, int64_t j1, int
 // Threads split grad_w by rows (n), each writing one contiguous range: split
 // by columns, two threads wrote the same rows k apart, and batch 8, 512 x 128
 // ran slower on two threads than on one (neighbouring lines of a row pulled
-// back and forth, likely by the hardware prefetchers).
+// back and forth, likely by the hardware prefetchers). The same rows of every
+// product (w_ih's and w_hh's gradients) in one parallel region: one join per
+// cell backward, and autograd's later accumulation, split by rows the same
+// way, finds each thread's rows in its own cache.
 template <typename T>
-void weight_grad_product(const WeightGradProduct<T>& s) {
+void weight_grad_products(const WeightGradProduct<T>* products, int count) {
   using V = at::vec::Vectorized<T>;
   constexpr int64_t L = V::size();
   constexpr int64_t kRowsPerUnit = 16;  // rows of grad_w per unit of parallel work
   const int64_t job_cols = kWeightGradStrips * L;
-  const int64_t units = (s.n + kRowsPerUnit - 1) / kRowsPerUnit;
+  const int64_t n = products[0].n, rows = products[0].rows;
+  int64_t k_total = 0;
+  for (int i = 0; i < count; ++i) k_total += products[i].k;
+  const int64_t units = (n + kRowsPerUnit - 1) / kRowsPerUnit;
   // Parallel once a thread gets ~64K FMA lanes.
-  const int64_t work_per_unit = std::max<int64_t>(1, s.rows * kRowsPerUnit * s.k);
+  const int64_t work_per_unit = std::max<int64_t>(1, rows * kRowsPerUnit * k_total);
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / work_per_unit);
   at::parallel_for(0, units, grain, [&](int64_t u0, int64_t u1) {
-    const int64_t j0 = u0 * kRowsPerUnit, j1 = std::min(s.n, u1 * kRowsPerUnit);
-    for (int64_t p0 = 0; p0 < s.k; p0 += job_cols) {
-      const int64_t cols = std::min(job_cols, s.k - p0);
-      for (int64_t r0 = 0; r0 < s.rows; r0 += kWeightGradRows) {
-        const int64_t rows = std::min<int64_t>(kWeightGradRows, s.rows - r0);
-        const bool first = r0 == 0;
-        if (cols > (kWeightGradStrips - 1) * L) {  // every vector but the last is full
-          weight_grad_rows<T, kWeightGradStrips>(s, j0, j1, r0, rows, p0,
-                                                 cols - (kWeightGradStrips - 1) * L, first);
-        } else {  // a narrower last job: one vector at a time
-          for (int64_t p = p0; p < p0 + cols; p += L) {
-            weight_grad_rows<T, 1>(s, j0, j1, r0, rows, p, std::min(L, p0 + cols - p), first);
+    const int64_t j0 = u0 * kRowsPerUnit, j1 = std::min(n, u1 * kRowsPerUnit);
+    for (int i = 0; i < count; ++i) {
+      const WeightGradProduct<T>& s = products[i];
+      for (int64_t p0 = 0; p0 < s.k; p0 += job_cols) {
+        const int64_t cols = std::min(job_cols, s.k - p0);
+        for (int64_t r0 = 0; r0 < rows; r0 += kWeightGradRows) {
+          const int64_t block_rows = std::min<int64_t>(kWeightGradRows, rows - r0);
+          const bool first = r0 == 0;
+          if (cols > (kWeightGradStrips - 1) * L) {  // every vector but the last is full
+            weight_grad_rows<T, kWeightGradStrips>(s, j0, j1, r0, block_rows, p0,
+                                                   cols - (kWeightGradStrips - 1) * L, first);
+          } else {  // a narrower last job: one vector at a time
+            for (int64_t p = p0; p < p0 + cols; p += L) {
+              weight_grad_rows<T, 1>(s, j0, j1, r0, block_rows, p, std::min(L, p0 + cols - p),
+                                     first);
+            }
           }
         }
       }
