@@ -25,6 +25,17 @@
 #define PYDL_IF_AVX512(table_fn) nullptr
 #endif
 
+// Defines a kernel family's `const KernelTable& kernel_for_this_cpu()` in the
+// enclosing namespace (where KernelTable and kernel_table_<ISA>() live): the
+// table for this process's ISA, chosen on first use.
+#define PYDL_DEFINE_KERNEL_FOR_THIS_CPU()                                        \
+  const KernelTable& kernel_for_this_cpu() {                                     \
+    static const KernelTable table = ::pydl::select_cpu_isa(                     \
+        &kernel_table_DEFAULT, PYDL_IF_AVX2(kernel_table_AVX2),                  \
+        PYDL_IF_AVX512(kernel_table_AVX512));                                    \
+    return table;                                                                \
+  }
+
 namespace pydl {
 
 // ATen's own choice ("DEFAULT", "AVX2", "AVX512", ...) already honours

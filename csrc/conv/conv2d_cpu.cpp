@@ -29,12 +29,7 @@ PackedGeometry packed_geometry(const Conv2dGeometry& g) {
   return p;
 }
 
-const KernelTable& kernel_for_this_cpu() {
-  static const KernelTable table =
-      select_cpu_isa(&kernel_table_DEFAULT, PYDL_IF_AVX2(kernel_table_AVX2),
-                     PYDL_IF_AVX512(kernel_table_AVX512));
-  return table;
-}
+PYDL_DEFINE_KERNEL_FOR_THIS_CPU()
 
 std::string selected_isa() { return kernel_for_this_cpu().isa; }
 
