@@ -7,6 +7,9 @@
 // them (a nested region runs inline). A thread arrives once per phase for its
 // whole chunk, so the barrier opens exactly when every id has arrived, however
 // the ids were dealt out: it cannot wait for a thread that does not exist.
+// That holds for OpenMP's fork/join (every chunk runs at once); with ATen's
+// native thread pool, chunks are queued tasks that may wait behind others,
+// so callers use this barrier only under AT_PARALLEL_OPENMP.
 //
 // Each id owns a cache line holding the last phase it reached; a thread
 // publishes its ids' phase and polls the others'. Why not one shared counter:

@@ -11,6 +11,7 @@
 // Included by lstm_cpu_kernel_isa.cpp only (compiled once per CPU ISA).
 #pragma once
 
+#include <ATen/Config.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -244,8 +245,14 @@ void fused_sequence_typed(const FusedSequence<T>& q) {
   // needed 4x this), so batch 1 at hidden 128 now splits, hidden 64 does not.
   const int64_t work_per_block = std::max<int64_t>(1, max_rows * H * 4 * U);
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / work_per_block);
+  // Only with OpenMP's fork/join, where every chunk of the region runs at
+  // once on its own thread: ATen's native pool runs a region's chunks as
+  // queued tasks, and with other callers' tasks ahead of them in the queue a
+  // participant could spin for one that never starts.
   const int64_t participants =
-      std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks / grain));
+      AT_PARALLEL_OPENMP
+          ? std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks / grain))
+          : 1;
   SpinBarrier barrier(participants);
   auto run = [&](int64_t id0, int64_t id1) {
     const int64_t block0 = id0 * blocks / participants, block1 = id1 * blocks / participants;
