@@ -35,24 +35,6 @@ bool cell_takes_register_kernels(const LstmCellShape& s) {
   return s.batch >= 1 && s.hidden >= 1 && s.batch <= cell_small_batch_limit();
 }
 
-// gates (B, 4H) = input @ w_ih^T + hx @ w_hh^T, without the biases.
-at::Tensor cell_gate_products(const LstmCellShape& s, const at::Tensor& input,
-                              const at::Tensor& hx, const at::Tensor& w_ih,
-                              const at::Tensor& w_hh) {
-  if (!cell_takes_register_kernels(s)) {
-    at::Tensor gates = at::mm(input, w_ih.t());
-    gates.addmm_(hx, w_hh.t());
-    return gates;
-  }
-  const at::Tensor x = input.contiguous(), h = hx.contiguous(), wi = w_ih.contiguous(),
-                   wh = w_hh.contiguous();
-  at::Tensor gates = at::empty({s.batch, 4 * s.hidden}, input.options());
-  kernel_for_this_cpu().cell_gates(CellGatesArgs{
-      s.batch, s.input_size, s.hidden, input.scalar_type() == at::kDouble, x.const_data_ptr(),
-      h.const_data_ptr(), wi.const_data_ptr(), wh.const_data_ptr(), gates.mutable_data_ptr()});
-  return gates;
-}
-
 // lstm_cell_gemm_grads for a few rows: the weight gradients (inner dimension
 // = the batch, slow in MKL) by the register kernel, the rest as there.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -93,23 +75,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_cpu(
   const LstmCellShape s = check_lstm_cell_args(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
   check_lstm_cpu_dtype(input, "pydl.lstm_cell");
   // The biases are added by the pointwise pass (no broadcast op per step).
-  at::Tensor gates = cell_gate_products(s, input, hx, w_ih, w_hh);
+  const bool small = cell_takes_register_kernels(s);
+  const at::Tensor x = input.contiguous(), h = hx.contiguous();
+  at::Tensor gates;
+  if (small) {
+    gates = at::empty({s.batch, 4 * s.hidden}, input.options());
+  } else {
+    gates = at::mm(x, w_ih.t());
+    gates.addmm_(h, w_hh.t());
+  }
   const at::Tensor bi = b_ih.has_value() ? b_ih->contiguous() : at::Tensor();
   const at::Tensor bh = b_hh.has_value() ? b_hh->contiguous() : at::Tensor();
   const at::Tensor c0 = cx.contiguous();
   at::Tensor hy = at::empty({s.batch, s.hidden}, input.options());
   at::Tensor cy = at::empty({s.batch, s.hidden}, input.options());
   if (s.batch > 0 && s.hidden > 0) {
-    CellForwardArgs a{s.batch,
-                      s.hidden,
-                      input.scalar_type() == at::kDouble,
-                      gates.mutable_data_ptr(),
-                      bi.defined() ? bi.const_data_ptr() : nullptr,
-                      bh.defined() ? bh.const_data_ptr() : nullptr,
-                      c0.const_data_ptr(),
-                      hy.mutable_data_ptr(),
-                      cy.mutable_data_ptr()};
-    kernel_for_this_cpu().cell_forward(a);
+    const bool is_double = input.scalar_type() == at::kDouble;
+    const CellForwardArgs pointwise{s.batch,
+                                    s.hidden,
+                                    is_double,
+                                    gates.mutable_data_ptr(),
+                                    bi.defined() ? bi.const_data_ptr() : nullptr,
+                                    bh.defined() ? bh.const_data_ptr() : nullptr,
+                                    c0.const_data_ptr(),
+                                    hy.mutable_data_ptr(),
+                                    cy.mutable_data_ptr()};
+    if (small) {
+      // Products and pointwise pass in one parallel region (register kernel).
+      const at::Tensor wi = w_ih.contiguous(), wh = w_hh.contiguous();
+      kernel_for_this_cpu().cell_step(CellStepArgs{s.batch, s.input_size, s.hidden, is_double,
+                                                   x.const_data_ptr(), h.const_data_ptr(),
+                                                   wi.const_data_ptr(), wh.const_data_ptr(),
+                                                   pointwise});
+    } else {
+      kernel_for_this_cpu().cell_forward(pointwise);
+    }
   }
   return {hy, cy, gates};
 }

@@ -77,14 +77,17 @@ struct FusedSequenceArgs {
 // The cell's products for a few rows without MKL (see row_dot_matmul.h and
 // weight_grad_matmul.h); every pointer contiguous.
 // gates (B, 4H) = x (B, I) @ w_ih^T + h (B, H) @ w_hh^T.
-struct CellGatesArgs {
+// A whole cell step for a few rows: gates = x @ w_ih^T + h @ w_hh^T by the
+// register kernel, then CellForwardArgs' pointwise pass, in one parallel
+// region (each thread owns a range of hidden units, all four gates of them).
+struct CellStepArgs {
   int64_t batch, input_size, hidden;
   bool is_double;
-  const void* x;
-  const void* h;
+  const void* x;     // (B, I)
+  const void* h;     // (B, H)
   const void* w_ih;  // (4H, I)
   const void* w_hh;  // (4H, H)
-  void* gates;
+  CellForwardArgs pointwise;  // its gates: (B, 4H) out, the activated gates
 };
 
 // grad_w (n, k) = grad_gates (rows, n)^T @ a (rows, k) for `count` (1 or
@@ -106,7 +109,7 @@ struct WeightGradArgs {
 struct KernelTable {
   void (*cell_forward)(const CellForwardArgs&);
   void (*cell_backward)(const CellBackwardArgs&);
-  void (*cell_gates)(const CellGatesArgs&);
+  void (*cell_step)(const CellStepArgs&);
   void (*weight_grad)(const WeightGradArgs&);
   // out (n) = the sum of src's rows (rows x n).
   void (*column_sums)(int64_t rows, int64_t n, bool is_double, const void* src, void* out);

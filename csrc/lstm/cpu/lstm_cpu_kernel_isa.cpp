@@ -27,57 +27,61 @@ namespace {
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
 
+// Row b's units [j0, j1) (j0 a multiple of the vector width): the biases
+// added to their four gate pre-activations, the activations, c and h; the
+// activated gates stored back (the backward's workspace).
+template <typename T>
+void cell_forward_units(const CellForwardArgs& a, int64_t b, int64_t j0, int64_t j1) {
+  using V = Vec<T>;
+  const int64_t H = a.hidden;
+  T* gi = static_cast<T*>(a.gates) + b * 4 * H;
+  T *gf = gi + H, *gg = gi + 2 * H, *go = gi + 3 * H;
+  const T* b_ih = static_cast<const T*>(a.b_ih);
+  const T* b_hh = static_cast<const T*>(a.b_hh);
+  if (b_ih || b_hh) {
+    for (int64_t q = 0; q < 4; ++q) {
+      for (int64_t k = q * H + j0; k < q * H + j1; k += V::size()) {
+        const int64_t n = std::min<int64_t>(V::size(), q * H + j1 - k);
+        V v = V::loadu(gi + k, n);
+        if (b_ih) v = v + V::loadu(b_ih + k, n);
+        if (b_hh) v = v + V::loadu(b_hh + k, n);
+        v.store(gi + k, n);
+      }
+    }
+  }
+  const T* c0 = static_cast<const T*>(a.cx) + b * H;
+  T* h1 = static_cast<T*>(a.hy) + b * H;
+  T* c1 = static_cast<T*>(a.cy) + b * H;
+  int64_t j = j0;
+  for (; j + V::size() <= j1; j += V::size()) {
+    const V i = sigmoid(V::loadu(gi + j)), f = sigmoid(V::loadu(gf + j));
+    const V g = tanh_act<T>(V::loadu(gg + j)), o = sigmoid(V::loadu(go + j));
+    const V c = f * V::loadu(c0 + j) + i * g;
+    c.store(c1 + j);
+    (o * tanh_act<T>(c)).store(h1 + j);
+    i.store(gi + j);
+    f.store(gf + j);
+    g.store(gg + j);
+    o.store(go + j);
+  }
+  for (; j < j1; ++j) {
+    const T i = sigmoid(gi[j]), f = sigmoid(gf[j]), g = std::tanh(gg[j]), o = sigmoid(go[j]);
+    const T c = f * c0[j] + i * g;
+    c1[j] = c;
+    h1[j] = o * std::tanh(c);
+    gi[j] = i;
+    gf[j] = f;
+    gg[j] = g;
+    go[j] = o;
+  }
+}
+
 // Rows of the batch are split over threads; within a row, vectors run along H.
 template <typename T>
 void cell_forward_typed(const CellForwardArgs& a) {
-  using V = Vec<T>;
-  const int64_t H = a.hidden;
-  T* gates = static_cast<T*>(a.gates);
-  const T* b_ih = static_cast<const T*>(a.b_ih);
-  const T* b_hh = static_cast<const T*>(a.b_hh);
-  const T* cx = static_cast<const T*>(a.cx);
-  T* hy = static_cast<T*>(a.hy);
-  T* cy = static_cast<T*>(a.cy);
-  const int64_t grain = std::max<int64_t>(1, 16384 / (4 * H));
+  const int64_t grain = std::max<int64_t>(1, 16384 / (4 * a.hidden));
   at::parallel_for(0, a.batch, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      T* gi = gates + b * 4 * H;
-      T *gf = gi + H, *gg = gi + 2 * H, *go = gi + 3 * H;
-      if (b_ih || b_hh) {
-        for (int64_t k = 0; k < 4 * H; k += V::size()) {
-          const int64_t n = std::min<int64_t>(V::size(), 4 * H - k);
-          V v = V::loadu(gi + k, n);
-          if (b_ih) v = v + V::loadu(b_ih + k, n);
-          if (b_hh) v = v + V::loadu(b_hh + k, n);
-          v.store(gi + k, n);
-        }
-      }
-      const T* c0 = cx + b * H;
-      T* h1 = hy + b * H;
-      T* c1 = cy + b * H;
-      int64_t j = 0;
-      for (; j + V::size() <= H; j += V::size()) {
-        const V i = sigmoid(V::loadu(gi + j)), f = sigmoid(V::loadu(gf + j));
-        const V g = tanh_act<T>(V::loadu(gg + j)), o = sigmoid(V::loadu(go + j));
-        const V c = f * V::loadu(c0 + j) + i * g;
-        c.store(c1 + j);
-        (o * tanh_act<T>(c)).store(h1 + j);
-        i.store(gi + j);
-        f.store(gf + j);
-        g.store(gg + j);
-        o.store(go + j);
-      }
-      for (; j < H; ++j) {
-        const T i = sigmoid(gi[j]), f = sigmoid(gf[j]), g = std::tanh(gg[j]), o = sigmoid(go[j]);
-        const T c = f * c0[j] + i * g;
-        c1[j] = c;
-        h1[j] = o * std::tanh(c);
-        gi[j] = i;
-        gf[j] = f;
-        gg[j] = g;
-        go[j] = o;
-      }
-    }
+    for (int64_t b = begin; b < end; ++b) cell_forward_units<T>(a, b, 0, a.hidden);
   });
 }
 
@@ -145,18 +149,33 @@ void cell_backward(const CellBackwardArgs& a) {
   }
 }
 
+// One region: a thread owns hidden units [u0, u1) in blocks of a vector
+// width, computes all four gates of them (rows q * H + u of the weights) and
+// finishes them; no serial pointwise pass after the products.
 template <typename T>
-void cell_gates_typed(const CellGatesArgs& a) {
+void cell_step_typed(const CellStepArgs& a) {
+  constexpr int64_t U = Vec<T>::size();
+  const int64_t H = a.hidden, blocks = (H + U - 1) / U;
   const RowDotOperand<T> ops[2] = {
-      {static_cast<const T*>(a.h), static_cast<const T*>(a.w_hh), a.hidden, a.hidden, a.hidden},
+      {static_cast<const T*>(a.h), static_cast<const T*>(a.w_hh), H, H, H},
       {static_cast<const T*>(a.x), static_cast<const T*>(a.w_ih), a.input_size, a.input_size,
        a.input_size}};
-  row_dot_matmul<T>(a.batch, 4 * a.hidden, ops, a.input_size > 0 ? 2 : 1,
-                    static_cast<T*>(a.gates));
+  const int num_ops = a.input_size > 0 ? 2 : 1;
+  T* gates = static_cast<T*>(a.pointwise.gates);
+  // Parallel once a thread gets ~64K FMA lanes.
+  const int64_t work_per_block = std::max<int64_t>(1, a.batch * (a.input_size + H) * 4 * U);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / work_per_block);
+  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+    const int64_t u0 = b0 * U, u1 = std::min(H, b1 * U);
+    for (int64_t q = 0; q < 4; ++q) {
+      row_dot_range<T>(a.batch, ops, num_ops, q * H + u0, q * H + u1, gates, 4 * H);
+    }
+    for (int64_t b = 0; b < a.batch; ++b) cell_forward_units<T>(a.pointwise, b, u0, u1);
+  });
 }
 
-void cell_gates(const CellGatesArgs& a) {
-  a.is_double ? cell_gates_typed<double>(a) : cell_gates_typed<float>(a);
+void cell_step(const CellStepArgs& a) {
+  a.is_double ? cell_step_typed<double>(a) : cell_step_typed<float>(a);
 }
 
 template <typename T>
@@ -259,7 +278,7 @@ void small_matmul(const SmallMatmulArgs& a) {
 KernelTable PYDL_ISA_TABLE_FN() {
   return {&CPU_CAPABILITY::cell_forward,
           &CPU_CAPABILITY::cell_backward,
-          &CPU_CAPABILITY::cell_gates,
+          &CPU_CAPABILITY::cell_step,
           &CPU_CAPABILITY::weight_grad,
           &CPU_CAPABILITY::column_sums,
           &CPU_CAPABILITY::packed_size_any,

@@ -146,6 +146,23 @@ void dot_rows(const RowDotOperand<T>* ops, int num_ops, int64_t r0, int64_t n_be
   }
 }
 
+// Columns [n_begin, n_end) of c (row stride ldc), all rows, on this thread.
+template <typename T>
+void row_dot_range(int64_t rows, const RowDotOperand<T>* ops, int num_ops, int64_t n_begin,
+                   int64_t n_end, T* c, int64_t ldc) {
+  int64_t r = 0;
+  for (; r + 8 <= rows; r += 8) dot_rows<T, 8>(ops, num_ops, r, n_begin, n_end, c, ldc);
+  if (rows - r >= 4) {
+    dot_rows<T, 4>(ops, num_ops, r, n_begin, n_end, c, ldc);
+    r += 4;
+  }
+  if (rows - r >= 2) {
+    dot_rows<T, 2>(ops, num_ops, r, n_begin, n_end, c, ldc);
+    r += 2;
+  }
+  if (rows - r >= 1) dot_rows<T, 1>(ops, num_ops, r, n_begin, n_end, c, ldc);
+}
+
 // c (rows x n, row stride n) = sum over ops of a @ b^T; one or two operand pairs.
 template <typename T>
 void row_dot_matmul(int64_t rows, int64_t n, const RowDotOperand<T>* ops, int num_ops, T* c) {
@@ -157,18 +174,7 @@ void row_dot_matmul(int64_t rows, int64_t n, const RowDotOperand<T>* ops, int nu
   const int64_t work_per_unit = std::max<int64_t>(1, rows * k_total * kTileCols);
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / work_per_unit);
   at::parallel_for(0, units, grain, [&](int64_t u0, int64_t u1) {
-    const int64_t n_begin = u0 * kTileCols, n_end = std::min(n, u1 * kTileCols);
-    int64_t r = 0;
-    for (; r + 8 <= rows; r += 8) dot_rows<T, 8>(ops, num_ops, r, n_begin, n_end, c, n);
-    if (rows - r >= 4) {
-      dot_rows<T, 4>(ops, num_ops, r, n_begin, n_end, c, n);
-      r += 4;
-    }
-    if (rows - r >= 2) {
-      dot_rows<T, 2>(ops, num_ops, r, n_begin, n_end, c, n);
-      r += 2;
-    }
-    if (rows - r >= 1) dot_rows<T, 1>(ops, num_ops, r, n_begin, n_end, c, n);
+    row_dot_range(rows, ops, num_ops, u0 * kTileCols, std::min(n, u1 * kTileCols), c, n);
   });
 }
 
