@@ -7,11 +7,12 @@
 // Here both operands are walked along k (contiguous): a tile of R rows x C
 // weight rows keeps R * C vector accumulators, the weight is streamed once
 // per R rows, and the accumulators are summed across lanes once per tile.
+// The caller splits the weight rows over threads (row_dot_range runs one
+// range; the cell step gives each thread all four gates of its units).
 //
 // Included by lstm_cpu_kernel_isa.cpp only (compiled once per CPU ISA).
 #pragma once
 
-#include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <c10/macros/Macros.h>
 
@@ -32,9 +33,6 @@ constexpr int kDotAccumulators = 16;
 #else
 constexpr int kDotAccumulators = 8;
 #endif
-
-// The largest row block: all rows of a batch-8 step share one pass over b.
-constexpr int kDotMaxRows = 8;
 
 // One operand pair of the sum: a (rows x k, row stride lda), b (n x k, row stride ldb).
 template <typename T>
@@ -161,21 +159,6 @@ void row_dot_range(int64_t rows, const RowDotOperand<T>* ops, int num_ops, int64
     r += 2;
   }
   if (rows - r >= 1) dot_rows<T, 1>(ops, num_ops, r, n_begin, n_end, c, ldc);
-}
-
-// c (rows x n, row stride n) = sum over ops of a @ b^T; one or two operand pairs.
-template <typename T>
-void row_dot_matmul(int64_t rows, int64_t n, const RowDotOperand<T>* ops, int num_ops, T* c) {
-  constexpr int64_t kTileCols = std::max(1, kDotAccumulators / kDotMaxRows);
-  // Work in units of kTileCols weight rows; parallel once a thread gets ~64K FMA lanes.
-  int64_t k_total = 0;
-  for (int i = 0; i < num_ops; ++i) k_total += ops[i].k;
-  const int64_t units = (n + kTileCols - 1) / kTileCols;
-  const int64_t work_per_unit = std::max<int64_t>(1, rows * k_total * kTileCols);
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / work_per_unit);
-  at::parallel_for(0, units, grain, [&](int64_t u0, int64_t u1) {
-    row_dot_range(rows, ops, num_ops, u0 * kTileCols, std::min(n, u1 * kTileCols), c, n);
-  });
 }
 
 }  // namespace CPU_CAPABILITY
