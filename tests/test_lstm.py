@@ -391,6 +391,56 @@ def test_fused_forward_two_threads_match_one_thread_and_reference(reverse, dtype
         assert_close_rel(two, e, dtype, what)
 
 
+# Each per-ISA build of the sequence kernels (ATEN_CPU_CAPABILITY): the fused
+# small-batch step (batch 1 split over two threads, packed rows ending at
+# different steps, hidden off the vector width) and the projection path.
+_ISA_SEQUENCE_SCRIPT = """
+import torch, pydl
+from pydl import reference
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+torch.set_num_threads(2)
+torch.manual_seed(0)
+for hidden, batch, lengths, proj, bidir in ((120, 1, None, 0, False), (37, 3, [7, 5, 2], 0, True),
+                                            (20, 2, None, 6, False)):
+    for dtype in (torch.float32, torch.float64):
+        m = pydl.nn.LSTM(9, hidden, proj_size=proj, bidirectional=bidir).to(dtype)
+        x = torch.randn(7, batch, 9, dtype=dtype, requires_grad=True)
+        params = {k: v.detach().double().requires_grad_() for k, v in m.named_parameters()}
+        xr = x.detach().double().requires_grad_()
+        if lengths is None:
+            out = m(x)[0]
+        else:
+            out = pad_packed_sequence(m(pack_padded_sequence(x, lengths))[0], total_length=7)[0]
+        want = reference.lstm(xr, None, params, bidirectional=bidir, proj_size=proj,
+                              lengths=lengths)[0]
+        g = torch.randn_like(want)
+        got = torch.autograd.grad((out * g.to(dtype)).sum(), [x, *m.parameters()])
+        ref = torch.autograd.grad((want * g).sum(), [xr, *params.values()])
+        tol = 2e-5 if dtype == torch.float32 else 1e-10
+        for name, a, e in [("output", out, want)] + list(zip(["x", *params], got, ref)):
+            err = ((a.double() - e).norm() / e.norm()).item()
+            assert err <= tol, (hidden, batch, dtype, name, err)
+print("ok")
+"""
+
+
+@needs_extension
+@pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
+def test_each_cpu_isa_build_of_the_sequence_kernels(isa):
+    import os
+    import subprocess
+    import sys
+
+    if isa != "default" and torch.backends.cpu.get_cpu_capability() not in (
+        ["AVX512"] if isa == "avx512" else ["AVX2", "AVX512"]
+    ):
+        pytest.skip(f"this CPU cannot run {isa}")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa, PYDL_STRICT="1")
+    result = subprocess.run([sys.executable, "-c", _ISA_SEQUENCE_SCRIPT], env=env,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
 # Pre-activations far past exp's float range: saturated gates, no NaN from
 # the vectorized activations.
 @needs_extension
