@@ -6,6 +6,10 @@ The suite runs in two modes (see .ci/run):
     against the float64 reference; tests of the kernels themselves skip.
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -20,6 +24,19 @@ LOW_PRECISION_FACTOR = 2.0
 needs_extension = pytest.mark.skipif(
     not _ext.loaded(), reason=f"pydl._C not in use: {_ext.load_error()}"
 )
+
+
+def run_with_cpu_isa(isa: str, code: str, **env: str) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh Python with ATEN_CPU_CAPABILITY=isa ("default",
+    "avx2", "avx512"; pydl's per-ISA kernel builds follow ATen's choice) and
+    the extra environment; skips the test where this CPU cannot run `isa`."""
+    if isa != "default" and torch.backends.cpu.get_cpu_capability() not in (
+        ["AVX512"] if isa == "avx512" else ["AVX2", "AVX512"]
+    ):
+        pytest.skip(f"this CPU cannot run {isa}")
+    full_env = dict(os.environ, ATEN_CPU_CAPABILITY=isa, **env)
+    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True,
+                          text=True, timeout=300, check=False)
 
 
 def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -5,7 +5,13 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import LOW_PRECISION_FACTOR, assert_close_rel, needs_extension, rel_error
+from conftest import (
+    LOW_PRECISION_FACTOR,
+    assert_close_rel,
+    needs_extension,
+    rel_error,
+    run_with_cpu_isa,
+)
 from torch._prims_common import suggest_memory_format
 
 import pydl
@@ -231,14 +237,6 @@ def test_opcheck(cfg, activation):
 @pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
 def test_each_cpu_isa_build_is_correct(isa):
     """Each per-ISA build of the CPU loops, forced with ATEN_CPU_CAPABILITY."""
-    import os
-    import subprocess
-    import sys
-
-    if isa != "default" and torch.backends.cpu.get_cpu_capability() not in (
-        ["AVX512"] if isa == "avx512" else ["AVX2", "AVX512"]
-    ):
-        pytest.skip(f"this CPU cannot run {isa}")
     code = (
         "import torch, pydl\n"
         "from pydl import reference\n"
@@ -254,7 +252,6 @@ def test_each_cpu_isa_build_is_correct(isa):
         "    assert (got - want).abs().max() < 1e-4\n"
         "print(torch.ops.pydl.conv2d_cpu_isa())\n"
     )
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa)
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    result = run_with_cpu_isa(isa, code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == isa.upper()

@@ -3,7 +3,7 @@
 
 import pytest
 import torch
-from conftest import assert_close_rel, needs_extension
+from conftest import assert_close_rel, needs_extension, run_with_cpu_isa
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import pydl
@@ -427,17 +427,7 @@ print("ok")
 @needs_extension
 @pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
 def test_each_cpu_isa_build_of_the_sequence_kernels(isa):
-    import os
-    import subprocess
-    import sys
-
-    if isa != "default" and torch.backends.cpu.get_cpu_capability() not in (
-        ["AVX512"] if isa == "avx512" else ["AVX2", "AVX512"]
-    ):
-        pytest.skip(f"this CPU cannot run {isa}")
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa, PYDL_STRICT="1")
-    result = subprocess.run([sys.executable, "-c", _ISA_SEQUENCE_SCRIPT], env=env,
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = run_with_cpu_isa(isa, _ISA_SEQUENCE_SCRIPT, PYDL_STRICT="1")
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
 
 

@@ -1,12 +1,8 @@
 """pydl LSTM cell (op and nn.LSTMCell) against the float64 reference and torch.nn.LSTMCell."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
-from conftest import assert_close_rel, needs_extension
+from conftest import assert_close_rel, needs_extension, run_with_cpu_isa
 
 import pydl
 from pydl import reference
@@ -245,14 +241,8 @@ print("ok")
 @needs_extension
 @pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
 def test_register_kernels_above_the_default_batch_limit(isa):
-    if isa != "default" and torch.backends.cpu.get_cpu_capability() not in (
-        ["AVX512"] if isa == "avx512" else ["AVX2", "AVX512"]
-    ):
-        pytest.skip(f"this CPU cannot run {isa}")
-    env = dict(os.environ, PYDL_LSTM_CELL_SMALL_BATCH="64", PYDL_STRICT="1",
-               ATEN_CPU_CAPABILITY=isa)
-    result = subprocess.run([sys.executable, "-c", _WIDE_BATCH_SCRIPT], env=env,
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = run_with_cpu_isa(isa, _WIDE_BATCH_SCRIPT, PYDL_LSTM_CELL_SMALL_BATCH="64",
+                              PYDL_STRICT="1")
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
 
 
