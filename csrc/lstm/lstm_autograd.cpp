@@ -32,6 +32,16 @@ using CellBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor
                                   at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, std::array<bool, 6>);
+using LayerFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, bool);
+using LayerBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                   at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, bool, std::array<bool, 7>);
 
 bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
@@ -81,9 +91,30 @@ bool needs_function(std::initializer_list<const at::Tensor*> tensors,
   return any_requires_grad && at::GradMode::is_enabled();
 }
 
+// The ops, looked up once each; backward ops are called through these both
+// by the Functions and by the backward ops' own Autograd kernels below.
+template <typename Fn>
+c10::TypedOperatorHandle<Fn> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
+}
+
 const c10::TypedOperatorHandle<CellFn>& cell_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("pydl::lstm_cell", "").typed<CellFn>();
+  static const auto op = find_op<CellFn>("pydl::lstm_cell");
+  return op;
+}
+
+const c10::TypedOperatorHandle<CellBackwardFn>& cell_backward_op() {
+  static const auto op = find_op<CellBackwardFn>("pydl::lstm_cell_backward");
+  return op;
+}
+
+const c10::TypedOperatorHandle<LayerFn>& layer_op() {
+  static const auto op = find_op<LayerFn>("pydl::lstm_layer");
+  return op;
+}
+
+const c10::TypedOperatorHandle<LayerBackwardFn>& layer_backward_op() {
+  static const auto op = find_op<LayerBackwardFn>("pydl::lstm_layer_backward");
   return op;
 }
 
@@ -104,9 +135,6 @@ class LstmCellFunction : public torch::autograd::Function<LstmCellFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("pydl::lstm_cell_backward", "")
-                               .typed<CellBackwardFn>();
     const variable_list saved = ctx->get_saved_variables();
     const auto bias_edges = optional_edges<2>(
         5, {ctx->saved_data["has_b_ih"].toBool(), ctx->saved_data["has_b_hh"].toBool()});
@@ -117,31 +145,14 @@ class LstmCellFunction : public torch::autograd::Function<LstmCellFunction> {
                                    ctx->needs_input_grad(4), need_b_ih || need_b_hh};
     const at::Tensor& cy = saved[3];
     auto [g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias] =
-        op.call(or_zeros(grads[0], cy), or_zeros(grads[1], cy), saved[0], saved[1], saved[2],
-                saved[3], saved[4], saved[5], saved[6], mask);
+        cell_backward_op().call(or_zeros(grads[0], cy), or_zeros(grads[1], cy), saved[0],
+                                saved[1], saved[2], saved[3], saved[4], saved[5], saved[6], mask);
     // One gradient per forward argument: undefined for an absent bias and
     // the workspace pointer.
     return {g_input, g_hx, g_cx, g_w_ih, g_w_hh, need_b_ih ? g_bias : at::Tensor(),
             need_b_hh ? second_use(g_bias, need_b_ih) : at::Tensor(), at::Tensor()};
   }
 };
-
-using LayerFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-    const std::optional<at::Tensor>&, bool);
-using LayerBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                   at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&, bool, std::array<bool, 7>);
-
-const c10::TypedOperatorHandle<LayerFn>& layer_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("pydl::lstm_layer", "").typed<LayerFn>();
-  return op;
-}
 
 // Forward arguments: input, batch_sizes, hx, cx, w_ih, w_hh, b_ih?, b_hh?,
 // w_hr?, reverse. Outputs: output, hy, cy and the saved gates, cells,
@@ -170,9 +181,6 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("pydl::lstm_layer_backward", "")
-                               .typed<LayerBackwardFn>();
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor &input = saved[0], &batch_sizes = saved[1], &hx = saved[2], &cx = saved[3],
                      &w_ih = saved[4], &w_hh = saved[5], &w_hr = saved[6], &out = saved[7];
@@ -189,9 +197,10 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
     const std::optional<at::Tensor> projection =
         w_hr.defined() ? std::optional<at::Tensor>(w_hr) : std::nullopt;
     auto [g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias, g_w_hr] =
-        op.call(or_zeros(grads[0], out), or_zeros(grads[1], hx), or_zeros(grads[2], cx), input,
-                batch_sizes, hx, cx, w_ih, w_hh, projection, out, saved[8], saved[9], saved[10],
-                ctx->saved_data["reverse"].toBool(), mask);
+        layer_backward_op().call(or_zeros(grads[0], out), or_zeros(grads[1], hx),
+                                 or_zeros(grads[2], cx), input, batch_sizes, hx, cx, w_ih, w_hh,
+                                 projection, out, saved[8], saved[9], saved[10],
+                                 ctx->saved_data["reverse"].toBool(), mask);
     // One gradient per forward argument (none for batch_sizes, reverse and
     // the saved-state pointer).
     return {g_input,
@@ -262,11 +271,9 @@ lstm_cell_backward_autograd(const at::Tensor& grad_hy, const at::Tensor& grad_cy
   refuse_double_backward("pydl.lstm_cell",
                          requires_grad({&grad_hy, &grad_cy, &input, &hx, &cx, &cy, &workspace,
                                         &w_ih, &w_hh}));
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("pydl::lstm_cell_backward", "")
-                             .typed<CellBackwardFn>();
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  return op.call(grad_hy, grad_cy, input, hx, cx, cy, workspace, w_ih, w_hh, output_mask);
+  return cell_backward_op().call(grad_hy, grad_cy, input, hx, cx, cy, workspace, w_ih, w_hh,
+                                 output_mask);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -283,12 +290,10 @@ lstm_layer_backward_autograd(const at::Tensor& grad_output, const at::Tensor& gr
                          requires_grad({&grad_output, &grad_hy, &grad_cy, &input, &hx, &cx,
                                         &w_ih, &w_hh, &projection, &output, &gates, &cells,
                                         &hidden_pre}));
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("pydl::lstm_layer_backward", "")
-                             .typed<LayerBackwardFn>();
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  return op.call(grad_output, grad_hy, grad_cy, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr,
-                 output, gates, cells, hidden_pre, reverse, output_mask);
+  return layer_backward_op().call(grad_output, grad_hy, grad_cy, input, batch_sizes, hx, cx, w_ih,
+                                  w_hh, w_hr, output, gates, cells, hidden_pre, reverse,
+                                  output_mask);
 }
 
 }  // namespace
