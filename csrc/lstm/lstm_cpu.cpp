@@ -76,13 +76,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_cpu(
   check_lstm_cpu_dtype(input, "pydl.lstm_cell");
   // The biases are added by the pointwise pass (no broadcast op per step).
   const bool small = cell_takes_register_kernels(s);
-  const at::Tensor x = input.contiguous(), h = hx.contiguous();
   at::Tensor gates;
   if (small) {
     gates = at::empty({s.batch, 4 * s.hidden}, input.options());
   } else {
-    gates = at::mm(x, w_ih.t());
-    gates.addmm_(h, w_hh.t());
+    gates = at::mm(input, w_ih.t());
+    gates.addmm_(hx, w_hh.t());
   }
   const at::Tensor bi = b_ih.has_value() ? b_ih->contiguous() : at::Tensor();
   const at::Tensor bh = b_hh.has_value() ? b_hh->contiguous() : at::Tensor();
@@ -102,7 +101,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_cpu(
                                     cy.mutable_data_ptr()};
     if (small) {
       // Products and pointwise pass in one parallel region (register kernel).
-      const at::Tensor wi = w_ih.contiguous(), wh = w_hh.contiguous();
+      const at::Tensor x = input.contiguous(), h = hx.contiguous(), wi = w_ih.contiguous(),
+                       wh = w_hh.contiguous();
       kernel_for_this_cpu().cell_step(CellStepArgs{s.batch, s.input_size, s.hidden, is_double,
                                                    x.const_data_ptr(), h.const_data_ptr(),
                                                    wi.const_data_ptr(), wh.const_data_ptr(),
