@@ -136,11 +136,11 @@ void forward_loop(const StepSchedule& steps, const LstmLayerShape& s, const Step
 // place in cy (each unit belongs to one thread): a row's c is left untouched
 // once its sequence ends, so cy ends holding every row's last c. hy takes
 // each row's h at its own last step.
-void fused_forward_loop(const StepSchedule& steps, const LstmLayerShape& s, bool is_double,
-                        const void* panels, const at::Tensor& bi, const at::Tensor& bh,
+void fused_forward_loop(const StepSchedule& steps, const LstmLayerShape& s,
+                        const at::Tensor& w_hh, const at::Tensor& bi, const at::Tensor& bh,
                         const at::Tensor& gates, const at::Tensor& cells,
-                        const at::Tensor& output, const at::Tensor& h_buffers,
-                        const at::Tensor& hy, const at::Tensor& cy) {
+                        const at::Tensor& output, const at::Tensor& h0, const at::Tensor& hy,
+                        const at::Tensor& cy) {
   std::vector<int64_t> rows, offsets, ended_from;
   for (int64_t i = 0; i < steps.count(); ++i) {
     const int64_t t = steps.forward_step(i), n = steps.rows(t);
@@ -151,9 +151,23 @@ void fused_forward_loop(const StepSchedule& steps, const LstmLayerShape& s, bool
     offsets.push_back(steps.offset(t));
     ended_from.push_back(std::min(next, n));
   }
-  kernel_for_this_cpu().fused_sequence(FusedSequenceArgs{
+  const KernelTable& kernel = kernel_for_this_cpu();
+  const bool is_double = gates.scalar_type() == at::kDouble;
+  // The packed w_hh lives in this thread's workspace (a fresh 256 KB+ tensor
+  // per call would page-fault on every touch).
+  void* panels = Workspace::get<unsigned char>(
+      WorkspaceSlot::LstmRecurrentWeight,
+      kernel.gate_panels_size(s.hidden, is_double) * gates.element_size());
+  // Both buffers start as h0 (plain copies: cheaper than Tensor::repeat).
+  at::Tensor h_buffers = at::empty({2, s.batch, s.hidden}, gates.options());
+  const int64_t state_bytes = s.batch * s.hidden * gates.element_size();
+  for (int b = 0; b < 2; ++b) {
+    std::memcpy(static_cast<char*>(h_buffers.mutable_data_ptr()) + b * state_bytes,
+                h0.const_data_ptr(), state_bytes);
+  }
+  kernel.fused_sequence(FusedSequenceArgs{
       static_cast<int64_t>(rows.size()), rows.data(), offsets.data(), ended_from.data(),
-      s.batch, s.hidden, is_double, panels, gates.mutable_data_ptr(),
+      s.batch, s.hidden, is_double, w_hh.const_data_ptr(), panels, gates.mutable_data_ptr(),
       bi.defined() ? bi.const_data_ptr() : nullptr,
       bh.defined() ? bh.const_data_ptr() : nullptr, cy.mutable_data_ptr(),
       cells.mutable_data_ptr(), output.mutable_data_ptr(), h_buffers.mutable_data_ptr(),
@@ -182,19 +196,12 @@ lstm_layer_cpu(const at::Tensor& input, const at::Tensor& batch_sizes, const at:
   at::Tensor hidden_pre = at::empty({proj.defined() ? s.rows : 0, s.hidden}, opts);
   // The running states; rows of finished sequences keep their last values,
   // which is what hy/cy report for them.
-  at::Tensor hy = hx.contiguous().clone();
+  const at::Tensor h0 = hx.contiguous();
+  at::Tensor hy = h0.clone();
   at::Tensor cy = cx.contiguous().clone();
   const StepSchedule steps(batch_sizes, reverse);
   if (!proj.defined() && steps.max_rows() <= small_batch_limit()) {
-    const KernelTable& kernel = kernel_for_this_cpu();
-    const bool is_double = input.scalar_type() == at::kDouble;
-    void* panels = Workspace::get<unsigned char>(
-        WorkspaceSlot::LstmRecurrentWeight,
-        kernel.gate_panels_size(s.hidden, is_double) * input.element_size());
-    kernel.pack_gate_panels(w_hh.contiguous().const_data_ptr(), s.hidden, is_double, panels);
-    at::Tensor h_buffers = hy.unsqueeze(0).repeat({2, 1, 1});
-    fused_forward_loop(steps, s, is_double, panels, bi, bh, gates, cells, output, h_buffers, hy,
-                       cy);
+    fused_forward_loop(steps, s, w_hh.contiguous(), bi, bh, gates, cells, output, h0, hy, cy);
     return {output, hy, cy, gates, cells, hidden_pre};
   }
   const StepOperand whh_t(w_hh.t(), steps, WorkspaceSlot::LstmRecurrentWeight);

@@ -43,37 +43,36 @@ int64_t gate_panels_size(int64_t hidden, int64_t k) {
   return (hidden + u - 1) / u * k * 4 * u;
 }
 
-// out[block][p][q * U + l] = w_hh[q * H + block * U + l][p], zero past H:
-// 16 x 16 transposes (at::vec's, in registers on AVX-512).
+// out[block][p][q * U + l] = w_hh[q * H + block * U + l][p], zero past H, for
+// blocks [block0, block1): 16 x 16 transposes (at::vec's, in registers on
+// AVX-512). Serial: each participant of the time loop packs its own blocks.
 template <typename T>
-void pack_gate_panels(const T* w_hh, int64_t hidden, int64_t k, T* out) {
+void pack_gate_blocks(const T* w_hh, int64_t hidden, int64_t k, int64_t block0, int64_t block1,
+                      T* out) {
   constexpr int64_t U = units_per_block<T>();
-  const int64_t blocks = (hidden + U - 1) / U;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t block = b0; block < b1; ++block) {
-      T* dst = out + block * k * 4 * U;
-      const int64_t unit0 = block * U, valid = std::min<int64_t>(U, hidden - unit0);
-      if (valid < U) std::fill(dst, dst + k * 4 * U, T(0));
-      for (int64_t q = 0; q < 4; ++q) {
-        const T* src = w_hh + (q * hidden + unit0) * k;
-        for (int64_t u0 = 0; u0 < valid; u0 += 16) {
-          const int rows = static_cast<int>(std::min<int64_t>(16, valid - u0));
-          for (int64_t p0 = 0; p0 < k; p0 += 16) {
-            const int cols = static_cast<int>(std::min<int64_t>(16, k - p0));
-            at::vec::transpose_mxn<T>(src + u0 * k + p0, k, dst + (p0 * 4 + q) * U + u0,
-                                      4 * U, rows, cols);
-          }
+  for (int64_t block = block0; block < block1; ++block) {
+    T* dst = out + block * k * 4 * U;
+    const int64_t unit0 = block * U, valid = std::min<int64_t>(U, hidden - unit0);
+    if (valid < U) std::fill(dst, dst + k * 4 * U, T(0));
+    for (int64_t q = 0; q < 4; ++q) {
+      const T* src = w_hh + (q * hidden + unit0) * k;
+      for (int64_t u0 = 0; u0 < valid; u0 += 16) {
+        const int rows = static_cast<int>(std::min<int64_t>(16, valid - u0));
+        for (int64_t p0 = 0; p0 < k; p0 += 16) {
+          const int cols = static_cast<int>(std::min<int64_t>(16, k - p0));
+          at::vec::transpose_mxn<T>(src + u0 * k + p0, k, dst + (p0 * 4 + q) * U + u0, 4 * U,
+                                    rows, cols);
         }
       }
     }
-  });
+  }
 }
 
 template <typename T>
 struct FusedStep {
   int64_t rows, hidden, k;
   const T* h_prev;    // (rows, k)
-  const T* panels;    // pack_gate_panels
+  const T* panels;    // pack_gate_blocks
   T* gates;           // (rows, 4H): input projection in, activated gates out
   const T* b_ih;      // (4H) or nullptr
   const T* b_hh;      // (4H) or nullptr
@@ -208,32 +207,36 @@ struct FusedSequence {
   const int64_t* row_offset;  // [steps] its first packed row
   const int64_t* ended_from;  // [steps] rows [ended_from, rows) end there: h -> hy
   int64_t batch, hidden;
-  const T* panels;  // pack_gate_panels(w_hh)
+  const T* w_hh;    // (4H, H) row-major
+  T* panels;        // gate_panels_size(H, H): packed w_hh, filled here
   T* gates;         // (N, 4H): input projection in, activated gates out
   const T* b_ih;    // (4H) or nullptr
   const T* b_hh;    // (4H) or nullptr
   T* c_state;       // (B, H)
   T* cells;         // (N, H)
   T* output;        // (N, H)
-  T* h_buffers;     // (2, B, H); [0] holds h0
+  T* h_buffers;     // (2, B, H), both holding h0 (a row joining late, as in a
+                    // reversed packed batch, reads h0 from either)
   T* hy;            // (B, H)
 };
 
 template <typename T>
 FusedStep<T> step_view(const FusedSequence<T>& q, int64_t i) {
   const int64_t H = q.hidden, B = q.batch, off = q.row_offset[i];
-  return FusedStep<T>{q.rows[i],       H,
-                      H,               q.h_buffers + (i % 2) * B * H,
-                      q.panels,        q.gates + off * 4 * H,
-                      q.b_ih,          q.b_hh,
-                      q.c_state,       q.cells + off * H,
+  return FusedStep<T>{q.rows[i],          H,
+                      H,                  q.h_buffers + (i % 2) * B * H,
+                      q.panels,           q.gates + off * 4 * H,
+                      q.b_ih,             q.b_hh,
+                      q.c_state,          q.cells + off * H,
                       q.output + off * H, q.h_buffers + ((i + 1) % 2) * B * H};
 }
 
 // The time loop inside one parallel region: each participant owns a fixed
-// range of unit blocks for the whole sequence (their weight panels stay in its
-// core's cache), and a spin barrier separates the steps instead of an OpenMP
-// fork/join per step. Participants: as many threads as have enough work.
+// range of unit blocks for the whole sequence and packs their weight panels
+// itself (no separate packing region, and the panels start in the cache of
+// the core that reads them); a spin barrier separates the steps instead of
+// an OpenMP fork/join per step. Participants: as many threads as have enough
+// work.
 template <typename T>
 void fused_sequence_typed(const FusedSequence<T>& q) {
   constexpr int64_t U = units_per_block<T>();
@@ -257,6 +260,8 @@ void fused_sequence_typed(const FusedSequence<T>& q) {
   auto run = [&](int64_t id0, int64_t id1) {
     const int64_t block0 = id0 * blocks / participants, block1 = id1 * blocks / participants;
     const int64_t unit0 = block0 * U, unit1 = std::min(H, block1 * U);
+    // Only this participant reads these panels: no barrier before step 0.
+    pack_gate_blocks(q.w_hh, H, H, block0, block1, q.panels);
     for (int64_t i = 0; i < q.steps; ++i) {
       const FusedStep<T> s = step_view(q, i);
       for (int64_t block = block0; block < block1; ++block) fused_block(s, block);

@@ -63,14 +63,15 @@ struct FusedSequenceArgs {
   const int64_t* ended_from;  // [steps] rows [ended_from, rows) end there: h -> hy
   int64_t batch, hidden;
   bool is_double;
-  const void* panels;  // pack_gate_panels(w_hh)
+  const void* w_hh;    // (4H, H) row-major
+  void* panels;        // gate_panels_size(H) elements: w_hh packed by the kernel
   void* gates;         // (N, 4H): input projection in, activated gates out
   const void* b_ih;    // (4H) or nullptr
   const void* b_hh;    // (4H) or nullptr
   void* c_state;       // (B, H): c0 in, each row's last c out
   void* cells;         // (N, H): c out
   void* output;        // (N, H): h out
-  void* h_buffers;     // (2, B, H): h0 in [0]
+  void* h_buffers;     // (2, B, H): h0 in both
   void* hy;            // (B, H): each row's last h out
 };
 
@@ -116,9 +117,8 @@ struct KernelTable {
   int64_t (*packed_size)(int64_t k, int64_t n, bool is_double);
   void (*pack)(const PackArgs&);
   void (*small_matmul)(const SmallMatmulArgs&);
+  // Elements of fused_sequence's packed w_hh.
   int64_t (*gate_panels_size)(int64_t hidden, bool is_double);
-  // w_hh (4H, H) row-major into gate_panels_size elements.
-  void (*pack_gate_panels)(const void* w_hh, int64_t hidden, bool is_double, void* out);
   void (*fused_sequence)(const FusedSequenceArgs&);
   const char* isa;
 };

@@ -237,23 +237,13 @@ int64_t gate_panels_size_any(int64_t hidden, bool is_double) {
                    : gate_panels_size<float>(hidden, hidden);
 }
 
-void pack_gate_panels_any(const void* w_hh, int64_t hidden, bool is_double, void* out) {
-  if (is_double) {
-    pack_gate_panels<double>(static_cast<const double*>(w_hh), hidden, hidden,
-                             static_cast<double*>(out));
-  } else {
-    pack_gate_panels<float>(static_cast<const float*>(w_hh), hidden, hidden,
-                            static_cast<float*>(out));
-  }
-}
-
 template <typename T>
 void fused_sequence_cast(const FusedSequenceArgs& a) {
   fused_sequence_typed<T>(FusedSequence<T>{
       a.steps, a.rows, a.row_offset, a.ended_from, a.batch, a.hidden,
-      static_cast<const T*>(a.panels), static_cast<T*>(a.gates), static_cast<const T*>(a.b_ih),
-      static_cast<const T*>(a.b_hh), static_cast<T*>(a.c_state), static_cast<T*>(a.cells),
-      static_cast<T*>(a.output), static_cast<T*>(a.h_buffers), static_cast<T*>(a.hy)});
+      static_cast<const T*>(a.w_hh), static_cast<T*>(a.panels), static_cast<T*>(a.gates),
+      static_cast<const T*>(a.b_ih), static_cast<const T*>(a.b_hh), static_cast<T*>(a.c_state),
+      static_cast<T*>(a.cells), static_cast<T*>(a.output), static_cast<T*>(a.h_buffers), static_cast<T*>(a.hy)});
 }
 
 void fused_sequence(const FusedSequenceArgs& a) {
@@ -285,7 +275,6 @@ KernelTable PYDL_ISA_TABLE_FN() {
           &CPU_CAPABILITY::pack,
           &CPU_CAPABILITY::small_matmul,
           &CPU_CAPABILITY::gate_panels_size_any,
-          &CPU_CAPABILITY::pack_gate_panels_any,
           &CPU_CAPABILITY::fused_sequence,
           C10_STRINGIZE(CPU_CAPABILITY)};
 }
