@@ -63,6 +63,16 @@ TORCH_LIBRARY(pydl, m) {
       "lstm_layer(Tensor input, Tensor batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, "
       "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // A multi-layer, (bi)directional LSTM as torch's _VF.lstm, over lstm_layer
+  // (composite: its autograd is lstm_layer's). input: a padded batch (T, B, I)
+  // time-major with batch_sizes None, or packed rows (N, I) with batch_sizes.
+  // weights: (w_ih, w_hh, b_ih, b_hh, w_hr) per layer and direction, None
+  // where absent; hx/cx (L*D, B, *), or None for zeros (padded only). Dropout
+  // between layers when train. (output (T, B, D*P) or (N, D*P), h_n, c_n).
+  m.def(
+      "lstm(Tensor input, Tensor? batch_sizes, Tensor? hx, Tensor? cx, Tensor?[] weights, "
+      "int num_layers, float dropout, bool train, bool bidirectional) -> "
+      "(Tensor, Tensor, Tensor)");
   // Gradients (input, hx, cx, w_ih, w_hh, bias, w_hr); bias's is shared by b_ih and b_hh.
   m.def(
       "lstm_layer_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, "

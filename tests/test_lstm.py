@@ -312,6 +312,72 @@ def test_op_opcheck_non_contiguous_states():
     torch.library.opcheck(torch.ops.pydl.lstm_layer.default, (x, bs, h0t, c0t, *weights, False))
 
 
+def _stack_weights(layers, directions, input_size, hidden, proj=0, bias=True):
+    g = torch.Generator().manual_seed(1)
+    r = lambda *s: (torch.randn(*s, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
+    out, weights = proj or hidden, []
+    for layer in range(layers):
+        for _ in range(directions):
+            size = input_size if layer == 0 else directions * out
+            weights += [r(4 * hidden, size), r(4 * hidden, out),
+                        r(4 * hidden) if bias else None, r(4 * hidden) if bias else None,
+                        r(proj, hidden) if proj else None]
+    return weights
+
+
+@needs_extension
+@pytest.mark.parametrize("layers, bidir, proj, bias", [(1, False, 0, True), (2, True, 2, False)])
+def test_stack_op_opcheck_padded_and_packed(layers, bidir, proj, bias):
+    # pydl::lstm is composite over lstm_layer: schema, fake tensors and
+    # autograd must hold through it, with hx given or None (zeros made inside).
+    d = 2 if bidir else 1
+    weights = _stack_weights(layers, d, 3, 4, proj, bias)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(torch.ops.pydl.lstm.default,
+                          (x, None, None, None, weights, layers, 0.0, False, bidir))
+    rows = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    bs = torch.tensor([3, 2, 1])
+    h0 = torch.randn(layers * d, 3, proj or 4, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(layers * d, 3, 4, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(torch.ops.pydl.lstm.default,
+                          (rows, bs, h0, c0, weights, layers, 0.0, False, bidir))
+
+
+@needs_extension
+def test_stack_op_matches_module_and_zero_states():
+    ours, _ = _pair(3, 4, torch.float64, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    out, h, c = torch.ops.pydl.lstm(x, None, None, None, ours._layer_weights(), 2, 0.0, False,
+                                    True)
+    want, (wh, wc) = ours(x, (torch.zeros(4, 2, 4, dtype=torch.float64),) * 2)
+    assert out.shape == (5, 2, 8) and h.shape == (4, 2, 4)
+    assert torch.equal(out, want) and torch.equal(h, wh) and torch.equal(c, wc)
+
+
+@needs_extension
+def test_stack_op_bad_input():
+    w = _stack_weights(1, 1, 3, 4)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    h0 = torch.zeros(1, 2, 4, dtype=torch.float64)
+    op = torch.ops.pydl.lstm
+    with pytest.raises(RuntimeError, match="expected 5 weights"):
+        op(x, None, None, None, w[:4], 1, 0.0, False, False)
+    with pytest.raises(RuntimeError, match="w_hh of layer-direction 0"):
+        op(x, None, None, None, [w[0], None, *w[2:]], 1, 0.0, False, False)
+    with pytest.raises(RuntimeError, match="both hx and cx"):
+        op(x, None, h0, None, w, 1, 0.0, False, False)
+    with pytest.raises(RuntimeError, match="packed rows need hx"):
+        op(x[0], torch.tensor([2]), None, None, w, 1, 0.0, False, False)
+    with pytest.raises(RuntimeError, match="a padded batch"):
+        op(x[0], None, None, None, w, 1, 0.0, False, False)
+    with pytest.raises(RuntimeError, match="num_layers must be >= 1"):
+        op(x, None, None, None, [], 0, 0.0, False, False)
+    with pytest.raises(RuntimeError, match="hx and cx must be"):
+        op(x, None, h0[0], h0[0], w, 1, 0.0, False, False)
+    with pytest.raises(RuntimeError, match="dropout must be in"):
+        op(x, None, None, None, w, 1, 1.5, True, False)
+
+
 def _layer_reference(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     """The layer from the math, row by row in float64: sequence b runs for the
     steps whose batch size exceeds b; rows of hx past batch_sizes[0] never run."""

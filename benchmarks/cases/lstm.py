@@ -1,8 +1,8 @@
 """LSTM cases: pydl.nn.LSTM vs torch.nn.LSTM (oneDNN on the CPU, cuDNN on
 GPUs) and pydl.nn.LSTMCell vs torch.nn.LSTMCell, with the same weights.
 
-  * whole sequences: inference at batch 1, 8, 64; training (forward +
-    backward) at larger batches; packed batches with lengths uniform in
+  * whole sequences: inference (under torch.no_grad()) at batch 1, 8, 64;
+    training (forward + backward) at larger batches; packed batches with lengths uniform in
     [T/4, T]; a bidirectional 2-layer model;
   * LSTMCell: one step, and a Python loop of steps trained end to end (what a
     custom recurrent model written with LSTMCell does).
@@ -108,12 +108,14 @@ def _sequence_case(batch, hidden, steps, train, packed, layers, bidirectional, c
             x = pack_padded_sequence(x, _lengths(batch, steps), enforce_sorted=False)
 
         def run(module):
+            if not train:  # inference: no graph recorded, for either side
+                with torch.no_grad():
+                    out = module(x)[0]
+                return out.data if packed else out
             out = module(x)[0]
             out = out.data if packed else out
-            if train:
-                out.sum().backward()
-                return out.detach()
-            return out
+            out.sum().backward()
+            return out.detach()
 
         providers = {"pydl": lambda: run(ours), "torch": lambda: run(theirs)}
         if cfg.device == "cuda" and batch <= 16:

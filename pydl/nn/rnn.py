@@ -19,14 +19,16 @@ from pydl.ops.lstm import lstm, lstm_cell
 
 class LSTM(torch.nn.LSTM):
     def forward(self, input, hx=None):
-        data = input.data if isinstance(input, PackedSequence) else input
+        packed = isinstance(input, PackedSequence)
+        data = input.data if packed else input
         if torch.is_autocast_enabled(data.device.type):  # the dtype the kernel will see
             data = data.new_empty(0, dtype=torch.get_autocast_dtype(data.device.type))
         if not _backend.use_pydl("lstm", data):
             return super().forward(input, hx)
         directions = 2 if self.bidirectional else 1
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
-        if isinstance(input, PackedSequence):
+        states = self.num_layers * directions
+        if packed:
             rows, batch_sizes, sorted_indices, unsorted_indices = input
             batch = int(batch_sizes[0]) if batch_sizes.numel() > 0 else 0
             unbatched = False
@@ -37,33 +39,29 @@ class LSTM(torch.nn.LSTM):
                     f"{input.dim()}-D of shape {tuple(input.shape)}"
                 )
             unbatched = input.dim() == 2
-            # Time-major rows: the padded case of the packed layout.
-            x = input.unsqueeze(1) if unbatched else (
+            # A padded batch, time-major (T, B, I): the op takes it as is.
+            rows = input.unsqueeze(1) if unbatched else (
                 input.transpose(0, 1) if self.batch_first else input)
-            steps, batch = x.shape[0], x.shape[1]
-            if x.shape[2] != self.input_size:
+            batch = rows.shape[1]
+            if rows.shape[2] != self.input_size:
                 raise ValueError(
-                    f"pydl.nn.LSTM: input has {x.shape[2]} features, expected {self.input_size}"
+                    f"pydl.nn.LSTM: input has {rows.shape[2]} features, expected {self.input_size}"
                 )
-            rows = x.reshape(steps * batch, self.input_size)
-            batch_sizes = torch.full((steps,), batch, dtype=torch.long)
-            sorted_indices = unsorted_indices = None
-        states = self.num_layers * directions
-        if hx is None:
-            zeros = lambda size: rows.new_zeros(states, batch, size)
-            hx = (zeros(out_size), zeros(self.hidden_size))
-        else:
+            batch_sizes = sorted_indices = unsorted_indices = None
+        if hx is not None:
             hx = self._checked_states(hx, unbatched, states, batch, out_size)
             hx = self.permute_hidden(hx, sorted_indices)
+        elif packed:  # the op makes the zeros of a padded batch itself
+            hx = (rows.new_zeros(states, batch, out_size),
+                  rows.new_zeros(states, batch, self.hidden_size))
         output, h_n, c_n = lstm(rows, batch_sizes, hx, self._layer_weights(), self.num_layers,
                                 self.dropout, self.training, self.bidirectional)
-        hidden = self.permute_hidden((h_n, c_n), unsorted_indices)
-        if isinstance(input, PackedSequence):
+        if packed:
+            hidden = self.permute_hidden((h_n, c_n), unsorted_indices)
             return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), hidden
-        output = output.view(steps, batch, directions * out_size)
         if unbatched:
-            return output.squeeze(1), (hidden[0].squeeze(1), hidden[1].squeeze(1))
-        return (output.transpose(0, 1) if self.batch_first else output), hidden
+            return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        return (output.transpose(0, 1) if self.batch_first else output), (h_n, c_n)
 
     def _checked_states(self, hx, unbatched, states, batch, out_size):
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
@@ -85,8 +83,9 @@ class LSTM(torch.nn.LSTM):
                 )
         return h0, c0
 
-    def _layer_weights(self) -> list[tuple]:
-        """(w_ih, w_hh, b_ih, b_hh, w_hr) per layer and direction, None where absent.
+    def _layer_weights(self) -> list:
+        """(w_ih, w_hh, b_ih, b_hh, w_hr) per layer and direction, one flat list,
+        None where absent.
 
         The names are computed once per module shape; each call looks them up
         in ``_parameters`` first (ten ``getattr`` per call cost ~4 us, a tenth
@@ -99,14 +98,13 @@ class LSTM(torch.nn.LSTM):
         layout = self.__dict__.get("_pydl_weight_names")
         if layout is None or layout[0] != key:
             suffixes = ("", "_reverse")[: 2 if self.bidirectional else 1]
-            names = [tuple(f"{name}_l{layer}{suffix}" for name in
-                           ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"))
-                     for layer in range(self.num_layers) for suffix in suffixes]
+            names = [f"{name}_l{layer}{suffix}" for layer in range(self.num_layers)
+                     for suffix in suffixes
+                     for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")]
             layout = (key, names)
             self.__dict__["_pydl_weight_names"] = layout
         params = self._parameters
-        return [tuple(params[n] if n in params else getattr(self, n, None) for n in group)
-                for group in layout[1]]
+        return [params[n] if n in params else getattr(self, n, None) for n in layout[1]]
 
 
 class LSTMCell(torch.nn.LSTMCell):

@@ -3,9 +3,10 @@ whole sequences (``lstm``, torch.nn.LSTM's semantics over packed rows).
 
 ``lstm_cell`` calls ``torch.ops.pydl.lstm_cell`` (two GEMMs + one fused
 pointwise pass) when pydl's kernel serves the call, otherwise torch's own
-cell. ``lstm`` runs ``torch.ops.pydl.lstm_layer`` per layer and direction (the
-caller, pydl.nn.LSTM, falls back to torch as a whole). Registers the ops'
-fake kernels; their autograd is C++ (csrc/lstm/lstm_autograd.cpp).
+cell. ``lstm`` runs ``torch.ops.pydl.lstm``, which calls ``lstm_layer`` per
+layer and direction (the caller, pydl.nn.LSTM, falls back to torch as a
+whole). Registers the ops' fake kernels; their autograd is C++
+(csrc/lstm/lstm_autograd.cpp; ``lstm`` is composite, csrc/lstm/lstm_stack.cpp).
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ def lstm_cell(
 
 def lstm(
     data: torch.Tensor,
-    batch_sizes: torch.Tensor,
-    hx: tuple[torch.Tensor, torch.Tensor],
-    weights: list[tuple],
+    batch_sizes: torch.Tensor | None,
+    hx: tuple[torch.Tensor, torch.Tensor] | None,
+    weights: list,
     num_layers: int,
     dropout: float,
     training: bool,
@@ -59,38 +60,25 @@ def lstm(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A multi-layer (bi)LSTM over PackedSequence rows, as torch's ``_VF.lstm``.
 
-    data (N, I): the rows of step 0, then step 1, ...; batch_sizes (T,) int64
-    on the CPU, non-increasing. hx = (h0 (L*D, B, P), c0 (L*D, B, H)).
-    weights[layer * D + direction] = (w_ih, w_hh, b_ih, b_hh, w_hr), None
-    where absent. Dropout (training only) acts between layers.
-    Returns (output rows (N, D*P), h_n, c_n).
+    data: packed rows (N, I) (step 0's rows, then step 1's, ...) with
+    batch_sizes (T,) int64 on the CPU, non-increasing; or a padded batch
+    (T, B, I) time-major with batch_sizes None. hx = (h0 (L*D, B, P),
+    c0 (L*D, B, H)), or None for zeros (padded only). weights: the flat list
+    (w_ih, w_hh, b_ih, b_hh, w_hr) per layer and direction (index
+    ``5 * (layer * D + direction)``), None where absent. Dropout (training
+    only) acts between layers. Returns (output, h_n, c_n), output (N, D*P)
+    for packed rows, (T, B, D*P) for a padded batch.
+    The stack runs in C++ (``torch.ops.pydl.lstm``, over ``lstm_layer``).
     """
-    directions = 2 if bidirectional else 1
     if torch.is_autocast_enabled(data.device.type):
         # As torch's RNNs under autocast: everything in the autocast dtype.
         dtype = torch.get_autocast_dtype(data.device.type)
-        data, hx = data.to(dtype), (hx[0].to(dtype), hx[1].to(dtype))
-        weights = [tuple(None if w is None else w.to(dtype) for w in ws) for ws in weights]
-    h_n, c_n = [], []
-    layer_input = data
-    for layer in range(num_layers):
-        outputs = []
-        for direction in range(directions):
-            k = layer * directions + direction
-            w_ih, w_hh, b_ih, b_hh, w_hr = weights[k]
-            out, h, c, *_ = torch.ops.pydl.lstm_layer(
-                layer_input, batch_sizes, hx[0][k], hx[1][k], w_ih, w_hh, b_ih, b_hh, w_hr,
-                direction == 1,
-            )
-            outputs.append(out)
-            h_n.append(h)
-            c_n.append(c)
-        layer_input = torch.cat(outputs, dim=1) if directions == 2 else outputs[0]
-        if dropout > 0 and training and layer < num_layers - 1:
-            layer_input = torch.nn.functional.dropout(layer_input, dropout, training=True)
-    if len(h_n) == 1:  # one layer, one direction: no stack (a copy) needed
-        return layer_input, h_n[0].unsqueeze(0), c_n[0].unsqueeze(0)
-    return layer_input, torch.stack(h_n), torch.stack(c_n)
+        data = data.to(dtype)
+        hx = None if hx is None else (hx[0].to(dtype), hx[1].to(dtype))
+        weights = [None if w is None else w.to(dtype) for w in weights]
+    h0, c0 = (None, None) if hx is None else hx
+    return torch.ops.pydl.lstm(data, batch_sizes, h0, c0, weights, num_layers, dropout,
+                               training, bidirectional)
 
 
 def _register() -> None:
