@@ -4,9 +4,9 @@
 //
 // Composite (CompositeImplicitAutograd): autograd, fake tensors and every
 // backend come from lstm_layer's own kernels. In C++ rather than Python
-// because at batch 1 the stack's bookkeeping (state views, batch sizes,
-// unsqueeze/stack, per-layer lists) cost ~15 us of Python per call, against
-// ~20 us for the whole one-step layer.
+// because the stack's bookkeeping (zero states, batch sizes, reshapes, state
+// views, per-layer lists) cost ~10 us of Python per call; here ~4 us, against
+// ~20 us for a whole one-step batch-1 layer (measured, hidden 128).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
