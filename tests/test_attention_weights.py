@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_close_rel, needs_extension
+from conftest import assert_close_rel, needs_extension, run_with_cpu_isa
 
 from pydl import reference
 from pydl.ops.attention_weights import attention_with_weights
@@ -244,13 +244,7 @@ print("".join("1" if x else "0" for x in (w != 0).flatten().tolist()))
 def test_dropout_keep_pattern_is_philox_on_every_isa(isa):
     """Each per-ISA build (scalar, 8-lane AVX2, 16-lane AVX-512 Philox)
     keeps exactly the weights the written-out rule keeps."""
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa)
-    run = subprocess.run([sys.executable, "-c", _KEEP_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=120)
+    run = run_with_cpu_isa(isa, _KEEP_SCRIPT)
     assert run.returncode == 0, run.stderr
     got = run.stdout.strip().splitlines()[-1]
     N, H, L, S, seed, p = 2, 2, 5, 150, 987654321987, 0.5

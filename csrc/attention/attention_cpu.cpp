@@ -35,17 +35,14 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& dropout_seed,
     double dropout_p, bool is_causal, bool causal_bottom_right, double scale) {
-  const AttentionShape s =
-      check_attention_args(query, key, value, attn_mask, dropout_seed, dropout_p);
-  check_cpu_dtype(query);
-  const at::Tensor q = gemm_ready(query), k = gemm_ready(key), v = gemm_ready(value);
-  const at::Tensor mask = cpu_kernel_mask(attn_mask, query, s);
+  const PreparedCall c = prepare_cpu_call(query, key, value, attn_mask, dropout_seed,
+                                          dropout_p, CpuDtypes::kFlash);
+  const AttentionShape& s = c.shape;
   at::Tensor out = at::empty({s.batch, s.heads_q, s.len_q, s.dim_v}, query.options());
   // lse in the compute dtype (float32 for bf16: it feeds the backward's exp).
   at::Tensor lse = at::empty({s.batch, s.heads_q, s.len_q}, query.options().dtype(compute_dtype(query)));
   if (lse.numel() == 0) return {out, lse};
-  ForwardArgs a{make_problem(s, q, k, v, mask, dropout_seed, dropout_p, is_causal,
-                             causal_bottom_right, scale),
+  ForwardArgs a{c.problem(dropout_seed, dropout_p, is_causal, causal_bottom_right, scale),
                 out.mutable_data_ptr(), lse.mutable_data_ptr()};
   choose_forward_blocks(a.p);
   kernel_for_this_cpu().forward(a);
@@ -64,14 +61,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
     const std::optional<at::Tensor>& dropout_seed, const at::Tensor& out, const at::Tensor& lse,
     const std::optional<at::Tensor>& grad_lse, double dropout_p, bool is_causal,
     bool causal_bottom_right, double scale, std::array<bool, 4> output_mask) {
-  const AttentionShape s =
-      check_attention_args(query, key, value, attn_mask, dropout_seed, dropout_p);
-  check_cpu_dtype(query);
+  const PreparedCall c = prepare_cpu_call(query, key, value, attn_mask, dropout_seed,
+                                          dropout_p, CpuDtypes::kFlash);
+  const AttentionShape& s = c.shape;
   // lse, grad_lse and the accumulators in the compute dtype (float32 for bf16).
   const at::ScalarType acc = compute_dtype(query);
   check_attention_backward_tensors(s, query, grad_out, out, lse, grad_lse, acc);
-  const at::Tensor q = gemm_ready(query), k = gemm_ready(key), v = gemm_ready(value);
-  const at::Tensor mask = cpu_kernel_mask(attn_mask, query, s);
   const at::Tensor dout = grad_out.contiguous();
   // delta_i = rowsum(dO * O) - dlse_i: the row term of the softmax backward
   // (d lse_i / d s_ij = P_ij folds the lse gradient into the same place).
@@ -91,15 +86,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
   at::Tensor dq_acc = at::zeros({chunks, s.batch, s.heads_q, s.len_q, s.dim_qk}, acc_options);
   at::Tensor grad_k = at::zeros({s.batch, s.heads_kv, s.len_kv, s.dim_qk}, acc_options);
   at::Tensor grad_v = at::zeros({s.batch, s.heads_kv, s.len_kv, s.dim_v}, acc_options);
-  const bool want_mask_grad = output_mask[3] && mask.defined() &&
+  const bool want_mask_grad = output_mask[3] && c.mask.defined() &&
                               attn_mask->scalar_type() != at::kBool;
   at::Tensor grad_scores;
   if (want_mask_grad) {
     grad_scores = at::zeros({s.batch, s.heads_q, s.len_q, s.len_kv}, acc_options);
   }
   if (lse.numel() > 0 && s.len_kv > 0) {
-    BackwardArgs a{make_problem(s, q, k, v, mask, dropout_seed, dropout_p, is_causal,
-                                causal_bottom_right, scale),
+    BackwardArgs a{c.problem(dropout_seed, dropout_p, is_causal, causal_bottom_right, scale),
                    dout.const_data_ptr(),
                    lse_c.const_data_ptr(),
                    delta.const_data_ptr(),

@@ -74,5 +74,20 @@ Problem make_problem(const AttentionShape& s, const at::Tensor& q, const at::Ten
   return p;
 }
 
+PreparedCall prepare_cpu_call(const at::Tensor& query, const at::Tensor& key,
+                              const at::Tensor& value, const std::optional<at::Tensor>& attn_mask,
+                              const std::optional<at::Tensor>& dropout_seed, double dropout_p,
+                              CpuDtypes dtypes) {
+  const AttentionShape s =
+      check_attention_args(query, key, value, attn_mask, dropout_seed, dropout_p);
+  if (dtypes == CpuDtypes::kFlash) {
+    check_cpu_dtype(query);
+  } else {
+    check_cpu_dtype_fp32_fp64(query);
+  }
+  return {s, gemm_ready(query), gemm_ready(key), gemm_ready(value),
+          cpu_kernel_mask(attn_mask, query, s)};
+}
+
 }  // namespace attention_cpu
 }  // namespace pydl

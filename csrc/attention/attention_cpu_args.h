@@ -37,5 +37,30 @@ Problem make_problem(const AttentionShape& s, const at::Tensor& q, const at::Ten
                      const std::optional<at::Tensor>& dropout_seed, double dropout_p,
                      bool is_causal, bool causal_bottom_right, double scale);
 
+// Which dtypes a CPU entry point takes.
+enum class CpuDtypes {
+  kFlash,        // check_cpu_dtype: float32, float64, bf16 with MKL
+  kWithWeights,  // check_cpu_dtype_fp32_fp64
+};
+
+// One CPU attention call's checked arguments in the form the kernels read:
+// every entry point (forward and backward of both ops) starts with this.
+struct PreparedCall {
+  AttentionShape shape;
+  at::Tensor q, k, v;  // gemm_ready
+  at::Tensor mask;     // cpu_kernel_mask; undefined when there is none
+
+  Problem problem(const std::optional<at::Tensor>& dropout_seed, double dropout_p,
+                  bool is_causal, bool causal_bottom_right, double scale) const {
+    return make_problem(shape, q, k, v, mask, dropout_seed, dropout_p, is_causal,
+                        causal_bottom_right, scale);
+  }
+};
+
+PreparedCall prepare_cpu_call(const at::Tensor& query, const at::Tensor& key,
+                              const at::Tensor& value, const std::optional<at::Tensor>& attn_mask,
+                              const std::optional<at::Tensor>& dropout_seed, double dropout_p,
+                              CpuDtypes dtypes);
+
 }  // namespace attention_cpu
 }  // namespace pydl

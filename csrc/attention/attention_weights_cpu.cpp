@@ -51,17 +51,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_with_weights_cpu(
     const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& dropout_seed,
     double dropout_p, bool is_causal, bool causal_bottom_right, double scale,
     bool average_heads) {
-  const AttentionShape s =
-      check_attention_args(query, key, value, attn_mask, dropout_seed, dropout_p);
-  check_cpu_dtype_fp32_fp64(query);
-  const at::Tensor q = gemm_ready(query), k = gemm_ready(key), v = gemm_ready(value);
-  const at::Tensor mask = cpu_kernel_mask(attn_mask, query, s);
+  const PreparedCall c = prepare_cpu_call(query, key, value, attn_mask, dropout_seed,
+                                          dropout_p, CpuDtypes::kWithWeights);
+  const AttentionShape& s = c.shape;
   at::Tensor out = at::empty({s.batch, s.heads_q, s.len_q, s.dim_v}, query.options());
   at::Tensor lse = at::empty({s.batch, s.heads_q, s.len_q}, query.options());
   at::Tensor w = at::empty(weights_shape(s, average_heads), query.options());
   if (lse.numel() == 0) return {out, w.zero_(), lse};
-  ForwardArgs a{make_problem(s, q, k, v, mask, dropout_seed, dropout_p, is_causal,
-                             causal_bottom_right, scale),
+  ForwardArgs a{c.problem(dropout_seed, dropout_p, is_causal, causal_bottom_right, scale),
                 out.mutable_data_ptr(), lse.mutable_data_ptr(), w.mutable_data_ptr(),
                 average_heads};
   a.p.block_q = forward_rows(s, query.element_size());
@@ -77,9 +74,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_with_weight
     const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& dropout_seed,
     const at::Tensor& lse, double dropout_p, bool is_causal, bool causal_bottom_right,
     double scale, bool average_heads, std::array<bool, 4> output_mask) {
-  const AttentionShape s =
-      check_attention_args(query, key, value, attn_mask, dropout_seed, dropout_p);
-  check_cpu_dtype_fp32_fp64(query);
+  const PreparedCall c = prepare_cpu_call(query, key, value, attn_mask, dropout_seed,
+                                          dropout_p, CpuDtypes::kWithWeights);
+  const AttentionShape& s = c.shape;
   const std::vector<int64_t> out_shape{s.batch, s.heads_q, s.len_q, s.dim_v};
   const std::vector<int64_t> w_shape = weights_shape(s, average_heads);
   TORCH_CHECK(!grad_out.has_value() || (grad_out->sizes() == at::IntArrayRef(out_shape) &&
@@ -95,8 +92,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_with_weight
                   lse.scalar_type() == query.scalar_type(),
               "pydl.attention_with_weights_backward: lse must be (", s.batch, ", ", s.heads_q,
               ", ", s.len_q, ") ", query.scalar_type(), ", got ", lse.sizes());
-  const at::Tensor q = gemm_ready(query), k = gemm_ready(key), v = gemm_ready(value);
-  const at::Tensor mask = cpu_kernel_mask(attn_mask, query, s);
   const at::Tensor dout = grad_out.has_value() ? grad_out->contiguous() : at::Tensor();
   const at::Tensor dweights = grad_weights.has_value() ? grad_weights->contiguous() : at::Tensor();
   const at::Tensor lse_c = lse.contiguous();
@@ -112,14 +107,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_with_weight
   at::Tensor dk_acc = at::zeros({chunks, s.batch, s.heads_kv, s.len_kv, s.dim_qk}, query.options());
   at::Tensor dv_acc = at::zeros({chunks, s.batch, s.heads_kv, s.len_kv, s.dim_v}, query.options());
   const bool want_mask_grad =
-      output_mask[3] && mask.defined() && attn_mask->scalar_type() != at::kBool;
+      output_mask[3] && c.mask.defined() && attn_mask->scalar_type() != at::kBool;
   at::Tensor grad_scores;
   if (want_mask_grad) {
     grad_scores = at::zeros({s.batch, s.heads_q, s.len_q, s.len_kv}, query.options());
   }
   if (lse.numel() > 0 && s.len_kv > 0 && (dout.defined() || dweights.defined())) {
-    BackwardArgs a{make_problem(s, q, k, v, mask, dropout_seed, dropout_p, is_causal,
-                                causal_bottom_right, scale),
+    BackwardArgs a{c.problem(dropout_seed, dropout_p, is_causal, causal_bottom_right, scale),
                    dout.defined() ? dout.const_data_ptr() : nullptr,
                    dweights.defined() ? dweights.const_data_ptr() : nullptr,
                    average_heads,
