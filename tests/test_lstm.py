@@ -344,14 +344,44 @@ def test_stack_op_opcheck_padded_and_packed(layers, bidir, proj, bias):
 
 
 @needs_extension
-def test_stack_op_matches_module_and_zero_states():
-    ours, _ = _pair(3, 4, torch.float64, num_layers=2, bidirectional=True)
+@pytest.mark.parametrize("proj", [0, 3])
+def test_stack_op_matches_torch_with_zero_states(proj):
+    # hx None: the op's own zeros, against torch.nn.LSTM given explicit zeros.
+    ours, theirs = _pair(3, 4, torch.float64, num_layers=2, bidirectional=True, proj_size=proj)
     x = torch.randn(5, 2, 3, dtype=torch.float64)
     out, h, c = torch.ops.pydl.lstm(x, None, None, None, ours._layer_weights(), 2, 0.0, False,
                                     True)
-    want, (wh, wc) = ours(x, (torch.zeros(4, 2, 4, dtype=torch.float64),) * 2)
-    assert out.shape == (5, 2, 8) and h.shape == (4, 2, 4)
-    assert torch.equal(out, want) and torch.equal(h, wh) and torch.equal(c, wc)
+    zeros = (torch.zeros(4, 2, proj or 4, dtype=torch.float64),
+             torch.zeros(4, 2, 4, dtype=torch.float64))
+    want, (wh, wc) = theirs(x, zeros)
+    assert out.shape == (5, 2, 2 * (proj or 4)) and h.shape == (4, 2, proj or 4)
+    for got, ref, what in ((out, want, "output"), (h, wh, "h_n"), (c, wc, "c_n")):
+        assert_close_rel(got, ref, torch.float64, what)
+
+
+@needs_extension
+@torch._dynamo.config.patch(allow_rnn=True)
+def test_torch_compile_dynamic_lengths_one_graph():
+    # Sizes flow through the C++ stack as SymInts: new lengths and batch
+    # sizes reuse the graph instead of recompiling per shape.
+    from torch._dynamo.testing import CompileCounter
+
+    ours, _ = _pair(3, 5, torch.float32, batch_first=True)
+    counter = CompileCounter()
+    compiled = torch.compile(ours, backend=counter, fullgraph=True, dynamic=True)
+    for t in range(4, 14):
+        x = torch.randn(2 + t % 3, t, 3)
+        assert_close_rel(compiled(x)[0], ours(x)[0], torch.float32, f"T={t}")
+    assert counter.frame_count == 1
+
+
+def test_empty_sequence_refused_like_torch():
+    ours, theirs = _pair(3, 5, torch.float64)
+    x = torch.randn(0, 2, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="larger than 0"):
+        theirs(x)
+    with pytest.raises(RuntimeError, match="larger than 0"):
+        ours(x)
 
 
 @needs_extension

@@ -198,3 +198,27 @@ def test_runs_on_the_current_stream():
     want, _ = exact(x_cpu.double())
     assert rel_error(out.cpu(), want) <= 2e-5
     assert ours.weight_hh_l0.grad is not None
+
+
+def test_cuda_graph_capture_and_replay():
+    """A captured small-batch forward replays right with new input: under
+    capture the layer takes the cuBLAS loop (the persistent kernel's step
+    table would be copied from a pinned buffer freed after capture)."""
+    ours, _, exact = _models(torch.float32, input_size=8, hidden_size=32)
+    static_x = torch.randn(6, 2, 8, device="cuda")
+    with torch.no_grad():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the capture stream, as torch advises
+            ours(static_x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out, _ = ours(static_x)
+        for seed in (1, 2):
+            x = torch.randn(6, 2, 8, generator=torch.Generator().manual_seed(seed))
+            static_x.copy_(x)
+            graph.replay()
+            torch.cuda.synchronize()
+            want, _ = exact(x.double())
+            assert rel_error(static_out.cpu(), want) <= 2e-5, f"replay {seed}"

@@ -100,6 +100,7 @@ Problem make_problem(const AttentionShape& s, const at::Tensor& q, const at::Ten
     p.smask = strides_of(mask);
   }
   p.dropout = dropout_p > 0.0;
+  p.keep_scale = 1.0;
   if (p.dropout) {
     p.seed = dropout_seed->const_data_ptr<int64_t>();
     p.keep_threshold = attention_dropout::keep_threshold(dropout_p);

@@ -151,6 +151,13 @@ bool try_persistent_forward(const StepSchedule& plan, const LstmLayerShape& s,
                               : dtype == at::kBFloat16 ? StorageType::BFloat16
                                                        : StorageType::Float;
   if (!persistent_forward_fits(storage, static_cast<int>(s.hidden))) return false;
+  // Under CUDA-graph capture the step table's copy below would be recorded
+  // with the address of a pinned buffer freed right after: a replay could
+  // read whatever reuses it. The cuBLAS loop (step sizes baked into its
+  // launches) captures safely.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(at::cuda::getCurrentCUDAStream(), &capture));
+  if (capture != cudaStreamCaptureStatusNone) return false;
   // The step table goes to the device from pinned memory (no host sync).
   at::Tensor table =
       at::empty({2, plan.count()}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));

@@ -161,7 +161,7 @@ void fused_forward_loop(const StepSchedule& steps, const LstmLayerShape& s,
   // Both buffers start as h0 (plain copies: cheaper than Tensor::repeat).
   at::Tensor h_buffers = at::empty({2, s.batch, s.hidden}, gates.options());
   const int64_t state_bytes = s.batch * s.hidden * gates.element_size();
-  for (int b = 0; b < 2; ++b) {
+  for (int b = 0; b < 2 && state_bytes > 0; ++b) {
     std::memcpy(static_cast<char*>(h_buffers.mutable_data_ptr()) + b * state_bytes,
                 h0.const_data_ptr(), state_bytes);
   }

@@ -1,6 +1,8 @@
-// pydl::lstm: a multi-layer, (bi)directional LSTM over PackedSequence rows, as
-// torch's _VF.lstm — each layer and direction one pydl::lstm_layer call, the
-// directions' outputs side by side, dropout between layers (training only).
+// pydl::lstm: a multi-layer, (bi)directional LSTM over a padded batch or
+// PackedSequence rows, as torch's _VF.lstm — each layer and direction one
+// pydl::lstm_layer call, the directions' outputs side by side, dropout
+// between layers (training only). Sizes are read as SymInts, so that
+// torch.compile(dynamic=True) traces one graph for every T and B.
 //
 // Composite (CompositeImplicitAutograd): autograd, fake tensors and every
 // backend come from lstm_layer's own kernels. In C++ rather than Python
@@ -58,7 +60,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_stack(
   const bool packed = batch_sizes.has_value() && batch_sizes->defined();
   TORCH_CHECK(input.dim() == (packed ? 2 : 3), "pydl.lstm: expected ",
               packed ? "packed rows (N, I) with batch_sizes" : "a padded batch (T, B, I)",
-              ", got input of shape ", input.sizes());
+              ", got input of shape ", input.sym_sizes());
+  // As torch.nn.LSTM, which refuses an empty sequence (a packed one cannot be).
+  TORCH_CHECK(packed || input.sym_size(0) > 0,
+              "pydl.lstm: expected sequence length to be larger than 0, got input of shape ",
+              input.sym_sizes());
   const bool has_hx = hx_arg.has_value() && hx_arg->defined();
   TORCH_CHECK(has_hx == (cx_arg.has_value() && cx_arg->defined()),
               "pydl.lstm: give both hx and cx, or neither");
@@ -67,23 +73,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_stack(
   if (has_hx) {
     hx = *hx_arg;
     cx = *cx_arg;
-    TORCH_CHECK(hx.dim() == 3 && cx.dim() == 3 && hx.size(0) == states && cx.size(0) == states,
+    TORCH_CHECK(hx.dim() == 3 && cx.dim() == 3 && hx.sym_size(0) == states &&
+                    cx.sym_size(0) == states,
                 "pydl.lstm: hx and cx must be (num_layers * num_directions, batch, size) = (",
-                states, ", B, *), got ", hx.sizes(), " and ", cx.sizes());
+                states, ", B, *), got ", hx.sym_sizes(), " and ", cx.sym_sizes());
   } else {
     const at::Tensor w_hh = required_weight(weights, 1);
     const std::optional<at::Tensor> w_hr = weights.get(4);
-    const int64_t hidden = w_hh.size(0) / 4;
-    const int64_t out = (w_hr.has_value() && w_hr->defined()) ? w_hr->size(0) : hidden;
-    hx = at::zeros({states, input.size(1), out}, input.options());
-    cx = at::zeros({states, input.size(1), hidden}, input.options());
+    const c10::SymInt hidden = w_hh.sym_size(0) / 4;
+    const c10::SymInt out =
+        (w_hr.has_value() && w_hr->defined()) ? w_hr->sym_size(0) : hidden;
+    hx = at::zeros_symint({states, input.sym_size(1), out}, input.options());
+    cx = at::zeros_symint({states, input.sym_size(1), hidden}, input.options());
   }
   at::Tensor sizes, rows = input;
   if (packed) {
     sizes = *batch_sizes;
   } else {
-    sizes = at::full({input.size(0)}, input.size(1), at::TensorOptions().dtype(at::kLong));
-    rows = input.reshape({input.size(0) * input.size(1), input.size(2)});
+    const c10::SymInt steps = input.sym_size(0), batch = input.sym_size(1);
+    sizes = at::full_symint({steps}, batch, at::TensorOptions().dtype(at::kLong));
+    rows = input.reshape_symint({steps * batch, input.sym_size(2)});
   }
 
   std::vector<at::Tensor> h_n, c_n;
@@ -109,7 +118,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_stack(
   }
   at::Tensor output =
       packed ? layer_input
-             : layer_input.view({input.size(0), input.size(1), layer_input.size(1)});
+             : layer_input.view_symint(
+                   {input.sym_size(0), input.sym_size(1), layer_input.sym_size(1)});
   if (h_n.size() == 1) {  // one layer, one direction: views, no stack (a copy)
     return {output, h_n[0].unsqueeze(0), c_n[0].unsqueeze(0)};
   }

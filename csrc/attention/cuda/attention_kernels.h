@@ -38,7 +38,9 @@ struct Problem {
   bool dropout;
   const int64_t* seed;  // device memory, read by the kernels (no host sync)
   uint32_t keep_threshold;
-  double keep_scale;
+  // 1 without dropout: the tensor-core kernels multiply by it unconditionally
+  // (a value-initialized Problem{} would otherwise zero their output and dV).
+  double keep_scale = 1.0;
 };
 
 struct ForwardArgs {

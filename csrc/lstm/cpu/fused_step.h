@@ -260,8 +260,9 @@ void fused_sequence_typed(const FusedSequence<T>& q) {
   auto run = [&](int64_t id0, int64_t id1) {
     const int64_t block0 = id0 * blocks / participants, block1 = id1 * blocks / participants;
     const int64_t unit0 = block0 * U, unit1 = std::min(H, block1 * U);
-    // Only this participant reads these panels: no barrier before step 0.
-    pack_gate_blocks(q.w_hh, H, H, block0, block1, q.panels);
+    // Several participants: each packs the panels only it reads (no barrier
+    // before step 0). A single one finds them packed (below).
+    if (participants > 1) pack_gate_blocks(q.w_hh, H, H, block0, block1, q.panels);
     for (int64_t i = 0; i < q.steps; ++i) {
       const FusedStep<T> s = step_view(q, i);
       for (int64_t block = block0; block < block1; ++block) fused_block(s, block);
@@ -272,6 +273,14 @@ void fused_sequence_typed(const FusedSequence<T>& q) {
     }
   };
   if (participants == 1) {
+    // A large weight (e.g. ATen's native thread pool, which runs one
+    // participant) is still packed by every thread; a small one inline.
+    constexpr int64_t kPackGrainBytes = 256 * 1024;
+    const int64_t block_bytes = H * 4 * U * static_cast<int64_t>(sizeof(T));
+    at::parallel_for(0, blocks, std::max<int64_t>(1, kPackGrainBytes / block_bytes),
+                     [&](int64_t b0, int64_t b1) {
+                       pack_gate_blocks(q.w_hh, H, H, b0, b1, q.panels);
+                     });
     run(0, 1);
   } else {
     at::parallel_for(0, participants, 1, run);
