@@ -45,7 +45,7 @@ int64_t gate_panels_size(int64_t hidden, int64_t k) {
 
 // out[block][p][q * U + l] = w_hh[q * H + block * U + l][p], zero past H, for
 // blocks [block0, block1): 16 x 16 transposes (at::vec's, in registers on
-// AVX-512). Serial: each participant of the time loop packs its own blocks.
+// AVX-512). Serial: the callers split the blocks among threads.
 template <typename T>
 void pack_gate_blocks(const T* w_hh, int64_t hidden, int64_t k, int64_t block0, int64_t block1,
                       T* out) {
