@@ -118,6 +118,11 @@ def main(argv=None) -> int:
             bar.set_description_str(case.name)
             results.append(harness.run_case(case, args.device, args.dtype, args.min_time, rounds=3))
             bar.update(1)
+    except KeyboardInterrupt:
+        # Ctrl-C or a time cap (timeout -s INT): report the cases measured so far.
+        print(f"\n# interrupted: {len(results)} of {len(cases)} cases measured", flush=True)
+        if not results:
+            return 130
     finally:
         bar.close()
 
@@ -136,8 +141,8 @@ def main(argv=None) -> int:
     for path in write_outputs(rows, args.out, args.device, args.dtype):
         rel = os.path.relpath(path)
         print(f"wrote {path if rel.startswith('..') else rel}")
-    print(f"# {len(cases)} cases in {time.perf_counter() - start:.0f} s")
-    return 0
+    print(f"# {len(results)} cases in {time.perf_counter() - start:.0f} s")
+    return 0 if len(results) == len(cases) else 130
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import os
 import torch
 
 os.environ.setdefault("PYDL_EXPERIMENTAL_CUDA", "1")
+# A fallback would run pydl.reference and report near-zero errors: refuse it.
+os.environ.setdefault("PYDL_STRICT", "1")
 import pydl  # noqa: F401
 from pydl import reference
 from pydl.nn.functional import scaled_dot_product_attention as sdpa
@@ -77,8 +79,15 @@ if __name__ == "__main__":
         for causal, masked in ((None, False), ("bottom_right", True)):
             try:
                 line = run(dtype, E, Ev, causal=causal, masked=masked)
+                torch.cuda.synchronize()  # a kernel fault shows up here, on its own path
             except Exception as e:  # noqa: BLE001  report and go on to the next path
                 line = f"ERROR {type(e).__name__}: {str(e).splitlines()[0][:100]}"
+                if any(m in str(e) for m in ("CUDA error", "illegal", "device-side assert",
+                                             "misaligned address", "launch failure")):
+                    # A device fault poisons the context: every later path would
+                    # fail the same way and say nothing about its own kernel.
+                    print(f"{name:34s} {line}\nstopping: the CUDA context is lost", flush=True)
+                    raise SystemExit(1)
             print(f"{name:34s} {'causal+mask' if masked else 'plain':11s} {line}", flush=True)
     for dtype in (torch.float32, torch.float64):
         print(dropout_vs_cpu(dtype))

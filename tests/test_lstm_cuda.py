@@ -4,7 +4,8 @@ against the float64 CPU reference and torch's cuDNN LSTM.
 Run by scripts/gpu_check.sh with PYDL_EXPERIMENTAL_CUDA=1 (the kernels are
 opt-in until verified). Tolerances: float64 1e-10 and float32 (TF32 off)
 2e-5 relative (Frobenius norm); float16 / bfloat16: pydl's error against the
-float64 reference at most twice torch's own (cuDNN's) plus a small epsilon.
+float64 reference at most twice torch's own (cuDNN's) plus 4e-3 (about one
+bf16 rounding step).
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def _check(got, want, exact, dtype, what):
         assert err <= EXACT[dtype], f"{what}: relative error {err:.2e}"
     else:
         torch_err = rel_error(want, exact)
-        assert err <= 2 * torch_err + 1e-3, f"{what}: {err:.2e} vs torch's {torch_err:.2e}"
+        # + one bf16 rounding step (2^-8): the cuBLAS loop rounds the gate
+        # pre-activations to the storage dtype each step, cuDNN may not.
+        assert err <= 2 * torch_err + 4e-3, f"{what}: {err:.2e} vs torch's {torch_err:.2e}"
 
 
 def _run(model, x, hx, packed_lengths=None):
@@ -190,7 +193,9 @@ def test_runs_on_the_current_stream():
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         torch.cuda._sleep(50_000_000)  # keeps the side stream busy
-        x = x_cpu.cuda(non_blocking=True)
+        # From pinned memory the copy is truly queued behind the sleep (from
+        # pageable memory the host would wait for the side stream first).
+        x = x_cpu.pin_memory().cuda(non_blocking=True)
         out, (h, c) = ours(x)
         loss = out.sum() + h.sum()
         loss.backward()
