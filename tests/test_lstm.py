@@ -375,6 +375,43 @@ def test_torch_compile_dynamic_lengths_one_graph():
     assert counter.frame_count == 1
 
 
+@needs_extension
+@pytest.mark.parametrize("grad_context", ["no_grad", "inference_mode", "weights_frozen"])
+@pytest.mark.parametrize("batch, packed", [(1, False), (3, False), (5, True)])
+def test_bidirectional_directions_side_by_side_match_torch(grad_context, batch, packed):
+    # Without a graph to record, a small batch's two directions run on two
+    # threads at once: same results as torch, and as the one-at-a-time path
+    # (taken when gradients are needed) up to rounding.
+    ours, theirs = _pair(4, 24, torch.float64, num_layers=2, bidirectional=True)
+    x = torch.randn(7, batch, 4, dtype=torch.float64)
+    h0, c0 = _states(ours, batch, torch.float64)
+    if packed:
+        x = pack_padded_sequence(x, torch.tensor([7, 6, 4, 2, 1][:batch]), enforce_sorted=False)
+    want, (wh, wc) = theirs(x, (h0, c0))
+    sequential, _ = ours(x, (h0, c0))  # weights require grad: one direction at a time
+    if grad_context == "weights_frozen":
+        ours.requires_grad_(False)
+        got, (h, c) = ours(x, (h0, c0))
+    else:
+        with getattr(torch, grad_context)():
+            got, (h, c) = ours(x, (h0, c0))
+    data = lambda t: t.data if packed else t
+    assert_close_rel(data(got), data(want), torch.float64, "output")
+    assert_close_rel(h, wh, torch.float64, "h_n")
+    assert_close_rel(c, wc, torch.float64, "c_n")
+    assert_close_rel(data(got), data(sequential).detach(), torch.float64, "vs one at a time")
+    assert not data(got).requires_grad
+
+
+@needs_extension
+def test_bidirectional_side_by_side_error_from_a_worker_thread():
+    weights = _stack_weights(1, 2, 3, 4)
+    weights[6] = weights[6][:, :3]  # the reverse direction's w_hh: wrong shape
+    x = torch.randn(5, 1, 3, dtype=torch.float64)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="w_hh"):
+        torch.ops.pydl.lstm(x, None, None, None, weights, 1, 0.0, False, True)
+
+
 def test_empty_sequence_refused_like_torch():
     ours, theirs = _pair(3, 5, torch.float64)
     x = torch.randn(0, 2, 3, dtype=torch.float64)

@@ -79,6 +79,7 @@ SEQUENCES_QUICK = [
     (32, 256, 100, True, True, 1, False),
     (64, 256, 50, True, False, 1, False),
     (16, 256, 50, True, False, 2, True),
+    (1, 128, 100, False, False, 1, True),
 ]
 SEQUENCES_FULL = SEQUENCES_QUICK + [
     (1, 128, 500, False, False, 1, False),
