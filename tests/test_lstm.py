@@ -375,10 +375,26 @@ def test_torch_compile_dynamic_lengths_one_graph():
     assert counter.frame_count == 1
 
 
+@pytest.fixture
+def two_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)  # the side-by-side path needs two (any machine can have them)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _layer_threads(fn):
+    """The set of threads that ran pydl::lstm_layer during fn()."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.thread for e in prof.events() if e.name == "pydl::lstm_layer"}
+
+
 @needs_extension
 @pytest.mark.parametrize("grad_context", ["no_grad", "inference_mode", "weights_frozen"])
 @pytest.mark.parametrize("batch, packed", [(1, False), (3, False), (5, True)])
-def test_bidirectional_directions_side_by_side_match_torch(grad_context, batch, packed):
+def test_bidirectional_directions_side_by_side_match_torch(grad_context, batch, packed,
+                                                           two_threads):
     # Without a graph to record, a small batch's two directions run on two
     # threads at once: same results as torch, and as the one-at-a-time path
     # (taken when gradients are needed) up to rounding.
@@ -395,6 +411,13 @@ def test_bidirectional_directions_side_by_side_match_torch(grad_context, batch, 
     else:
         with getattr(torch, grad_context)():
             got, (h, c) = ours(x, (h0, c0))
+    # It did run side by side (two threads), and with a graph to record it does not.
+    if grad_context == "weights_frozen":
+        assert len(_layer_threads(lambda: ours(x, (h0, c0)))) == 2
+    else:
+        with getattr(torch, grad_context)():
+            assert len(_layer_threads(lambda: ours(x, (h0, c0)))) == 2
+        assert len(_layer_threads(lambda: ours(x, (h0, c0)))) == 1
     data = lambda t: t.data if packed else t
     assert_close_rel(data(got), data(want), torch.float64, "output")
     assert_close_rel(h, wh, torch.float64, "h_n")
@@ -404,11 +427,39 @@ def test_bidirectional_directions_side_by_side_match_torch(grad_context, batch, 
 
 
 @needs_extension
-def test_bidirectional_side_by_side_error_from_a_worker_thread():
+def test_bidirectional_side_by_side_error_from_a_worker_thread(two_threads):
     weights = _stack_weights(1, 2, 3, 4)
     weights[6] = weights[6][:, :3]  # the reverse direction's w_hh: wrong shape
     x = torch.randn(5, 1, 3, dtype=torch.float64)
     with torch.no_grad(), pytest.raises(RuntimeError, match="w_hh"):
+        torch.ops.pydl.lstm(x, None, None, None, weights, 1, 0.0, False, True)
+
+
+@needs_extension
+def test_bidirectional_tensor_subclass_weight_stays_on_the_calling_thread(two_threads):
+    # A __torch_dispatch__ subclass among the weights (not the input): its
+    # Python handler must run on the caller's thread, so its exception arrives
+    # as itself (on a worker it became a SystemError).
+    class Refusing(torch.Tensor):
+        @staticmethod
+        def __new__(cls, t):
+            return torch.Tensor._make_wrapper_subclass(cls, t.shape, dtype=t.dtype)
+
+        def __init__(self, t):
+            self.t = t
+
+        @classmethod
+        def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+            if func is torch.ops.pydl.lstm_layer.default:
+                raise ValueError("refused by the subclass")
+            unwrap = lambda a: a.t if isinstance(a, Refusing) else a
+            return func(*[unwrap(a) for a in args], **{k: unwrap(v) for k, v in (kwargs or {}).items()})
+
+    weights = _stack_weights(1, 2, 3, 4)
+    weights = [None if w is None else w.detach() for w in weights]
+    weights[6] = Refusing(weights[6])
+    x = torch.randn(5, 1, 3, dtype=torch.float64)
+    with torch.no_grad(), pytest.raises(ValueError, match="refused by the subclass"):
         torch.ops.pydl.lstm(x, None, None, None, weights, 1, 0.0, False, True)
 
 

@@ -57,22 +57,22 @@ constexpr int64_t kConcurrentDirectionsMaxRows = 16;
 bool directions_concurrently(const at::Tensor& rows, const at::Tensor& sizes,
                              const at::Tensor& hx, const at::Tensor& cx,
                              const c10::List<std::optional<at::Tensor>>& weights) {
-  if (!rows.is_cpu() || at::get_num_threads() < 2 || at::in_parallel_region()) return false;
-  if (rows.key_set().has(c10::DispatchKey::Python) ||
+  if (!rows.is_cpu() || at::get_num_threads() < 2 || at::in_parallel_region() ||
       c10::impl::TorchDispatchModeTLS::any_modes_set()) {
     return false;
   }
-  if (sizes.numel() == 0 || sizes.const_data_ptr<int64_t>()[0] > kConcurrentDirectionsMaxRows) {
-    return false;
+  std::vector<at::Tensor> tensors{rows, sizes, hx, cx};
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const std::optional<at::Tensor> w = weights.get(i);
+    if (w.has_value() && w->defined()) tensors.push_back(*w);
   }
-  if (at::GradMode::is_enabled()) {
-    if (rows.requires_grad() || hx.requires_grad() || cx.requires_grad()) return false;
-    for (size_t i = 0; i < weights.size(); ++i) {
-      const std::optional<at::Tensor> w = weights.get(i);
-      if (w.has_value() && w->defined() && w->requires_grad()) return false;
-    }
+  const bool graph = at::GradMode::is_enabled();
+  for (const at::Tensor& t : tensors) {
+    // A tensor subclass's Python handler must not run on a worker thread (an
+    // exception raised there would reach the caller as a SystemError).
+    if (t.key_set().has(c10::DispatchKey::Python) || (graph && t.requires_grad())) return false;
   }
-  return true;
+  return sizes.numel() > 0 && sizes.const_data_ptr<int64_t>()[0] <= kConcurrentDirectionsMaxRows;
 }
 
 // (output, h_n (L*D, B, P), c_n (L*D, B, H)). Either a padded batch, input
