@@ -463,6 +463,19 @@ def test_bidirectional_tensor_subclass_weight_stays_on_the_calling_thread(two_th
         torch.ops.pydl.lstm(x, None, None, None, weights, 1, 0.0, False, True)
 
 
+@needs_extension
+@pytest.mark.parametrize("bad", ["int32", "2-D"])
+def test_stack_op_bad_batch_sizes_get_the_layer_message(bad, two_threads):
+    # Read (for the side-by-side choice) only when well formed: else the
+    # layer's own message, not a dtype error or a read of the wrong memory.
+    weights = [None if w is None else w.detach() for w in _stack_weights(1, 2, 3, 4)]
+    rows = torch.randn(6, 3, dtype=torch.float64)
+    sizes = torch.tensor([3, 2, 1], dtype=torch.int32) if bad == "int32" else torch.tensor([[3, 2, 1]])
+    h0 = torch.zeros(2, 3, 4, dtype=torch.float64)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="batch_sizes must be a 1-D int64"):
+        torch.ops.pydl.lstm(rows, sizes, h0, h0, weights, 1, 0.0, False, True)
+
+
 def test_empty_sequence_refused_like_torch():
     ours, theirs = _pair(3, 5, torch.float64)
     x = torch.randn(0, 2, 3, dtype=torch.float64)

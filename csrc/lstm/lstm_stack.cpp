@@ -72,7 +72,9 @@ bool directions_concurrently(const at::Tensor& rows, const at::Tensor& sizes,
     // exception raised there would reach the caller as a SystemError).
     if (t.key_set().has(c10::DispatchKey::Python) || (graph && t.requires_grad())) return false;
   }
-  return sizes.numel() > 0 && sizes.const_data_ptr<int64_t>()[0] <= kConcurrentDirectionsMaxRows;
+  // (Malformed batch sizes are left to lstm_layer's checks and messages.)
+  return sizes.is_cpu() && sizes.scalar_type() == at::kLong && sizes.dim() == 1 &&
+         sizes.numel() > 0 && sizes.const_data_ptr<int64_t>()[0] <= kConcurrentDirectionsMaxRows;
 }
 
 // (output, h_n (L*D, B, P), c_n (L*D, B, H)). Either a padded batch, input
