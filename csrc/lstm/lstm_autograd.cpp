@@ -19,6 +19,8 @@
 #include <array>
 #include <initializer_list>
 
+#include "lstm/lstm_layer_op.h"
+
 namespace pydl {
 namespace {
 
@@ -32,10 +34,6 @@ using CellBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor
                                   at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, std::array<bool, 6>);
-using LayerFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-    const std::optional<at::Tensor>&, bool);
 using LayerBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                    at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -91,7 +89,8 @@ bool needs_function(std::initializer_list<const at::Tensor*> tensors,
   return any_requires_grad && at::GradMode::is_enabled();
 }
 
-// The ops, looked up once each; backward ops are called through these both
+// The ops, looked up once each (lstm_layer_op(), shared with lstm_stack.cpp,
+// at the end of this file); backward ops are called through these both
 // by the Functions and by the backward ops' own Autograd kernels below.
 template <typename Fn>
 c10::TypedOperatorHandle<Fn> find_op(const char* name) {
@@ -105,11 +104,6 @@ const c10::TypedOperatorHandle<CellFn>& cell_op() {
 
 const c10::TypedOperatorHandle<CellBackwardFn>& cell_backward_op() {
   static const auto op = find_op<CellBackwardFn>("pydl::lstm_cell_backward");
-  return op;
-}
-
-const c10::TypedOperatorHandle<LayerFn>& layer_op() {
-  static const auto op = find_op<LayerFn>("pydl::lstm_layer");
   return op;
 }
 
@@ -168,7 +162,7 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
                                std::array<at::Tensor, 3>* saved_out) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, hy, cy, gates, cells, hidden_pre] =
-        layer_op().call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
+        lstm_layer_op().call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
     const at::Tensor projection = present(w_hr) ? *w_hr : at::Tensor();
     ctx->save_for_backward(
         {input, batch_sizes, hx, cx, w_ih, w_hh, projection, out, gates, cells, hidden_pre});
@@ -238,7 +232,7 @@ lstm_layer_autograd(const at::Tensor& input, const at::Tensor& batch_sizes, cons
                     const std::optional<at::Tensor>& w_hr, bool reverse) {
   if (!needs_function({&input, &hx, &cx, &w_ih, &w_hh}, {&b_ih, &b_hh, &w_hr})) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return layer_op().call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
+    return lstm_layer_op().call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
   }
   std::array<at::Tensor, 3> saved;
   variable_list out = LstmLayerFunction::apply(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
@@ -297,6 +291,12 @@ lstm_layer_backward_autograd(const at::Tensor& grad_output, const at::Tensor& gr
 }
 
 }  // namespace
+
+const c10::TypedOperatorHandle<LstmLayerFn>& lstm_layer_op() {
+  static const auto op = find_op<LstmLayerFn>("pydl::lstm_layer");
+  return op;
+}
+
 }  // namespace pydl
 
 TORCH_LIBRARY_IMPL(pydl, Autograd, m) {

@@ -12,26 +12,16 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/library.h>
 
 #include <array>
 #include <vector>
 
+#include "lstm/lstm_layer_op.h"
+
 namespace pydl {
 namespace {
-
-using LayerFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-    const std::optional<at::Tensor>&, bool);
-
-const c10::TypedOperatorHandle<LayerFn>& layer_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("pydl::lstm_layer", "").typed<LayerFn>();
-  return op;
-}
 
 constexpr int64_t kWeightsPerLayer = 5;  // w_ih, w_hh, b_ih, b_hh, w_hr
 
@@ -137,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_stack(
   const auto run_layer = [&](const at::Tensor& layer_input, int64_t layer,
                              int64_t direction) -> LayerResult {
     const int64_t k = layer * directions + direction, first = k * kWeightsPerLayer;
-    auto [out, h, c, gates, cells, hidden_pre] = layer_op().call(
+    auto [out, h, c, gates, cells, hidden_pre] = lstm_layer_op().call(
         layer_input, sizes, hx.select(0, k), cx.select(0, k), required_weight(weights, first),
         required_weight(weights, first + 1), weights.get(first + 2), weights.get(first + 3),
         weights.get(first + 4), direction == 1);
