@@ -58,9 +58,8 @@ Strides strides_of(const at::Tensor& t) {
   return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
-void check_cuda_args(const at::Tensor& query, const AttentionShape& s) {
-  TORCH_CHECK(query.is_cuda(), "pydl.attention (CUDA): query must be a CUDA tensor, got ",
-              query.device());
+// What the kernels support (the device itself is checked by the op entries).
+void check_kernel_limits(const at::Tensor& query, const AttentionShape& s) {
   kernel_dtype(query.scalar_type());
   TORCH_CHECK(s.dim_qk <= kMaxHeadDim && s.dim_v <= kMaxHeadDim,
               "pydl.attention (CUDA): head dims up to ", kMaxHeadDim, " are supported, got E = ",
@@ -142,21 +141,22 @@ void dispatch(DType dtype, Fn&& fn) {
   }
 }
 
-// (out (N, Hq, L, Ev), lse (N, Hq, L) in the accumulator dtype).
-std::tuple<at::Tensor, at::Tensor> attention_cuda(
+// (out (N, Hq, L, Ev), lse (N, Hq, L) in the accumulator dtype), computed on
+// `stream` of the current device. Apart from the stream nothing here is
+// CUDA-specific, so the tests' CPU emulator of the kernels runs it as it is.
+std::tuple<at::Tensor, at::Tensor> forward_on_stream(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& dropout_seed,
-    double dropout_p, bool is_causal, bool causal_bottom_right, double scale) {
+    double dropout_p, bool is_causal, bool causal_bottom_right, double scale,
+    cudaStream_t stream) {
   const AttentionShape s =
       check_attention_args(query, key, value, attn_mask, dropout_seed, dropout_p);
-  check_cuda_args(query, s);
-  const c10::cuda::CUDAGuard guard(query.device());
+  check_kernel_limits(query, s);
   const at::Tensor mask = additive_mask(attn_mask, query, s, query.scalar_type());
   at::Tensor out = at::empty({s.batch, s.heads_q, s.len_q, s.dim_v}, query.options());
   at::Tensor lse = at::empty({s.batch, s.heads_q, s.len_q},
                              query.options().dtype(accumulator_dtype(query.scalar_type())));
   if (lse.numel() == 0) return {out, lse};
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (tensor_core_path(query, s)) {
     const at::Tensor q = tensor_core_ready(query), k = tensor_core_ready(key),
                      v = tensor_core_ready(value);
@@ -177,19 +177,20 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(
   return {out, lse};
 }
 
-// Gradients (query, key, value, attn_mask); output_mask selects which.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
+// Gradients (query, key, value, attn_mask); output_mask selects which. On
+// `stream`, like forward_on_stream.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_on_stream(
     const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key,
     const at::Tensor& value, const std::optional<at::Tensor>& attn_mask,
     const std::optional<at::Tensor>& dropout_seed, const at::Tensor& out, const at::Tensor& lse,
     const std::optional<at::Tensor>& grad_lse, double dropout_p, bool is_causal,
-    bool causal_bottom_right, double scale, std::array<bool, 4> output_mask) {
+    bool causal_bottom_right, double scale, std::array<bool, 4> output_mask,
+    cudaStream_t stream) {
   const AttentionShape s =
       check_attention_args(query, key, value, attn_mask, dropout_seed, dropout_p);
-  check_cuda_args(query, s);
+  check_kernel_limits(query, s);
   const at::ScalarType acc = accumulator_dtype(query.scalar_type());
   check_attention_backward_tensors(s, query, grad_out, out, lse, grad_lse, acc);
-  const c10::cuda::CUDAGuard guard(query.device());
   const at::Tensor mask = additive_mask(attn_mask, query, s, query.scalar_type());
   // Contiguous; for the tensor-core kernels also 16-byte aligned (see tensor_core_ready).
   const at::Tensor dout =
@@ -197,7 +198,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cu
   const at::Tensor out_c = out.contiguous();
   const at::Tensor lse_c = lse.contiguous();
   const at::Tensor grad_lse_c = grad_lse.has_value() ? grad_lse->contiguous() : at::Tensor();
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   // delta_i = rowsum(dO * O) - dlse_i: the row term of the softmax backward.
   const at::Tensor delta = at::empty({s.batch, s.heads_q, s.len_q}, lse.options());
   dispatch(kernel_dtype(query.scalar_type()), [&](auto tag) {
@@ -250,11 +250,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cu
   return {g_q, g_k, g_v, g_mask};
 }
 
+#ifndef PYDL_CUDA_EMULATION
+void check_device(const at::Tensor& query) {
+  TORCH_CHECK(query.is_cuda(), "pydl.attention (CUDA): query must be a CUDA tensor, got ",
+              query.device());
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_cuda(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& dropout_seed,
+    double dropout_p, bool is_causal, bool causal_bottom_right, double scale) {
+  check_device(query);
+  const c10::cuda::CUDAGuard guard(query.device());
+  return forward_on_stream(query, key, value, attn_mask, dropout_seed, dropout_p, is_causal,
+                           causal_bottom_right, scale, at::cuda::getCurrentCUDAStream());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key,
+    const at::Tensor& value, const std::optional<at::Tensor>& attn_mask,
+    const std::optional<at::Tensor>& dropout_seed, const at::Tensor& out, const at::Tensor& lse,
+    const std::optional<at::Tensor>& grad_lse, double dropout_p, bool is_causal,
+    bool causal_bottom_right, double scale, std::array<bool, 4> output_mask) {
+  check_device(query);
+  const c10::cuda::CUDAGuard guard(query.device());
+  return backward_on_stream(grad_out, query, key, value, attn_mask, dropout_seed, out, lse,
+                            grad_lse, dropout_p, is_causal, causal_bottom_right, scale,
+                            output_mask, at::cuda::getCurrentCUDAStream());
+}
+#endif  // PYDL_CUDA_EMULATION
+
 }  // namespace
 }  // namespace attention_cuda
 }  // namespace pydl
 
+#ifndef PYDL_CUDA_EMULATION
 TORCH_LIBRARY_IMPL(pydl, CUDA, m) {
   m.impl("attention", &pydl::attention_cuda::attention_cuda);
   m.impl("attention_backward", &pydl::attention_cuda::attention_backward_cuda);
 }
+#endif  // PYDL_CUDA_EMULATION

@@ -19,6 +19,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/cuda_launch.cuh"
 #include "lstm/cuda/lstm_persistent.h"
 #include "lstm/cuda/lstm_pointwise.cuh"
 #include "lstm/lstm_checks.h"
@@ -50,7 +51,8 @@ void launch_forward(int64_t rows, int64_t hidden, const at::Tensor& gates, const
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(),
                                   "pydl.lstm (CUDA pointwise)", [&] {
     using Acc = at::opmath_type<scalar_t>;
-    cell_forward_kernel<scalar_t, Acc><<<grid_for(rows * hidden, kThreads), kThreads, 0, stream>>>(
+    auto kernel = cell_forward_kernel<scalar_t, Acc>;
+    PYDL_LAUNCH_KERNEL(kernel, grid_for(rows * hidden, kThreads), kThreads, 0, stream,
         rows, hidden, gates.mutable_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(b_ih),
         ptr_or_null<scalar_t>(b_hh), cx.const_data_ptr<scalar_t>(),
         hy.mutable_data_ptr<scalar_t>(), cy.mutable_data_ptr<scalar_t>());
@@ -67,7 +69,8 @@ void launch_backward(int64_t rows, int64_t hidden, const at::Tensor& grad_hy,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_gates.scalar_type(),
                                   "pydl.lstm_backward (CUDA pointwise)", [&] {
     using Acc = at::opmath_type<scalar_t>;
-    cell_backward_kernel<scalar_t, Acc><<<grid_for(rows * hidden, kThreads), kThreads, 0, stream>>>(
+    auto kernel = cell_backward_kernel<scalar_t, Acc>;
+    PYDL_LAUNCH_KERNEL(kernel, grid_for(rows * hidden, kThreads), kThreads, 0, stream,
         rows, hidden, grad_hy.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(grad_h_extra),
         grad_cy.const_data_ptr<scalar_t>(), cx.const_data_ptr<scalar_t>(),
         cy.const_data_ptr<scalar_t>(), workspace.const_data_ptr<scalar_t>(),

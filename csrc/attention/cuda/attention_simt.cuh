@@ -28,6 +28,7 @@
 #include "attention/cuda/attention_launch.h"
 #include "attention/cuda/attention_math.cuh"
 #include "attention/dropout_philox.h"
+#include "common/cuda_launch.cuh"
 #include "common/cuda_storage.cuh"
 
 namespace pydl {
@@ -89,7 +90,7 @@ template <typename T>
 __global__ void __launch_bounds__(4 * kMaxRows) forward_kernel(ForwardArgs a, int R) {
   using AccT = typename Acc<T>::type;
   const Problem& p = a.p;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  PYDL_DYNAMIC_SMEM(unsigned char, smem_raw);
   const Pitches pitch(p, R);
   AccT* Qs = reinterpret_cast<AccT*>(smem_raw);
   AccT* Ks = Qs + R * pitch.qk;
@@ -208,7 +209,7 @@ template <typename T>
 __global__ void __launch_bounds__(4 * kMaxRows) dkdv_kernel(BackwardArgs a, int R) {
   using AccT = typename Acc<T>::type;
   const Problem& p = a.p;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  PYDL_DYNAMIC_SMEM(unsigned char, smem_raw);
   const Pitches pitch(p, R);
   AccT* Ks = reinterpret_cast<AccT*>(smem_raw);
   AccT* dKs = Ks + R * pitch.qk;
@@ -312,7 +313,7 @@ template <typename T>
 __global__ void __launch_bounds__(4 * kMaxRows) dq_kernel(BackwardArgs a, int R) {
   using AccT = typename Acc<T>::type;
   const Problem& p = a.p;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  PYDL_DYNAMIC_SMEM(unsigned char, smem_raw);
   const Pitches pitch(p, R);
   AccT* Qs = reinterpret_cast<AccT*>(smem_raw);
   AccT* dQs = Qs + R * pitch.qk;
@@ -420,7 +421,7 @@ void launch_rows(Kernel kernel, const Args& a, int heads, int rows, SmemFn smem,
               " rows is too long for the CUDA-core kernel");
   if (heads == 0 || blocks == 0) return;
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), static_cast<int>(bytes));
-  kernel<<<dim3(heads, static_cast<unsigned>(blocks)), 4 * R, bytes, stream>>>(a, R);
+  PYDL_LAUNCH_KERNEL(kernel, dim3(heads, static_cast<unsigned>(blocks)), 4 * R, bytes, stream, a, R);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -30,6 +30,7 @@
 #include "attention/cuda/attention_tc_forward.cuh"
 #include "attention/cuda/attention_tc_ptx.cuh"
 #include "attention/dropout_philox.h"
+#include "common/cuda_launch.cuh"
 #include "common/cuda_storage.cuh"
 
 namespace pydl {
@@ -137,7 +138,7 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
   constexpr int kD = Tr::kHeadDim, kPitch = Tr::kPitch, kKeys = Tr::kKeys, kQT = Tr::kQueryTile;
   constexpr int kAcc = Tr::kAccCols;
   const Problem& p = a.p;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  PYDL_DYNAMIC_SMEM(unsigned char, smem_raw);
   T* Ks = reinterpret_cast<T*>(smem_raw);
   T* Vs = Ks + kKeys * kPitch;
   T* Qs = Vs + kKeys * kPitch;  // [2][kQT][kPitch]
@@ -263,7 +264,7 @@ __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
   constexpr int kD = Tr::kHeadDim, kPitch = Tr::kPitch, kBM = Tr::kRows, kBN = Tr::kKeyTile;
   constexpr int kAcc = Tr::kAccCols;
   const Problem& p = a.p;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  PYDL_DYNAMIC_SMEM(unsigned char, smem_raw);
   T* Qs = reinterpret_cast<T*>(smem_raw);
   T* dOs = Qs + kBM * kPitch;
   T* Ks = dOs + kBM * kPitch;  // [2][kBN][kPitch]
@@ -374,8 +375,8 @@ void launch_backward(const BackwardArgs& a, cudaStream_t stream) {
     TORCH_CHECK(blocks <= 65535, "pydl.attention (CUDA): S = ", a.p.len_kv, " is too long");
     auto kernel = dkdv_kernel<T, Tr>;
     allow_dynamic_smem(reinterpret_cast<const void*>(kernel), Tr::kDkdvSmemBytes);
-    kernel<<<dim3(a.p.batch * a.p.heads_kv, static_cast<unsigned>(blocks)), Tr::kThreads,
-             Tr::kDkdvSmemBytes, stream>>>(a);
+    PYDL_LAUNCH_KERNEL(kernel, dim3(a.p.batch * a.p.heads_kv, static_cast<unsigned>(blocks)),
+                       Tr::kThreads, Tr::kDkdvSmemBytes, stream, a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (a.grad_q) {
@@ -383,8 +384,8 @@ void launch_backward(const BackwardArgs& a, cudaStream_t stream) {
     TORCH_CHECK(blocks <= 65535, "pydl.attention (CUDA): L = ", a.p.len_q, " is too long");
     auto kernel = dq_kernel<T, Tr>;
     allow_dynamic_smem(reinterpret_cast<const void*>(kernel), Tr::kDqSmemBytes);
-    kernel<<<dim3(a.p.batch * a.p.heads_q, static_cast<unsigned>(blocks)), Tr::kThreads,
-             Tr::kDqSmemBytes, stream>>>(a);
+    PYDL_LAUNCH_KERNEL(kernel, dim3(a.p.batch * a.p.heads_q, static_cast<unsigned>(blocks)),
+                       Tr::kThreads, Tr::kDqSmemBytes, stream, a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }

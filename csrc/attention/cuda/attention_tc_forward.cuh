@@ -25,6 +25,7 @@
 #include "attention/cuda/attention_math.cuh"
 #include "attention/cuda/attention_tc_ptx.cuh"
 #include "attention/dropout_philox.h"
+#include "common/cuda_launch.cuh"
 #include "common/cuda_storage.cuh"
 
 namespace pydl {
@@ -61,7 +62,7 @@ template <typename T, typename Tr>
 __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
   constexpr int kD = Tr::kHeadDim, kBM = Tr::kBlockM, kBN = Tr::kBlockN, kPitch = Tr::kPitch;
   const Problem& p = a.p;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  PYDL_DYNAMIC_SMEM(unsigned char, smem_raw);
   T* Qs = reinterpret_cast<T*>(smem_raw);
   T* Ks = Qs + kBM * kPitch;  // [2][kBN][kPitch]
   T* Vs = Ks + 2 * kBN * kPitch;
@@ -249,7 +250,8 @@ void launch_forward(const ForwardArgs& a, cudaStream_t stream) {
   if (Tr::kSmemBytes > max_smem_optin()) return simt_forward<T>(a, stream);
   auto kernel = forward_kernel<T, Tr>;
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), Tr::kSmemBytes);
-  kernel<<<dim3(heads, static_cast<unsigned>(blocks)), Tr::kThreads, Tr::kSmemBytes, stream>>>(a);
+  PYDL_LAUNCH_KERNEL(kernel, dim3(heads, static_cast<unsigned>(blocks)), Tr::kThreads,
+                     Tr::kSmemBytes, stream, a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -14,10 +14,17 @@
 
 #include <cstdint>
 
+#ifdef PYDL_CUDA_EMULATION
+// The CPU emulator's cp.async, ldmatrix and mma, same names and signatures
+// (tests/cuda_emulation/ptx_emulation.h).
+#include "ptx_emulation.h"
+#endif
+
 namespace pydl {
 namespace attention_cuda {
 namespace tc {
 
+#ifndef PYDL_CUDA_EMULATION
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -70,6 +77,8 @@ __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float c[4], const uint3
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+
+#endif  // PYDL_CUDA_EMULATION
 
 // Two floats rounded to T, packed as one register (lo in the low half).
 template <typename T>

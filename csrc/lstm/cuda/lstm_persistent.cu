@@ -12,6 +12,7 @@
 
 #include <algorithm>
 
+#include "common/cuda_launch.cuh"
 #include "common/cuda_storage.cuh"
 #include "lstm/cuda/lstm_persistent.h"
 
@@ -29,7 +30,7 @@ __device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + __expf(
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     persistent_forward_kernel(PersistentForwardArgs a, int units_per_block) {
-  extern __shared__ float w_smem[];  // [4][U][H]
+  PYDL_DYNAMIC_SMEM(float, w_smem);  // [4][U][H]
   cg::grid_group grid = cg::this_grid();
   const int H = a.hidden, T_ = a.steps;
   const int u0 = blockIdx.x * units_per_block;

@@ -1,0 +1,65 @@
+// The CUDA attention entry (csrc/attention/attention_cuda.cu) compiled for the
+// emulator, registered as ops of the test-only library `pydl_emulated` that
+// take CPU tensors: the same argument handling, path choice and kernels as on
+// a GPU, with host memory standing in for device memory.
+#include "attention/attention_cuda.cu"
+
+#include <torch/library.h>
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> attention_emulated(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& dropout_seed,
+    double dropout_p, bool is_causal, bool causal_bottom_right, double scale) {
+  return pydl::attention_cuda::forward_on_stream(query, key, value, attn_mask, dropout_seed,
+                                                 dropout_p, is_causal, causal_bottom_right,
+                                                 scale, nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_emulated(
+    const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key,
+    const at::Tensor& value, const std::optional<at::Tensor>& attn_mask,
+    const std::optional<at::Tensor>& dropout_seed, const at::Tensor& out, const at::Tensor& lse,
+    const std::optional<at::Tensor>& grad_lse, double dropout_p, bool is_causal,
+    bool causal_bottom_right, double scale, std::array<bool, 4> output_mask) {
+  return pydl::attention_cuda::backward_on_stream(grad_out, query, key, value, attn_mask,
+                                                  dropout_seed, out, lse, grad_lse, dropout_p,
+                                                  is_causal, causal_bottom_right, scale,
+                                                  output_mask, nullptr);
+}
+
+void configure(int64_t sm_count, int64_t max_smem_optin, bool warp_greedy, bool reverse_order,
+               bool eager_async_copies) {
+  auto& d = pydl::emulation::device();
+  d.sm_count = static_cast<int>(sm_count);
+  d.max_smem_optin = static_cast<int>(max_smem_optin);
+  d.warp_greedy = warp_greedy;
+  d.reverse_order = reverse_order;
+  d.eager_async_copies = eager_async_copies;
+}
+
+int64_t launch_count() { return pydl::emulation::launch_count(); }
+
+}  // namespace
+
+TORCH_LIBRARY(pydl_emulated, m) {
+  m.def(
+        "configure(int sm_count, int max_smem_optin, bool warp_greedy, bool reverse_order, "
+        "bool eager_async_copies) -> ()", &configure);
+  m.def("launch_count() -> int", &launch_count);
+  m.def(
+      "attention(Tensor query, Tensor key, Tensor value, Tensor? attn_mask, "
+      "Tensor? dropout_seed, float dropout_p, bool is_causal, bool causal_bottom_right, "
+      "float scale) -> (Tensor, Tensor)");
+  m.def(
+      "attention_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, "
+      "Tensor? attn_mask, Tensor? dropout_seed, Tensor out, Tensor lse, Tensor? grad_lse, "
+      "float dropout_p, bool is_causal, bool causal_bottom_right, float scale, "
+      "bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(pydl_emulated, CPU, m) {
+  m.impl("attention", &attention_emulated);
+  m.impl("attention_backward", &attention_backward_emulated);
+}

@@ -1,0 +1,178 @@
+// A CPU emulator of the CUDA execution model, so the tests can run pydl's
+// CUDA kernels, unchanged, on a machine without a GPU.
+//
+// Each CUDA thread is a fiber (ucontext) with its own stack; one OS thread
+// schedules them. A block's threads run until they reach a barrier
+// (__syncthreads, __syncwarp, a warp collective such as __shfl_xor_sync,
+// ldmatrix or mma, or a cooperative grid sync), and a barrier opens only when
+// every thread it names has arrived at the same kind of barrier. What a real
+// GPU leaves undefined is reported as an error instead of guessed at:
+// a barrier some threads of the block (or lanes of the warp) skip or exited
+// before, a warp collective over a partial warp, a deadlock. Per launch:
+//   - dynamic shared memory starts as 0xFF bytes (NaN in every float type),
+//     so a read of shared memory nothing wrote shows up as NaN, and ends at an
+//     inaccessible page, so reading past the end faults;
+//   - cp.async copies land only when a cp.async.wait_group lets them, so a
+//     read before the wait sees the old bytes (or, as an option, as soon as
+//     they are issued, so a buffer refilled too early shows);
+//   - the order in which the scheduler runs the threads between barriers is
+//     a choice (lockstep or warp by warp, forward or reversed): a result
+//     that changes with it depends on a race between threads.
+// Blocks of a normal launch run one after another; a cooperative launch runs
+// all its blocks together (grid.sync() is a barrier over all of them).
+//
+// Include this before any kernel source (-include), with PYDL_CUDA_EMULATION
+// defined; csrc/common/cuda_launch.cuh then takes the launch macros from here.
+#pragma once
+
+// CUDA and ATen-CUDA headers first: some name parameters blockDim or
+// threadIdx, which become macros below.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace pydl {
+namespace emulation {
+
+// What the emulated device reports to the kernels' host code.
+struct DeviceConfig {
+  int sm_count = 8;
+  int max_smem_optin = 227 * 1024;  // an H100's opt-in shared memory per block
+  int max_blocks_per_sm = 1;        // for cudaOccupancyMaxActiveBlocksPerMultiprocessor
+  bool cooperative_launch = true;
+  // Between barriers, run the threads in lockstep (each to its next barrier,
+  // warp collectives included) or warp by warp (one warp to its next block
+  // barrier before the next warp starts), first-to-last or last-to-first.
+  bool warp_greedy = false;
+  bool reverse_order = false;
+  // cp.async copies land when issued instead of at the latest wait_group that
+  // covers them: catches a buffer refilled while other warps still read it.
+  bool eager_async_copies = false;
+};
+DeviceConfig& device();
+// Launches since the library was loaded (tests check that a path really ran).
+int64_t launch_count();
+
+// The running thread.
+uint3& thread_idx();
+uint3& block_idx();
+dim3& block_dim();
+dim3& grid_dim();
+int lane_id();
+
+void sync_threads();
+void sync_warp();
+void sync_grid();
+void* dynamic_smem();
+// Throws unless [p, p + bytes) lies in the current block's shared memory.
+void require_shared(const void* p, size_t bytes, const char* what);
+
+// Warp collective: every lane of the warp passes `bytes` bytes; on return
+// `all` holds the 32 lanes' bytes in lane order. `what` names the instruction
+// (lanes that meet at different instructions are reported).
+void warp_exchange(const void* mine, void* all, size_t bytes, const char* what);
+template <typename T>
+std::array<T, 32> warp_gather(const T& mine, const char* what) {
+  static_assert(std::is_trivially_copyable<T>::value, "warp_gather copies bytes");
+  std::array<T, 32> all;
+  warp_exchange(&mine, all.data(), sizeof(T), what);
+  return all;
+}
+
+// cp.async: a 16-byte copy queued in the current thread's open group.
+void cp_async_16(void* smem, const void* gmem, bool valid);
+void cp_async_commit();
+// Completes all but the `pending` most recently committed groups.
+void cp_async_wait(int pending);
+
+// Runs `body` as every thread of the grid.
+void run_grid(dim3 grid, dim3 block, size_t smem_bytes, bool cooperative,
+              const std::function<void()>& body);
+
+// kernel<<<grid, block, smem>>>(args...): the arguments are converted to the
+// kernel's parameter types once, as a launch does, and each thread gets them.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
+            Args&&... args) {
+  const std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
+  run_grid(grid, block, smem_bytes, false, [&] { std::apply(kernel, params); });
+}
+
+// cudaLaunchCooperativeKernel passes the kernel as void* and its arguments as
+// void**: a kernel launched that way is registered first with its signature.
+using ErasedKernel = std::function<void(void**)>;
+void register_erased_kernel(const void* kernel, ErasedKernel run);
+template <typename... Params>
+void register_cooperative_kernel(void (*kernel)(Params...)) {
+  register_erased_kernel(reinterpret_cast<const void*>(kernel), [kernel](void** args) {
+    size_t i = 0;
+    std::tuple<std::decay_t<Params>...> params{
+        *static_cast<std::decay_t<Params>*>(args[i++])...};
+    std::apply(kernel, params);
+  });
+}
+
+}  // namespace emulation
+}  // namespace pydl
+
+// ---- the CUDA builtins and intrinsics pydl's kernels use ---------------------
+
+#define threadIdx (::pydl::emulation::thread_idx())
+#define blockIdx (::pydl::emulation::block_idx())
+#define blockDim (::pydl::emulation::block_dim())
+#define gridDim (::pydl::emulation::grid_dim())
+#ifndef __launch_bounds__
+#define __launch_bounds__(...)
+#endif
+#define __syncthreads() ::pydl::emulation::sync_threads()
+#define __syncwarp(...) ::pydl::emulation::sync_warp()
+
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
+  if (mask != 0xffffffffu || width != 32) {
+    throw std::runtime_error("cuda emulator: only full-warp __shfl_xor_sync is emulated");
+  }
+  const std::array<T, 32> all = ::pydl::emulation::warp_gather(value, "__shfl_xor_sync");
+  return all[::pydl::emulation::lane_id() ^ (lane_mask & 31)];
+}
+
+inline float __expf(float x) { return std::exp(x); }
+using std::max;
+using std::min;
+
+namespace cooperative_groups {
+struct grid_group {
+  void sync() const { ::pydl::emulation::sync_grid(); }
+};
+inline grid_group this_grid() { return {}; }
+}  // namespace cooperative_groups
+#define _COOPERATIVE_GROUPS_H_  // the real header needs nvcc
+
+// Error checks against the emulated runtime (cuda_emulator.cpp), not c10_cuda.
+#undef C10_CUDA_CHECK
+#define C10_CUDA_CHECK(expr)                                                      \
+  do {                                                                            \
+    const cudaError_t pydl_emulated_error = (expr);                               \
+    TORCH_CHECK(pydl_emulated_error == cudaSuccess, "cuda emulator: " #expr " -> ", \
+                static_cast<int>(pydl_emulated_error));                           \
+  } while (0)
+#undef C10_CUDA_KERNEL_LAUNCH_CHECK
+#define C10_CUDA_KERNEL_LAUNCH_CHECK() C10_CUDA_CHECK(cudaGetLastError())
+
+#define PYDL_LAUNCH_KERNEL(kernel, grid, block, smem_bytes, stream, ...) \
+  ::pydl::emulation::launch(kernel, grid, block, smem_bytes, __VA_ARGS__)
+#define PYDL_DYNAMIC_SMEM(type, name) \
+  type* name = static_cast<type*>(::pydl::emulation::dynamic_smem())

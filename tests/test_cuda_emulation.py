@@ -1,0 +1,313 @@
+"""pydl's CUDA attention code run on the CPU emulator of the CUDA execution
+model (tests/emulated_cuda.py, tests/cuda_emulation/): the CUDA entry's host
+code and every kernel (CUDA-core float16 / bfloat16 / float32 / float64,
+tensor-core forward and backward with emulated cp.async, ldmatrix and mma),
+compared with the float64 reference and with the CPU kernels.
+
+What this proves and what it does not: the kernels' indexing, tiling,
+masking, online softmax, dropout hashing, fragment layouts and barriers are
+right as the CUDA programming model defines them (the emulator reports
+barrier misuse, reads of shared memory nothing wrote come out NaN, a result
+that changes with the thread order is a race). It says nothing about speed,
+the memory model between blocks, or compiler behaviour; the `gpu` tests on a
+real GPU (scripts/gpu_check.sh) remain the verification DESIGN.md asks for.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from conftest import LOW_PRECISION_FACTOR, RTOL, rel_error
+
+import emulated_cuda
+from pydl import _ext, reference
+
+pytestmark = [
+    pytest.mark.skipif(bool(emulated_cuda.unavailable_reason()),
+                       reason=emulated_cuda.unavailable_reason() or "available"),
+    pytest.mark.skipif(os.environ.get("PYDL_DISABLE_EXTENSION") == "1",
+                       reason="CUDA source checks: run once, in the extension-mode pass"),
+]
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+LOW = (torch.float16, torch.bfloat16)
+FLOOR = 1e-3  # low precision: absolute floor of the relative-error bound
+
+
+@pytest.fixture(scope="module")
+def emu():
+    with emulated_cuda.emulated_device():
+        yield emulated_cuda.ops()
+
+
+def test_warp_tensor_core_selftest():
+    """The emulated ldmatrix / mma layouts against the PTX ISA tables and a plain matmul."""
+    run = emulated_cuda.run_warp_tensor_core_selftest()
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "FAIL" not in run.stdout
+
+
+# (batch, Hq, Hk, L, S, E, Ev, mask, causal alignment or None), as in
+# test_attention_cuda.py but sized for the emulator. Head dims that are
+# multiples of 8 take the tensor-core kernels for float16 / bfloat16.
+CASES = [
+    (2, 2, 2, 64, 64, 64, 64, None, None),
+    (1, 2, 2, 1, 1, 8, 8, None, None),
+    (1, 2, 2, 17, 129, 40, 40, None, None),
+    (1, 2, 2, 67, 150, 80, 80, "float", None),
+    (1, 4, 2, 129, 17, 128, 64, "bool_b", "top_left"),
+    (1, 1, 1, 150, 47, 64, 64, None, "bottom_right"),  # L > S: 103 rows see nothing
+    (1, 1, 1, 65, 64, 256, 256, "float_b", "top_left"),
+    (1, 4, 1, 64, 65, 64, 128, "bool", "bottom_right"),
+    (1, 1, 1, 130, 130, 128, 128, None, "top_left"),
+    (1, 2, 2, 17, 1, 8, 24, None, "bottom_right"),  # only the last row sees the key
+    (1, 3, 1, 20, 70, 256, 40, "float_h", None),
+    (1, 2, 2, 33, 47, 12, 20, "float_b", "top_left"),  # not multiples of 8: CUDA cores
+]
+
+
+def _ids(case):
+    n, hq, hk, L, S, E, Ev, mask, causal = case
+    return f"n{n}_h{hq}-{hk}_L{L}_S{S}_E{E}-{Ev}_{mask}_{causal}"
+
+
+def _inputs(case, seed=0):
+    """float64 q, k, v and the mask (bool or float64)."""
+    n, hq, hk, L, S, E, Ev, mask_kind, _ = case
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+    q, k, v = r(n, hq, L, E), r(n, hk, S, E), r(n, hk, S, Ev)
+    mask = None
+    if mask_kind is not None:
+        shape = {"bool_b": (L, S), "float_b": (L, S), "float_h": (hq, 1, S)}.get(
+            mask_kind, (n, hq, L, S))
+        mask = (torch.rand(*shape, generator=g) > 0.3) if mask_kind.startswith("bool") \
+            else r(*shape)
+    return q, k, v, mask
+
+
+def _cast(t, dtype):
+    return None if t is None else (t if t.dtype == torch.bool else t.to(dtype))
+
+
+def _reference(case, q, k, v, mask):
+    causal = case[8]
+    return reference.scaled_dot_product_attention(
+        q, k, v, mask, is_causal=causal is not None, causal_alignment=causal or "top_left",
+        enable_gqa=case[1] != case[2], return_lse=True)
+
+
+def _op_args(case, q, k, v, mask, seed=None, p=0.0):
+    causal = case[8]
+    seed_t = None if seed is None else torch.tensor([seed])
+    return (q, k, v, mask, seed_t, p, causal is not None, causal == "bottom_right",
+            q.shape[-1] ** -0.5)
+
+
+def _check(got, exact, dtype, what, low_ref=None):
+    assert torch.isfinite(got).all(), f"{what} ({dtype}): NaN/inf"
+    err = rel_error(got, exact)
+    if dtype in LOW:
+        theirs = 0.0 if low_ref is None else rel_error(low_ref, exact)
+        bound = LOW_PRECISION_FACTOR * (theirs if math.isfinite(theirs) else 1e-2) + FLOOR
+    else:
+        bound = RTOL[dtype]
+    assert err <= bound, f"{what} ({dtype}): relative error {err:.3e} > {bound:.3e}"
+
+
+def _finite_lse(lse):
+    return torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+
+
+def _low_precision_reference(case, dtype, q, k, v, mask):
+    """The reference evaluated in `dtype` (torch's own rounding): the yardstick for fp16/bf16."""
+    if dtype not in LOW:
+        return None, None
+    return _reference(case, *[_cast(t, dtype) for t in (q, k, v, mask)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_forward_matches_reference(emu, case, dtype):
+    q, k, v, mask = _inputs(case)
+    exact_out, _ = _reference(case, q, k, v, mask)
+    out, lse = emu.attention(*_op_args(case, *[_cast(t, dtype) for t in (q, k, v, mask)]))
+    low_out, _ = _low_precision_reference(case, dtype, q, k, v, mask)
+    _check(out, exact_out, dtype, "out", low_out)
+    # lse against the float64 reference on the inputs as rounded to dtype
+    rounded = [None if t is None else _cast(t, dtype).to(t.dtype) for t in (q, k, v, mask)]
+    _, exact_lse = _reference(case, *rounded)
+    assert torch.equal(torch.isinf(lse), torch.isinf(exact_lse)), "rows with no key: lse = -inf"
+    lse_tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert rel_error(_finite_lse(lse), _finite_lse(exact_lse)) <= lse_tol
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_grads_match_reference(emu, case, dtype):
+    """dq, dk, dv and the additive mask's gradient, with a gradient reaching lse too."""
+    q, k, v, mask = _inputs(case)
+    g = torch.Generator().manual_seed(9)
+    grad_out = torch.randn(case[0], case[1], case[3], case[6], generator=g, dtype=torch.float64)
+    grad_lse = torch.randn(case[0], case[1], case[3], generator=g, dtype=torch.float64)
+
+    def grads_of(fn, tensors):
+        leaves = [t.detach().requires_grad_() for t in tensors[:3]]
+        m = tensors[3]
+        if m is not None and m.dtype != torch.bool:
+            m = m.detach().requires_grad_()
+            leaves.append(m)
+        out, lse = fn(*leaves[:3], m)
+        loss = (out.double() * grad_out).sum() + (_finite_lse(lse).double() * grad_lse).sum()
+        return torch.autograd.grad(loss, leaves)
+
+    exact = grads_of(lambda *a: _reference(case, *a), (q, k, v, mask))
+    cast = [_cast(t, dtype) for t in (q, k, v, mask)]
+    args = _op_args(case, *cast)
+    out, lse = emu.attention(*args)
+    want_mask_grad = mask is not None and mask.dtype != torch.bool
+    got = emu.attention_backward(grad_out.to(dtype), *args[:5], out, lse,
+                                 grad_lse.to(lse.dtype), *args[5:],
+                                 [True, True, True, want_mask_grad])
+    low = grads_of(lambda *a: _reference(case, *a), cast) if dtype in LOW else [None] * 4
+    for name, a, e, t in zip(["dq", "dk", "dv", "dmask"], got, exact, low):
+        if name == "dmask" and not want_mask_grad:
+            continue
+        assert a.shape == e.shape, f"{name}: shape {tuple(a.shape)} != {tuple(e.shape)}"
+        _check(a, e, dtype, name, t)
+
+
+def _dropout_args(dtype, p, seed, value=None):
+    g = torch.Generator().manual_seed(11)
+    q = torch.randn(2, 4, 37, 40, generator=g, dtype=torch.float64)
+    k = torch.randn(2, 2, 53, 40, generator=g, dtype=torch.float64)
+    v = torch.randn(2, 2, 53, 24, generator=g, dtype=torch.float64) if value is None else value
+    mask = torch.randn(37, 53, generator=g, dtype=torch.float64)
+    return (q.to(dtype), k.to(dtype), v.to(dtype), mask.to(dtype), torch.tensor([seed]), p,
+            True, True, 0.3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("p", [0.2, 0.7])
+def test_dropout_equals_cpu_kernel_for_the_same_seed(emu, dtype, p):
+    """The CUDA and CPU kernels share the Philox hash: the same seed drops the
+    same weights, so outputs and all gradients agree (GQA, causal, mask)."""
+    if not _ext.loaded():
+        pytest.skip("needs pydl's CPU kernel")
+    args = _dropout_args(dtype, p, 0x1234_5678_9ABC)
+    out_c, lse_c = torch.ops.pydl.attention(*args)
+    out_e, lse_e = emu.attention(*args)
+    tol = 10 * RTOL.get(dtype, 1e-5) if dtype not in LOW else 2e-2
+    assert rel_error(out_e, out_c) <= tol
+    assert rel_error(lse_e, lse_c) <= max(RTOL.get(dtype, 1e-5), 1e-6)
+    grad_out = torch.randn(out_c.shape, dtype=torch.float64).to(dtype)
+    back = lambda op, o, lse: op.attention_backward(grad_out, *args[:5], o, lse, None, *args[5:],
+                                                    [True, True, True, True])
+    for name, a, e in zip(["dq", "dk", "dv", "dmask"], back(emu, out_e, lse_e),
+                          back(torch.ops.pydl, out_c, lse_c)):
+        assert rel_error(a, e) <= tol, f"dropout {name} differs from the CPU kernel"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dropout_pattern_equals_cpu_kernel(emu, dtype):
+    """value = identity makes the output the dropped weights: the zero pattern is the keep mask."""
+    seed, p, S = 987654321, 0.4, 48
+    q = torch.randn(2, 3, 20, 16, dtype=torch.float64) * 0.1  # small scores: no weight underflows
+    k = torch.randn(2, 3, S, 16, dtype=torch.float64) * 0.1
+    eye = torch.eye(S, dtype=torch.float64).expand(2, 3, S, S)
+    cpu_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    want = reference.scaled_dot_product_attention(q, k, eye, scale=0.25)
+    if _ext.loaded():
+        want, _ = torch.ops.pydl.attention(q.to(cpu_dtype), k.to(cpu_dtype), eye.to(cpu_dtype),
+                                           None, torch.tensor([seed]), p, False, False, 0.25)
+    got, _ = emu.attention(q.to(dtype), k.to(dtype), eye.to(dtype), None, torch.tensor([seed]),
+                           p, False, False, 0.25)
+    kept = (got != 0).double().mean().item()
+    assert abs(kept - (1 - p)) < 0.05
+    if _ext.loaded():
+        assert torch.equal(got != 0, want != 0), "the CUDA and CPU kernels drop different weights"
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_dropout_near_one_stays_finite(emu, dtype):
+    q, k, v, _ = _inputs((1, 2, 2, 64, 64, 64, 64, None, None))
+    args = (q.to(dtype), k.to(dtype), v.to(dtype), None, torch.tensor([5]), 0.99999, False,
+            False, 0.125)
+    out, lse = emu.attention(*args)
+    grads = emu.attention_backward(torch.ones_like(out), *args[:5], out, lse, None, *args[5:],
+                                   [True, True, True, False])
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(g).all() for g in grads[:3])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_results_do_not_depend_on_thread_order(emu, dtype):
+    """Between barriers the threads run in lockstep or warp by warp, first-to-
+    last or last-to-first, and cp.async copies land at the latest wait or at
+    once: a read that races with another thread's write (or with a copy)
+    would change the result."""
+    case = (1, 4, 2, 70, 250, 64, 64, "float_b", "bottom_right")  # several key tiles
+    q, k, v, mask = (_cast(t, dtype) for t in _inputs(case))
+    args = _op_args(case, q, k, v, mask, seed=77, p=0.3)
+    grad_out = torch.randn(1, 4, 70, 64, dtype=torch.float64).to(dtype)
+
+    def run():
+        out, lse = emu.attention(*args)
+        grads = emu.attention_backward(grad_out, *args[:5], out, lse, None, *args[5:],
+                                       [True, True, True, True])
+        return [out, lse, *grads]
+
+    results = {}
+    # lockstep / warp by warp x forward / reversed, copies late or early
+    schedules = [(False, False, False), (False, True, True), (True, False, True),
+                 (True, True, False)]
+    for greedy, reverse, eager in schedules:
+        with emulated_cuda.emulated_device(warp_greedy=greedy, reverse=reverse,
+                                           eager_copies=eager):
+            results[greedy, reverse, eager] = run()
+    base = results[False, False, False]
+    for order, got in results.items():
+        for name, a, b in zip(["out", "lse", "dq", "dk", "dv", "dmask"], got, base):
+            assert torch.equal(a, b), \
+                f"{name} changes with (warp greedy, reversed, eager copies) = {order}"
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_small_shared_memory_device_takes_cuda_core_kernels(emu, dtype):
+    """A card with 99 KB of opt-in shared memory (sm_86 / sm_89) runs head dim
+    256 on the CUDA-core kernels instead of failing the launch."""
+    case = (1, 2, 2, 40, 50, 256, 256, None, "top_left")
+    q, k, v, mask = _inputs(case)
+    exact_out, _ = _reference(case, q, k, v, mask)
+    with emulated_cuda.emulated_device(max_smem_optin=99 * 1024):
+        out, lse = emu.attention(*_op_args(case, *[_cast(t, dtype) for t in (q, k, v, mask)]))
+    low_out, _ = _low_precision_reference(case, dtype, q, k, v, mask)
+    _check(out, exact_out, dtype, "out", low_out)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["nlhe", "sliced", "misaligned", "offset"])
+def test_strided_inputs(emu, dtype, layout):
+    """(N, L, H, E).transpose(1, 2) views, a head-dim slice, a one-element
+    offset slice, and a contiguous tensor at a one-element storage offset."""
+    g = torch.Generator().manual_seed(4)
+
+    def at_offset(t):
+        flat = torch.empty(t.numel() + 1, dtype=t.dtype)
+        return flat[1:].view(1, 2, 30, 48).copy_(t.transpose(1, 2))
+
+    view = {"nlhe": lambda t: t.transpose(1, 2),
+            "sliced": lambda t: t.transpose(1, 2)[..., :40],
+            "misaligned": lambda t: t.transpose(1, 2)[..., 1:41],
+            "offset": at_offset}[layout]
+    bases = [torch.randn(1, 30, 2, 48, generator=g, dtype=torch.float64) for _ in range(3)]
+    q, k, v = (view(b) for b in bases)
+    cast = [view(b.to(dtype)) for b in bases]
+    case = (1, 2, 2, 30, 30, q.shape[-1], q.shape[-1], None, "top_left")
+    exact_out, _ = _reference(case, q, k, v, None)
+    out, _ = emu.attention(*_op_args(case, *cast, None))
+    low_out, _ = _low_precision_reference(case, dtype, q, k, v, None)
+    _check(out, exact_out, dtype, f"{layout} out", low_out)
