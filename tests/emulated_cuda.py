@@ -51,6 +51,19 @@ def unavailable_reason() -> str:
     return ""
 
 
+def pytest_marks() -> list:
+    """Skips where the emulator cannot build, and in the extension-disabled
+    pass (these tests check CUDA source, not a mode of pydl: run them once)."""
+    import pytest
+
+    reason = unavailable_reason()
+    return [
+        pytest.mark.skipif(bool(reason), reason=reason or "available"),
+        pytest.mark.skipif(os.environ.get("PYDL_DISABLE_EXTENSION") == "1",
+                           reason="CUDA source checks: run once, in the extension-mode pass"),
+    ]
+
+
 def _cflags() -> list:
     return [
         "-std=c++20",
@@ -63,7 +76,7 @@ def _cflags() -> list:
     ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ops():
     """Builds (once, cached on disk) and loads the emulated kernels."""
     reason = unavailable_reason()

@@ -30,6 +30,18 @@ namespace pydl {
 namespace lstm_cuda {
 namespace {
 
+// The CUDA guard and stream, or, compiled for the tests' CPU emulator
+// (host tensors, no device), a no-op guard and no stream.
+#ifdef PYDL_CUDA_EMULATION
+struct DeviceGuard {
+  explicit DeviceGuard(const c10::Device&) {}
+};
+cudaStream_t current_stream() { return nullptr; }
+#else
+using DeviceGuard = c10::cuda::CUDAGuard;
+cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream(); }
+#endif
+
 template <typename T>
 const T* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<T>() : nullptr;
@@ -47,7 +59,7 @@ void launch_forward(int64_t rows, int64_t hidden, const at::Tensor& gates, const
                     const at::Tensor& b_hh, const at::Tensor& cx, const at::Tensor& hy,
                     const at::Tensor& cy) {
   if (rows == 0 || hidden == 0) return;
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(),
                                   "pydl.lstm (CUDA pointwise)", [&] {
     using Acc = at::opmath_type<scalar_t>;
@@ -65,7 +77,7 @@ void launch_backward(int64_t rows, int64_t hidden, const at::Tensor& grad_hy,
                      const at::Tensor& cx, const at::Tensor& cy, const at::Tensor& workspace,
                      const at::Tensor& grad_gates, const at::Tensor& grad_cx) {
   if (rows == 0 || hidden == 0) return;
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_gates.scalar_type(),
                                   "pydl.lstm_backward (CUDA pointwise)", [&] {
     using Acc = at::opmath_type<scalar_t>;
@@ -90,7 +102,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_cuda(
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh) {
   const LstmCellShape s = check_lstm_cell_args(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   at::Tensor gates = at::mm(input, w_ih.t());
   gates.addmm_(hx, w_hh.t());
   at::Tensor hy = at::empty({s.batch, s.hidden}, input.options());
@@ -108,7 +120,7 @@ lstm_cell_backward_cuda(const at::Tensor& grad_hy, const at::Tensor& grad_cy,
   const LstmCellShape s =
       check_lstm_cell_args(input, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt);
   check_lstm_cell_backward_args(s, input, grad_hy, grad_cy, cy, workspace);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   at::Tensor dgates = at::empty({s.batch, 4 * s.hidden}, input.options());
   at::Tensor dcx = at::empty({s.batch, s.hidden}, input.options());
   launch_backward(s.batch, s.hidden, grad_hy.contiguous(), at::Tensor(), grad_cy.contiguous(),
@@ -159,11 +171,11 @@ bool try_persistent_forward(const StepSchedule& plan, const LstmLayerShape& s,
   // read whatever reuses it. The cuBLAS loop (step sizes baked into its
   // launches) captures safely.
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(at::cuda::getCurrentCUDAStream(), &capture));
+  C10_CUDA_CHECK(cudaStreamIsCapturing(current_stream(), &capture));
   if (capture != cudaStreamCaptureStatusNone) return false;
   // The step table goes to the device from pinned memory (no host sync).
-  at::Tensor table =
-      at::empty({2, plan.count()}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+  at::Tensor table = at::empty(
+      {2, plan.count()}, at::TensorOptions().dtype(at::kInt).pinned_memory(gates.is_cuda()));
   int* host = table.mutable_data_ptr<int>();
   for (int64_t t = 0; t < plan.count(); ++t) {
     host[t] = static_cast<int>(plan.rows(t));
@@ -189,7 +201,7 @@ bool try_persistent_forward(const StepSchedule& plan, const LstmLayerShape& s,
   args.cy = cy.mutable_data_ptr();
   args.h_buffers = scratch.mutable_data_ptr<float>();
   args.c_state = scratch.mutable_data_ptr<float>() + 2 * s.batch * s.hidden;
-  return persistent_forward(args, at::cuda::getCurrentCUDAStream());
+  return persistent_forward(args, current_stream());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -199,7 +211,7 @@ lstm_layer_cuda(const at::Tensor& input, const at::Tensor& batch_sizes, const at
                 const std::optional<at::Tensor>& w_hr, bool reverse) {
   const LstmLayerShape s =
       check_lstm_layer_args(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   const at::Tensor proj = defined_contiguous(w_hr);
   const at::Tensor bi = defined_contiguous(b_ih), bh = defined_contiguous(b_hh);
   at::Tensor gates = bi.defined() || bh.defined()
@@ -250,7 +262,7 @@ lstm_layer_backward_cuda(const at::Tensor& grad_output, const at::Tensor& grad_h
   const at::Tensor proj = defined_contiguous(w_hr);
   check_lstm_layer_backward_args(s, proj.defined(), input, grad_output, grad_hy, grad_cy, output,
                                  gates, cells, hidden_pre);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   const auto opts = input.options();
   const at::Tensor go = grad_output.contiguous(), c0 = cx.contiguous(), h0 = hx.contiguous(),
                    ws = gates.contiguous(), cs = cells.contiguous(), out = output.contiguous();
@@ -307,9 +319,11 @@ lstm_layer_backward_cuda(const at::Tensor& grad_output, const at::Tensor& grad_h
 }  // namespace lstm_cuda
 }  // namespace pydl
 
+#ifndef PYDL_CUDA_EMULATION
 TORCH_LIBRARY_IMPL(pydl, CUDA, m) {
   m.impl("lstm_cell", &pydl::lstm_cuda::lstm_cell_cuda);
   m.impl("lstm_cell_backward", &pydl::lstm_cuda::lstm_cell_backward_cuda);
   m.impl("lstm_layer", &pydl::lstm_cuda::lstm_layer_cuda);
   m.impl("lstm_layer_backward", &pydl::lstm_cuda::lstm_layer_backward_cuda);
 }
+#endif  // PYDL_CUDA_EMULATION

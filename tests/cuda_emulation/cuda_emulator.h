@@ -161,6 +161,18 @@ inline grid_group this_grid() { return {}; }
 }  // namespace cooperative_groups
 #define _COOPERATIVE_GROUPS_H_  // the real header needs nvcc
 
+// The typed overloads cuda_runtime.h offers only to nvcc.
+template <typename T>
+cudaError_t cudaFuncSetAttribute(T* kernel, cudaFuncAttribute attr, int value) {
+  return cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), attr, value);
+}
+template <typename T>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, T* kernel, int threads,
+                                                          size_t smem) {
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      blocks, reinterpret_cast<const void*>(kernel), threads, smem);
+}
+
 // Error checks against the emulated runtime (cuda_emulator.cpp), not c10_cuda.
 #undef C10_CUDA_CHECK
 #define C10_CUDA_CHECK(expr)                                                      \

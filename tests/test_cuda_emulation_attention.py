@@ -16,21 +16,15 @@ real GPU (scripts/gpu_check.sh) remain the verification DESIGN.md asks for.
 from __future__ import annotations
 
 import math
-import os
 
+import emulated_cuda
 import pytest
 import torch
 from conftest import LOW_PRECISION_FACTOR, RTOL, rel_error
 
-import emulated_cuda
 from pydl import _ext, reference
 
-pytestmark = [
-    pytest.mark.skipif(bool(emulated_cuda.unavailable_reason()),
-                       reason=emulated_cuda.unavailable_reason() or "available"),
-    pytest.mark.skipif(os.environ.get("PYDL_DISABLE_EXTENSION") == "1",
-                       reason="CUDA source checks: run once, in the extension-mode pass"),
-]
+pytestmark = emulated_cuda.pytest_marks()
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 LOW = (torch.float16, torch.bfloat16)
@@ -283,7 +277,7 @@ def test_small_shared_memory_device_takes_cuda_core_kernels(emu, dtype):
     q, k, v, mask = _inputs(case)
     exact_out, _ = _reference(case, q, k, v, mask)
     with emulated_cuda.emulated_device(max_smem_optin=99 * 1024):
-        out, lse = emu.attention(*_op_args(case, *[_cast(t, dtype) for t in (q, k, v, mask)]))
+        out, _ = emu.attention(*_op_args(case, *[_cast(t, dtype) for t in (q, k, v, mask)]))
     low_out, _ = _low_precision_reference(case, dtype, q, k, v, mask)
     _check(out, exact_out, dtype, "out", low_out)
 

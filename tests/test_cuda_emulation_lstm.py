@@ -1,0 +1,168 @@
+"""pydl's CUDA LSTM code (csrc/lstm/lstm_cuda.cu: the cell, the cuBLAS-loop
+layer and its backward, the persistent cooperative kernel) run on the CPU
+emulator of the CUDA execution model (see test_cuda_emulation_attention.py
+for what that proves and what it does not), against pydl's CPU kernels in
+float64 (themselves checked against torch.nn.LSTM and the reference).
+"""
+
+from __future__ import annotations
+
+import emulated_cuda
+import pytest
+import torch
+from conftest import rel_error
+
+from pydl import _ext
+
+pytestmark = [
+    *emulated_cuda.pytest_marks(),
+    pytest.mark.skipif(not _ext.loaded(), reason="compares with pydl's CPU kernels"),
+]
+
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+# Relative error against the float64 CPU kernel. Half types: a few storage
+# roundings per step (the states and gates are stored in the dtype).
+TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2.5e-2}
+
+
+@pytest.fixture(scope="module")
+def emu():
+    with emulated_cuda.emulated_device():
+        yield emulated_cuda.ops()
+
+
+def _layer_args(T, B, I, H, lengths=None, reverse=False, proj=0, seed=1):
+    """float64 lstm_layer arguments: packed rows (N, I), batch_sizes, states, weights."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64) * 0.5
+    lengths = lengths or [T] * B
+    batch_sizes = torch.tensor([sum(1 for n in lengths if n > t) for t in range(max(lengths))])
+    P = proj or H
+    rows = int(batch_sizes.sum())
+    return [r(rows, I), batch_sizes, r(B, P), r(B, H), r(4 * H, I), r(4 * H, P), r(4 * H),
+            r(4 * H), r(P, H) if proj else None, reverse]
+
+
+def _cast(args, dtype):
+    return [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+            for a in args]
+
+
+def _forward_backward(ops, args, seed=3):
+    """lstm_layer's (output, hy, cy) and lstm_layer_backward's gradients, and
+    how many kernels the forward launched (emulated ops only)."""
+    before = ops.launch_count() if hasattr(ops, "launch_count") else 0
+    out = ops.lstm_layer(*args)
+    forward_launches = ops.launch_count() - before if hasattr(ops, "launch_count") else 0
+    output, hy, cy, gates, cells, hidden_pre = out
+    g = torch.Generator().manual_seed(seed)
+    grads_in = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.dtype)
+                for t in (output, hy, cy)]
+    x, batch_sizes, hx, cx, w_ih, w_hh, _, _, w_hr, reverse = args
+    mask = [True, True, True, True, True, True, w_hr is not None]
+    grads = ops.lstm_layer_backward(*grads_in, x, batch_sizes, hx, cx, w_ih, w_hh, w_hr, output,
+                                    gates, cells, hidden_pre, reverse, mask)
+    names = ["output", "hy", "cy", "d_input", "d_hx", "d_cx", "d_w_ih", "d_w_hh", "d_bias",
+             "d_w_hr"]
+    return dict(zip(names, [output, hy, cy, *grads])), forward_launches
+
+
+def _compare(emu, args, dtype, persistent, monkeypatch):
+    monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "1" if persistent else "0")
+    want, _ = _forward_backward(torch.ops.pydl, args)
+    got, forward_launches = _forward_backward(emu, _cast(args, dtype))
+    for name, w in want.items():
+        a = got[name]
+        if w is None:  # not asked for (d_w_hr without a projection)
+            assert a is None, name
+            continue
+        assert a.shape == w.shape, f"{name}: shape {tuple(a.shape)} != {tuple(w.shape)}"
+        assert torch.isfinite(a).all(), f"{name}: NaN/inf"
+        err = rel_error(a, w)
+        assert err <= TOL[dtype], f"{name} ({dtype}): relative error {err:.2e} > {TOL[dtype]:.1e}"
+    return forward_launches
+
+
+# (T, B, I, H, lengths, reverse, proj)
+LAYER_CASES = [
+    (5, 3, 16, 64, None, False, 0),
+    (6, 4, 8, 33, [6, 3, 3, 1], True, 0),  # packed, uneven, reversed
+    (7, 5, 8, 40, [2, 7, 5, 7, 1], False, 0),  # unsorted lengths
+    (4, 2, 8, 24, None, True, 12),  # proj_size: the cuBLAS loop only
+    (3, 1, 4, 130, None, False, 0),
+]
+
+
+def _layer_id(case):
+    T, B, I, H, lengths, reverse, proj = case
+    return f"T{T}_B{B}_I{I}_H{H}_{'packed' if lengths else 'padded'}_rev{int(reverse)}_p{proj}"
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "cublas_loop"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", LAYER_CASES, ids=_layer_id)
+def test_layer_forward_and_backward(emu, case, dtype, persistent, monkeypatch):
+    T, B, I, H, lengths, reverse, proj = case
+    launches = _compare(emu, _layer_args(T, B, I, H, lengths, reverse, proj), dtype, persistent,
+                        monkeypatch)
+    # The persistent kernel runs the forward in one launch (float64 and
+    # proj_size never take it); the cuBLAS loop launches one pointwise kernel per step.
+    takes_persistent = persistent and dtype != torch.float64 and not proj
+    assert launches == (1 if takes_persistent else max(lengths or [T]))
+
+
+# Hidden sizes over the emulated device's 8 SMs: units per block that leave a
+# short last block (H=33: 5 units, the last block 3), weights above 48 KB of
+# shared memory (H=256: 128 KB), weights that do not fit (H=400: 320 KB, the
+# cuBLAS loop), and a batch just above the persistent limit (17 rows).
+@pytest.mark.parametrize("B, H, persistent_runs", [(2, 33, True), (1, 256, True),
+                                                   (2, 400, False), (17, 40, False)])
+def test_persistent_kernel_sizes(emu, B, H, persistent_runs, monkeypatch):
+    args = _layer_args(4, B, 8, H)
+    monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "1")
+    before = emu.launch_count()
+    got = emu.lstm_layer(*_cast(args, torch.float32))
+    launches = emu.launch_count() - before
+    assert (launches == 1) == persistent_runs, f"{launches} launches"
+    want = torch.ops.pydl.lstm_layer(*args)
+    for name, a, w in zip(["output", "hy", "cy"], got, want):
+        assert rel_error(a, w) <= TOL[torch.float32], name
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "cublas_loop"])
+def test_results_do_not_depend_on_thread_order(emu, persistent, monkeypatch):
+    """The persistent kernel's blocks share h through global memory between
+    grid barriers: run the threads (and blocks) in other orders, the result
+    must not move by a bit."""
+    monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "1" if persistent else "0")
+    args = _cast(_layer_args(6, 3, 8, 50, [6, 4, 2]), torch.float32)
+    results = []
+    for greedy, reverse in [(False, False), (True, False), (True, True), (False, True)]:
+        with emulated_cuda.emulated_device(warp_greedy=greedy, reverse=reverse):
+            results.append(emu.lstm_layer(*args)[:3])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cell_forward_and_backward(emu, dtype):
+    g = torch.Generator().manual_seed(5)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64) * 0.5
+    B, I, H = 5, 12, 37
+    x, hx, cx = r(B, I), r(B, H), r(B, H)
+    w_ih, w_hh, b_ih, b_hh = r(4 * H, I), r(4 * H, H), r(4 * H), r(4 * H)
+    args = [x, hx, cx, w_ih, w_hh, b_ih, b_hh]
+
+    def run(ops, a):
+        hy, cy, workspace = ops.lstm_cell(*a)
+        grad_hy = torch.ones_like(hy) * 0.3
+        grad_cy = torch.full_like(cy, -0.2)
+        grads = ops.lstm_cell_backward(grad_hy, grad_cy, *a[:3], cy, workspace, *a[3:5],
+                                       [True] * 6)
+        return [hy, cy, *grads]
+
+    want = run(torch.ops.pydl, args)
+    got = run(emu, _cast(args, dtype))
+    for k, (a, w) in enumerate(zip(got, want)):
+        assert rel_error(a, w) <= TOL[dtype], f"tensor {k} ({dtype})"
