@@ -77,7 +77,7 @@ def _cflags() -> list:
 
 
 @functools.cache
-def ops():
+def _library():
     """Builds (once, cached on disk) and loads the emulated kernels."""
     reason = unavailable_reason()
     if reason:
@@ -103,18 +103,67 @@ def ops():
     return torch.ops.pydl_emulated
 
 
+def _guarded_copy(t: torch.Tensor) -> torch.Tensor:
+    """t in fresh guarded memory: the same storage size, offset and strides,
+    so the kernels see the same layout, with an inaccessible page right after."""
+    storage = t.untyped_storage()
+    numel = storage.nbytes() // t.element_size()
+    whole = torch.empty(0, dtype=t.dtype).set_(storage, 0, (numel,), (1,))
+    return torch.empty(numel, dtype=t.dtype).copy_(whole).as_strided(
+        t.shape, t.stride(), t.storage_offset())
+
+
+class _GuardedOps:
+    """torch.ops.pydl_emulated, with each kernel op called on guarded copies
+    of its tensors and every tensor it allocates guarded too (cuda_emulator.h:
+    guard_host_allocations): a kernel's access past any tensor faults."""
+
+    _SETTINGS = {"configure", "guard_host_allocations", "launch_count", "mma_count"}
+
+    def __init__(self, library):
+        self._library = library
+
+    def __getattr__(self, name):
+        op = getattr(self._library, name)
+        if name in self._SETTINGS:
+            return op
+
+        def guarded(*args):
+            self._library.guard_host_allocations(True)
+            try:
+                copies = [_guarded_copy(a) if isinstance(a, torch.Tensor) else a for a in args]
+                return op(*copies)
+            finally:
+                self._library.guard_host_allocations(False)
+
+        return guarded
+
+
+@functools.cache
+def ops():
+    """The emulated CUDA ops (builds them on first use): attention,
+    attention_backward, lstm_cell(_backward), lstm_layer(_backward), with
+    pydl's schemas, taking CPU tensors; plus configure / launch_count / mma_count."""
+    return _GuardedOps(_library())
+
+
 H100_SMEM = 227 * 1024
+_DEFAULT_DEVICE = (8, H100_SMEM, False, False, False)
+_device_stack = [_DEFAULT_DEVICE]
 
 
 @contextlib.contextmanager
 def emulated_device(sm_count=8, max_smem_optin=H100_SMEM, warp_greedy=False, reverse=False,
                     eager_copies=False):
-    """The emulated device's shape and the scheduler's choices, for the `with` body."""
-    ops().configure(sm_count, max_smem_optin, warp_greedy, reverse, eager_copies)
+    """The emulated device's shape and the scheduler's choices, for the `with`
+    body. Nests: on exit the enclosing settings come back."""
+    _device_stack.append((sm_count, max_smem_optin, warp_greedy, reverse, eager_copies))
+    ops().configure(*_device_stack[-1])
     try:
         yield
     finally:
-        ops().configure(8, H100_SMEM, False, False, False)
+        _device_stack.pop()
+        ops().configure(*_device_stack[-1])
 
 
 def run_warp_tensor_core_selftest() -> subprocess.CompletedProcess:

@@ -123,12 +123,19 @@ def _low_precision_reference(case, dtype, q, k, v, mask):
     return _reference(case, *[_cast(t, dtype) for t in (q, k, v, mask)])
 
 
+def _tensor_cores(case, dtype):
+    """Whether the entry should pick the tensor-core kernels (fp16/bf16, E and Ev % 8 == 0)."""
+    return dtype in LOW and case[5] % 8 == 0 and case[6] % 8 == 0
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_forward_matches_reference(emu, case, dtype):
     q, k, v, mask = _inputs(case)
     exact_out, _ = _reference(case, q, k, v, mask)
+    mmas = emu.mma_count()
     out, lse = emu.attention(*_op_args(case, *[_cast(t, dtype) for t in (q, k, v, mask)]))
+    assert (emu.mma_count() > mmas) == _tensor_cores(case, dtype), "not the expected kernels"
     low_out, _ = _low_precision_reference(case, dtype, q, k, v, mask)
     _check(out, exact_out, dtype, "out", low_out)
     # lse against the float64 reference on the inputs as rounded to dtype
@@ -163,9 +170,11 @@ def test_grads_match_reference(emu, case, dtype):
     args = _op_args(case, *cast)
     out, lse = emu.attention(*args)
     want_mask_grad = mask is not None and mask.dtype != torch.bool
+    mmas = emu.mma_count()
     got = emu.attention_backward(grad_out.to(dtype), *args[:5], out, lse,
                                  grad_lse.to(lse.dtype), *args[5:],
                                  [True, True, True, want_mask_grad])
+    assert (emu.mma_count() > mmas) == _tensor_cores(case, dtype), "not the expected kernels"
     low = grads_of(lambda *a: _reference(case, *a), cast) if dtype in LOW else [None] * 4
     for name, a, e, t in zip(["dq", "dk", "dv", "dmask"], got, exact, low):
         if name == "dmask" and not want_mask_grad:
@@ -270,16 +279,35 @@ def test_results_do_not_depend_on_thread_order(emu, dtype):
 
 
 @pytest.mark.parametrize("dtype", LOW, ids=str)
-def test_small_shared_memory_device_takes_cuda_core_kernels(emu, dtype):
-    """A card with 99 KB of opt-in shared memory (sm_86 / sm_89) runs head dim
-    256 on the CUDA-core kernels instead of failing the launch."""
+@pytest.mark.parametrize("smem_kb, forward_on_tensor_cores", [(99, True), (64, False)])
+def test_small_shared_memory_device_takes_cuda_core_kernels(emu, dtype, smem_kb,
+                                                          forward_on_tensor_cores):
+    """A card with less opt-in shared memory than a tile needs (sm_86 / sm_89:
+    99 KB) runs that pass on the CUDA-core kernels instead of failing the
+    launch: at head dim 256 the forward tile (99 KB) fits and the backward's
+    do not; with 64 KB (sm_75) neither does."""
     case = (1, 2, 2, 40, 50, 256, 256, None, "top_left")
     q, k, v, mask = _inputs(case)
-    exact_out, _ = _reference(case, q, k, v, mask)
-    with emulated_cuda.emulated_device(max_smem_optin=99 * 1024):
-        out, _ = emu.attention(*_op_args(case, *[_cast(t, dtype) for t in (q, k, v, mask)]))
-    low_out, _ = _low_precision_reference(case, dtype, q, k, v, mask)
+    g = torch.Generator().manual_seed(9)
+    grad_out = torch.randn(1, 2, 40, 256, generator=g, dtype=torch.float64)
+    exact = [t.detach().requires_grad_() for t in (q, k, v)]
+    exact_out, _ = _reference(case, *exact, None)
+    exact_grads = torch.autograd.grad((exact_out * grad_out).sum(), exact)
+    args = _op_args(case, *[_cast(t, dtype) for t in (q, k, v, mask)])
+    with emulated_cuda.emulated_device(max_smem_optin=smem_kb * 1024):
+        before = emu.mma_count()
+        out, lse = emu.attention(*args)
+        forward_mmas = emu.mma_count() - before
+        grads = emu.attention_backward(grad_out.to(dtype), *args[:5], out, lse, None, *args[5:],
+                                       [True, True, True, False])
+        backward_mmas = emu.mma_count() - before - forward_mmas
+    assert (forward_mmas > 0) == forward_on_tensor_cores and backward_mmas == 0
+    low = [t.to(dtype).detach().requires_grad_() for t in (q, k, v)]
+    low_out, _ = _reference(case, *low, None)
+    low_grads = torch.autograd.grad((low_out.double() * grad_out).sum(), low)
     _check(out, exact_out, dtype, "out", low_out)
+    for name, a, e, t in zip(["dq", "dk", "dv"], grads, exact_grads, low_grads):
+        _check(a, e, dtype, name, t)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

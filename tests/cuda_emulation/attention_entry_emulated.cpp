@@ -39,7 +39,10 @@ void configure(int64_t sm_count, int64_t max_smem_optin, bool warp_greedy, bool 
   d.eager_async_copies = eager_async_copies;
 }
 
+void guard_host_allocations(bool on) { pydl::emulation::guard_host_allocations(on); }
+
 int64_t launch_count() { return pydl::emulation::launch_count(); }
+int64_t mma_count() { return pydl::emulation::mma_count(); }
 
 }  // namespace
 
@@ -47,7 +50,9 @@ TORCH_LIBRARY(pydl_emulated, m) {
   m.def(
         "configure(int sm_count, int max_smem_optin, bool warp_greedy, bool reverse_order, "
         "bool eager_async_copies) -> ()", &configure);
+  m.def("guard_host_allocations(bool on) -> ()", &guard_host_allocations);
   m.def("launch_count() -> int", &launch_count);
+  m.def("mma_count() -> int", &mma_count);
   m.def(
       "attention(Tensor query, Tensor key, Tensor value, Tensor? attn_mask, "
       "Tensor? dropout_seed, float dropout_p, bool is_causal, bool causal_bottom_right, "

@@ -2,10 +2,13 @@
 // kernels' host code makes, answered for the emulated device.
 #include "cuda_emulator.h"
 
+#include <c10/core/Allocator.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <csetjmp>
 #include <cstring>
 #include <exception>
 #include <map>
@@ -41,30 +44,75 @@ struct Fiber {
   std::vector<std::vector<CopyJob>> committed;
 };
 
-// Shared memory with an inaccessible page right after it.
-class GuardedSmem {
- public:
-  explicit GuardedSmem(size_t bytes) {
+// `bytes` (rounded up to 16) of 0xFF bytes, 16-byte aligned, ending right
+// before an inaccessible page: a read or write past the end faults.
+struct GuardedMapping {
+  char* base = nullptr;
+  size_t length = 0;
+  char* data = nullptr;
+
+  explicit GuardedMapping(size_t bytes) {
     const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
     const size_t used = (bytes + 15) / 16 * 16;
     const size_t pages = (used + page - 1) / page;
-    length_ = (pages + 1) * page;
-    void* base = mmap(nullptr, length_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (base == MAP_FAILED) throw std::runtime_error("cuda emulator: mmap failed");
-    base_ = static_cast<char*>(base);
-    mprotect(base_ + pages * page, page, PROT_NONE);
-    data_ = base_ + pages * page - used;
-    std::memset(data_, 0xFF, used);
+    length = (pages + 1) * page;
+    void* mapped = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mapped == MAP_FAILED) throw std::bad_alloc();
+    base = static_cast<char*>(mapped);
+    mprotect(base + pages * page, page, PROT_NONE);
+    data = base + pages * page - used;
+    std::memset(data, 0xFF, used);
   }
-  ~GuardedSmem() { munmap(base_, length_); }
-  GuardedSmem(const GuardedSmem&) = delete;
-  GuardedSmem& operator=(const GuardedSmem&) = delete;
-  void* data() const { return data_; }
+  ~GuardedMapping() { munmap(base, length); }
+  GuardedMapping(const GuardedMapping&) = delete;
+  GuardedMapping& operator=(const GuardedMapping&) = delete;
+};
+
+// Shared memory of one block.
+class GuardedSmem {
+ public:
+  explicit GuardedSmem(size_t bytes) : mapping_(bytes) {}
+  void* data() const { return mapping_.data; }
 
  private:
-  char* base_ = nullptr;
-  char* data_ = nullptr;
-  size_t length_ = 0;
+  GuardedMapping mapping_;
+};
+
+// Host tensors as "device memory": every allocation guarded and starting as
+// 0xFF bytes (NaN), so a kernel reading past a tensor faults and an output
+// element no thread wrote reads as NaN.
+// (The context is the data pointer itself, as raw_allocate callers require.)
+class GuardedHostAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t n) override {
+    if (n == 0) return {nullptr, nullptr, &free_mapping, c10::Device(c10::DeviceType::CPU)};
+    auto mapping = std::make_unique<GuardedMapping>(n);
+    void* data = mapping->data;
+    {
+      const std::lock_guard<std::mutex> lock(mutex());
+      live()[data] = std::move(mapping);
+    }
+    return {data, data, &free_mapping, c10::Device(c10::DeviceType::CPU)};
+  }
+  c10::DeleterFnPtr raw_deleter() const override { return &free_mapping; }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+ private:
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  static std::map<void*, std::unique_ptr<GuardedMapping>>& live() {
+    static std::map<void*, std::unique_ptr<GuardedMapping>> mappings;
+    return mappings;
+  }
+  static void free_mapping(void* data) {
+    if (data == nullptr) return;
+    const std::lock_guard<std::mutex> lock(mutex());
+    live().erase(data);
+  }
 };
 
 struct Block {
@@ -86,8 +134,44 @@ struct Run {
 };
 
 Run* g_run = nullptr;
+// A fault inside a thread of the running kernel jumps back to run_grid.
+sigjmp_buf g_fault_jump;
+std::string g_fault;
+
+void on_fault(int sig, siginfo_t* info, void*) {
+  if (g_run != nullptr && g_run->current != nullptr) {
+    std::ostringstream s;
+    s << (sig == SIGSEGV ? "invalid memory access" : "bus error") << " at address "
+      << info->si_addr;
+    g_fault = s.str();
+    siglongjmp(g_fault_jump, 1);
+  }
+  signal(sig, SIG_DFL);  // not a kernel's fault: crash as usual
+  raise(sig);
+}
+
+// Installs on_fault for SIGSEGV / SIGBUS while it lives.
+class FaultHandlers {
+ public:
+  FaultHandlers() {
+    struct sigaction action {};
+    action.sa_sigaction = on_fault;
+    action.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGSEGV, &action, &old_segv_);
+    sigaction(SIGBUS, &action, &old_bus_);
+  }
+  ~FaultHandlers() {
+    sigaction(SIGSEGV, &old_segv_, nullptr);
+    sigaction(SIGBUS, &old_bus_, nullptr);
+  }
+
+ private:
+  struct sigaction old_segv_ {}, old_bus_ {};
+};
 std::mutex g_launch_mutex;
 int64_t g_launches = 0;
+int64_t g_mmas = 0;
 std::map<const void*, ErasedKernel>& erased_kernels() {
   static std::map<const void*, ErasedKernel> kernels;
   return kernels;
@@ -345,6 +429,8 @@ DeviceConfig& device() {
 }
 
 int64_t launch_count() { return g_launches; }
+int64_t mma_count() { return g_mmas; }
+void count_mma() { ++g_mmas; }
 
 uint3& thread_idx() { return self().thread; }
 uint3& block_idx() { return self().block; }
@@ -417,6 +503,12 @@ void run_grid(dim3 grid, dim3 block, size_t smem_bytes, bool cooperative,
   run.body = &body;
   g_run = &run;
   ++g_launches;
+  const FaultHandlers handlers;
+  if (sigsetjmp(g_fault_jump, 1) != 0) {  // a thread faulted: its kernel stops here
+    const std::string where_text = where(*run.current);
+    g_run = nullptr;
+    throw std::runtime_error("cuda emulator: " + g_fault + " (" + where_text + ")");
+  }
   try {
     std::vector<uint3> all;
     for (unsigned z = 0; z < grid.z; ++z)
@@ -436,6 +528,12 @@ void run_grid(dim3 grid, dim3 block, size_t smem_bytes, bool cooperative,
   }
   g_run = nullptr;
   if (!run.error.empty()) throw std::runtime_error("cuda emulator: " + run.error);
+}
+
+void guard_host_allocations(bool on) {
+  static GuardedHostAllocator guarded;
+  static c10::Allocator* const original = c10::GetAllocator(c10::DeviceType::CPU);
+  c10::SetAllocator(c10::DeviceType::CPU, on ? &guarded : original, /*priority=*/255);
 }
 
 void register_erased_kernel(const void* kernel, ErasedKernel run) {

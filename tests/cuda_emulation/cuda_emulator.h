@@ -9,9 +9,12 @@
 // GPU leaves undefined is reported as an error instead of guessed at:
 // a barrier some threads of the block (or lanes of the warp) skip or exited
 // before, a warp collective over a partial warp, a deadlock. Per launch:
+//   - a thread touching an inaccessible address stops the launch with an
+//     error naming the address and the thread (CUDA's illegal address);
 //   - dynamic shared memory starts as 0xFF bytes (NaN in every float type),
 //     so a read of shared memory nothing wrote shows up as NaN, and ends at an
-//     inaccessible page, so reading past the end faults;
+//     inaccessible page, so reading past the end faults (guard_host_allocations
+//     does the same for tensors);
 //   - cp.async copies land only when a cp.async.wait_group lets them, so a
 //     read before the wait sees the old bytes (or, as an option, as soon as
 //     they are issued, so a buffer refilled too early shows);
@@ -63,8 +66,11 @@ struct DeviceConfig {
   bool eager_async_copies = false;
 };
 DeviceConfig& device();
-// Launches since the library was loaded (tests check that a path really ran).
+// Launches, and warp-level mma instructions, since the library was loaded
+// (tests check that a path really ran).
 int64_t launch_count();
+int64_t mma_count();
+void count_mma();
 
 // The running thread.
 uint3& thread_idx();
@@ -97,6 +103,12 @@ void cp_async_16(void* smem, const void* gmem, bool valid);
 void cp_async_commit();
 // Completes all but the `pending` most recently committed groups.
 void cp_async_wait(int pending);
+
+// While on, every CPU tensor torch allocates (the kernels' "device memory" in
+// the emulated ops) ends right before an inaccessible page and starts as
+// 0xFF bytes: a kernel's access past a tensor's end is reported like
+// CUDA's illegal-address error, and a result element no thread wrote is NaN.
+void guard_host_allocations(bool on);
 
 // Runs `body` as every thread of the grid.
 void run_grid(dim3 grid, dim3 block, size_t smem_bytes, bool cooperative,

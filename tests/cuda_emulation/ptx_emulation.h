@@ -61,6 +61,7 @@ inline void mma(emulation::MmaInput kind, float c[4], const uint32_t a[4], uint3
     wb[l][1] = all[l].b[1];
   }
   emulation::mma_m16n8k16(kind, wa, wb, wc);
+  if (emulation::lane_id() == 0) emulation::count_mma();
   for (int i = 0; i < 4; ++i) c[i] = wc[emulation::lane_id()][i];
 }
 }  // namespace detail
