@@ -118,7 +118,7 @@ class _GuardedOps:
     of its tensors and every tensor it allocates guarded too (cuda_emulator.h:
     guard_host_allocations): a kernel's access past any tensor faults."""
 
-    _SETTINGS = {"configure", "guard_host_allocations", "launch_count", "mma_count"}
+    _SETTINGS = frozenset({"configure", "guard_host_allocations", "launch_count", "mma_count"})
 
     def __init__(self, library):
         self._library = library
