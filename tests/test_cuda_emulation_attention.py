@@ -333,3 +333,22 @@ def test_strided_inputs(emu, dtype, layout):
     out, _ = emu.attention(*_op_args(case, *cast, None))
     low_out, _ = _low_precision_reference(case, dtype, q, k, v, None)
     _check(out, exact_out, dtype, f"{layout} out", low_out)
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_tensor_core_ldmatrix_is_free_of_bank_conflicts(emu, dtype, head_dim):
+    """A performance property the emulator can check without a GPU: every
+    ldmatrix of the tensor-core forward and backward reads its 8 rows from 8
+    different bank groups (the padded smem pitch), so no wavefront is replayed."""
+    case = (1, 2, 1, 70, 90, head_dim, head_dim, None, "bottom_right")
+    q, k, v, _ = (_cast(t, dtype) for t in _inputs(case))
+    args = _op_args(case, q, k, v, None, seed=3, p=0.2)
+    ideal0, actual0 = emu.smem_wavefronts()
+    out, lse = emu.attention(*args)
+    emu.attention_backward(torch.ones_like(out), *args[:5], out, lse, None, *args[5:],
+                           [True, True, True, False])
+    ideal, actual = (a - b for a, b in zip(emu.smem_wavefronts(), (ideal0, actual0)))
+    assert ideal > 0, "no ldmatrix ran"
+    assert actual == ideal, f"bank conflicts: {actual} wavefronts for {ideal} ldmatrix phases"
+

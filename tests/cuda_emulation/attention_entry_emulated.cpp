@@ -43,6 +43,7 @@ void guard_host_allocations(bool on) { pydl::emulation::guard_host_allocations(o
 
 int64_t launch_count() { return pydl::emulation::launch_count(); }
 int64_t mma_count() { return pydl::emulation::mma_count(); }
+std::tuple<int64_t, int64_t> smem_wavefronts() { return pydl::emulation::smem_wavefronts(); }
 
 }  // namespace
 
@@ -53,6 +54,7 @@ TORCH_LIBRARY(pydl_emulated, m) {
   m.def("guard_host_allocations(bool on) -> ()", &guard_host_allocations);
   m.def("launch_count() -> int", &launch_count);
   m.def("mma_count() -> int", &mma_count);
+  m.def("smem_wavefronts() -> (int, int)", &smem_wavefronts);
   m.def(
       "attention(Tensor query, Tensor key, Tensor value, Tensor? attn_mask, "
       "Tensor? dropout_seed, float dropout_p, bool is_causal, bool causal_bottom_right, "

@@ -172,6 +172,7 @@ class FaultHandlers {
 std::mutex g_launch_mutex;
 int64_t g_launches = 0;
 int64_t g_mmas = 0;
+int64_t g_wavefronts_ideal = 0, g_wavefronts_actual = 0;
 std::map<const void*, ErasedKernel>& erased_kernels() {
   static std::map<const void*, ErasedKernel> kernels;
   return kernels;
@@ -431,6 +432,11 @@ DeviceConfig& device() {
 int64_t launch_count() { return g_launches; }
 int64_t mma_count() { return g_mmas; }
 void count_mma() { ++g_mmas; }
+void count_smem_wavefronts(int64_t ideal, int64_t actual) {
+  g_wavefronts_ideal += ideal;
+  g_wavefronts_actual += actual;
+}
+std::pair<int64_t, int64_t> smem_wavefronts() { return {g_wavefronts_ideal, g_wavefronts_actual}; }
 
 uint3& thread_idx() { return self().thread; }
 uint3& block_idx() { return self().block; }

@@ -71,6 +71,10 @@ DeviceConfig& device();
 int64_t launch_count();
 int64_t mma_count();
 void count_mma();
+// Shared-memory wavefronts of the emulated ldmatrix instructions: the
+// conflict-free minimum and what the addresses cost (bank conflicts).
+void count_smem_wavefronts(int64_t ideal, int64_t actual);
+std::pair<int64_t, int64_t> smem_wavefronts();
 
 // The running thread.
 uint3& thread_idx();

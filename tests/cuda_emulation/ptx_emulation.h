@@ -9,6 +9,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
 #include <stdexcept>
 
@@ -34,12 +36,31 @@ inline void cp_async_wait() {
 }
 
 namespace detail {
+// Shared memory serves 128 bytes (32 banks x 4 bytes) per wavefront. ldmatrix
+// .x4 reads one 8x8 matrix per phase, 8 rows of 16 bytes: one wavefront when
+// the 8 distinct rows fall in distinct 16-byte bank groups, more otherwise.
+inline void count_bank_wavefronts(const std::array<const void*, 32>& rows) {
+  for (int matrix = 0; matrix < 4; ++matrix) {
+    int per_group[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int r = 0; r < 8; ++r) {
+      const auto addr = reinterpret_cast<uintptr_t>(rows[8 * matrix + r]);
+      bool repeated = false;  // the same row twice is one read (broadcast)
+      for (int earlier = 0; earlier < r; ++earlier) {
+        repeated = repeated || reinterpret_cast<uintptr_t>(rows[8 * matrix + earlier]) == addr;
+      }
+      if (!repeated) ++per_group[(addr >> 4) & 7];
+    }
+    emulation::count_smem_wavefronts(1, *std::max_element(per_group, per_group + 8));
+  }
+}
+
 inline void ldmatrix(uint32_t r[4], const void* smem_row, bool transposed, const char* what) {
   emulation::require_shared(smem_row, 16, what);
   if (reinterpret_cast<uintptr_t>(smem_row) % 16 != 0) {
     throw std::runtime_error(std::string(what) + ": row address not 16-byte aligned");
   }
   const auto rows = emulation::warp_gather<const void*>(smem_row, what);
+  if (emulation::lane_id() == 0) count_bank_wavefronts(rows);
   uint32_t out[32][4];
   emulation::ldmatrix_x4(rows.data(), transposed, out);
   for (int i = 0; i < 4; ++i) r[i] = out[emulation::lane_id()][i];
