@@ -22,7 +22,7 @@ pytestmark = [
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 # Relative error against the float64 CPU kernel. Half types: a few storage
 # roundings per step (the states and gates are stored in the dtype).
-TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2.5e-2}
+TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 4e-2}
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,7 @@ LAYER_CASES = [
     (7, 5, 8, 40, [2, 7, 5, 7, 1], False, 0),  # unsorted lengths
     (4, 2, 8, 24, None, True, 12),  # proj_size: the cuBLAS loop only
     (3, 1, 4, 130, None, False, 0),
+    (6, 4, 8, 24, [6, 4, 4, 2], True, 12),  # proj_size on a packed, reversed batch
 ]
 
 

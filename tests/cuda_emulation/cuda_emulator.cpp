@@ -45,7 +45,9 @@ struct Fiber {
 };
 
 // `bytes` (rounded up to 16) of 0xFF bytes, 16-byte aligned, ending right
-// before an inaccessible page: a read or write past the end faults.
+// before an inaccessible page (a read or write past the end faults), or,
+// with the threads run in reverse order, starting right after one (a read
+// before the start faults).
 struct GuardedMapping {
   char* base = nullptr;
   size_t length = 0;
@@ -59,8 +61,13 @@ struct GuardedMapping {
     void* mapped = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mapped == MAP_FAILED) throw std::bad_alloc();
     base = static_cast<char*>(mapped);
-    mprotect(base + pages * page, page, PROT_NONE);
-    data = base + pages * page - used;
+    if (device().reverse_order) {
+      mprotect(base, page, PROT_NONE);
+      data = base + page;
+    } else {
+      mprotect(base + pages * page, page, PROT_NONE);
+      data = base + pages * page - used;
+    }
     std::memset(data, 0xFF, used);
   }
   ~GuardedMapping() { munmap(base, length); }
@@ -124,6 +131,7 @@ struct Block {
 
 struct Run {
   dim3 grid, block;
+  bool cooperative = false;
   size_t smem_bytes = 0;
   const std::function<void()>* body = nullptr;
   ucontext_t scheduler;
@@ -445,8 +453,14 @@ dim3& grid_dim() { return g_run->grid; }
 int lane_id() { return self().linear % 32; }
 
 void sync_threads() { park(Wait::Block); }
-void sync_warp() { park(Wait::Warp, "__syncwarp"); }
-void sync_grid() { park(Wait::Grid); }
+void sync_warp(unsigned mask) {
+  if (mask != 0xffffffffu) throw std::runtime_error("only full-warp __syncwarp is emulated");
+  park(Wait::Warp, "__syncwarp");
+}
+void sync_grid() {
+  if (!g_run->cooperative) fail_here("grid.sync() in a kernel not launched cooperatively");
+  park(Wait::Grid);
+}
 void* dynamic_smem() { return g_run->blocks[self().block_slot].smem->data(); }
 void require_shared(const void* p, size_t bytes, const char* what) {
   const auto* base = static_cast<const char*>(dynamic_smem());
@@ -488,10 +502,16 @@ void cp_async_wait(int pending) {
   }
 }
 
-void run_grid(dim3 grid, dim3 block, size_t smem_bytes, bool cooperative,
+// Dynamic shared memory each kernel was granted with cudaFuncSetAttribute.
+std::map<const void*, int>& granted_smem() {
+  static std::map<const void*, int> granted;
+  return granted;
+}
+
+void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem_bytes, bool cooperative,
               const std::function<void()>& body) {
-  const std::lock_guard<std::mutex> lock(g_launch_mutex);
   if (g_run != nullptr) throw std::runtime_error("cuda emulator: a launch inside a kernel");
+  const std::lock_guard<std::mutex> lock(g_launch_mutex);
   if (block.x * block.y * block.z == 0 || block.x * block.y * block.z > 1024) {
     throw std::runtime_error("cuda emulator: invalid block size " +
                              std::to_string(block.x * block.y * block.z));
@@ -501,11 +521,17 @@ void run_grid(dim3 grid, dim3 block, size_t smem_bytes, bool cooperative,
                              " bytes of dynamic shared memory exceed the device's " +
                              std::to_string(device().max_smem_optin));
   }
+  if (smem_bytes > 48 * 1024 && granted_smem()[kernel] < static_cast<int>(smem_bytes)) {
+    throw std::runtime_error("cuda emulator: a launch with " + std::to_string(smem_bytes) +
+                             " bytes of dynamic shared memory, above 48 KB, without "
+                             "cudaFuncSetAttribute(MaxDynamicSharedMemorySize) for that kernel");
+  }
   if (grid.y > 65535 || grid.z > 65535) throw std::runtime_error("cuda emulator: grid too large");
   Run run;
   run.grid = grid;
   run.block = block;
   run.smem_bytes = smem_bytes;
+  run.cooperative = cooperative;
   run.body = &body;
   g_run = &run;
   ++g_launches;
@@ -520,6 +546,9 @@ void run_grid(dim3 grid, dim3 block, size_t smem_bytes, bool cooperative,
     for (unsigned z = 0; z < grid.z; ++z)
       for (unsigned y = 0; y < grid.y; ++y)
         for (unsigned x = 0; x < grid.x; ++x) all.push_back({x, y, z});
+    // Blocks of a normal launch run one at a time; reversed with the threads
+    // (a kernel reading another block's output without a grid barrier races).
+    if (device().reverse_order) std::reverse(all.begin(), all.end());
     if (cooperative) {
       run_blocks(run, all);
     } else {
@@ -572,9 +601,10 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
   }
   return cudaSuccess;
 }
-cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute attr, int value) {
-  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize && value > device().max_smem_optin) {
-    return cudaErrorInvalidValue;
+cudaError_t cudaFuncSetAttribute(const void* kernel, cudaFuncAttribute attr, int value) {
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    if (value > device().max_smem_optin) return cudaErrorInvalidValue;
+    pydl::emulation::granted_smem()[kernel] = value;
   }
   return cudaSuccess;
 }
@@ -601,7 +631,7 @@ cudaError_t cudaLaunchCooperativeKernel(const void* func, dim3 grid, dim3 block,
     return cudaErrorCooperativeLaunchTooLarge;
   }
   const pydl::emulation::ErasedKernel& run = it->second;
-  pydl::emulation::run_grid(grid, block, smem, true, [&] { run(args); });
+  pydl::emulation::run_grid(func, grid, block, smem, true, [&] { run(args); });
   return cudaSuccess;
 }
 

@@ -84,7 +84,7 @@ dim3& grid_dim();
 int lane_id();
 
 void sync_threads();
-void sync_warp();
+void sync_warp(unsigned mask);
 void sync_grid();
 void* dynamic_smem();
 // Throws unless [p, p + bytes) lies in the current block's shared memory.
@@ -114,8 +114,9 @@ void cp_async_wait(int pending);
 // CUDA's illegal-address error, and a result element no thread wrote is NaN.
 void guard_host_allocations(bool on);
 
-// Runs `body` as every thread of the grid.
-void run_grid(dim3 grid, dim3 block, size_t smem_bytes, bool cooperative,
+// Runs `body` as every thread of the grid of `kernel` (which must have been
+// granted its dynamic shared memory above 48 KB, as on a GPU).
+void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem_bytes, bool cooperative,
               const std::function<void()>& body);
 
 // kernel<<<grid, block, smem>>>(args...): the arguments are converted to the
@@ -124,7 +125,8 @@ template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
             Args&&... args) {
   const std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
-  run_grid(grid, block, smem_bytes, false, [&] { std::apply(kernel, params); });
+  run_grid(reinterpret_cast<const void*>(kernel), grid, block, smem_bytes, false,
+           [&] { std::apply(kernel, params); });
 }
 
 // cudaLaunchCooperativeKernel passes the kernel as void* and its arguments as
@@ -154,7 +156,10 @@ void register_cooperative_kernel(void (*kernel)(Params...)) {
 #define __launch_bounds__(...)
 #endif
 #define __syncthreads() ::pydl::emulation::sync_threads()
-#define __syncwarp(...) ::pydl::emulation::sync_warp()
+inline void __syncwarp(unsigned mask = 0xffffffffu) { ::pydl::emulation::sync_warp(mask); }
+// Static __shared__ arrays would be per-thread locals here: the kernels use
+// dynamic shared memory (PYDL_DYNAMIC_SMEM) only, and this keeps it so.
+#define __shared__ static_assert(false, "static __shared__ memory is not emulated");
 
 template <typename T>
 inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
@@ -162,7 +167,8 @@ inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) 
     throw std::runtime_error("cuda emulator: only full-warp __shfl_xor_sync is emulated");
   }
   const std::array<T, 32> all = ::pydl::emulation::warp_gather(value, "__shfl_xor_sync");
-  return all[::pydl::emulation::lane_id() ^ (lane_mask & 31)];
+  const int source = ::pydl::emulation::lane_id() ^ lane_mask;
+  return source >= 0 && source < 32 ? all[source] : value;  // out of the warp: its own value
 }
 
 inline float __expf(float x) { return std::exp(x); }
