@@ -231,3 +231,32 @@ def test_need_weights_with_dropout_under_autocast_is_torchs(monkeypatch):
         with pytest.raises(pydl.FallbackError, match="dropout"):
             ours(x, x, x)
     assert w.dtype == torch.bfloat16 and (w == 0).any()  # dropped-out weights, as torch's
+
+
+def _ran_pydl_attention(fn) -> bool:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return any(e.key.startswith("pydl::attention") for e in prof.key_averages())
+
+
+@needs_extension
+def test_bf16_need_weights_without_mask_takes_torchs_faster_path(monkeypatch):
+    """CPU bf16, need_weights=True, no mask: torch's module is the faster path
+    (bf16 GEMMs on AMX; pydl's weights kernel is float32/float64 only), chosen
+    without a fallback error; with a mask pydl's path serves the call, and a
+    fully masked row gives zeros."""
+    monkeypatch.setenv("PYDL_STRICT", "1")
+    ours, theirs = _pair(embed_dim=32, num_heads=4, batch_first=True, dtype=torch.bfloat16)
+    ours.eval()
+    theirs.eval()
+    x = torch.randn(2, 9, 32, dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert not _ran_pydl_attention(lambda: ours(x, x, x))
+        out, w = ours(x, x, x)
+        want_out, want_w = theirs(x, x, x)
+        assert torch.equal(out, want_out) and torch.equal(w, want_w)
+        pad = torch.zeros(2, 9, dtype=torch.bool)
+        pad[1] = True  # every key of the second sequence is padding
+        assert _ran_pydl_attention(lambda: ours(x, x, x, key_padding_mask=pad))
+        out, w = ours(x, x, x, key_padding_mask=pad)
+        assert (w[1] == 0).all() and torch.isfinite(out).all()
