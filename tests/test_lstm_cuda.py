@@ -154,15 +154,20 @@ def _kernels_run(fn) -> list[str]:
 
 @pytest.mark.parametrize("hidden, expected", [(64, True), (1001, True), (1500, False)])
 def test_persistent_kernel_actually_runs(hidden, expected, monkeypatch):
-    """The persistent kernel falls back to the cuBLAS loop quietly when it
-    cannot launch; the tests above would pass either way, so check by name
-    which kernel ran (H=1001: 128 KB of shared memory; H=1500 does not fit)."""
+    """The persistent kernels (forward, and backward in training) fall back
+    to the cuBLAS loop quietly when they cannot launch; the tests above would
+    pass either way, so check by name which kernel ran (H=1001: 128 KB of
+    shared memory; H=1500 does not fit)."""
     monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "1")
     ours, _, _ = _models(torch.float32, input_size=16, hidden_size=hidden)
     x = torch.randn(5, 3, 16, device="cuda")
     with torch.no_grad():
         names = _kernels_run(lambda: ours(x))
     ran = any("persistent_forward_kernel" in n for n in names)
+    assert ran == expected, names
+    x.requires_grad_()
+    names = _kernels_run(lambda: ours(x)[0].sum().backward())
+    ran = any("persistent_backward_kernel" in n for n in names)
     assert ran == expected, names
 
 

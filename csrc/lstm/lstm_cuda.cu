@@ -17,6 +17,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "common/cuda_launch.cuh"
@@ -150,47 +151,59 @@ bool persistent_enabled() {
   return env == nullptr || std::strcmp(env, "0") != 0;
 }
 
+// The storage type the persistent kernels would run this layer in, or
+// nothing when they may not: a projection, float64, more than
+// kPersistentMaxBatch rows per step, sizes past int, PYDL_LSTM_PERSISTENT=0,
+// or CUDA-graph capture (the step table's copy below would be recorded with
+// the address of a pinned buffer freed right after, and a replay could read
+// whatever reuses it; the cuBLAS loop, its step sizes baked into its
+// launches, captures safely).
+std::optional<StorageType> persistent_storage(const StepSchedule& plan, const LstmLayerShape& s,
+                                              at::ScalarType dtype) {
+  if (!persistent_enabled() || s.out != s.hidden || dtype == at::kDouble || plan.count() == 0 ||
+      plan.max_rows() > kPersistentMaxBatch || s.rows >= INT_MAX || s.hidden >= INT_MAX / 4 ||
+      plan.count() >= INT_MAX) {
+    return std::nullopt;
+  }
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(current_stream(), &capture));
+  if (capture != cudaStreamCaptureStatusNone) return std::nullopt;
+  return dtype == at::kHalf       ? StorageType::Half
+         : dtype == at::kBFloat16 ? StorageType::BFloat16
+                                  : StorageType::Float;
+}
+
+// The step table on `like`'s device: rows of each step, then offsets; copied
+// from pinned memory (no host sync).
+at::Tensor device_step_table(const StepSchedule& plan, const at::Tensor& like) {
+  at::Tensor table = at::empty(
+      {2, plan.count()}, at::TensorOptions().dtype(at::kInt).pinned_memory(like.is_cuda()));
+  int* host = table.mutable_data_ptr<int>();
+  for (int64_t t = 0; t < plan.count(); ++t) {
+    host[t] = static_cast<int>(plan.rows(t));
+    host[plan.count() + t] = static_cast<int>(plan.offset(t));
+  }
+  return table.to(like.device(), /*non_blocking=*/true);
+}
+
 // Runs the whole layer in one cooperative launch when it can (see
 // cuda/lstm_persistent.h); false leaves everything untouched.
 bool try_persistent_forward(const StepSchedule& plan, const LstmLayerShape& s,
                             const at::Tensor& w_hh, const at::Tensor& gates, const at::Tensor& hx,
                             const at::Tensor& cx, const at::Tensor& output, const at::Tensor& cells,
                             const at::Tensor& hy, const at::Tensor& cy) {
-  const auto dtype = gates.scalar_type();
-  if (!persistent_enabled() || s.out != s.hidden || dtype == at::kDouble || plan.count() == 0 ||
-      plan.max_rows() > kPersistentMaxBatch || s.rows >= INT_MAX || s.hidden >= INT_MAX / 4 ||
-      plan.count() >= INT_MAX) {
-    return false;
-  }
-  const StorageType storage = dtype == at::kHalf       ? StorageType::Half
-                              : dtype == at::kBFloat16 ? StorageType::BFloat16
-                                                       : StorageType::Float;
-  if (!persistent_forward_fits(storage, static_cast<int>(s.hidden))) return false;
-  // Under CUDA-graph capture the step table's copy below would be recorded
-  // with the address of a pinned buffer freed right after: a replay could
-  // read whatever reuses it. The cuBLAS loop (step sizes baked into its
-  // launches) captures safely.
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(current_stream(), &capture));
-  if (capture != cudaStreamCaptureStatusNone) return false;
-  // The step table goes to the device from pinned memory (no host sync).
-  at::Tensor table = at::empty(
-      {2, plan.count()}, at::TensorOptions().dtype(at::kInt).pinned_memory(gates.is_cuda()));
-  int* host = table.mutable_data_ptr<int>();
-  for (int64_t t = 0; t < plan.count(); ++t) {
-    host[t] = static_cast<int>(plan.rows(t));
-    host[plan.count() + t] = static_cast<int>(plan.offset(t));
-  }
-  const at::Tensor device_table = table.to(gates.device(), /*non_blocking=*/true);
+  const std::optional<StorageType> storage = persistent_storage(plan, s, gates.scalar_type());
+  if (!storage || !persistent_forward_fits(*storage, static_cast<int>(s.hidden))) return false;
+  const at::Tensor table = device_step_table(plan, gates);
   at::Tensor scratch = at::empty({3, s.batch, s.hidden}, gates.options().dtype(at::kFloat));
   PersistentForwardArgs args{};
-  args.dtype = storage;
+  args.dtype = *storage;
   args.steps = static_cast<int>(plan.count());
   args.batch = static_cast<int>(s.batch);
   args.hidden = static_cast<int>(s.hidden);
   args.reverse = plan.reverse();
-  args.step_rows = device_table.const_data_ptr<int>();
-  args.step_offsets = device_table.const_data_ptr<int>() + plan.count();
+  args.step_rows = table.const_data_ptr<int>();
+  args.step_offsets = table.const_data_ptr<int>() + plan.count();
   args.w_hh = w_hh.const_data_ptr();
   args.gates = gates.mutable_data_ptr();
   args.h0 = hx.const_data_ptr();
@@ -202,6 +215,42 @@ bool try_persistent_forward(const StepSchedule& plan, const LstmLayerShape& s,
   args.h_buffers = scratch.mutable_data_ptr<float>();
   args.c_state = scratch.mutable_data_ptr<float>() + 2 * s.batch * s.hidden;
   return persistent_forward(args, current_stream());
+}
+
+// The backward's time loop in one cooperative launch when it can: fills
+// dgates and turns dh / dc (grad_hy / grad_cy in) into the gradients of h0 /
+// c0, as the cuBLAS loop does; false leaves everything untouched.
+bool try_persistent_backward(const StepSchedule& plan, const LstmLayerShape& s,
+                             const at::Tensor& w_hh, const at::Tensor& grad_output,
+                             const at::Tensor& gates, const at::Tensor& cells,
+                             const at::Tensor& cx, const at::Tensor& dgates, const at::Tensor& dh,
+                             const at::Tensor& dc) {
+  const std::optional<StorageType> storage = persistent_storage(plan, s, gates.scalar_type());
+  if (!storage || !persistent_backward_fits(*storage, static_cast<int>(s.hidden))) return false;
+  const at::Tensor table = device_step_table(plan, gates);
+  // The state gradients in float between steps (as the forward keeps h and c).
+  at::Tensor dh_f = dh.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+  at::Tensor dc_f = dc.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+  PersistentBackwardArgs args{};
+  args.dtype = *storage;
+  args.steps = static_cast<int>(plan.count());
+  args.batch = static_cast<int>(s.batch);
+  args.hidden = static_cast<int>(s.hidden);
+  args.reverse = plan.reverse();
+  args.step_rows = table.const_data_ptr<int>();
+  args.step_offsets = table.const_data_ptr<int>() + plan.count();
+  args.w_hh = w_hh.const_data_ptr();
+  args.grad_output = grad_output.const_data_ptr();
+  args.gates = gates.const_data_ptr();
+  args.cells = cells.const_data_ptr();
+  args.c0 = cx.const_data_ptr();
+  args.grad_gates = dgates.mutable_data_ptr();
+  args.dh = dh_f.mutable_data_ptr<float>();
+  args.dc = dc_f.mutable_data_ptr<float>();
+  if (!persistent_backward(args, current_stream())) return false;
+  dh.copy_(dh_f);
+  dc.copy_(dc_f);
+  return true;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -273,7 +322,10 @@ lstm_layer_backward_cuda(const at::Tensor& grad_output, const at::Tensor& grad_h
   at::Tensor c_prev = at::empty({s.batch, s.hidden}, opts);
   at::Tensor h_pre_grad = at::empty({proj.defined() ? s.batch : 0, s.hidden}, opts);
   const StepSchedule plan(batch_sizes, reverse);
-  for (int64_t i = plan.count() - 1; i >= 0; --i) {
+  const bool persistent = !proj.defined() &&
+                          try_persistent_backward(plan, s, w_hh.contiguous(), go, ws, cs, c0,
+                                                  dgates, dh, dc);
+  for (int64_t i = persistent ? -1 : plan.count() - 1; i >= 0; --i) {
     const int64_t t = plan.forward_step(i), rows = plan.rows(t), off = plan.offset(t);
     if (rows == 0) continue;
     const PreviousStep prev = plan.previous(t);

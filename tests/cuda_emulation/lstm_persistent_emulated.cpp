@@ -1,4 +1,4 @@
-// The persistent LSTM kernel (csrc/lstm/cuda/lstm_persistent.cu) for the
+// The persistent LSTM kernels (csrc/lstm/cuda/lstm_persistent.cu) for the
 // emulator; its cooperative launch passes the kernel as void*, so each
 // instantiation is registered with its signature.
 #include "lstm/cuda/lstm_persistent.cu"
@@ -9,6 +9,9 @@ const bool registered = [] {
   register_cooperative_kernel(pydl::lstm_cuda::persistent_forward_kernel<float>);
   register_cooperative_kernel(pydl::lstm_cuda::persistent_forward_kernel<__half>);
   register_cooperative_kernel(pydl::lstm_cuda::persistent_forward_kernel<__nv_bfloat16>);
+  register_cooperative_kernel(pydl::lstm_cuda::persistent_backward_kernel<float>);
+  register_cooperative_kernel(pydl::lstm_cuda::persistent_backward_kernel<__half>);
+  register_cooperative_kernel(pydl::lstm_cuda::persistent_backward_kernel<__nv_bfloat16>);
   return true;
 }();
 }  // namespace

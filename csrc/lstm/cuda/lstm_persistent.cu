@@ -105,6 +105,73 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Backward (see lstm_persistent.h). Steps in the reverse of the forward's
+// order; rows only grow that way, and a row's dh / dc hold grad_hy / grad_cy
+// until its last forward step comes up.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    persistent_backward_kernel(PersistentBackwardArgs a, int units_per_block) {
+  PYDL_DYNAMIC_SMEM(float, w_smem);  // [4H][U]: w_hh's columns of this block's units
+  cg::grid_group grid = cg::this_grid();
+  const int H = a.hidden, T_ = a.steps;
+  const int u0 = blockIdx.x * units_per_block;
+  const int units = max(0, min(units_per_block, H - u0));
+  const T* w_hh = static_cast<const T*>(a.w_hh);
+  for (int idx = threadIdx.x; idx < 4 * H * units; idx += kThreads) {
+    const int r = idx / units, u = idx - r * units;
+    w_smem[idx] = to_acc(w_hh[int64_t(r) * H + u0 + u]);
+  }
+  __syncthreads();
+
+  const T* gates = static_cast<const T*>(a.gates);
+  const T* cells = static_cast<const T*>(a.cells);
+  const T* c0 = static_cast<const T*>(a.c0);
+  const T* grad_output = static_cast<const T*>(a.grad_output);
+  T* grad_gates = static_cast<T*>(a.grad_gates);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  for (int s = T_ - 1; s >= 0; --s) {  // s: the step's place in the forward's order
+    const int t = a.reverse ? T_ - 1 - s : s;
+    const int rows = a.step_rows[t];
+    const int64_t off = a.step_offsets[t];
+    // The forward's previous step held the rows' c_prev (rows past it start from c0).
+    const int prev_t = a.reverse ? t + 1 : t - 1;
+    const int prev_rows = s > 0 ? a.step_rows[prev_t] : 0;
+    const int64_t prev_off = s > 0 ? a.step_offsets[prev_t] : 0;
+    // Pointwise backward of this block's units: one thread per (row, unit).
+    for (int task = threadIdx.x; task < rows * units; task += kThreads) {
+      const int b = task / units, j = u0 + task % units;
+      const int64_t row = off + b, state = int64_t(b) * H + j;
+      const T* g = gates + row * 4 * H;
+      const float i = to_acc(g[j]), f = to_acc(g[H + j]);
+      const float gg = to_acc(g[2 * H + j]), o = to_acc(g[3 * H + j]);
+      const float tc = tanhf(to_acc(cells[row * H + j]));
+      const float c_prev =
+          b < prev_rows ? to_acc(cells[(prev_off + b) * H + j]) : to_acc(c0[state]);
+      const float gh = a.dh[state] + to_acc(grad_output[row * H + j]);
+      const float gc = a.dc[state] + gh * o * (1.f - tc * tc);
+      T* d = grad_gates + row * 4 * H;
+      d[j] = from_acc<T>(gc * gg * i * (1.f - i));
+      d[H + j] = from_acc<T>(gc * c_prev * f * (1.f - f));
+      d[2 * H + j] = from_acc<T>(gc * i * (1.f - gg * gg));
+      d[3 * H + j] = from_acc<T>(gh * tc * o * (1.f - o));
+      a.dc[state] = gc * f;
+    }
+    grid.sync();  // every block's gate gradients of this step are written
+    // dh_prev[b, k] = sum_r dgates[row b, r] w_hh[r, k] for this block's units
+    // k: one warp per (row, unit), lanes over r. Only this block reads them.
+    for (int task = warp; task < rows * units; task += kWarps) {
+      const int b = task / units, u = task - b * units;
+      const T* d = grad_gates + (off + b) * 4 * H;
+      float acc = 0.f;
+      for (int r = lane; r < 4 * H; r += 32) acc += to_acc(d[r]) * w_smem[r * units + u];
+      for (int m = 16; m > 0; m /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+      if (lane == 0) a.dh[int64_t(b) * H + u0 + u] = acc;
+    }
+    __syncthreads();  // the next step's pointwise part reads this block's dh
+  }
+}
+
 // Grid shape for a hidden size on the current device: one block per SM, each
 // with an equal slice of hidden units; blocks == 0 when it does not fit.
 struct LaunchPlan {
@@ -112,8 +179,9 @@ struct LaunchPlan {
   size_t smem = 0;
 };
 
-template <typename T>
-LaunchPlan plan_launch(int hidden) {
+// (Both kernels hold 4 x units x hidden floats of w_hh.)
+template <typename Kernel>
+LaunchPlan plan_launch(Kernel kernel, int hidden) {
   LaunchPlan plan;
   int device = 0, sms = 0, cooperative = 0, smem_optin = 0;
   // Never swallow an error some earlier kernel left behind.
@@ -129,7 +197,6 @@ LaunchPlan plan_launch(int hidden) {
   const int blocks = (hidden + units - 1) / units;
   const size_t smem = size_t(4) * units * hidden * sizeof(float);
   if (smem > size_t(smem_optin)) return plan;
-  auto kernel = persistent_forward_kernel<T>;
   // The cap is the device's opt-in maximum, the same on every call: a
   // per-call size would let two host threads lower it under each other's launch.
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin) !=
@@ -147,16 +214,15 @@ LaunchPlan plan_launch(int hidden) {
   return {blocks, units, smem};
 }
 
-template <typename T>
-bool launch(const PersistentForwardArgs& a, cudaStream_t stream) {
-  const LaunchPlan plan = plan_launch<T>(a.hidden);
+template <typename Kernel, typename Args>
+bool launch(Kernel kernel, const Args& a, cudaStream_t stream) {
+  const LaunchPlan plan = plan_launch(kernel, a.hidden);
   if (plan.blocks == 0 || a.steps == 0) return false;
-  PersistentForwardArgs args = a;
+  Args args = a;
   int units_per_block = plan.units;
   void* params[] = {&args, &units_per_block};
-  const cudaError_t err =
-      cudaLaunchCooperativeKernel(reinterpret_cast<void*>(persistent_forward_kernel<T>),
-                                  plan.blocks, kThreads, params, plan.smem, stream);
+  const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), plan.blocks,
+                                                      kThreads, params, plan.smem, stream);
   if (err != cudaSuccess) {
     cudaGetLastError();  // a refused launch is not sticky: clear it and fall back
     return false;
@@ -168,18 +234,39 @@ bool launch(const PersistentForwardArgs& a, cudaStream_t stream) {
 
 bool persistent_forward_fits(StorageType dtype, int hidden) {
   switch (dtype) {
-    case StorageType::Float: return plan_launch<float>(hidden).blocks > 0;
-    case StorageType::Half: return plan_launch<__half>(hidden).blocks > 0;
-    case StorageType::BFloat16: return plan_launch<__nv_bfloat16>(hidden).blocks > 0;
+    case StorageType::Float: return plan_launch(persistent_forward_kernel<float>, hidden).blocks > 0;
+    case StorageType::Half: return plan_launch(persistent_forward_kernel<__half>, hidden).blocks > 0;
+    case StorageType::BFloat16:
+      return plan_launch(persistent_forward_kernel<__nv_bfloat16>, hidden).blocks > 0;
   }
   return false;
 }
 
 bool persistent_forward(const PersistentForwardArgs& a, cudaStream_t stream) {
   switch (a.dtype) {
-    case StorageType::Float: return launch<float>(a, stream);
-    case StorageType::Half: return launch<__half>(a, stream);
-    case StorageType::BFloat16: return launch<__nv_bfloat16>(a, stream);
+    case StorageType::Float: return launch(persistent_forward_kernel<float>, a, stream);
+    case StorageType::Half: return launch(persistent_forward_kernel<__half>, a, stream);
+    case StorageType::BFloat16: return launch(persistent_forward_kernel<__nv_bfloat16>, a, stream);
+  }
+  return false;
+}
+
+bool persistent_backward_fits(StorageType dtype, int hidden) {
+  switch (dtype) {
+    case StorageType::Float: return plan_launch(persistent_backward_kernel<float>, hidden).blocks > 0;
+    case StorageType::Half:
+      return plan_launch(persistent_backward_kernel<__half>, hidden).blocks > 0;
+    case StorageType::BFloat16:
+      return plan_launch(persistent_backward_kernel<__nv_bfloat16>, hidden).blocks > 0;
+  }
+  return false;
+}
+
+bool persistent_backward(const PersistentBackwardArgs& a, cudaStream_t stream) {
+  switch (a.dtype) {
+    case StorageType::Float: return launch(persistent_backward_kernel<float>, a, stream);
+    case StorageType::Half: return launch(persistent_backward_kernel<__half>, a, stream);
+    case StorageType::BFloat16: return launch(persistent_backward_kernel<__nv_bfloat16>, a, stream);
   }
   return false;
 }

@@ -33,6 +33,29 @@ struct PersistentForwardArgs {
   float* c_state;                 // device scratch [B, H]
 };
 
+// The layer's backward through time for the same small batches: one
+// cooperative launch for all steps. Block b keeps the columns of w_hh that
+// belong to its hidden units in shared memory; per step it applies the
+// cell's pointwise backward to its units, the grid synchronizes (every gate
+// gradient of the step is written), and it computes its units' share of
+// dh_prev = dgates w_hh. The weight and input gradients are the caller's
+// GEMMs afterwards, as for the cuBLAS loop.
+struct PersistentBackwardArgs {
+  StorageType dtype;
+  int steps, batch, hidden;       // T, B, H (no projection)
+  bool reverse;                   // the forward's direction
+  const int* step_rows;           // device [T]
+  const int* step_offsets;        // device [T]
+  const void* w_hh;               // [4H, H]
+  const void* grad_output;        // [N, H]: the gradient reaching each step's h from above
+  const void* gates;              // [N, 4H]: the forward's activated gates (i, f, g, o)
+  const void* cells;              // [N, H]: the forward's c
+  const void* c0;                 // [B, H]
+  void* grad_gates;               // [N, 4H] out: the gate pre-activations' gradients
+  float* dh;                      // device [B, H]: grad_hy in, the gradient of h0 out
+  float* dc;                      // device [B, H]: grad_cy in, the gradient of c0 out
+};
+
 // Whether the current device can run the kernel for this hidden size (shared
 // memory for the weights, cooperative launch, enough co-resident blocks):
 // checked before the caller allocates anything for it.
@@ -41,6 +64,10 @@ bool persistent_forward_fits(StorageType dtype, int hidden);
 // Runs the layer and returns true, or returns false without launching when
 // the device cannot hold the problem.
 bool persistent_forward(const PersistentForwardArgs& args, cudaStream_t stream);
+
+// The same two for the backward kernel.
+bool persistent_backward_fits(StorageType dtype, int hidden);
+bool persistent_backward(const PersistentBackwardArgs& args, cudaStream_t stream);
 
 }  // namespace lstm_cuda
 }  // namespace pydl
