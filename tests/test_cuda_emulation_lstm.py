@@ -182,3 +182,14 @@ def test_cell_forward_and_backward(emu, dtype):
     got = run(emu, _cast(args, dtype))
     for k, (a, w) in enumerate(zip(got, want)):
         assert rel_error(a, w) <= TOL[dtype], f"tensor {k} ({dtype})"
+
+
+@pytest.mark.parametrize("name", ["lstm_cell", "lstm_cell_backward", "lstm_layer",
+                                  "lstm_layer_backward", "attention", "attention_backward"])
+def test_emulated_ops_mirror_pydls_schemas(emu, name):
+    """The emulated ops repeat pydl's schemas (csrc/pydl.cpp): they must not drift apart."""
+    ours = getattr(torch.ops.pydl, name).default._schema
+    emulated = getattr(torch.ops.pydl_emulated, name).default._schema
+    assert [(a.name, str(a.type)) for a in ours.arguments] == \
+        [(a.name, str(a.type)) for a in emulated.arguments]
+    assert [str(r.type) for r in ours.returns] == [str(r.type) for r in emulated.returns]

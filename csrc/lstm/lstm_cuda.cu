@@ -186,6 +186,19 @@ at::Tensor device_step_table(const StepSchedule& plan, const at::Tensor& like) {
   return table.to(like.device(), /*non_blocking=*/true);
 }
 
+// The fields both persistent kernels take.
+void fill_layer(PersistentLayer& layer, StorageType storage, const StepSchedule& plan,
+                const LstmLayerShape& s, const at::Tensor& table, const at::Tensor& w_hh) {
+  layer.dtype = storage;
+  layer.steps = static_cast<int>(plan.count());
+  layer.batch = static_cast<int>(s.batch);
+  layer.hidden = static_cast<int>(s.hidden);
+  layer.reverse = plan.reverse();
+  layer.step_rows = table.const_data_ptr<int>();
+  layer.step_offsets = table.const_data_ptr<int>() + plan.count();
+  layer.w_hh = w_hh.const_data_ptr();
+}
+
 // Runs the whole layer in one cooperative launch when it can (see
 // cuda/lstm_persistent.h); false leaves everything untouched.
 bool try_persistent_forward(const StepSchedule& plan, const LstmLayerShape& s,
@@ -197,14 +210,7 @@ bool try_persistent_forward(const StepSchedule& plan, const LstmLayerShape& s,
   const at::Tensor table = device_step_table(plan, gates);
   at::Tensor scratch = at::empty({3, s.batch, s.hidden}, gates.options().dtype(at::kFloat));
   PersistentForwardArgs args{};
-  args.dtype = *storage;
-  args.steps = static_cast<int>(plan.count());
-  args.batch = static_cast<int>(s.batch);
-  args.hidden = static_cast<int>(s.hidden);
-  args.reverse = plan.reverse();
-  args.step_rows = table.const_data_ptr<int>();
-  args.step_offsets = table.const_data_ptr<int>() + plan.count();
-  args.w_hh = w_hh.const_data_ptr();
+  fill_layer(args, *storage, plan, s, table, w_hh);
   args.gates = gates.mutable_data_ptr();
   args.h0 = hx.const_data_ptr();
   args.c0 = cx.const_data_ptr();
@@ -228,18 +234,13 @@ bool try_persistent_backward(const StepSchedule& plan, const LstmLayerShape& s,
   const std::optional<StorageType> storage = persistent_storage(plan, s, gates.scalar_type());
   if (!storage || !persistent_backward_fits(*storage, static_cast<int>(s.hidden))) return false;
   const at::Tensor table = device_step_table(plan, gates);
-  // The state gradients in float between steps (as the forward keeps h and c).
-  at::Tensor dh_f = dh.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
-  at::Tensor dc_f = dc.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+  // The state gradients in float between steps (as the forward keeps h and
+  // c): dh / dc themselves when float (they are the caller's private copies).
+  const bool is_float = dh.scalar_type() == at::kFloat;
+  at::Tensor dh_f = is_float ? dh : dh.to(at::kFloat);
+  at::Tensor dc_f = is_float ? dc : dc.to(at::kFloat);
   PersistentBackwardArgs args{};
-  args.dtype = *storage;
-  args.steps = static_cast<int>(plan.count());
-  args.batch = static_cast<int>(s.batch);
-  args.hidden = static_cast<int>(s.hidden);
-  args.reverse = plan.reverse();
-  args.step_rows = table.const_data_ptr<int>();
-  args.step_offsets = table.const_data_ptr<int>() + plan.count();
-  args.w_hh = w_hh.const_data_ptr();
+  fill_layer(args, *storage, plan, s, table, w_hh);
   args.grad_output = grad_output.const_data_ptr();
   args.gates = gates.const_data_ptr();
   args.cells = cells.const_data_ptr();
@@ -248,8 +249,10 @@ bool try_persistent_backward(const StepSchedule& plan, const LstmLayerShape& s,
   args.dh = dh_f.mutable_data_ptr<float>();
   args.dc = dc_f.mutable_data_ptr<float>();
   if (!persistent_backward(args, current_stream())) return false;
-  dh.copy_(dh_f);
-  dc.copy_(dc_f);
+  if (!is_float) {
+    dh.copy_(dh_f);
+    dc.copy_(dc_f);
+  }
   return true;
 }
 

@@ -106,20 +106,23 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Backward (see lstm_persistent.h). Steps in the reverse of the forward's
-// order; rows only grow that way, and a row's dh / dc hold grad_hy / grad_cy
-// until its last forward step comes up.
+// order; rows a step does not run keep their dh / dc: grad_hy / grad_cy
+// before their last forward step comes up, the gradients of h0 / c0 after
+// their first.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     persistent_backward_kernel(PersistentBackwardArgs a, int units_per_block) {
-  PYDL_DYNAMIC_SMEM(float, w_smem);  // [4H][U]: w_hh's columns of this block's units
+  // [U][4H]: w_hh's columns of this block's units, each contiguous so that
+  // the lanes of a warp (consecutive r) read consecutive banks.
+  PYDL_DYNAMIC_SMEM(float, w_smem);
   cg::grid_group grid = cg::this_grid();
   const int H = a.hidden, T_ = a.steps;
   const int u0 = blockIdx.x * units_per_block;
   const int units = max(0, min(units_per_block, H - u0));
   const T* w_hh = static_cast<const T*>(a.w_hh);
   for (int idx = threadIdx.x; idx < 4 * H * units; idx += kThreads) {
-    const int r = idx / units, u = idx - r * units;
-    w_smem[idx] = to_acc(w_hh[int64_t(r) * H + u0 + u]);
+    const int r = idx / units, u = idx - r * units;  // global reads along u: coalesced
+    w_smem[u * 4 * H + r] = to_acc(w_hh[int64_t(r) * H + u0 + u]);
   }
   __syncthreads();
 
@@ -164,7 +167,8 @@ __global__ void __launch_bounds__(kThreads)
       const int b = task / units, u = task - b * units;
       const T* d = grad_gates + (off + b) * 4 * H;
       float acc = 0.f;
-      for (int r = lane; r < 4 * H; r += 32) acc += to_acc(d[r]) * w_smem[r * units + u];
+      const float* w = w_smem + u * 4 * H;
+      for (int r = lane; r < 4 * H; r += 32) acc += to_acc(d[r]) * w[r];
       for (int m = 16; m > 0; m /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, m);
       if (lane == 0) a.dh[int64_t(b) * H + u0 + u] = acc;
     }
@@ -230,45 +234,40 @@ bool launch(Kernel kernel, const Args& a, cudaStream_t stream) {
   return true;
 }
 
+template <typename Fn>
+bool with_storage_type(StorageType dtype, Fn&& fn) {
+  switch (dtype) {
+    case StorageType::Float: return fn(float{});
+    case StorageType::Half: return fn(__half{});
+    case StorageType::BFloat16: return fn(__nv_bfloat16{});
+  }
+  return false;
+}
+
 }  // namespace
 
 bool persistent_forward_fits(StorageType dtype, int hidden) {
-  switch (dtype) {
-    case StorageType::Float: return plan_launch(persistent_forward_kernel<float>, hidden).blocks > 0;
-    case StorageType::Half: return plan_launch(persistent_forward_kernel<__half>, hidden).blocks > 0;
-    case StorageType::BFloat16:
-      return plan_launch(persistent_forward_kernel<__nv_bfloat16>, hidden).blocks > 0;
-  }
-  return false;
+  return with_storage_type(dtype, [&](auto tag) {
+    return plan_launch(persistent_forward_kernel<decltype(tag)>, hidden).blocks > 0;
+  });
 }
 
 bool persistent_forward(const PersistentForwardArgs& a, cudaStream_t stream) {
-  switch (a.dtype) {
-    case StorageType::Float: return launch(persistent_forward_kernel<float>, a, stream);
-    case StorageType::Half: return launch(persistent_forward_kernel<__half>, a, stream);
-    case StorageType::BFloat16: return launch(persistent_forward_kernel<__nv_bfloat16>, a, stream);
-  }
-  return false;
+  return with_storage_type(a.dtype, [&](auto tag) {
+    return launch(persistent_forward_kernel<decltype(tag)>, a, stream);
+  });
 }
 
 bool persistent_backward_fits(StorageType dtype, int hidden) {
-  switch (dtype) {
-    case StorageType::Float: return plan_launch(persistent_backward_kernel<float>, hidden).blocks > 0;
-    case StorageType::Half:
-      return plan_launch(persistent_backward_kernel<__half>, hidden).blocks > 0;
-    case StorageType::BFloat16:
-      return plan_launch(persistent_backward_kernel<__nv_bfloat16>, hidden).blocks > 0;
-  }
-  return false;
+  return with_storage_type(dtype, [&](auto tag) {
+    return plan_launch(persistent_backward_kernel<decltype(tag)>, hidden).blocks > 0;
+  });
 }
 
 bool persistent_backward(const PersistentBackwardArgs& a, cudaStream_t stream) {
-  switch (a.dtype) {
-    case StorageType::Float: return launch(persistent_backward_kernel<float>, a, stream);
-    case StorageType::Half: return launch(persistent_backward_kernel<__half>, a, stream);
-    case StorageType::BFloat16: return launch(persistent_backward_kernel<__nv_bfloat16>, a, stream);
-  }
-  return false;
+  return with_storage_type(a.dtype, [&](auto tag) {
+    return launch(persistent_backward_kernel<decltype(tag)>, a, stream);
+  });
 }
 
 }  // namespace lstm_cuda

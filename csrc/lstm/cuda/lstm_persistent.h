@@ -15,13 +15,17 @@ namespace lstm_cuda {
 
 enum class StorageType { Float, Half, BFloat16 };
 
-struct PersistentForwardArgs {
+// What both kernels take: the layer's shape, its steps and w_hh.
+struct PersistentLayer {
   StorageType dtype;
   int steps, batch, hidden;       // T, B (rows of the states), H (= P: no projection)
   bool reverse;
   const int* step_rows;           // device [T]: rows of each step (non-increasing)
   const int* step_offsets;        // device [T]: first packed row of each step
   const void* w_hh;               // [4H, H]
+};
+
+struct PersistentForwardArgs : PersistentLayer {
   void* gates;                    // [N, 4H]: input projection with biases in, activated gates out
   const void* h0;                 // [B, H]
   const void* c0;                 // [B, H]
@@ -40,13 +44,7 @@ struct PersistentForwardArgs {
 // gradient of the step is written), and it computes its units' share of
 // dh_prev = dgates w_hh. The weight and input gradients are the caller's
 // GEMMs afterwards, as for the cuBLAS loop.
-struct PersistentBackwardArgs {
-  StorageType dtype;
-  int steps, batch, hidden;       // T, B, H (no projection)
-  bool reverse;                   // the forward's direction
-  const int* step_rows;           // device [T]
-  const int* step_offsets;        // device [T]
-  const void* w_hh;               // [4H, H]
+struct PersistentBackwardArgs : PersistentLayer {  // reverse: the forward's direction
   const void* grad_output;        // [N, H]: the gradient reaching each step's h from above
   const void* gates;              // [N, 4H]: the forward's activated gates (i, f, g, o)
   const void* cells;              // [N, H]: the forward's c
