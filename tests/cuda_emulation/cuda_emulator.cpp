@@ -58,7 +58,8 @@ struct GuardedMapping {
     const size_t used = (bytes + 15) / 16 * 16;
     const size_t pages = (used + page - 1) / page;
     length = (pages + 1) * page;
-    void* mapped = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* mapped =
+        mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mapped == MAP_FAILED) throw std::bad_alloc();
     base = static_cast<char*>(mapped);
     if (device().reverse_order) {

@@ -38,8 +38,9 @@ void row_delta(const T* grad_out, const T* out, const void* grad_lse, void* delt
   if (rows == 0) return;
   const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
   auto kernel = delta_kernel<T>;
-  PYDL_LAUNCH_KERNEL(kernel, static_cast<unsigned>(blocks), 32 * kWarpsPerBlock, 0, stream, grad_out,
-                     out, static_cast<const AccT*>(grad_lse), static_cast<AccT*>(delta), rows, dim);
+  PYDL_LAUNCH_KERNEL(kernel, static_cast<unsigned>(blocks), 32 * kWarpsPerBlock, 0, stream,
+                     grad_out, out, static_cast<const AccT*>(grad_lse), static_cast<AccT*>(delta),
+                     rows, dim);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -421,7 +421,8 @@ void launch_rows(Kernel kernel, const Args& a, int heads, int rows, SmemFn smem,
               " rows is too long for the CUDA-core kernel");
   if (heads == 0 || blocks == 0) return;
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), static_cast<int>(bytes));
-  PYDL_LAUNCH_KERNEL(kernel, dim3(heads, static_cast<unsigned>(blocks)), 4 * R, bytes, stream, a, R);
+  PYDL_LAUNCH_KERNEL(kernel, dim3(heads, static_cast<unsigned>(blocks)), 4 * R, bytes, stream, a,
+                     R);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
