@@ -48,6 +48,12 @@ def unavailable_reason() -> str:
         return "the CUDA emulator uses Linux ucontext fibers"
     if not cuda_include_dirs():
         return "no CUDA toolkit headers (cuda_fp16.h) found"
+    from torch.utils import cpp_extension
+
+    if torch.version.cuda is None or not any(
+            os.path.isfile(os.path.join(d, "ATen", "cuda", "CUDAContext.h"))
+            for d in cpp_extension.include_paths()):
+        return "this torch is a CPU-only build (the CUDA entries include ATen's CUDA headers)"
     return ""
 
 
