@@ -511,8 +511,16 @@ std::map<const void*, int>& granted_smem() {
 
 void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem_bytes, bool cooperative,
               const std::function<void()>& body) {
-  if (g_run != nullptr) throw std::runtime_error("cuda emulator: a launch inside a kernel");
+  // A kernel launching a kernel would wait on the mutex its own thread holds;
+  // launches from other host threads wait their turn.
+  thread_local bool launching = false;
+  if (launching) throw std::runtime_error("cuda emulator: a launch inside a kernel");
   const std::lock_guard<std::mutex> lock(g_launch_mutex);
+  launching = true;
+  struct Reset {
+    bool& flag;
+    ~Reset() { flag = false; }
+  } reset{launching};
   if (block.x * block.y * block.z == 0 || block.x * block.y * block.z > 1024) {
     throw std::runtime_error("cuda emulator: invalid block size " +
                              std::to_string(block.x * block.y * block.z));
