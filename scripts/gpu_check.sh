@@ -113,8 +113,10 @@ if [[ $STEPS == *" tests"* || $STEPS == "tests"* ]]; then
 fi
 
 if [[ $STEPS == *cputests* ]]; then
+  # (Not the CUDA-emulation tests: the real GPU is here.)
   PYDL_STRICT=1 timeout -s INT -k 20 "$(capped 300)" "$PYTHON" -m pytest tests -m "not gpu" -q \
-    -p no:cacheprovider -rfE > "$OUT/cpu_tests.log" 2>&1
+    -p no:cacheprovider -rfE --ignore-glob='tests/test_cuda_emulation_*' \
+    > "$OUT/cpu_tests.log" 2>&1
   echo "cpu tests: exit $? — $(tail -n 1 "$OUT/cpu_tests.log")" | tee -a "$report"
   grep -E "^(FAILED|ERROR)" "$OUT/cpu_tests.log" | head -n 20 | tee -a "$report"
 fi
