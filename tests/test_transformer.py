@@ -108,3 +108,24 @@ def test_dropout_in_training_is_seeded():
     torch.manual_seed(5)
     b = ours(x)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", torch.nn.GELU(approximate="tanh"),
+                                        torch.nn.ReLU(), torch.nn.functional.silu])
+@pytest.mark.parametrize("grad", [False, True])
+def test_feed_forward_activation_in_place_matches_torch(activation, grad):
+    """The feed-forward block applies ReLU (and, without a graph, GELU with its
+    `approximate`) in place: the same values and gradients as torch's block."""
+    dtype = torch.float64
+    ours, theirs = _pair(dtype, batch_first=True, activation=activation, dropout=0.0)
+    x, _, _ = _inputs(True, dtype)
+    with torch.set_grad_enabled(grad):
+        xa = x.clone().requires_grad_(grad)
+        xb = x.clone().requires_grad_(grad)
+        got, want = ours._ff_block(xa), theirs._ff_block(xb)
+        assert_close_rel(got, want, dtype, "feed-forward output")
+        if grad:
+            ga = torch.autograd.grad(got.sum(), [xa, *ours.linear1.parameters()])
+            gb = torch.autograd.grad(want.sum(), [xb, *theirs.linear1.parameters()])
+            for a, b in zip(ga, gb):
+                assert_close_rel(a, b, dtype, "feed-forward grad")

@@ -51,6 +51,23 @@ class TransformerEncoderLayer(torch.nn.TransformerEncoderLayer):
             x = self.norm2(x + self._ff_block(x))
         return x
 
+    def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
+        # As torch's, but ReLU in place (GELU too when no graph is recorded:
+        # its backward needs the input): an out-of-place activation allocates
+        # a fresh (tokens, dim_feedforward) buffer each call, and its page
+        # faults cost 1.7 ms of a 23 ms B8 L128 E512 layer (0.92x -> see the
+        # README's table). ReLU's backward needs only its output.
+        hidden = self.linear1(x)
+        kind = getattr(self, "activation_relu_or_gelu", 0)  # torch's: 1 relu, 2 gelu
+        if kind == 1:
+            hidden = hidden.relu_()
+        elif kind == 2 and not (torch.is_grad_enabled() and hidden.requires_grad):
+            approximate = getattr(self.activation, "approximate", "none")  # nn.GELU's, or F.gelu
+            hidden = torch.ops.aten.gelu_(hidden, approximate=approximate)
+        else:
+            hidden = self.activation(hidden)
+        return self.dropout2(self.linear2(self.dropout(hidden)))
+
 
 class TransformerEncoder(torch.nn.TransformerEncoder):
     """torch.nn.TransformerEncoder whose layers are pydl's (a torch
