@@ -129,3 +129,14 @@ def test_feed_forward_activation_in_place_matches_torch(activation, grad):
             gb = torch.autograd.grad(want.sum(), [xb, *theirs.linear1.parameters()])
             for a, b in zip(ga, gb):
                 assert_close_rel(a, b, dtype, "feed-forward grad")
+
+
+def test_feed_forward_leaves_a_hooked_linear1_output_alone():
+    """A forward hook on linear1 may keep its output: no in-place activation then."""
+    ours, _ = _pair(torch.float64, batch_first=True, dropout=0.0)
+    kept = []
+    ours.linear1.register_forward_hook(lambda module, args, out: kept.append(out))
+    x, _, _ = _inputs(True, torch.float64)
+    with torch.no_grad():
+        ours._ff_block(x)
+        assert (kept[0] < 0).any(), "linear1's output was overwritten by the ReLU"

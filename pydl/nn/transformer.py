@@ -59,6 +59,8 @@ class TransformerEncoderLayer(torch.nn.TransformerEncoderLayer):
         # README's table). ReLU's backward needs only its output.
         hidden = self.linear1(x)
         kind = getattr(self, "activation_relu_or_gelu", 0)  # torch's: 1 relu, 2 gelu
+        if self.linear1._forward_hooks or torch.nn.modules.module._global_forward_hooks:
+            kind = 0  # a hook may hold linear1's output: leave it as it was
         if kind == 1:
             hidden = hidden.relu_()
         elif kind == 2 and not (torch.is_grad_enabled() and hidden.requires_grad):
