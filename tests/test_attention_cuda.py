@@ -19,6 +19,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from attention_cases import case_id, case_inputs, in_dtype
 from conftest import LOW_PRECISION_FACTOR, RTOL, rel_error
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -48,9 +49,7 @@ def _opt_in(monkeypatch):
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
-# (batch, Hq, Hk, L, S, E, Ev, mask, causal alignment or None)
-# mask: None | "bool" | "float" (full (N, Hq, L, S)) | "bool_b" / "float_b"
-#       ((L, S), broadcast over batch and heads) | "float_h" ((Hq, 1, S)).
+# Cases as attention_cases.py describes them.
 CASES = [
     (2, 4, 4, 128, 128, 64, 64, None, None),
     (1, 2, 2, 1, 1, 8, 8, None, None),
@@ -68,28 +67,9 @@ CASES = [
 ]
 
 
-def _ids(case):
-    n, hq, hk, L, S, E, Ev, mask, causal = case
-    return f"n{n}_h{hq}-{hk}_L{L}_S{S}_E{E}-{Ev}_{mask}_{causal}"
-
-
 def _inputs(case, seed=0):
     """float64 CUDA q, k, v, mask (bool or float64)."""
-    n, hq, hk, L, S, E, Ev, mask_kind, _ = case
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).cuda()
-    q, k, v = r(n, hq, L, E), r(n, hk, S, E), r(n, hk, S, Ev)
-    mask = None
-    if mask_kind is not None:
-        shape = {"bool_b": (L, S), "float_b": (L, S), "float_h": (hq, 1, S)}.get(
-            mask_kind, (n, hq, L, S))
-        mask = (torch.rand(*shape, generator=g) > 0.3).cuda() if mask_kind.startswith("bool") \
-            else r(*shape)
-    return q, k, v, mask
-
-
-def _cast(t, dtype):
-    return None if t is None else (t if t.dtype == torch.bool else t.to(dtype))
+    return case_inputs(case, seed, device="cuda")
 
 
 def _kw(case):
@@ -136,12 +116,12 @@ def _check(got, exact, dtype, what, torch_got=None):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_forward_matches_reference(case, dtype):
     q, k, v, mask = _inputs(case)
     kw = _kw(case)
     exact, exact_lse = reference.scaled_dot_product_attention(q, k, v, mask, return_lse=True, **kw)
-    qc, kc, vc, mc = (_cast(t, dtype) for t in (q, k, v, mask))
+    qc, kc, vc, mc = (in_dtype(t, dtype) for t in (q, k, v, mask))
     out, lse = sdpa(qc, kc, vc, mc, return_lse=True, **kw)
     assert out.dtype == dtype and out.shape == exact.shape
     assert lse.dtype == (torch.float32 if dtype in LOW else dtype)
@@ -188,7 +168,7 @@ def test_forward_vs_torch_backend(backend, dtype, causal):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_grads_match_reference(case, dtype):
     q, k, v, mask = _inputs(case)
     kw = _kw(case)
@@ -198,7 +178,7 @@ def test_grads_match_reference(case, dtype):
     lse_weight = torch.randn(case[0], case[1], case[3], generator=g, dtype=torch.float64).cuda()
     ref = lambda q, k, v, m: reference.scaled_dot_product_attention(q, k, v, m, return_lse=True, **kw)
     _, _, exact = _forward_and_grads(ref, q, k, v, mask, grad_out, lse_weight)
-    cast = [_cast(t, dtype) for t in (q, k, v, mask)]
+    cast = [in_dtype(t, dtype) for t in (q, k, v, mask)]
     ours = lambda q, k, v, m: sdpa(q, k, v, m, return_lse=True, **kw)
     _, _, got = _forward_and_grads(ours, *cast, grad_out, lse_weight)
     theirs = [None] * len(got)

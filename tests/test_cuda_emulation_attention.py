@@ -20,6 +20,7 @@ import math
 import emulated_cuda
 import pytest
 import torch
+from attention_cases import case_id, case_inputs, in_dtype
 from conftest import LOW_PRECISION_FACTOR, RTOL, rel_error
 
 from pydl import _ext, reference
@@ -44,8 +45,8 @@ def test_warp_tensor_core_selftest():
     assert "FAIL" not in run.stdout
 
 
-# (batch, Hq, Hk, L, S, E, Ev, mask, causal alignment or None), as in
-# test_attention_cuda.py but sized for the emulator. Head dims that are
+# Cases as attention_cases.py describes them, like test_attention_cuda.py's
+# but sized for the emulator. Head dims that are
 # multiples of 8 take the tensor-core kernels for float16 / bfloat16.
 CASES = [
     (2, 2, 2, 64, 64, 64, 64, None, None),
@@ -76,30 +77,6 @@ SCHEDULES = [{}, {"warp_greedy": True, "reverse": True, "eager_copies": True},
 
 def _schedule(case):
     return emulated_cuda.emulated_device(**SCHEDULES[CASES.index(case) % len(SCHEDULES)])
-
-
-def _ids(case):
-    n, hq, hk, L, S, E, Ev, mask, causal = case
-    return f"n{n}_h{hq}-{hk}_L{L}_S{S}_E{E}-{Ev}_{mask}_{causal}"
-
-
-def _inputs(case, seed=0):
-    """float64 q, k, v and the mask (bool or float64)."""
-    n, hq, hk, L, S, E, Ev, mask_kind, _ = case
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
-    q, k, v = r(n, hq, L, E), r(n, hk, S, E), r(n, hk, S, Ev)
-    mask = None
-    if mask_kind is not None:
-        shape = {"bool_b": (L, S), "float_b": (L, S), "float_h": (hq, 1, S)}.get(
-            mask_kind, (n, hq, L, S))
-        mask = (torch.rand(*shape, generator=g) > 0.3) if mask_kind.startswith("bool") \
-            else r(*shape)
-    return q, k, v, mask
-
-
-def _cast(t, dtype):
-    return None if t is None else (t if t.dtype == torch.bool else t.to(dtype))
 
 
 def _reference(case, q, k, v, mask):
@@ -139,7 +116,7 @@ def _low_precision_reference(case, dtype, q, k, v, mask):
     """The reference evaluated in `dtype` (torch's own rounding): the yardstick for fp16/bf16."""
     if dtype not in LOW:
         return None, None
-    return _reference(case, *[_cast(t, dtype) for t in (q, k, v, mask)])
+    return _reference(case, *[in_dtype(t, dtype) for t in (q, k, v, mask)])
 
 
 def _tensor_cores(case, dtype):
@@ -148,18 +125,18 @@ def _tensor_cores(case, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_forward_matches_reference(emu, case, dtype):
-    q, k, v, mask = _inputs(case)
+    q, k, v, mask = case_inputs(case)
     exact_out, _ = _reference(case, q, k, v, mask)
     mmas = emu.mma_count()
     with _schedule(case):
-        out, lse = emu.attention(*_op_args(case, *[_cast(t, dtype) for t in (q, k, v, mask)]))
+        out, lse = emu.attention(*_op_args(case, *[in_dtype(t, dtype) for t in (q, k, v, mask)]))
     assert (emu.mma_count() > mmas) == _tensor_cores(case, dtype), "not the expected kernels"
     low_out, _ = _low_precision_reference(case, dtype, q, k, v, mask)
     _check(out, exact_out, dtype, "out", low_out)
     # lse against the float64 reference on the inputs as rounded to dtype
-    rounded = [None if t is None else _cast(t, dtype).to(t.dtype) for t in (q, k, v, mask)]
+    rounded = [None if t is None else in_dtype(t, dtype).to(t.dtype) for t in (q, k, v, mask)]
     _, exact_lse = _reference(case, *rounded)
     assert torch.equal(torch.isinf(lse), torch.isinf(exact_lse)), "rows with no key: lse = -inf"
     lse_tol = 1e-12 if dtype == torch.float64 else 1e-5
@@ -167,10 +144,10 @@ def test_forward_matches_reference(emu, case, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_grads_match_reference(emu, case, dtype):
     """dq, dk, dv and the additive mask's gradient, with a gradient reaching lse too."""
-    q, k, v, mask = _inputs(case)
+    q, k, v, mask = case_inputs(case)
     g = torch.Generator().manual_seed(9)
     grad_out = torch.randn(case[0], case[1], case[3], case[6], generator=g, dtype=torch.float64)
     grad_lse = torch.randn(case[0], case[1], case[3], generator=g, dtype=torch.float64)
@@ -186,7 +163,7 @@ def test_grads_match_reference(emu, case, dtype):
         return torch.autograd.grad(loss, leaves)
 
     exact = grads_of(lambda *a: _reference(case, *a), (q, k, v, mask))
-    cast = [_cast(t, dtype) for t in (q, k, v, mask)]
+    cast = [in_dtype(t, dtype) for t in (q, k, v, mask)]
     args = _op_args(case, *cast)
     want_mask_grad = mask is not None and mask.dtype != torch.bool
     with _schedule(case):
@@ -299,7 +276,7 @@ def test_results_do_not_depend_on_thread_order(emu, dtype):
     once: a read that races with another thread's write (or with a copy)
     would change the result."""
     case = (1, 4, 2, 70, 250, 64, 64, "float_b", "bottom_right")  # several key tiles
-    q, k, v, mask = (_cast(t, dtype) for t in _inputs(case))
+    q, k, v, mask = (in_dtype(t, dtype) for t in case_inputs(case))
     args = _op_args(case, q, k, v, mask, seed=77, p=0.3)
     grad_out = torch.randn(1, 4, 70, 64, dtype=torch.float64).to(dtype)
 
@@ -333,13 +310,13 @@ def test_small_shared_memory_device_takes_cuda_core_kernels(emu, dtype, smem_kb,
     launch: at head dim 256 the forward tile (99 KB) fits and the backward's
     do not; with 64 KB (sm_75) neither does."""
     case = (1, 2, 2, 40, 50, 256, 256, None, "top_left")
-    q, k, v, mask = _inputs(case)
+    q, k, v, mask = case_inputs(case)
     g = torch.Generator().manual_seed(9)
     grad_out = torch.randn(1, 2, 40, 256, generator=g, dtype=torch.float64)
     exact = [t.detach().requires_grad_() for t in (q, k, v)]
     exact_out, _ = _reference(case, *exact, None)
     exact_grads = torch.autograd.grad((exact_out * grad_out).sum(), exact)
-    args = _op_args(case, *[_cast(t, dtype) for t in (q, k, v, mask)])
+    args = _op_args(case, *[in_dtype(t, dtype) for t in (q, k, v, mask)])
     with emulated_cuda.emulated_device(max_smem_optin=smem_kb * 1024):
         before = emu.mma_count()
         out, lse = emu.attention(*args)
@@ -358,7 +335,7 @@ def test_small_shared_memory_device_takes_cuda_core_kernels(emu, dtype, smem_kb,
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", ["nlhe", "sliced", "misaligned", "offset"])
-def test_strided_inputs(emu, dtype, layout):
+def test_stridedcase_inputs(emu, dtype, layout):
     """(N, L, H, E).transpose(1, 2) views, a head-dim slice, a one-element
     offset slice, and a contiguous tensor at a one-element storage offset:
     forward and gradients."""
@@ -399,7 +376,7 @@ def test_strided_inputs(emu, dtype, layout):
 def test_backward_computes_only_the_gradients_asked_for(emu, dtype, wanted):
     """output_mask: the grads asked for equal those of a full backward; the others are None."""
     case = (1, 4, 2, 70, 90, 64, 64, "float", "bottom_right")
-    q, k, v, mask = (_cast(t, dtype) for t in _inputs(case))
+    q, k, v, mask = (in_dtype(t, dtype) for t in case_inputs(case))
     args = _op_args(case, q, k, v, mask)
     out, lse = emu.attention(*args)
     grad_out = torch.randn(out.shape, dtype=torch.float64).to(dtype)
@@ -421,7 +398,7 @@ def test_tensor_core_ldmatrix_is_free_of_bank_conflicts(emu, dtype, head_dim):
     ldmatrix of the tensor-core forward and backward reads its 8 rows from 8
     different bank groups (the padded smem pitch), so no wavefront is replayed."""
     case = (1, 2, 1, 70, 90, head_dim, head_dim, None, "bottom_right")
-    q, k, v, _ = (_cast(t, dtype) for t in _inputs(case))
+    q, k, v, _ = (in_dtype(t, dtype) for t in case_inputs(case))
     args = _op_args(case, q, k, v, None, seed=3, p=0.2)
     ideal0, actual0 = emu.smem_wavefronts()
     out, lse = emu.attention(*args)

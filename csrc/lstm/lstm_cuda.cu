@@ -325,9 +325,9 @@ lstm_layer_backward_cuda(const at::Tensor& grad_output, const at::Tensor& grad_h
   at::Tensor c_prev = at::empty({s.batch, s.hidden}, opts);
   at::Tensor h_pre_grad = at::empty({proj.defined() ? s.batch : 0, s.hidden}, opts);
   const StepSchedule plan(batch_sizes, reverse);
-  const bool persistent = !proj.defined() &&
-                          try_persistent_backward(plan, s, w_hh.contiguous(), go, ws, cs, c0,
-                                                  dgates, dh, dc);
+  // (A projection never takes it: persistent_storage refuses out != hidden.)
+  const bool persistent =
+      try_persistent_backward(plan, s, w_hh.contiguous(), go, ws, cs, c0, dgates, dh, dc);
   for (int64_t i = persistent ? -1 : plan.count() - 1; i >= 0; --i) {
     const int64_t t = plan.forward_step(i), rows = plan.rows(t), off = plan.offset(t);
     if (rows == 0) continue;

@@ -76,16 +76,6 @@ struct GuardedMapping {
   GuardedMapping& operator=(const GuardedMapping&) = delete;
 };
 
-// Shared memory of one block.
-class GuardedSmem {
- public:
-  explicit GuardedSmem(size_t bytes) : mapping_(bytes) {}
-  void* data() const { return mapping_.data; }
-
- private:
-  GuardedMapping mapping_;
-};
-
 // Host tensors as "device memory": every allocation guarded and starting as
 // 0xFF bytes (NaN), so a kernel reading past a tensor faults and an output
 // element no thread wrote reads as NaN.
@@ -126,7 +116,7 @@ class GuardedHostAllocator final : public c10::Allocator {
 struct Block {
   uint3 index{};
   std::vector<Fiber*> threads;
-  std::unique_ptr<GuardedSmem> smem;
+  std::unique_ptr<GuardedMapping> smem;  // the block's dynamic shared memory
   std::vector<std::vector<unsigned char>> warp_slots;  // per warp: 32 lanes' bytes
 };
 
@@ -214,8 +204,7 @@ void park(Wait wait, const char* what = nullptr) {
   Fiber& f = self();
   f.wait = wait;
   f.warp_what = what;
-  swapcontext(&f.context, &g_run->scheduler);
-  if (!g_run->error.empty()) fail_here("stopped");
+  swapcontext(&f.context, &g_run->scheduler);  // resumed only while no error is set
 }
 
 void fiber_main() {
@@ -408,7 +397,7 @@ void run_blocks(Run& run, const std::vector<uint3>& indices) {
   for (size_t slot = 0; slot < indices.size(); ++slot) {
     Block& b = run.blocks[slot];
     b.index = indices[slot];
-    b.smem = std::make_unique<GuardedSmem>(run.smem_bytes);
+    b.smem = std::make_unique<GuardedMapping>(run.smem_bytes);
     b.warp_slots.assign((threads_per_block + 31) / 32, std::vector<unsigned char>());
     for (int t = 0; t < threads_per_block; ++t) {
       auto f = std::make_unique<Fiber>();
@@ -462,7 +451,7 @@ void sync_grid() {
   if (!g_run->cooperative) fail_here("grid.sync() in a kernel not launched cooperatively");
   park(Wait::Grid);
 }
-void* dynamic_smem() { return g_run->blocks[self().block_slot].smem->data(); }
+void* dynamic_smem() { return g_run->blocks[self().block_slot].smem->data; }
 void require_shared(const void* p, size_t bytes, const char* what) {
   const auto* base = static_cast<const char*>(dynamic_smem());
   const auto* q = static_cast<const char*>(p);
