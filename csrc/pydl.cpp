@@ -109,4 +109,11 @@ TORCH_LIBRARY(pydl, m) {
       "Tensor key, Tensor value, Tensor? attn_mask, Tensor? dropout_seed, Tensor lse, "
       "float dropout_p, bool is_causal, bool causal_bottom_right, float scale, "
       "bool average_heads, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  // The dropout keep decisions the attention kernels make for dropout_seed
+  // (dropout_philox.h): bool (batch, heads, query_len, key_len) on the seed's
+  // device, True where a weight survives (and is scaled by 1 / (1 - p)). For
+  // rebuilding dropped-out weights outside a fused kernel, e.g. from its lse.
+  m.def(
+      "attention_dropout_keep(Tensor dropout_seed, int batch, int heads, int query_len, "
+      "int key_len, float dropout_p) -> Tensor");
 }

@@ -1,5 +1,6 @@
 """Attention test cases shared by the GPU tests (test_attention_cuda.py) and
-the CUDA-emulator tests (test_cuda_emulation_attention.py): a case is
+the CUDA-emulator tests (test_cuda_emulation_attention.py), and the
+MultiheadAttention dropout check shared by the CPU and GPU tests. A case is
 (batch, Hq, Hk, L, S, E, Ev, mask, causal alignment or None), where mask is
 None | "bool" | "float" (full (N, Hq, L, S)) | "bool_b" / "float_b" ((L, S),
 broadcast over batch and heads) | "float_h" ((Hq, 1, S))."""
@@ -7,6 +8,7 @@ broadcast over batch and heads) | "float_h" ((Hq, 1, S))."""
 from __future__ import annotations
 
 import torch
+from conftest import RTOL, rel_error
 
 
 def case_id(case) -> str:
@@ -33,3 +35,29 @@ def case_inputs(case, seed=0, device="cpu"):
 def in_dtype(t, dtype):
     """t in `dtype`, except a bool mask (and None) as it is."""
     return None if t is None else (t if t.dtype == torch.bool else t.to(dtype))
+
+
+def check_dropped_weights(module, x, p):
+    """MultiheadAttention ``module`` (dropout ``p``, seq-first input ``x`` on
+    the module's device and dtype) in training with need_weights=True returns
+    torch's weights (each 0 or the eval-mode weight / (1 - p)), reproducible
+    under torch.manual_seed, and the very ones its output used:
+    out = out_proj(weights @ V). fp16 / bf16: within a few roundings (2e-2)."""
+    tol = RTOL.get(x.dtype, 2e-2)
+    module.eval()
+    _, full = module(x, x, x, average_attn_weights=False)
+    module.train()
+    torch.manual_seed(5)
+    out, dropped = module(x, x, x, average_attn_weights=False)
+    torch.manual_seed(5)
+    out2, dropped2 = module(x, x, x, average_attn_weights=False)
+    assert torch.equal(out, out2) and torch.equal(dropped, dropped2)
+    kept = dropped != 0
+    assert 0.3 < kept.double().mean().item() < 0.7
+    assert rel_error(dropped[kept], full[kept] / (1 - p)) <= tol, "kept weights"
+    (L, B, E), H = x.shape, module.num_heads
+    w_v, b_v = module.in_proj_weight.split(E)[2], module.in_proj_bias.split(E)[2]
+    v = torch.nn.functional.linear(x, w_v, b_v).view(L, B, H, E // H).permute(1, 2, 0, 3)
+    heads = (dropped.to(v.dtype) @ v).permute(2, 0, 1, 3).reshape(L, B, E)
+    expected = torch.nn.functional.linear(heads, module.out_proj.weight, module.out_proj.bias)
+    assert rel_error(out, expected) <= tol, "out from the dropped-out weights"

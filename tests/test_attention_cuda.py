@@ -19,7 +19,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from attention_cases import case_id, case_inputs, in_dtype
+from attention_cases import case_id, case_inputs, check_dropped_weights, in_dtype
 from conftest import LOW_PRECISION_FACTOR, RTOL, rel_error
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -437,6 +437,28 @@ def test_multihead_attention_need_weights_half():
     out_t, w_t = theirs(x, x, x, need_weights=True)
     assert w.shape == w_t.shape
     assert rel_error(out, out_t) < 1e-2 and rel_error(w, w_t) < 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_multihead_attention_need_weights_with_dropout(dtype):
+    """Training with dropout and need_weights=True stays on pydl's path (strict
+    mode): the weights rebuilt from the lse carry the kernel's own dropout
+    decisions (attention_dropout_keep), so out = out_proj(weights @ V)."""
+    torch.manual_seed(4)
+    ours = pydl.nn.MultiheadAttention(64, 4, dropout=0.5, device="cuda", dtype=dtype)
+    x = torch.randn(40, 2, 64, device="cuda", dtype=dtype)
+    check_dropped_weights(ours, x, 0.5)
+    out, w = ours(x.requires_grad_(), x, x)
+    (out.float().sum() + w.float().sum()).backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_dropout_keep_op_equals_cpu():
+    for shape, p in (((2, 3, 70, 150), 0.4), ((1, 1, 1, 1), 0.5), ((1, 2, 5, 7), 0.9)):
+        seed = torch.tensor([0x1234_5678_9ABC])
+        got = torch.ops.pydl.attention_dropout_keep(seed.cuda(), *shape, p)
+        assert got.is_cuda and torch.equal(got.cpu(),
+                                           torch.ops.pydl.attention_dropout_keep(seed, *shape, p))
 
 
 # ----------------------------------------------------------------------------- bad input

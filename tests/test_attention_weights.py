@@ -8,10 +8,21 @@ import pytest
 import torch
 from conftest import assert_close_rel, needs_extension, run_with_cpu_isa
 
+import pydl.ops.attention_weights as aw
 from pydl import reference
 from pydl.ops.attention_weights import attention_with_weights
 
 pytestmark = needs_extension
+
+
+@pytest.fixture(params=["weights_kernel", "fused_kernel_and_lse"])
+def route(request, monkeypatch):
+    """attention_with_weights's two pydl routes: the CPU weights kernel
+    (float32 / float64 on the CPU), and the one CUDA and CPU bf16 take (the
+    fused kernel, then weights_from_lse), forced here in float64."""
+    if request.param == "fused_kernel_and_lse":
+        monkeypatch.setattr(aw, "kernel_serves", lambda *args, **kwargs: False)
+    return request.param
 
 
 def _inputs(N, H, Hk, L, S, E, Ev, dtype, seed=0):
@@ -63,7 +74,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
-def test_matches_reference_float64(case):
+def test_matches_reference_float64(case, route):
     N, H, Hk, L, S, E, Ev, kind, causal, average = case
     q, k, v = _inputs(N, H, Hk, L, S, E, Ev, torch.float64)
     mask = _mask(kind, N, H, L, S, torch.float64)
@@ -92,7 +103,7 @@ def test_float32_against_float64_reference(average):
         assert_close_rel(ours, theirs, torch.float32, name)
 
 
-def test_gradient_through_one_output_only():
+def test_gradient_through_one_output_only(route):
     q, k, v = _inputs(2, 2, 2, 20, 30, 8, 8, torch.float64)
     ref, rw = _reference(q, k, v, None, False, True)
     out, w = attention_with_weights(q, k, v)
@@ -108,7 +119,7 @@ def test_gradient_through_one_output_only():
     assert torch.equal(g[2], torch.zeros_like(v))
 
 
-def test_rows_that_see_no_key_give_zeros():
+def test_rows_that_see_no_key_give_zeros(route):
     N, H, L, S = 1, 2, 6, 4
     q, k, v = _inputs(N, H, H, L, S, 8, 8, torch.float64)
     mask = torch.ones(N, 1, L, S, dtype=torch.bool)
@@ -155,7 +166,44 @@ def test_dropout_keeps_what_the_flash_kernel_keeps():
         assert_close_rel(a, b, torch.float64, name)
 
 
-def test_dropout_reproducible_under_manual_seed():
+@pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[5]], ids=lambda c: "-".join(map(str, c)))
+def test_both_routes_drop_the_same_weights(case, monkeypatch):
+    """Dropout 0.3 under the same torch seed: the fused kernel + weights_from_lse
+    route gives the weights kernel's output, weights and gradients (float64),
+    so the rebuilt weights carry the fused kernel's own dropout decisions."""
+    N, H, Hk, L, S, E, Ev, kind, causal, average = case
+    q, k, v = _inputs(N, H, Hk, L, S, E, Ev, torch.float64)
+    mask = _mask(kind, N, H, L, S, torch.float64)
+    inputs = [q, k, v] + ([mask] if kind == "float" else [])
+    torch.manual_seed(11)
+    out, w = attention_with_weights(q, k, v, mask, 0.3, causal, average_heads=average)
+    grads = _grads(out, w, inputs)
+    monkeypatch.setattr(aw, "kernel_serves", lambda *args, **kwargs: False)
+    torch.manual_seed(11)
+    out2, w2 = attention_with_weights(q, k, v, mask, 0.3, causal, average_heads=average)
+    assert_close_rel(out2, out, torch.float64, "out")
+    assert_close_rel(w2, w, torch.float64, "weights")
+    for a, b, name in zip(_grads(out2, w2, inputs), grads, ["dq", "dk", "dv", "dmask"]):
+        assert_close_rel(a, b, torch.float64, name)
+
+
+def test_fused_route_gradcheck(monkeypatch):
+    """weights_from_lse's own backward (and the lse gradient it hands to the
+    fused op), float64, with a float mask, causal, GQA, dropout, both averaged
+    and per-head weights."""
+    monkeypatch.setattr(aw, "kernel_serves", lambda *args, **kwargs: False)
+    q, k, v = _inputs(1, 4, 2, 5, 6, 3, 2, torch.float64)
+    mask = _mask("float", 1, 4, 5, 6, torch.float64)[:, :, :1]  # (1, H, 1, S): broadcast rows
+
+    for average in (True, False):
+        def fn(q, k, v, mask):
+            torch.manual_seed(3)
+            return attention_with_weights(q, k, v, mask, 0.25, True, 0.7, average_heads=average)
+
+        assert torch.autograd.gradcheck(fn, (q, k, v, mask))
+
+
+def test_dropout_reproducible_under_manual_seed(route):
     q, k, v = _inputs(1, 2, 2, 16, 16, 8, 8, torch.float32)
     torch.manual_seed(7)
     a = attention_with_weights(q, k, v, dropout_p=0.3)
@@ -214,19 +262,82 @@ def test_bad_input_gives_clear_errors():
         attention_with_weights(q, three(k), three(v))
 
 
-def _philox_keep(seed, head_row, col, p):
-    """The dropout rule written out independently: Philox4x32-10 on counter
-    (col // 4 as two words, head_row as two words) under key seed; the
-    weight survives when the top 24 bits of word col % 4 are >= p * 2^24."""
+def _philox4x32_10(ctr, key):
+    """Philox4x32-10 as Salmon et al. (SC'11) define it, on Python ints."""
     m32 = 0xFFFFFFFF
-    group = col >> 2
-    ctr = [group & m32, group >> 32, head_row & m32, head_row >> 32]
-    k0, k1 = seed & m32, seed >> 32
+    (k0, k1) = key
     for _ in range(10):
         p0, p1 = 0xD2511F53 * ctr[0], 0xCD9E8D57 * ctr[2]
         ctr = [(p1 >> 32) ^ ctr[1] ^ k0, p1 & m32, (p0 >> 32) ^ ctr[3] ^ k1, p0 & m32]
         k0, k1 = (k0 + 0x9E3779B9) & m32, (k1 + 0xBB67AE85) & m32
-    return (ctr[col & 3] >> 8) >= p * 16777216.0
+    return ctr
+
+
+def test_philox_oracle_known_answers():
+    """The written-out generator reproduces the known-answer vectors of the
+    Random123 reference implementation, so the rule below is Philox itself."""
+    m = 0xFFFFFFFF
+    assert _philox4x32_10([0, 0, 0, 0], (0, 0)) == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+    assert _philox4x32_10([m, m, m, m], (m, m)) == [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]
+    assert _philox4x32_10([0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344],
+                          (0xA4093822, 0x299F31D0)) == [0xD16CFE09, 0x94FDCCEB, 0x5001E420,
+                                                        0x24126EA1]
+
+
+def _philox_keep(seed, head_row, col, p):
+    """The dropout rule written out independently: Philox4x32-10 on counter
+    (col // 4 as two words, head_row as two words) under key seed; the
+    weight survives when the top 24 bits of word col % 4 are >= p * 2^24."""
+    m32, group = 0xFFFFFFFF, col >> 2
+    words = _philox4x32_10([group & m32, group >> 32, head_row & m32, head_row >> 32],
+                           (seed & m32, seed >> 32))
+    return (words[col & 3] >> 8) >= p * 16777216.0
+
+
+def _philox_mask(seed, N, H, L, S, p):
+    """The keep rule over a whole (N, H, L, S) grid, as a '0'/'1' string."""
+    return "".join("1" if _philox_keep(seed, (n * H + h) * L + i, j, p) else "0"
+                   for n in range(N) for h in range(H) for i in range(L) for j in range(S))
+
+
+def _bits(keep: torch.Tensor) -> str:
+    return "".join("1" if x else "0" for x in keep.flatten().tolist())
+
+
+@pytest.mark.parametrize("shape, seed, p", [
+    ((2, 3, 5, 37), 2**62 - 12345, 0.3),   # rows not a multiple of 4 columns; a 62-bit seed
+    ((1, 1, 1, 1), 7, 0.5),
+    ((1, 2, 3, 4), 0, 0.9),
+    ((3, 1, 2, 70), 123456789, 0.05),      # past one 16-lane AVX-512 Philox batch
+])
+def test_dropout_keep_op_is_the_philox_rule(shape, seed, p):
+    """torch.ops.pydl.attention_dropout_keep (the decisions weights_from_lse
+    applies) keeps exactly the weights the written-out rule keeps."""
+    keep = torch.ops.pydl.attention_dropout_keep(torch.tensor([seed]), *shape, p)
+    assert keep.dtype == torch.bool and keep.shape == shape
+    assert _bits(keep) == _philox_mask(seed, *shape, p)
+
+
+def test_dropout_keep_op_edges_and_bad_input():
+    seed = torch.tensor([5])
+    assert torch.ops.pydl.attention_dropout_keep(seed, 2, 2, 3, 9, 0.0).all()
+    assert not torch.ops.pydl.attention_dropout_keep(seed, 2, 2, 3, 9, 1.0).any()
+    assert torch.ops.pydl.attention_dropout_keep(seed, 2, 0, 3, 9, 0.5).shape == (2, 0, 3, 9)
+    assert torch.ops.pydl.attention_dropout_keep(seed, 2, 1, 3, 0, 0.5).shape == (2, 1, 3, 0)
+    for bad_seed in (torch.tensor([5.0]), torch.tensor([1, 2]), torch.tensor([], dtype=torch.int64)):
+        with pytest.raises(RuntimeError, match="one-element int64"):
+            torch.ops.pydl.attention_dropout_keep(bad_seed, 1, 1, 2, 2, 0.5)
+    with pytest.raises(RuntimeError, match="non-negative"):
+        torch.ops.pydl.attention_dropout_keep(seed, 1, -1, 2, 2, 0.5)
+    with pytest.raises(RuntimeError, match=r"dropout_p must be in \[0, 1\]"):
+        torch.ops.pydl.attention_dropout_keep(seed, 1, 1, 2, 2, 1.5)
+    with pytest.raises(RuntimeError, match="int64 can count"):
+        torch.ops.pydl.attention_dropout_keep(seed, 2**31, 2**31, 2**31, 2, 0.5)
+
+
+def test_dropout_keep_op_opcheck():
+    torch.library.opcheck(torch.ops.pydl.attention_dropout_keep.default,
+                          (torch.tensor([99]), 2, 3, 4, 5, 0.4))
 
 
 _KEEP_SCRIPT = """
@@ -237,21 +348,22 @@ q, k, v = (torch.randn(N, H, n, 8, generator=g, dtype=torch.float64) for n in (L
 _, w, _ = torch.ops.pydl.attention_with_weights(
     q, k, v, None, torch.tensor([seed]), p, False, False, 0.1, False)
 print("".join("1" if x else "0" for x in (w != 0).flatten().tolist()))
+keep = torch.ops.pydl.attention_dropout_keep(torch.tensor([seed]), N, H, L, S, p)
+print("".join("1" if x else "0" for x in keep.flatten().tolist()))
 """
 
 
 @pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
 def test_dropout_keep_pattern_is_philox_on_every_isa(isa):
-    """Each per-ISA build (scalar, 8-lane AVX2, 16-lane AVX-512 Philox)
-    keeps exactly the weights the written-out rule keeps."""
+    """Each per-ISA build (scalar, 8-lane AVX2, 16-lane AVX-512 Philox) of
+    the weights kernel and of attention_dropout_keep keeps exactly the weights
+    the written-out rule keeps."""
     run = run_with_cpu_isa(isa, _KEEP_SCRIPT)
     assert run.returncode == 0, run.stderr
-    got = run.stdout.strip().splitlines()[-1]
-    N, H, L, S, seed, p = 2, 2, 5, 150, 987654321987, 0.5
-    want = "".join(
-        "1" if _philox_keep(seed, (n * H + h) * L + i, j, p) else "0"
-        for n in range(N) for h in range(H) for i in range(L) for j in range(S))
-    assert got == want
+    weights_kernel, keep_op = run.stdout.strip().splitlines()[-2:]
+    want = _philox_mask(987654321987, 2, 2, 5, 150, 0.5)
+    assert weights_kernel == want
+    assert keep_op == want
 
 
 @pytest.mark.parametrize("seed", range(10))

@@ -244,6 +244,27 @@ def test_dropout_pattern_equals_cpu_kernel(emu, dtype):
         assert torch.equal(got != 0, want != 0), "the CUDA and CPU kernels drop different weights"
 
 
+@pytest.mark.parametrize("shape, p", [((2, 3, 70, 150), 0.4), ((1, 1, 1, 1), 0.5),
+                                      ((1, 2, 5, 7), 0.9), ((2, 1, 3, 0), 0.3)])
+def test_dropout_keep_kernel_equals_the_cpu_op_and_kernels(emu, shape, p):
+    """attention_dropout_keep's CUDA kernel (what MultiheadAttention applies
+    to weights rebuilt from the lse on a GPU) decides as the CPU op, and as
+    the CUDA attention kernel itself (value = identity: out is the weights)."""
+    seed = torch.tensor([0x1234_5678_9ABC])
+    got = emu.attention_dropout_keep(seed, *shape, p)
+    assert got.dtype == torch.bool and got.shape == shape
+    if _ext.loaded():
+        assert torch.equal(got, torch.ops.pydl.attention_dropout_keep(seed, *shape, p))
+    n, h, L, S = shape
+    if S == 0:
+        return
+    q = torch.randn(n, h, L, 16, dtype=torch.float64) * 0.1  # no weight underflows
+    k = torch.randn(n, h, S, 16, dtype=torch.float64) * 0.1
+    eye = torch.eye(S, dtype=torch.float64).expand(n, h, S, S)
+    dropped, _ = emu.attention(q, k, eye, None, seed, p, False, False, 0.25)
+    assert torch.equal(dropped != 0, got)
+
+
 @pytest.mark.parametrize("dtype", LOW, ids=str)
 def test_dropout_near_one_stays_finite(emu, dtype):
     """p close to 1: a kept weight is P / (1 - p), here 1/64 / 1e-4 = 156,

@@ -185,7 +185,8 @@ def test_cell_forward_and_backward(emu, dtype):
 
 
 @pytest.mark.parametrize("name", ["lstm_cell", "lstm_cell_backward", "lstm_layer",
-                                  "lstm_layer_backward", "attention", "attention_backward"])
+                                  "lstm_layer_backward", "attention", "attention_backward",
+                                  "attention_dropout_keep"])
 def test_emulated_ops_mirror_pydls_schemas(emu, name):
     """The emulated ops repeat pydl's schemas (csrc/pydl.cpp): they must not drift apart."""
     ours = getattr(torch.ops.pydl, name).default._schema

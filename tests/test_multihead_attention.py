@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from attention_cases import check_dropped_weights
 from conftest import assert_close_rel, needs_extension
 
 import pydl
@@ -90,33 +91,46 @@ def test_dropout_training_is_reproducible(monkeypatch):
     assert not torch.equal(a, c)
 
 @needs_extension
-def test_need_weights_with_dropout_returns_the_dropped_out_weights(monkeypatch):
+@pytest.mark.parametrize("route", ["weights_kernel", "fused_kernel_and_lse"])
+def test_need_weights_with_dropout_returns_the_dropped_out_weights(monkeypatch, route):
     """As torch's module: the weights returned are those that multiplied V,
-    after dropout (each either 0 or the eval-mode weight / (1 - p)), and
-    torch.manual_seed reproduces them; on the CPU pydl's kernel serves it."""
+    after dropout. On the CPU in float64 pydl's weights kernel serves it; the
+    route of CUDA and CPU bf16 (the fused kernel, the weights rebuilt from its
+    lse with attention_dropout_keep's decisions) is forced here to check it
+    in float64."""
     monkeypatch.setenv("PYDL_STRICT", "1")
-    p = 0.5
-    ours, _ = _pair(embed_dim=16, num_heads=2, dropout=p, dtype=torch.float64)
+    if route == "fused_kernel_and_lse":
+        import pydl.ops.attention_weights as aw
+
+        monkeypatch.setattr(aw, "kernel_serves", lambda *a, **k: False)
+    ours, _ = _pair(embed_dim=16, num_heads=2, dropout=0.5, dtype=torch.float64)
     x = torch.randn(6, 2, 16, dtype=torch.float64)
-    ours.eval()
-    _, full = ours(x, x, x, average_attn_weights=False)
+    check_dropped_weights(ours, x, 0.5)
+
+
+@needs_extension
+def test_need_weights_with_dropout_in_bfloat16_is_pydls(monkeypatch):
+    """bf16 heads in training with dropout (a bf16 module, and autocast, with
+    no mask: the case whose inference goes to torch's module): pydl's fused
+    kernel serves it, strict mode does not object, and the weights are the
+    dropped-out ones the output used."""
+    if not pydl._backend.explain("attention", "cpu", torch.bfloat16)[0] == pydl._backend.PYDL:
+        pytest.skip("pydl's CPU attention has no bf16 kernel on this CPU")
+    monkeypatch.setenv("PYDL_STRICT", "1")
+    ours, _ = _pair(embed_dim=32, num_heads=2, dropout=0.5, dtype=torch.bfloat16)
+    x = torch.randn(24, 2, 32, dtype=torch.bfloat16)
     ours.train()
-    torch.manual_seed(5)
-    out, dropped = ours(x, x, x, average_attn_weights=False)
-    torch.manual_seed(5)
-    out2, dropped2 = ours(x, x, x, average_attn_weights=False)
-    assert torch.equal(out, out2) and torch.equal(dropped, dropped2)
-    kept = dropped != 0
-    assert 0.3 < kept.double().mean().item() < 0.7
-    assert torch.allclose(dropped[kept], full[kept] / (1 - p), rtol=1e-12, atol=0)
-    # out = out_proj(dropped weights @ V), V from the value projection
-    B, H, L, hd = 2, 2, 6, 8
-    v = torch.nn.functional.linear(x, *[t.split(16)[2] for t in (ours.in_proj_weight,
-                                                                ours.in_proj_bias)])
-    v = v.view(L, B, H, hd).permute(1, 2, 0, 3)
-    heads = (dropped @ v).permute(2, 0, 1, 3).reshape(L, B, 16)
-    expected = torch.nn.functional.linear(heads, ours.out_proj.weight, ours.out_proj.bias)
-    assert_close_rel(out, expected, torch.float64, "out from the dropped-out weights")
+    assert _ran_pydl_attention(lambda: ours(x, x, x))
+    check_dropped_weights(ours, x, 0.5)
+    ours = ours.float().train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, w = ours(x.float(), x.float(), x.float(), average_attn_weights=False)
+        assert _ran_pydl_attention(lambda: ours(x.float(), x.float(), x.float()))
+    assert out.dtype == w.dtype == torch.bfloat16 and (w == 0).any()
+    ours.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        # no dropout: torch's module is the faster path, no error either
+        assert not _ran_pydl_attention(lambda: ours(x.float(), x.float(), x.float()))
 
 
 def test_torch_compile_fullgraph():
@@ -216,21 +230,6 @@ def test_need_weights_in_bfloat16_as_accurate_as_torch(mode, average):
         assert err <= LOW_PRECISION_FACTOR * torch_err, f"{name}: {err:.2e} vs {torch_err:.2e}"
     (out.float().sum() + w.float().sum()).backward()
     assert torch.isfinite(xs.grad).all()
-
-
-def test_need_weights_with_dropout_under_autocast_is_torchs(monkeypatch):
-    """bf16 under autocast with dropout in training: the fused bf16 path does
-    not return dropped-out weights, so torch's module serves the call
-    (strict mode says so)."""
-    monkeypatch.setenv("PYDL_STRICT", "0")
-    ours, _ = _pair(embed_dim=16, num_heads=2, dropout=0.5, batch_first=True)
-    x = torch.randn(2, 5, 16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, w = ours(x, x, x, average_attn_weights=False)
-        monkeypatch.setenv("PYDL_STRICT", "1")
-        with pytest.raises(pydl.FallbackError, match="dropout"):
-            ours(x, x, x)
-    assert w.dtype == torch.bfloat16 and (w == 0).any()  # dropped-out weights, as torch's
 
 
 def _ran_pydl_attention(fn) -> bool:

@@ -223,10 +223,7 @@ def _mha_cases(cfg) -> list[Case]:
             # also with dropout (the weights returned are the dropped-out ones).
             variants = [(False, 0.0)]
             if length >= 1024:
-                # On CUDA the dropout row would be torch against torch: the module
-                # hands need_weights + dropout to torch there (no CUDA weights kernel).
-                dropout_row = train and cfg.device == "cpu"
-                variants += [(True, 0.0)] + ([(True, 0.1)] if dropout_row else [])
+                variants += [(True, 0.0)] + ([(True, 0.1)] if train else [])
             for need_weights, dropout in variants:
                 flops = 8 * batch * length * embed**2 + 4 * batch * length * length * embed
                 kind = ("fwd_bwd" if train else "fwd") + ("_weights" if need_weights else "") \

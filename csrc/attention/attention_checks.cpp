@@ -69,6 +69,25 @@ AttentionShape check_attention_args(const at::Tensor& query, const at::Tensor& k
   return s;
 }
 
+void check_dropout_keep_args(const at::Tensor& dropout_seed, int64_t batch, int64_t heads,
+                             int64_t query_len, int64_t key_len, double dropout_p) {
+  TORCH_CHECK(dropout_seed.numel() == 1 && dropout_seed.scalar_type() == at::kLong,
+              "pydl.attention_dropout_keep: dropout_seed must be a one-element int64 tensor, got ",
+              dropout_seed.scalar_type(), " of shape ", dropout_seed.sizes());
+  TORCH_CHECK(batch >= 0 && heads >= 0 && query_len >= 0 && key_len >= 0,
+              "pydl.attention_dropout_keep: sizes must be non-negative, got (batch, heads, "
+              "query_len, key_len) = (", batch, ", ", heads, ", ", query_len, ", ", key_len, ")");
+  int64_t numel = 1;
+  for (const int64_t size : {batch, heads, query_len, key_len}) {
+    TORCH_CHECK(size == 0 || numel <= std::numeric_limits<int64_t>::max() / size,
+                "pydl.attention_dropout_keep: (", batch, ", ", heads, ", ", query_len, ", ",
+                key_len, ") has more elements than int64 can count");
+    numel *= size;
+  }
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p <= 1.0,
+              "pydl.attention_dropout_keep: dropout_p must be in [0, 1], got ", dropout_p);
+}
+
 void check_attention_backward_tensors(const AttentionShape& s, const at::Tensor& query,
                                       const at::Tensor& grad_out, const at::Tensor& out,
                                       const at::Tensor& lse,

@@ -250,6 +250,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_on_stream(
   return {g_q, g_k, g_v, g_mask};
 }
 
+// The dropout keep decisions of the kernels above for dropout_seed (device
+// memory, read by the kernel: no host sync).
+at::Tensor dropout_keep_on_stream(const at::Tensor& dropout_seed, int64_t batch, int64_t heads,
+                                  int64_t query_len, int64_t key_len, double dropout_p,
+                                  cudaStream_t stream) {
+  check_dropout_keep_args(dropout_seed, batch, heads, query_len, key_len, dropout_p);
+  at::Tensor keep = at::empty({batch, heads, query_len, key_len},
+                              dropout_seed.options().dtype(at::kBool));
+  if (keep.numel() == 0) return keep;
+  const int64_t rows = batch * heads * query_len;
+  TORCH_CHECK(rows * ((key_len + 3) / 4) <= int64_t{INT_MAX} * 256,
+              "pydl.attention_dropout_keep (CUDA): ", keep.numel(),
+              " weights are more than one launch covers");
+  dropout_keep_mask(keep.data_ptr<bool>(), dropout_seed.const_data_ptr<int64_t>(), rows, key_len,
+                    attention_dropout::keep_threshold(dropout_p), stream);
+  return keep;
+}
+
 #ifndef PYDL_CUDA_EMULATION
 void check_device(const at::Tensor& query) {
   TORCH_CHECK(query.is_cuda(), "pydl.attention (CUDA): query must be a CUDA tensor, got ",
@@ -278,6 +296,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cu
                             grad_lse, dropout_p, is_causal, causal_bottom_right, scale,
                             output_mask, at::cuda::getCurrentCUDAStream());
 }
+
+at::Tensor attention_dropout_keep_cuda(const at::Tensor& dropout_seed, int64_t batch,
+                                       int64_t heads, int64_t query_len, int64_t key_len,
+                                       double dropout_p) {
+  TORCH_CHECK(dropout_seed.is_cuda(), "pydl.attention_dropout_keep (CUDA): dropout_seed must be "
+              "a CUDA tensor, got ", dropout_seed.device());
+  const c10::cuda::CUDAGuard guard(dropout_seed.device());
+  return dropout_keep_on_stream(dropout_seed, batch, heads, query_len, key_len, dropout_p,
+                                at::cuda::getCurrentCUDAStream());
+}
 #endif  // PYDL_CUDA_EMULATION
 
 }  // namespace
@@ -288,5 +316,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cu
 TORCH_LIBRARY_IMPL(pydl, CUDA, m) {
   m.impl("attention", &pydl::attention_cuda::attention_cuda);
   m.impl("attention_backward", &pydl::attention_cuda::attention_backward_cuda);
+  m.impl("attention_dropout_keep", &pydl::attention_cuda::attention_dropout_keep_cuda);
 }
 #endif  // PYDL_CUDA_EMULATION

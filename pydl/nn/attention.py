@@ -5,18 +5,18 @@ parameter names, initialization and state_dict, and the same forward
 (batch_first, key_padding_mask, attn_mask bool/float of (L, S) or
 (B*heads, L, S), is_causal hint, need_weights, average_attn_weights,
 unbatched input). The heads are strided views of the projections, so the
-fused kernel reads them without a transpose copy. need_weights=True on the
-CPU runs pydl's attention-with-weights kernel (pydl.ops.attention_weights):
-the output and the weights (after dropout, averaged or per head) from one
-pass over blocks of whole score rows, differentiable through both; elsewhere
-the weights are rebuilt from the fused kernel's log-sum-exp in one extra
-pass. A query row whose keys are all masked gives zeros (output and
-weights), where torch gives NaN.
+fused kernel reads them without a transpose copy. need_weights=True runs
+pydl.ops.attention_with_weights: on the CPU in float32 / float64 one kernel
+gives the output and the weights from one pass over blocks of whole score
+rows; elsewhere (CUDA, CPU bfloat16) the fused kernel gives the output and
+the weights are rebuilt from its log-sum-exp in one extra pass. Either way
+the weights are torch's (after dropout, with the same dropped weights the
+output used; averaged or per head) and differentiable. A query row whose
+keys are all masked gives zeros (output and weights), where torch gives NaN.
 
-Served by torch's own module instead: add_bias_kv / add_zero_attn, and,
-off the CPU, need_weights=True while dropout is active (torch returns the
-dropped-out weights, which the fused kernel does not materialize);
-PYDL_STRICT=1 makes those raise pydl.FallbackError.
+Served by torch's own module instead: add_bias_kv / add_zero_attn, and
+need_weights=True with dropout active where pydl's attention does not serve
+the device and dtype; PYDL_STRICT=1 makes those raise pydl.FallbackError.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from pydl import _backend
 from pydl.ops.attention import scaled_dot_product_attention
-from pydl.ops.attention_weights import attention_with_weights, kernel_serves
+from pydl.ops.attention_weights import attention_with_weights, served, weights_from_lse
 
 
 def _projected_dtype(query: torch.Tensor) -> torch.dtype:
@@ -42,22 +42,25 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         if self.bias_k is not None or self.add_zero_attn:
             return "add_bias_kv / add_zero_attn"
         if (need_weights and self.training and self.dropout > 0.0
-                and not kernel_serves(query, _projected_dtype(query))):
+                and not served(query, _projected_dtype(query))):
             return "need_weights=True with dropout active (torch returns the dropped-out weights)"
         return None
 
     def _torch_is_faster(self, query, need_weights, attn_mask, key_padding_mask) -> bool:
-        """CPU bfloat16 with need_weights=True and no mask: pydl's
-        weights kernel serves float32 / float64 only, and its other route (the
-        fused kernel, then the weights rebuilt from its lse in float32) ran at
-        0.47x torch's module in inference (B2 L1024 E512, 8 heads: 55 vs 26 ms)
-        and 0.62x in training on this project's Sapphire Rapids, where torch's
-        unfused path multiplies in bf16 on AMX. So such calls go to torch: a
-        choice of the faster path, not a fallback (PYDL_STRICT=1 does not
-        object). With a mask they stay on pydl's path, whose fully masked rows
-        give zeros where torch's module gives NaN."""
+        """CPU bfloat16, need_weights=True, no mask, no dropout: pydl's weights
+        kernel serves float32 / float64 only, and its other route (the fused
+        kernel, then the weights rebuilt from its lse in float32) ran at
+        0.52x / 0.75x torch's module in inference / training at B8 L128 E512
+        (8 heads) and 1.06x / 0.99x at B2 L1024 on this project's Sapphire
+        Rapids, where torch's unfused path multiplies in bf16 on AMX. So such
+        calls go to torch: a choice of the faster path, not a fallback
+        (PYDL_STRICT=1 does not object). With dropout in training pydl's
+        route was the faster (1.66x / 1.10x and 1.58x / 1.39x, dropout 0.1:
+        torch's module then runs a separate dropout pass) and serves the call;
+        with a mask it serves it too (fully masked rows give zeros where
+        torch's module gives NaN)."""
         return (need_weights and query.device.type == "cpu" and attn_mask is None
-                and key_padding_mask is None
+                and key_padding_mask is None and not (self.training and self.dropout > 0.0)
                 and _projected_dtype(query) == torch.bfloat16)
 
     def forward(
@@ -128,16 +131,16 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
             mask, causal = None, True  # trust the hint, as torch does
         dropout_p = self.dropout if self.training else 0.0
         weights = None
-        if need_weights and kernel_serves(q):
-            # One kernel computes the output and the (averaged) weights.
+        if need_weights and served(q):
             out, weights = attention_with_weights(q, k, v, mask, dropout_p,
                                                   average_heads=average_attn_weights)
         else:
             out = scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                                is_causal=causal, return_lse=need_weights)
-            if need_weights:
+            if need_weights:  # torch's SDPA ran (no dropout here: see _torch_reason)
                 out, lse = out
-                weights = self._weights(q, k, mask, lse, average_attn_weights)
+                weights = weights_from_lse(q, k, mask, lse, hd ** -0.5,
+                                           average_heads=average_attn_weights)
         out = (out.transpose(1, 2).reshape(B, L, E) if batch_first
                else out.permute(2, 0, 1, 3).reshape(L, B, E))
         out = F.linear(out, self.out_proj.weight, self.out_proj.bias)
@@ -200,30 +203,3 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
                               .masked_fill(m.logical_not(), float("-inf"))
                               if m.dtype == torch.bool else m)
         return to_float(mask) + to_float(pad)
-
-    def _weights(self, q, k, mask, lse, average_heads):
-        """softmax(q k^T * scale + mask) per head (or averaged over the heads),
-        from the kernel's lse: one pass, no second softmax. Rows with no
-        visible key (lse = -inf) are zeros."""
-        # In place after the one GEMM: each pass over the (B, heads, L, S)
-        # scores is a memory pass (64 MB at B2 L1024 8 heads), and autograd
-        # needs none of the intermediates (matmul keeps q, k; exp its result).
-        # bf16/fp16 heads: the scores in float32 against the kernel's float32
-        # lse, cast once at the end (bf16-rounded scores minus a float32 lse
-        # lose the normalization: 2-3x torch's own error, measured).
-        dtype = q.dtype
-        low = dtype in (torch.float16, torch.bfloat16)
-        with torch.autocast(q.device.type, enabled=False):
-            if low:
-                q, k = q.float(), k.float()
-            scores = torch.matmul(q * (self.head_dim ** -0.5), k.transpose(-2, -1))
-            if mask is not None:
-                if mask.dtype == torch.bool:
-                    scores.masked_fill_(mask.logical_not(), float("-inf"))
-                else:
-                    scores.add_(mask.to(scores.dtype))
-            lse = lse.to(scores.dtype).masked_fill(torch.isneginf(lse), 0.0)
-            weights = scores.sub_(lse.unsqueeze(-1)).exp_()
-            if average_heads:  # before the cast: 1/heads of the bf16/fp16 conversion work
-                weights = weights.mean(dim=1)
-        return weights.to(dtype) if low else weights

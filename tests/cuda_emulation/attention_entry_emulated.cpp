@@ -29,6 +29,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_em
                                                   output_mask, nullptr);
 }
 
+at::Tensor attention_dropout_keep_emulated(const at::Tensor& dropout_seed, int64_t batch,
+                                           int64_t heads, int64_t query_len, int64_t key_len,
+                                           double dropout_p) {
+  return pydl::attention_cuda::dropout_keep_on_stream(dropout_seed, batch, heads, query_len,
+                                                      key_len, dropout_p, nullptr);
+}
+
 void configure(int64_t sm_count, int64_t max_smem_optin, bool warp_greedy, bool reverse_order,
                bool eager_async_copies) {
   auto& d = pydl::emulation::device();
@@ -64,9 +71,13 @@ TORCH_LIBRARY(pydl_emulated, m) {
       "Tensor? attn_mask, Tensor? dropout_seed, Tensor out, Tensor lse, Tensor? grad_lse, "
       "float dropout_p, bool is_causal, bool causal_bottom_right, float scale, "
       "bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "attention_dropout_keep(Tensor dropout_seed, int batch, int heads, int query_len, "
+      "int key_len, float dropout_p) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pydl_emulated, CPU, m) {
   m.impl("attention", &attention_emulated);
   m.impl("attention_backward", &attention_backward_emulated);
+  m.impl("attention_dropout_keep", &attention_dropout_keep_emulated);
 }

@@ -67,6 +67,12 @@ template <typename T>
 void row_delta(const T* grad_out, const T* out, const void* grad_lse, void* delta, int64_t rows,
                int dim, cudaStream_t stream);
 
+// keep[r * cols + c] = whether dropout keeps weight (head_row r, column c)
+// for the seed at *seed (device memory) and dropout_philox.h's threshold; at
+// most 2^31 - 1 blocks of 256 threads (the caller checks rows * ceil(cols / 4)).
+void dropout_keep_mask(bool* keep, const int64_t* seed, int64_t rows, int64_t cols,
+                       uint32_t threshold, cudaStream_t stream);
+
 // CUDA-core kernels, exact accumulator math, any head dim up to kMaxHeadDim,
 // any strides. T: __half, __nv_bfloat16, float or double (one .cu file each).
 constexpr int kMaxHeadDim = 256;
