@@ -3,7 +3,7 @@
 //
 // Each CUDA thread is a fiber (ucontext) with its own stack; one OS thread
 // schedules them. A block's threads run until they reach a barrier
-// (__syncthreads, __syncwarp, a warp collective such as __shfl_xor_sync,
+// (__syncthreads, __syncwarp, a warp collective such as __shfl_xor_sync / __shfl_sync,
 // ldmatrix or mma, or a cooperative grid sync), and a barrier opens only when
 // every thread it names has arrived at the same kind of barrier. What a real
 // GPU leaves undefined is reported as an error instead of guessed at:
@@ -169,6 +169,15 @@ inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) 
   const std::array<T, 32> all = ::pydl::emulation::warp_gather(value, "__shfl_xor_sync");
   const int source = ::pydl::emulation::lane_id() ^ lane_mask;
   return source >= 0 && source < 32 ? all[source] : value;  // out of the warp: its own value
+}
+
+template <typename T>
+inline T __shfl_sync(unsigned mask, T value, int src_lane, int width = 32) {
+  if (mask != 0xffffffffu || width != 32) {
+    throw std::runtime_error("cuda emulator: only full-warp __shfl_sync is emulated");
+  }
+  const std::array<T, 32> all = ::pydl::emulation::warp_gather(value, "__shfl_sync");
+  return all[src_lane & 31];  // CUDA: a lane outside [0, width) is taken modulo width
 }
 
 inline float __expf(float x) { return std::exp(x); }
