@@ -3,7 +3,7 @@
 
 import pytest
 import torch
-from conftest import assert_close_rel, needs_extension, run_with_cpu_isa
+from conftest import assert_close_rel, needs_extension, rel_error, run_with_cpu_isa
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import pydl
@@ -427,6 +427,20 @@ def test_bidirectional_directions_side_by_side_match_torch(grad_context, batch, 
 
 
 @needs_extension
+def test_bidirectional_side_by_side_with_mkl_packed_products(two_threads):
+    """float32 at hidden 512 and 12 rows: each direction's steps take MKL's
+    packed GEMM on its own worker thread (single-threaded there)."""
+    ours, theirs = _pair(16, 512, torch.float32, num_layers=1, bidirectional=True)
+    x = torch.randn(5, 12, 16)
+    with torch.no_grad():
+        assert len(_layer_threads(lambda: ours(x))) == 2
+        got, (h, c) = ours(x)
+        want, (wh, wc) = theirs(x)
+    for a, b, what in ((got, want, "output"), (h, wh, "h_n"), (c, wc, "c_n")):
+        assert rel_error(a, b) <= 1e-5, (what, rel_error(a, b))
+
+
+@needs_extension
 def test_bidirectional_side_by_side_error_from_a_worker_thread(two_threads):
     weights = _stack_weights(1, 2, 3, 4)
     weights[6] = weights[6][:, :3]  # the reverse direction's w_hh: wrong shape
@@ -553,6 +567,35 @@ def test_op_matches_row_by_row_reference(reverse, sizes, batch, proj):
         assert_close_rel(a, e, torch.float64, what)
     for k, (a, e) in enumerate(zip(grads, ref_grads)):
         assert_close_rel(a, e, torch.float64, f"grad {k}")
+
+
+# float32 with operands past ~1 MB takes MKL's packed GEMM above rows * k =
+# 4096: at hidden 512, w_hh^T (512 x 2048) above 8 rows, and w_hh (2048 x
+# 512, backward) above 2; with proj 256, w_hh^T (256 x 2048) above 16. Steps
+# of several row counts above the switch reuse one pack made for the largest;
+# steps below it take the register kernel.
+@needs_extension
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("proj", [0, 256])
+def test_op_float32_across_the_packed_blas_switch(reverse, proj):
+    sizes = [40, 33, 20, 9, 5, 3]
+    args = list(_layer_args(sizes, input_size=24, hidden=512, proj=proj, dtype=torch.float32))
+    for i in (4, 5, 8):  # weights ~ 1 / sqrt(fan-in), as torch initializes: a tame recurrence
+        if args[i] is not None:
+            args[i] = (args[i].detach() / args[i].shape[1] ** 0.5).requires_grad_()
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = args
+    args = tuple(args) + (reverse,)
+    got = torch.ops.pydl.lstm_layer(*args)[:3]
+    want = _layer_reference(*args)
+    leaves = [t for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) if t is not None]
+    g = torch.Generator().manual_seed(4)
+    weights = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in want]
+    grads = torch.autograd.grad(sum((a.double() * w).sum() for a, w in zip(got, weights)), leaves)
+    ref_grads = torch.autograd.grad(sum((a * w).sum() for a, w in zip(want, weights)), leaves)
+    for a, e, what in zip(got, want, ("output", "hy", "cy")):
+        assert_close_rel(a, e, torch.float32, what)
+    for k, (a, e) in enumerate(zip(grads, ref_grads)):
+        assert_close_rel(a, e, torch.float32, f"grad {k}")
 
 
 # The fused small-batch forward runs the whole time loop in one parallel

@@ -6,6 +6,7 @@
 // otherwise start its own threads per call.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 extern "C" {
@@ -19,6 +20,15 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 // (mkl_service.h maps mkl_set_num_threads_local to this C entry point; the
 // lowercase symbol is the Fortran one, which takes a pointer.)
 int MKL_Set_Num_Threads_Local(int nthreads) __attribute__((weak));
+// MKL's packed GEMM (weak, float32 only in libtorch_cpu's exports): pack a
+// right-hand side once, reuse it for many products. MKL's enums and MKL_INT
+// (LP64) are ints.
+size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
+void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha,
+                      const float* src, int ld, float* dest) __attribute__((weak));
+void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a,
+                         int lda, const float* b, int ldb, float beta, float* c, int ldc)
+    __attribute__((weak));
 }
 
 namespace pydl {
@@ -54,5 +64,52 @@ inline void gemm(bool trans_a, int64_t m, int64_t n, int64_t k, double alpha, co
   const int lda_ = static_cast<int>(lda), ldb_ = static_cast<int>(ldb), ldc_ = static_cast<int>(ldc);
   dgemm_(&ta, &no, &m_, &n_, &k_, &alpha, a, &lda_, b, &ldb_, &beta, c, &ldc_);
 }
+
+// B (k x n, row-major products c = a @ B) packed by MKL once and reused:
+// an LSTM multiplies every time step by the same w_hh^T, and plain sgemm
+// repacks it on every call (measured at 64 x 2048 x 512, 2 threads: 465 us
+// plain, 345 us packed). Float32, where MKL's packed GEMM is exported. The
+// pack is made for the most rows a product will have and serves any fewer
+// (MKL's pack size does not depend on the row count; the tests check the
+// products at several row counts).
+class PackedRhs {
+ public:
+  static bool available() {
+    return cblas_sgemm_pack_get_size && cblas_sgemm_pack && cblas_sgemm_compute;
+  }
+
+  PackedRhs() = default;
+  // b: the (k x n) operand as a strided view, one of its strides 1 (B or
+  // B^T contiguous in rows); max_rows: the most rows any product will have.
+  // dest: at least bytes(...) bytes, kept alive by the caller.
+  PackedRhs(const float* b, int64_t k, int64_t n, int64_t stride_k, int64_t stride_n,
+            int64_t max_rows, void* dest)
+      : k_(static_cast<int>(k)), n_(static_cast<int>(n)), packed_(static_cast<float*>(dest)) {
+    const bool rows_contiguous = stride_n == 1;  // B row-major, else B^T row-major
+    cblas_sgemm_pack(kRowMajor, kBMatrix, rows_contiguous ? kNoTrans : kTrans,
+                     static_cast<int>(max_rows), n_, k_, 1.0f, b,
+                     static_cast<int>(rows_contiguous ? stride_k : stride_n), packed_);
+  }
+
+  static size_t bytes(int64_t k, int64_t n, int64_t max_rows) {
+    return cblas_sgemm_pack_get_size(kBMatrix, static_cast<int>(max_rows), static_cast<int>(n),
+                                     static_cast<int>(k));
+  }
+
+  bool defined() const { return packed_ != nullptr; }
+
+  // c (rows x n) = a (rows x k, row-major) @ B (+ c when accumulate).
+  void multiply(int64_t rows, const float* a, float* c, bool accumulate) const {
+    cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, static_cast<int>(rows), n_, k_, a, k_,
+                        packed_, n_, accumulate ? 1.0f : 0.0f, c, n_);
+  }
+
+ private:
+  // CBLAS_LAYOUT / CBLAS_TRANSPOSE / CBLAS_IDENTIFIER / CBLAS_STORAGE values.
+  static constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kBMatrix = 162,
+                       kPacked = 151;
+  int k_ = 0, n_ = 0;
+  float* packed_ = nullptr;
+};
 
 }  // namespace pydl

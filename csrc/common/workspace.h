@@ -18,7 +18,9 @@ enum class WorkspaceSlot : int {
   AccumulatorTile = 2,
   LstmRecurrentWeight = 3,   // a layer call's packed w_hh (lstm_layer_cpu.cpp)
   LstmProjectionWeight = 4,  // and its packed w_hr
-  kCount = 5
+  LstmRecurrentWeightBlas = 5,   // the same, packed by MKL for the larger steps
+  LstmProjectionWeightBlas = 6,
+  kCount = 7
 };
 
 class Workspace {

@@ -10,11 +10,13 @@
 // Backward through time mirrors it; the weight gradients are a few large
 // GEMMs over all steps at the end.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "common/blas.h"
@@ -49,34 +51,66 @@ void blas_matmul(int64_t m, int64_t n, int64_t k, const T* a, const T* b, T* c, 
   gemm(/*trans_a=*/false, n, m, k, T(1), b, n, a, k, accumulate ? T(1) : T(0), c, n);
 }
 
-// Up to this many rows per step, the register kernel on packed panels
-// (small_matmul.h) beats MKL, whose fixed cost per call dominates products
-// this small. PYDL_LSTM_SMALL_BATCH overrides it (for measuring the switch).
-int64_t small_batch_limit() {
-  static const int64_t limit = [] {
-    const char* env = std::getenv("PYDL_LSTM_SMALL_BATCH");
-    return env ? std::atoll(env) : int64_t(64);
-  }();
-  return limit;
+// Up to this many rows per step a product (rows x k) @ (k x n) runs on the
+// register kernel on packed panels (small_matmul.h), whose lack of a fixed
+// cost per call wins on small products; above it MKL. Against plain sgemm
+// (float64; float32 without MKL's packed GEMM) the register kernel won up to
+// 64 rows. Against MKL's packed GEMM (float32) it still did, or drew, while
+// the operand fits in about 1 MB (this machine's L2 is 2 MB per core; LSTM
+// inference and training, 2 threads: B16 H256 5.9 vs 6.6 ms, packed batches
+// of up to 32 rows at H256 3% faster, B64 H256 even); past that MKL's packed
+// GEMM won from about rows * k = 4096 (B16 H512 12 vs 14 ms, B64 H512 40 vs
+// 44 ms, B32 H512 training 65 vs 72 ms).
+// PYDL_LSTM_SMALL_BATCH sets one fixed limit (for measuring the switch).
+int64_t small_batch_limit(int64_t k, int64_t n, at::ScalarType dtype) {
+  static const char* env = std::getenv("PYDL_LSTM_SMALL_BATCH");
+  if (env) return std::atoll(env);
+  const bool fits_l2 = k * n * 4 <= (int64_t{1} << 20);
+  if (dtype == at::kFloat && PackedRhs::available() && !fits_l2) {
+    return std::clamp<int64_t>(4096 / std::max<int64_t>(k, 1), 1, 64);
+  }
+  return 64;
 }
 
+// Workspace slots of one operand's two packed forms.
+struct OperandSlots {
+  WorkspaceSlot panels, blas;
+};
+constexpr OperandSlots kRecurrentSlots{WorkspaceSlot::LstmRecurrentWeight,
+                                       WorkspaceSlot::LstmRecurrentWeightBlas};
+constexpr OperandSlots kProjectionSlots{WorkspaceSlot::LstmProjectionWeight,
+                                        WorkspaceSlot::LstmProjectionWeightBlas};
+
 // The right-hand side B (k x n) of a per-step product c = a @ B, prepared
-// once per call in the form(s) the steps need: row-major for MKL, packed
-// panels for the register kernel.
+// once per call in the form(s) the steps need: packed panels for the
+// register kernel (small steps); for the larger ones MKL's packed form
+// (float32) or a row-major copy for plain BLAS (float64).
 class StepOperand {
  public:
   StepOperand() = default;
-  // b: a (k x n) view of any strides (e.g. w.t()). The packed form lives in
-  // this thread's workspace `slot` (a fresh multi-MB tensor per call would
+  // b: a (k x n) view of any strides (e.g. w.t()). The packed forms live in
+  // this thread's workspace `slots` (a fresh multi-MB tensor per call would
   // page-fault on every touch: 250 us of a 290 us one-step call at H=256).
-  StepOperand(const at::Tensor& b, const StepSchedule& steps, WorkspaceSlot slot)
-      : k_(b.size(0)), n_(b.size(1)) {
-    if (steps.max_rows() > small_batch_limit()) dense_ = b.contiguous();
-    if (steps.min_rows() <= small_batch_limit()) {
+  StepOperand(const at::Tensor& b, const StepSchedule& steps, OperandSlots slots)
+      : k_(b.size(0)), n_(b.size(1)), small_rows_(small_batch_limit(k_, n_, b.scalar_type())) {
+    if (steps.max_rows() > small_rows_) {
+      const bool unit_stride = b.stride(0) == 1 || b.stride(1) == 1;
+      if (b.scalar_type() == at::kFloat && PackedRhs::available() && unit_stride) {
+        void* dest = Workspace::get<unsigned char>(
+            slots.blas, static_cast<int64_t>(PackedRhs::bytes(k_, n_, steps.max_rows())));
+        std::optional<SingleThreadedBlas> one_thread;  // (see multiply)
+        if (at::in_parallel_region()) one_thread.emplace();
+        mkl_packed_ = PackedRhs(b.const_data_ptr<float>(), k_, n_, b.stride(0), b.stride(1),
+                                steps.max_rows(), dest);
+      } else {
+        dense_ = b.contiguous();
+      }
+    }
+    if (steps.min_rows() <= small_rows_) {
       const KernelTable& kernel = kernel_for_this_cpu();
       const bool is_double = b.scalar_type() == at::kDouble;
       const int64_t bytes = kernel.packed_size(k_, n_, is_double) * b.element_size();
-      void* packed = Workspace::get<unsigned char>(slot, bytes);
+      void* packed = Workspace::get<unsigned char>(slots.panels, bytes);
       kernel.pack(PackArgs{k_, n_, b.stride(0), b.stride(1), is_double, b.const_data_ptr(),
                            packed});
       packed_ = packed;
@@ -88,9 +122,21 @@ class StepOperand {
   // c (rows x n) = a (rows x k) @ B (+ c when accumulate).
   template <typename T>
   void multiply(int64_t rows, const T* a, T* c, bool accumulate) const {
-    if (rows <= small_batch_limit()) {
+    if (rows <= small_rows_) {
       kernel_for_this_cpu().small_matmul(SmallMatmulArgs{
           rows, n_, k_, std::is_same_v<T, double>, a, packed_, c, accumulate});
+      return;
+    }
+    // In a worker of at::parallel_for (a bidirectional layer's directions
+    // side by side), MKL must stay on this thread.
+    std::optional<SingleThreadedBlas> one_thread;
+    if (at::in_parallel_region()) one_thread.emplace();
+    if constexpr (std::is_same_v<T, float>) {
+      if (mkl_packed_.defined()) {
+        mkl_packed_.multiply(rows, a, c, accumulate);
+      } else {
+        blas_matmul<T>(rows, n_, k_, a, dense_.const_data_ptr<T>(), c, accumulate);
+      }
     } else {
       blas_matmul<T>(rows, n_, k_, a, dense_.const_data_ptr<T>(), c, accumulate);
     }
@@ -98,7 +144,9 @@ class StepOperand {
 
  private:
   int64_t k_ = 0, n_ = 0;
+  int64_t small_rows_ = 0;  // up to this many rows: the register kernel
   at::Tensor dense_;
+  PackedRhs mkl_packed_;
   const void* packed_ = nullptr;
 };
 
@@ -200,13 +248,13 @@ lstm_layer_cpu(const at::Tensor& input, const at::Tensor& batch_sizes, const at:
   at::Tensor hy = h0.clone();
   at::Tensor cy = cx.contiguous().clone();
   const StepSchedule steps(batch_sizes, reverse);
-  if (!proj.defined() && steps.max_rows() <= small_batch_limit()) {
+  if (!proj.defined() && steps.max_rows() <= small_batch_limit(s.out, 4 * s.hidden, input.scalar_type())) {
     fused_forward_loop(steps, s, w_hh.contiguous(), bi, bh, gates, cells, output, h0, hy, cy);
     return {output, hy, cy, gates, cells, hidden_pre};
   }
-  const StepOperand whh_t(w_hh.t(), steps, WorkspaceSlot::LstmRecurrentWeight);
+  const StepOperand whh_t(w_hh.t(), steps, kRecurrentSlots);
   const StepOperand proj_t = proj.defined()
-                                 ? StepOperand(proj.t(), steps, WorkspaceSlot::LstmProjectionWeight)
+                                 ? StepOperand(proj.t(), steps, kProjectionSlots)
                                  : StepOperand();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pydl.lstm_layer", [&] {
     forward_loop<scalar_t>(steps, s, whh_t, proj_t,
@@ -295,9 +343,9 @@ lstm_layer_backward_cpu(const at::Tensor& grad_output, const at::Tensor& grad_hy
   at::Tensor dh_total = at::empty({proj.defined() ? s.rows : 0, s.out}, opts);
   at::Tensor scratch = at::empty({2, s.batch, s.hidden}, opts);
   const StepSchedule steps(batch_sizes, reverse);
-  const StepOperand whh_op(whh, steps, WorkspaceSlot::LstmRecurrentWeight);
+  const StepOperand whh_op(whh, steps, kRecurrentSlots);
   const StepOperand proj_op = proj.defined()
-                                  ? StepOperand(proj, steps, WorkspaceSlot::LstmProjectionWeight)
+                                  ? StepOperand(proj, steps, kProjectionSlots)
                                   : StepOperand();
   at::Tensor h_prev;  // (N, P): each step's h_prev, for w_hh's gradient
   if (output_mask[4]) h_prev = at::empty({s.rows, s.out}, opts);
