@@ -69,8 +69,8 @@ AttentionShape check_attention_args(const at::Tensor& query, const at::Tensor& k
   return s;
 }
 
-void check_dropout_keep_args(const at::Tensor& dropout_seed, int64_t batch, int64_t heads,
-                             int64_t query_len, int64_t key_len, double dropout_p) {
+at::Tensor empty_dropout_keep(const at::Tensor& dropout_seed, int64_t batch, int64_t heads,
+                              int64_t query_len, int64_t key_len, double dropout_p) {
   TORCH_CHECK(dropout_seed.numel() == 1 && dropout_seed.scalar_type() == at::kLong,
               "pydl.attention_dropout_keep: dropout_seed must be a one-element int64 tensor, got ",
               dropout_seed.scalar_type(), " of shape ", dropout_seed.sizes());
@@ -86,6 +86,7 @@ void check_dropout_keep_args(const at::Tensor& dropout_seed, int64_t batch, int6
   }
   TORCH_CHECK(dropout_p >= 0.0 && dropout_p <= 1.0,
               "pydl.attention_dropout_keep: dropout_p must be in [0, 1], got ", dropout_p);
+  return at::empty({batch, heads, query_len, key_len}, dropout_seed.options().dtype(at::kBool));
 }
 
 void check_attention_backward_tensors(const AttentionShape& s, const at::Tensor& query,

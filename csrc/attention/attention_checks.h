@@ -30,10 +30,12 @@ void check_attention_backward_tensors(const AttentionShape& s, const at::Tensor&
                                       const std::optional<at::Tensor>& grad_lse,
                                       at::ScalarType lse_dtype);
 
-// attention_dropout_keep's arguments: a one-element int64 seed, sizes >= 0
-// whose product fits int64, dropout_p in [0, 1].
-void check_dropout_keep_args(const at::Tensor& dropout_seed, int64_t batch, int64_t heads,
-                             int64_t query_len, int64_t key_len, double dropout_p);
+// attention_dropout_keep's result, uninitialized, after checking its
+// arguments (a one-element int64 seed, sizes >= 0 whose product fits int64,
+// dropout_p in [0, 1]): bool (batch, heads, query_len, key_len) on the
+// seed's device.
+at::Tensor empty_dropout_keep(const at::Tensor& dropout_seed, int64_t batch, int64_t heads,
+                              int64_t query_len, int64_t key_len, double dropout_p);
 
 // The mask as an additive (N, Hq, L, S) view of broadcast strides (stride 0
 // where broadcast, never materialized) in `dtype` (the kernel's: the query's,

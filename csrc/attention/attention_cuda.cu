@@ -255,9 +255,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_on_stream(
 at::Tensor dropout_keep_on_stream(const at::Tensor& dropout_seed, int64_t batch, int64_t heads,
                                   int64_t query_len, int64_t key_len, double dropout_p,
                                   cudaStream_t stream) {
-  check_dropout_keep_args(dropout_seed, batch, heads, query_len, key_len, dropout_p);
-  at::Tensor keep = at::empty({batch, heads, query_len, key_len},
-                              dropout_seed.options().dtype(at::kBool));
+  at::Tensor keep = empty_dropout_keep(dropout_seed, batch, heads, query_len, key_len, dropout_p);
   if (keep.numel() == 0) return keep;
   const int64_t rows = batch * heads * query_len;
   TORCH_CHECK(rows * ((key_len + 3) / 4) <= int64_t{INT_MAX} * 256,

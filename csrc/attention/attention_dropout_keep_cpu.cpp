@@ -18,9 +18,7 @@ namespace {
 at::Tensor attention_dropout_keep_cpu(const at::Tensor& dropout_seed, int64_t batch,
                                       int64_t heads, int64_t query_len, int64_t key_len,
                                       double dropout_p) {
-  check_dropout_keep_args(dropout_seed, batch, heads, query_len, key_len, dropout_p);
-  at::Tensor keep = at::empty({batch, heads, query_len, key_len},
-                              dropout_seed.options().dtype(at::kBool));
+  at::Tensor keep = empty_dropout_keep(dropout_seed, batch, heads, query_len, key_len, dropout_p);
   if (keep.numel() == 0) return keep;
   kernel_for_this_cpu().fill(keep.data_ptr<bool>(), batch * heads * query_len, key_len,
                              static_cast<uint64_t>(dropout_seed.item<int64_t>()), dropout_p);
