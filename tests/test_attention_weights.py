@@ -194,13 +194,34 @@ def test_fused_route_gradcheck(monkeypatch):
     monkeypatch.setattr(aw, "kernel_serves", lambda *args, **kwargs: False)
     q, k, v = _inputs(1, 4, 2, 5, 6, 3, 2, torch.float64)
     mask = _mask("float", 1, 4, 5, 6, torch.float64)[:, :, :1]  # (1, H, 1, S): broadcast rows
+    scalar_mask = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)  # 0-dim
 
-    for average in (True, False):
-        def fn(q, k, v, mask):
-            torch.manual_seed(3)
-            return attention_with_weights(q, k, v, mask, 0.25, True, 0.7, average_heads=average)
+    with torch.random.fork_rng():
+        for average, m in ((True, mask), (False, mask), (False, scalar_mask)):
+            def fn(q, k, v, m):
+                torch.manual_seed(3)
+                return attention_with_weights(q, k, v, m, 0.25, True, 0.7, average_heads=average)
 
-        assert torch.autograd.gradcheck(fn, (q, k, v, mask))
+            assert torch.autograd.gradcheck(fn, (q, k, v, m))
+
+
+def test_weights_from_lse_backward_ignores_autocast(monkeypatch):
+    """Its float32 products stay float32 when backward() runs under autocast."""
+    monkeypatch.setattr(aw, "kernel_serves", lambda *args, **kwargs: False)
+    q, k, v = _inputs(1, 2, 2, 40, 50, 16, 16, torch.float32)
+    grads = []
+    for autocast in (False, True):
+        out, w = attention_with_weights(q, k, v, average_heads=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            grads.append(torch.autograd.grad(w.pow(2).sum(), [q, k]))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+def test_weights_from_lse_needs_the_seed_for_dropout():
+    q, k, _ = _inputs(1, 2, 2, 4, 5, 8, 8, torch.float32)
+    with pytest.raises(ValueError, match="dropout_seed"):
+        aw.weights_from_lse(q, k, None, torch.zeros(1, 2, 4), 0.3, dropout_p=0.1)
 
 
 def test_dropout_reproducible_under_manual_seed(route):

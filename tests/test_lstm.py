@@ -9,6 +9,23 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import pydl
 from pydl import reference
 
+
+def _torch_exports_mkl_packed_gemm() -> bool:
+    import ctypes
+    import os
+
+    lib = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    try:
+        return hasattr(ctypes.CDLL(lib), "cblas_sgemm_pack")
+    except OSError:
+        return False
+
+
+needs_mkl_packed_gemm = pytest.mark.skipif(
+    not _torch_exports_mkl_packed_gemm(),
+    reason="this torch exports no MKL packed GEMM: the products take plain BLAS")
+
+
 CONFIGS = [
     dict(),
     dict(num_layers=2, bidirectional=True),
@@ -426,10 +443,38 @@ def test_bidirectional_directions_side_by_side_match_torch(grad_context, batch, 
     assert not data(got).requires_grad
 
 
+_EVERY_PRODUCT_ON_BLAS = """
+import torch, pydl
+from pydl.nn import LSTM
+for hidden, proj in ((1, 0), (3, 1), (8, 1)):  # size-1 dimensions: any stride, any ld
+    torch.manual_seed(0)
+    ours = LSTM(2, hidden, proj_size=proj)
+    theirs = torch.nn.LSTM(2, hidden, proj_size=proj).double()
+    theirs.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
+    x = torch.randn(6, 5, 2)
+    got, want = ours(x)[0], theirs(x.double())[0]
+    print(float((got.double() - want).norm() / want.norm()))
+"""
+
+
 @needs_extension
+def test_every_product_on_blas_with_size_one_dimensions():
+    """PYDL_LSTM_SMALL_BATCH=0 sends every step product to BLAS (MKL's packed
+    GEMM in float32), including (1 x n) and (k x 1) weights, whose unit
+    dimension may carry any stride."""
+    run = run_with_cpu_isa("default", _EVERY_PRODUCT_ON_BLAS, PYDL_LSTM_SMALL_BATCH="0")
+    assert run.returncode == 0, run.stderr
+    assert "incorrect" not in run.stdout + run.stderr  # MKL's message for a bad argument
+    errors = [float(line) for line in run.stdout.split()]
+    assert len(errors) == 3 and max(errors) < 1e-5, errors
+
+
+@needs_extension
+@needs_mkl_packed_gemm
 def test_bidirectional_side_by_side_with_mkl_packed_products(two_threads):
     """float32 at hidden 512 and 12 rows: each direction's steps take MKL's
-    packed GEMM on its own worker thread (single-threaded there)."""
+    packed GEMM on its own worker thread (kept to that thread; results
+    checked here, the threading is not)."""
     ours, theirs = _pair(16, 512, torch.float32, num_layers=1, bidirectional=True)
     x = torch.randn(5, 12, 16)
     with torch.no_grad():
@@ -575,6 +620,7 @@ def test_op_matches_row_by_row_reference(reverse, sizes, batch, proj):
 # of several row counts above the switch reuse one pack made for the largest;
 # steps below it take the register kernel.
 @needs_extension
+@needs_mkl_packed_gemm
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("proj", [0, 256])
 def test_op_float32_across_the_packed_blas_switch(reverse, proj):

@@ -6,6 +6,7 @@
 // otherwise start its own threads per call.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -79,16 +80,27 @@ class PackedRhs {
   }
 
   PackedRhs() = default;
-  // b: the (k x n) operand as a strided view, one of its strides 1 (B or
-  // B^T contiguous in rows); max_rows: the most rows any product will have.
-  // dest: at least bytes(...) bytes, kept alive by the caller.
+
+  // Whether a (k x n) view with these strides is B or B^T in row-major form,
+  // as the pack routine reads it (a dimension of size 1 may have any stride).
+  static bool row_major(int64_t k, int64_t n, int64_t stride_k, int64_t stride_n) {
+    return stride_n == 1 && (k == 1 || stride_k >= n);
+  }
+  static bool can_pack(int64_t k, int64_t n, int64_t stride_k, int64_t stride_n) {
+    return row_major(k, n, stride_k, stride_n) ||
+           row_major(n, k, stride_n, stride_k);  // B^T row-major
+  }
+
+  // b: the (k x n) operand as a strided view that can_pack accepts;
+  // max_rows: the most rows any product will have. dest: at least
+  // bytes(...) bytes, kept alive by the caller.
   PackedRhs(const float* b, int64_t k, int64_t n, int64_t stride_k, int64_t stride_n,
             int64_t max_rows, void* dest)
       : k_(static_cast<int>(k)), n_(static_cast<int>(n)), packed_(static_cast<float*>(dest)) {
-    const bool rows_contiguous = stride_n == 1;  // B row-major, else B^T row-major
-    cblas_sgemm_pack(kRowMajor, kBMatrix, rows_contiguous ? kNoTrans : kTrans,
-                     static_cast<int>(max_rows), n_, k_, 1.0f, b,
-                     static_cast<int>(rows_contiguous ? stride_k : stride_n), packed_);
+    const bool no_trans = row_major(k, n, stride_k, stride_n);
+    const int64_t ld = no_trans ? std::max(stride_k, n) : std::max(stride_n, k);
+    cblas_sgemm_pack(kRowMajor, kBMatrix, no_trans ? kNoTrans : kTrans,
+                     static_cast<int>(max_rows), n_, k_, 1.0f, b, static_cast<int>(ld), packed_);
   }
 
   static size_t bytes(int64_t k, int64_t n, int64_t max_rows) {

@@ -94,8 +94,8 @@ class StepOperand {
   StepOperand(const at::Tensor& b, const StepSchedule& steps, OperandSlots slots)
       : k_(b.size(0)), n_(b.size(1)), small_rows_(small_batch_limit(k_, n_, b.scalar_type())) {
     if (steps.max_rows() > small_rows_) {
-      const bool unit_stride = b.stride(0) == 1 || b.stride(1) == 1;
-      if (b.scalar_type() == at::kFloat && PackedRhs::available() && unit_stride) {
+      if (b.scalar_type() == at::kFloat && PackedRhs::available() &&
+          PackedRhs::can_pack(k_, n_, b.stride(0), b.stride(1))) {
         void* dest = Workspace::get<unsigned char>(
             slots.blas, static_cast<int64_t>(PackedRhs::bytes(k_, n_, steps.max_rows())));
         std::optional<SingleThreadedBlas> one_thread;  // (see multiply)

@@ -108,6 +108,9 @@ def weights_from_lse(
     ones (kept weights scaled by 1 / (1 - p)), decided as the fused kernel
     decided them for ``dropout_seed``. Top-left ``is_causal``; a row that sees
     no key (lse = -inf) is zeros."""
+    if dropout_p > 0.0 and dropout_seed is None:
+        raise ValueError("pydl.weights_from_lse: dropout_p > 0 needs the dropout_seed the fused "
+                         "kernel used (a one-element int64 tensor)")
     dtype = query.dtype
     n, heads, length, _ = query.shape
     if key.shape[1] != heads:  # grouped-query heads
@@ -165,6 +168,12 @@ class _WeightsFromLse(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_weights):
         query, key, weights = ctx.saved_tensors
+        # float32 products even when backward() is called under autocast
+        with torch.autocast(query.device.type, enabled=False):
+            return _WeightsFromLse._backward(ctx, grad_weights, query, key, weights)
+
+    @staticmethod
+    def _backward(ctx, grad_weights, query, key, weights):
         if ctx.average:
             grad_weights = grad_weights.unsqueeze(1) / weights.shape[1]
         grad_scores = weights * grad_weights
@@ -172,7 +181,8 @@ class _WeightsFromLse(torch.autograd.Function):
         g_q = torch.matmul(grad_scores, key).mul_(ctx.scale) if need[0] else None
         g_k = (torch.matmul(grad_scores.transpose(-2, -1), query).mul_(ctx.scale)
                if need[1] else None)
-        g_mask = grad_scores.sum_to_size(ctx.mask_shape) if need[2] and ctx.mask_shape else None
+        g_mask = (grad_scores.sum_to_size(ctx.mask_shape)
+                  if need[2] and ctx.mask_shape is not None else None)  # (a 0-dim mask's shape is falsy)
         g_lse = grad_scores.sum(dim=-1).neg_() if need[3] else None
         return g_q, g_k, g_mask, g_lse, None, None, None, None, None
 

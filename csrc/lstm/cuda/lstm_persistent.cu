@@ -2,8 +2,9 @@
 //
 // Block b owns hidden units [b*U, b*U + U): the 4U rows of w_hh that produce
 // their gates live in shared memory (as float) for the whole sequence. Per
-// step, one warp per (batch row, chunk of up to kUnitChunk units) reads the
-// row of h_prev once and computes the chunk's 4 x kUnitChunk dot products,
+// step, one warp per (batch row, chunk of up to kUnitChunk units: fewer when
+// the rows are too few to give every warp a task) reads the row of h_prev
+// once and computes the chunk's 4 x kUnitChunk dot products,
 // then one lane per unit applies the cell's pointwise math. h is double
 // buffered in global memory (every block reads all of h_prev while others
 // write h_next); c of a unit only ever lives in its own block.
@@ -37,6 +38,13 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kUnitChunk = 8;
 
 __device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + __expf(-x)); }
+
+// Units per warp task for a step of `rows` rows: up to kUnitChunk, but few
+// enough that the rows x chunks tasks keep every warp busy (at batch 1 a task
+// per unit, as many tasks as units).
+__device__ __forceinline__ int units_per_task(int rows, int units) {
+  return max(1, min(kUnitChunk, rows * units / kWarps));
+}
 
 // One halving step of warp_reduce_scatter and the ones after it: lanes with
 // bit Half set keep the upper Half values (and send the lower), the others
@@ -109,10 +117,11 @@ __global__ void __launch_bounds__(kThreads)
                                : (t + 1 < T_ ? a.step_rows[t + 1] : 0);
     const float* h_read = a.h_buffers + int64_t(s % 2) * a.batch * H;
     float* h_write = a.h_buffers + int64_t((s + 1) % 2) * a.batch * H;
-    const int chunks = (units + kUnitChunk - 1) / kUnitChunk;
+    const int per_task = units_per_task(rows, units);
+    const int chunks = (units + per_task - 1) / per_task;
     for (int task = warp; task < rows * chunks; task += kWarps) {
-      const int b = task / chunks, chunk0 = (task - b * chunks) * kUnitChunk;
-      const int n = min(kUnitChunk, units - chunk0);  // units in this chunk
+      const int b = task / chunks, chunk0 = (task - b * chunks) * per_task;
+      const int n = min(per_task, units - chunk0);  // units in this chunk
       const bool first = s == 0 || b >= prev;
       float acc[4 * kUnitChunk];  // [gate q][unit u] at q * kUnitChunk + u
 #pragma unroll
@@ -226,10 +235,11 @@ __global__ void __launch_bounds__(kThreads)
     // k: one warp per (row, chunk of units), lanes over r, so the row of gate
     // gradients (written by every block: read from L2) is read once per
     // chunk, not once per unit. Only this block reads the results.
-    const int chunks = (units + kUnitChunk - 1) / kUnitChunk;
+    const int per_task = units_per_task(rows, units);
+    const int chunks = (units + per_task - 1) / per_task;
     for (int task = warp; task < rows * chunks; task += kWarps) {
-      const int b = task / chunks, chunk0 = (task - b * chunks) * kUnitChunk;
-      const int n = min(kUnitChunk, units - chunk0);
+      const int b = task / chunks, chunk0 = (task - b * chunks) * per_task;
+      const int n = min(per_task, units - chunk0);
       const T* d = grad_gates + (off + b) * 4 * H;
       float acc[kUnitChunk];
 #pragma unroll
