@@ -145,6 +145,30 @@ def test_torch_compile_fullgraph():
     assert x.grad is not None
 
 
+@needs_extension
+def test_torch_compile_fullgraph_need_weights_dropout_fused_route(monkeypatch):
+    """The route of CUDA / CPU bf16 (fused kernel, weights rebuilt from its lse
+    with attention_dropout_keep) traces whole: the custom autograd.Function
+    and the keep op's fake kernel; the same seed gives eager's results."""
+    import pydl.ops.attention_weights as aw
+
+    monkeypatch.setattr(aw, "kernel_serves", lambda *args, **kwargs: False)
+    ours, _ = _pair(embed_dim=16, num_heads=2, dropout=0.3, batch_first=True,
+                    dtype=torch.float64)
+    ours.train()
+    x = torch.randn(2, 5, 16, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        out, w = compiled(x, x, x, average_attn_weights=False)
+        torch.manual_seed(1)
+        ref, rw = ours(x, x, x, average_attn_weights=False)
+    assert torch.equal(out, ref) and torch.equal(w, rw)
+    got = torch.autograd.grad(out.sum() + w.sum(), x)[0]
+    want = torch.autograd.grad(ref.sum() + rw.sum(), x)[0]
+    assert_close_rel(got, want, torch.float64, "grad")
+
+
 def test_bad_input_gives_clear_errors():
     ours, _ = _pair(embed_dim=16, num_heads=4)
     x = torch.randn(5, 2, 16)
