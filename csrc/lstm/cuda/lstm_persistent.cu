@@ -19,6 +19,9 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "common/cuda_launch.cuh"
 #include "common/cuda_storage.cuh"
@@ -266,38 +269,47 @@ struct LaunchPlan {
 };
 
 // (Both kernels hold 4 x units x hidden floats of w_hh.)
+// The plan depends on the kernel, the hidden size and the device (its SM
+// count and shared memory, read every call: cheap, and an emulated device can
+// change them), so it is cached: the attribute call and the occupancy query
+// cost microseconds per call, which a small batch's whole layer can take only
+// a few hundred of. Plans made while a CUDA call failed are not cached.
 template <typename Kernel>
 LaunchPlan plan_launch(Kernel kernel, int hidden) {
-  LaunchPlan plan;
   int device = 0, sms = 0, cooperative = 0, smem_optin = 0;
   // Never swallow an error some earlier kernel left behind.
   if (hidden <= 0 || cudaPeekAtLastError() != cudaSuccess ||
       cudaGetDevice(&device) != cudaSuccess) {
-    return plan;
+    return {};
   }
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device);
   cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  if (!cooperative || sms == 0) return plan;
+  if (!cooperative || sms == 0) return {};
+  using Key = std::tuple<const void*, int, int, int, int>;
+  static std::mutex mutex;
+  static std::map<Key, LaunchPlan> plans;
+  const Key key{reinterpret_cast<const void*>(kernel), device, sms, smem_optin, hidden};
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (const auto found = plans.find(key); found != plans.end()) return found->second;
   const int units = (hidden + sms - 1) / sms;
   const int blocks = (hidden + units - 1) / units;
   const size_t smem = size_t(4) * units * hidden * sizeof(float);
-  if (smem > size_t(smem_optin)) return plan;
+  if (smem > size_t(smem_optin)) return plans[key] = LaunchPlan{};
   // The cap is the device's opt-in maximum, the same on every call: a
   // per-call size would let two host threads lower it under each other's launch.
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin) !=
       cudaSuccess) {
     cudaGetLastError();  // ours: clear it; the caller takes the cuBLAS path
-    return plan;
+    return {};
   }
   int per_sm = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem) !=
       cudaSuccess) {
     cudaGetLastError();
-    return plan;
+    return {};
   }
-  if (per_sm * sms < blocks) return plan;
-  return {blocks, units, smem};
+  return plans[key] = per_sm * sms < blocks ? LaunchPlan{} : LaunchPlan{blocks, units, smem};
 }
 
 template <typename Kernel, typename Args>
