@@ -80,6 +80,7 @@ SEQUENCES_QUICK = [
     (64, 256, 50, True, False, 1, False),
     (16, 256, 50, True, False, 2, True),
     (1, 128, 100, False, False, 1, True),
+    (16, 1024, 50, False, False, 1, False),  # GPU: the persistent kernel at its largest hidden
 ]
 SEQUENCES_FULL = SEQUENCES_QUICK + [
     (1, 128, 500, False, False, 1, False),
