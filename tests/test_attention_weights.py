@@ -198,7 +198,7 @@ def test_fused_route_gradcheck(monkeypatch):
 
     with torch.random.fork_rng():
         for average, m in ((True, mask), (False, mask), (False, scalar_mask)):
-            def fn(q, k, v, m):
+            def fn(q, k, v, m, average=average):
                 torch.manual_seed(3)
                 return attention_with_weights(q, k, v, m, 0.25, True, 0.7, average_heads=average)
 
@@ -211,7 +211,7 @@ def test_weights_from_lse_backward_ignores_autocast(monkeypatch):
     q, k, v = _inputs(1, 2, 2, 40, 50, 16, 16, torch.float32)
     grads = []
     for autocast in (False, True):
-        out, w = attention_with_weights(q, k, v, average_heads=False)
+        _, w = attention_with_weights(q, k, v, average_heads=False)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             grads.append(torch.autograd.grad(w.pow(2).sum(), [q, k]))
     for a, b in zip(*grads):

@@ -114,7 +114,7 @@ def test_need_weights_with_dropout_in_bfloat16_is_pydls(monkeypatch):
     no mask: the case whose inference goes to torch's module): pydl's fused
     kernel serves it, strict mode does not object, and the weights are the
     dropped-out ones the output used."""
-    if not pydl._backend.explain("attention", "cpu", torch.bfloat16)[0] == pydl._backend.PYDL:
+    if pydl._backend.explain("attention", "cpu", torch.bfloat16)[0] != pydl._backend.PYDL:
         pytest.skip("pydl's CPU attention has no bf16 kernel on this CPU")
     monkeypatch.setenv("PYDL_STRICT", "1")
     ours, _ = _pair(embed_dim=32, num_heads=2, dropout=0.5, dtype=torch.bfloat16)
