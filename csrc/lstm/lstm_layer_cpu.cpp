@@ -10,13 +10,11 @@
 // Backward through time mirrors it; the weight gradients are a few large
 // GEMMs over all steps at the end.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <optional>
 #include <vector>
 
 #include "common/blas.h"
@@ -98,8 +96,6 @@ class StepOperand {
           PackedRhs::can_pack(k_, n_, b.stride(0), b.stride(1))) {
         void* dest = Workspace::get<unsigned char>(
             slots.blas, static_cast<int64_t>(PackedRhs::bytes(k_, n_, steps.max_rows())));
-        std::optional<SingleThreadedBlas> one_thread;  // (see multiply)
-        if (at::in_parallel_region()) one_thread.emplace();
         mkl_packed_ = PackedRhs(b.const_data_ptr<float>(), k_, n_, b.stride(0), b.stride(1),
                                 steps.max_rows(), dest);
       } else {
@@ -127,10 +123,6 @@ class StepOperand {
           rows, n_, k_, std::is_same_v<T, double>, a, packed_, c, accumulate});
       return;
     }
-    // In a worker of at::parallel_for (a bidirectional layer's directions
-    // side by side), MKL must stay on this thread.
-    std::optional<SingleThreadedBlas> one_thread;
-    if (at::in_parallel_region()) one_thread.emplace();
     if constexpr (std::is_same_v<T, float>) {
       if (mkl_packed_.defined()) {
         mkl_packed_.multiply(rows, a, c, accumulate);

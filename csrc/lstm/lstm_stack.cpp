@@ -18,6 +18,7 @@
 #include <array>
 #include <vector>
 
+#include "common/blas.h"
 #include "lstm/lstm_layer_op.h"
 
 namespace pydl {
@@ -148,6 +149,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_stack(
       const at::ThreadLocalState state;
       at::parallel_for(0, 2, 1, [&](int64_t d0, int64_t d1) {
         const at::ThreadLocalStateGuard guard(state);
+        const SingleThreadedBlas one_thread;  // each direction's MKL calls stay on its core
         for (int64_t d = d0; d < d1; ++d) results[d] = run_layer(layer_input, layer, d);
       });
     } else {

@@ -37,9 +37,8 @@ def kernel_serves(query: torch.Tensor, dtype: torch.dtype | None = None) -> bool
     float32 / float64); ``dtype``: the one the call will compute in, when it
     differs from the query's (autocast)."""
     dtype = query.dtype if dtype is None else dtype
-    if query.device.type != "cpu" or dtype not in (torch.float32, torch.float64):
-        return False
-    return _backend.explain("attention", "cpu", dtype)[0] == _backend.PYDL
+    return (query.device.type == "cpu" and dtype in (torch.float32, torch.float64)
+            and served(query, dtype))
 
 
 def served(query: torch.Tensor, dtype: torch.dtype | None = None) -> bool:

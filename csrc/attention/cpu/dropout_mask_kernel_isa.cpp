@@ -2,7 +2,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <vector>
 
 #include "attention/cpu/dropout_keep_simd.h"
 #include "attention/cpu/dropout_mask_kernel.h"
@@ -17,13 +16,10 @@ void fill(bool* keep, int64_t rows, int64_t cols, uint64_t seed, double dropout_
   // About 32k weights per task: one Philox call serves four of them.
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1));
   at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
-    // The keep factors (0 or 1 / (1 - p)) of one row, then their nonzero test:
-    // the same generator code the kernels run, so the same decisions.
-    std::vector<float> factors(static_cast<size_t>(cols));
+    // The generator code the kernels run, so the same decisions; as bool its
+    // keep factor 1 / (1 - p) reads true and 0 false.
     for (int64_t r = r0; r < r1; ++r) {
-      dropout_keep_row_simd(factors.data(), cols, seed, static_cast<uint64_t>(r), 0, dropout_p);
-      bool* row = keep + r * cols;
-      for (int64_t c = 0; c < cols; ++c) row[c] = factors[c] != 0.0f;
+      dropout_keep_row_simd(keep + r * cols, cols, seed, static_cast<uint64_t>(r), 0, dropout_p);
     }
   });
 }
