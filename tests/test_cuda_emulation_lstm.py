@@ -102,6 +102,11 @@ def _layer_id(case):
     return f"T{T}_B{B}_I{I}_H{H}_{'packed' if lengths else 'padded'}_rev{int(reverse)}_p{proj}"
 
 
+# The emulated device's SMs (emulated_cuda's default): the persistent kernels
+# hold at most 8 hidden units per block, so they serve H <= 8 x SMs.
+SMS = 8
+
+
 @pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "cublas_loop"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", LAYER_CASES, ids=_layer_id)
@@ -110,29 +115,31 @@ def test_layer_forward_and_backward(emu, case, dtype, persistent, monkeypatch):
     launches = _compare(emu, _layer_args(T, B, I, H, lengths, reverse, proj), dtype, persistent,
                         monkeypatch)
     # The persistent kernels run the forward and the backward in one launch
-    # each (float64 and proj_size never take them); the cuBLAS loop launches
-    # one pointwise kernel per step each way.
-    takes_persistent = persistent and dtype != torch.float64 and not proj
+    # each (float64, proj_size and H above 8 units per SM never take them);
+    # the cuBLAS loop launches one pointwise kernel per step each way.
+    takes_persistent = persistent and dtype != torch.float64 and not proj and H <= 8 * SMS
     steps = max(lengths or [T])
     assert launches == ((1, 1) if takes_persistent else (steps, steps))
 
 
-# Hidden sizes over the emulated device's 8 SMs: units per block that leave a
-# short last block (H=33: 5 units, the last block 3), weights above 48 KB of
-# shared memory (H=256: 128 KB), weights that do not fit (H=400: 320 KB, the
-# cuBLAS loop), and a batch just above the persistent limit (17 rows).
-@pytest.mark.parametrize("B, H, persistent_runs", [(2, 33, True), (1, 256, True),
-                                                   (2, 400, False), (17, 40, False)])
-def test_persistent_kernel_sizes(emu, B, H, persistent_runs, monkeypatch):
-    args = _layer_args(4, B, 8, H)
-    monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "1")
-    before = emu.launch_count()
-    got = emu.lstm_layer(*_cast(args, torch.float32))
-    launches = emu.launch_count() - before
-    assert (launches == 1) == persistent_runs, f"{launches} launches"
-    want = torch.ops.pydl.lstm_layer(*args)
-    for name, a, w in zip(["output", "hy", "cy"], got, want):
-        assert rel_error(a, w) <= TOL[torch.float32], name
+# (SMs, B, H, whether the persistent kernels run). Units per block U =
+# ceil(H / SMs) sets how the warps share the work: U 1, 2 (one group of
+# units, k in 8 slices), 3 (two groups, a short one), 5 with a short last
+# block, 8 (four groups, k in 2 slices); with 32 and 64 SMs a lane holds
+# several k (forward 4 and 8 per lane, backward 1 and 2, the last slice
+# short at H 500); 16 rows (the batch limit: 4 passes of 4 rows), at H 768
+# with 52 KB of shared memory for the forward (above the 48 KB that needs
+# the kernel's attribute raised); and sizes that do not fit: 50 units per
+# block (H 400 on 8 SMs) and 17 rows.
+@pytest.mark.parametrize("sms, B, H, persistent_runs", [
+    (8, 3, 7, True), (8, 2, 13, True), (8, 5, 20, True), (8, 2, 33, True), (8, 16, 64, True),
+    (32, 3, 256, True), (64, 2, 500, True), (96, 16, 768, True), (8, 2, 400, False),
+    (8, 17, 40, False)])
+def test_persistent_kernel_sizes(emu, sms, B, H, persistent_runs, monkeypatch):
+    args = _layer_args(3, B, 8, H, lengths=[3] + [2] * (B - 1))
+    with emulated_cuda.emulated_device(sm_count=sms):
+        launches = _compare(emu, args, torch.float32, True, monkeypatch)
+    assert launches == ((1, 1) if persistent_runs else (3, 3)), f"{launches} launches"
 
 
 @pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "cublas_loop"])

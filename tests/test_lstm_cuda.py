@@ -126,13 +126,15 @@ def test_lstm_cell_matches_reference(dtype):
         _check(a.cpu(), b.cpu(), e, dtype, f"tensor {k}")
 
 
-# Across the persistent kernel's limits (on a 132-SM H100/H200): one row; a
-# hidden size that does not divide over the SMs (units per block 8, a last
-# block with 1); shared memory above 48 KB (H=640: 51 KB, H=1001: 128 KB);
-# too large for shared memory (H=1500: the cuBLAS loop); and just above its
-# batch limit (17 rows: the cuBLAS loop). Forward and backward, both directions.
-@pytest.mark.parametrize("batch, hidden", [(1, 256), (16, 130), (3, 640), (2, 1001), (2, 1500),
-                                           (17, 96)])
+# Across the persistent kernels' limits (on a 132-SM H100/H200; at most 8
+# hidden units per block, their weights in registers): one row; a hidden
+# size that does not divide over the SMs (units per block 8, a last block
+# with 1); 16 rows at H 1000 (the forward's 64 KB of shared memory, above
+# 48 KB); H 1001 (8 units per block, 16 k per lane); too large (H 1500: 12
+# units per block, the cuBLAS loop); and just above its batch limit (17
+# rows: the cuBLAS loop). Forward and backward, both directions.
+@pytest.mark.parametrize("batch, hidden", [(1, 256), (16, 130), (3, 640), (16, 1000), (2, 1001),
+                                           (2, 1500), (17, 96)])
 def test_persistent_sizes_match_reference(batch, hidden):
     ours, _, exact = _models(torch.float32, input_size=16, hidden_size=hidden, bidirectional=True)
     g = torch.Generator().manual_seed(2)
@@ -152,15 +154,17 @@ def _kernels_run(fn) -> list[str]:
     return [e.key for e in prof.key_averages()]
 
 
-@pytest.mark.parametrize("hidden, expected", [(64, True), (1001, True), (1500, False)])
-def test_persistent_kernel_actually_runs(hidden, expected, monkeypatch):
+@pytest.mark.parametrize("batch, hidden, expected", [(3, 64, True), (3, 1001, True),
+                                                     (16, 1000, True), (3, 1500, False)])
+def test_persistent_kernel_actually_runs(batch, hidden, expected, monkeypatch):
     """The persistent kernels (forward, and backward in training) fall back
     to the cuBLAS loop quietly when they cannot launch; the tests above would
-    pass either way, so check by name which kernel ran (H=1001: 128 KB of
-    shared memory; H=1500 does not fit)."""
+    pass either way, so check by name which kernel ran (H=1001: 8 units per
+    block, the most; 16 rows at H=1000: 64 KB of shared memory; H=1500 does
+    not fit)."""
     monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "1")
     ours, _, _ = _models(torch.float32, input_size=16, hidden_size=hidden)
-    x = torch.randn(5, 3, 16, device="cuda")
+    x = torch.randn(5, batch, 16, device="cuda")
     with torch.no_grad():
         names = _kernels_run(lambda: ours(x))
     ran = any("persistent_forward_kernel" in n for n in names)

@@ -206,7 +206,10 @@ bool try_persistent_forward(const StepSchedule& plan, const LstmLayerShape& s,
                             const at::Tensor& cx, const at::Tensor& output, const at::Tensor& cells,
                             const at::Tensor& hy, const at::Tensor& cy) {
   const std::optional<StorageType> storage = persistent_storage(plan, s, gates.scalar_type());
-  if (!storage || !persistent_forward_fits(*storage, static_cast<int>(s.hidden))) return false;
+  if (!storage) return false;
+  const int blocks =
+      persistent_forward_blocks(*storage, static_cast<int>(s.hidden), static_cast<int>(s.batch));
+  if (blocks == 0) return false;
   const at::Tensor table = device_step_table(plan, gates);
   at::Tensor scratch = at::empty({3, s.batch, s.hidden}, gates.options().dtype(at::kFloat));
   PersistentForwardArgs args{};
@@ -220,7 +223,7 @@ bool try_persistent_forward(const StepSchedule& plan, const LstmLayerShape& s,
   args.cy = cy.mutable_data_ptr();
   args.h_buffers = scratch.mutable_data_ptr<float>();
   args.c_state = scratch.mutable_data_ptr<float>() + 2 * s.batch * s.hidden;
-  return persistent_forward(args, current_stream());
+  return persistent_forward(args, blocks, current_stream());
 }
 
 // The backward's time loop in one cooperative launch when it can: fills
@@ -232,8 +235,13 @@ bool try_persistent_backward(const StepSchedule& plan, const LstmLayerShape& s,
                              const at::Tensor& cx, const at::Tensor& dgates, const at::Tensor& dh,
                              const at::Tensor& dc) {
   const std::optional<StorageType> storage = persistent_storage(plan, s, gates.scalar_type());
-  if (!storage || !persistent_backward_fits(*storage, static_cast<int>(s.hidden))) return false;
+  if (!storage) return false;
+  const int blocks =
+      persistent_backward_blocks(*storage, static_cast<int>(s.hidden), static_cast<int>(s.batch));
+  if (blocks == 0) return false;
   const at::Tensor table = device_step_table(plan, gates);
+  // Each block's share of dh_prev per step, double buffered.
+  at::Tensor shares = at::empty({2, blocks, s.batch, s.hidden}, gates.options().dtype(at::kFloat));
   // The state gradients in float between steps (as the forward keeps h and
   // c): dh / dc themselves when float (they are the caller's private copies).
   const bool is_float = dh.scalar_type() == at::kFloat;
@@ -248,7 +256,8 @@ bool try_persistent_backward(const StepSchedule& plan, const LstmLayerShape& s,
   args.grad_gates = dgates.mutable_data_ptr();
   args.dh = dh_f.mutable_data_ptr<float>();
   args.dc = dc_f.mutable_data_ptr<float>();
-  if (!persistent_backward(args, current_stream())) return false;
+  args.dh_shares = shares.mutable_data_ptr<float>();
+  if (!persistent_backward(args, blocks, current_stream())) return false;
   if (!is_float) {
     dh.copy_(dh_f);
     dc.copy_(dc_f);

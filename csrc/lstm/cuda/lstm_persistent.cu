@@ -1,19 +1,31 @@
 // Persistent LSTM layer forward and backward (see lstm_persistent.h).
 //
-// Block b owns hidden units [b*U, b*U + U): the 4U rows of w_hh that produce
-// their gates live in shared memory (as float) for the whole sequence. Per
-// step, one warp per (batch row, chunk of up to kUnitChunk units: fewer when
-// the rows are too few to give every warp a task) reads the row of h_prev
-// once and computes the chunk's 4 x kUnitChunk dot products,
-// then one lane per unit applies the cell's pointwise math. h is double
-// buffered in global memory (every block reads all of h_prev while others
-// write h_next); c of a unit only ever lives in its own block.
+// Block b owns hidden units [b*U, b*U + U) (U <= 8) and keeps the 4U rows of
+// w_hh that produce their gates in registers, as float, for the whole
+// sequence: 256 threads hold up to 128 weights each, up to 4U x H = 32K.
+// Shared memory or L2 never streams a weight again after the first step.
 //
-// Why chunks: a warp per (row, unit) read the row once per unit, U times per
-// block and step, all of it from L2 (other blocks wrote it): at H 1024 on
-// 132 SMs (U = 8), batch 16, that is 132 x 16 x 8 x 4 KB = 64 MB of L2 reads
-// per step, ~12 us at L2 speed, more than the step's math. A chunk of 8
-// reads it once.
+// Forward, per step: the block copies the step's rows of h_prev (written by
+// every block in the step before: in L2) into shared memory, once; each warp
+// multiplies its registers (the 8 gate rows of 2 units over a slice of k)
+// with them, 4 batch rows at a time, so one shared-memory load of h feeds 8
+// FMAs; a warp reduce-scatter sums over the slice's lanes and the partial
+// sums of the slices meet in shared memory, where one thread per (row, unit)
+// applies the cell's pointwise math. h is double buffered in global memory
+// (every block reads all of h_prev while others write h_next); c of a unit
+// only ever lives in its own block.
+//
+// Backward, per step: one thread per (row, unit) applies the pointwise
+// backward to the block's units; with the same weights in registers (here,
+// each warp all 4U rows over its eighth of k) the block multiplies its own
+// gate gradients into its share of dh_prev for every k, written to global
+// memory; after the grid barrier each block sums the shares of its own units
+// over all blocks. So no block reads another's gate gradients (4H per row)
+// and no weight is read from memory inside the time loop.
+//
+// Why registers: with w_hh in shared memory every FMA needed its own
+// shared-memory load of a weight, and an SM loads 32 floats per clock where
+// it multiplies 128: the step ran at a quarter of the FMA rate.
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -35,19 +47,60 @@ namespace cg = cooperative_groups;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
+constexpr int kMaxUnits = 8;   // hidden units per block, both kernels
+constexpr int kRowBlock = 4;   // batch rows per pass over the registers
 
-// Units a warp task covers: its accumulators (4 gates x 8 units forward, 8
-// backward) stay in registers.
-constexpr int kUnitChunk = 8;
+// The forward's warps: `groups` of 2 units (8 gate rows) times `parts`
+// slices of k; a lane holds its group's 8 rows at k_per_lane values of k
+// (k = part * 32 * k_per_lane + lane + 32 j), at most 8 x 16.
+constexpr int kForwardRows = 8;
+constexpr int kForwardMaxK = 16;
+// The backward's warps: all 4U gate rows times an eighth of k each, at most
+// 32 x 4 per lane.
+constexpr int kBackwardRows = 4 * kMaxUnits;
+constexpr int kBackwardMaxK = 4;
+
+__host__ __device__ inline int div_up(int a, int b) { return (a + b - 1) / b; }
+
+struct ForwardLayout {
+  int groups, parts, k_per_lane;
+  __host__ __device__ ForwardLayout(int units, int hidden)
+      : groups(units <= 2 ? 1 : units <= 4 ? 2 : 4),
+        parts(kWarps / groups),
+        k_per_lane(div_up(hidden, 32 * parts)) {}
+};
+
+// What each kernel needs of a plan (units per block) and its shared memory.
+struct ForwardShape {
+  static bool fits(int units, int hidden) {
+    return units <= kMaxUnits && ForwardLayout(units, hidden).k_per_lane <= kForwardMaxK;
+  }
+  // The step's rows of h, and each k slice's partial gate sums.
+  static size_t smem_bytes(int units, int hidden, int batch) {
+    const size_t parts = ForwardLayout(units, hidden).parts;
+    return (size_t(batch) * hidden + parts * batch * 4 * units) * sizeof(float);
+  }
+};
+
+__host__ __device__ inline int backward_k_per_lane(int hidden) {
+  return div_up(hidden, 32 * kWarps);
+}
+// Threads summing the blocks' shares of one unit's dh: every block's share
+// is read once, spread over this many slots.
+__host__ __device__ inline int backward_slots(int units) { return kThreads / units; }
+
+struct BackwardShape {
+  static bool fits(int units, int hidden) {
+    return units <= kMaxUnits && backward_k_per_lane(hidden) <= kBackwardMaxK;
+  }
+  // The step's gate gradients of the block's units, and the slots' sums.
+  static size_t smem_bytes(int units, int, int batch) {
+    return (size_t(batch) * 4 * units + size_t(batch) * backward_slots(units) * units) *
+           sizeof(float);
+  }
+};
 
 __device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + __expf(-x)); }
-
-// Units per warp task for a step of `rows` rows: up to kUnitChunk, but few
-// enough that the rows x chunks tasks keep every warp busy (at batch 1 a task
-// per unit, as many tasks as units).
-__device__ __forceinline__ int units_per_task(int rows, int units) {
-  return max(1, min(kUnitChunk, rows * units / kWarps));
-}
 
 // One halving step of warp_reduce_scatter and the ones after it: lanes with
 // bit Half set keep the upper Half values (and send the lower), the others
@@ -83,22 +136,45 @@ __device__ __forceinline__ float warp_reduce_scatter(float (&v)[N], int lane) {
   return v[0];
 }
 
+// A lane's weights: w[r][j] = w_hh[gate r % 4 of unit first_unit + r / 4]
+// [k_begin + lane + 32 j] as float, 0 past `units` units, k_per_lane values
+// or the hidden size. Fully unrolled, so w stays in registers.
+template <int Rows, int MaxK, typename T>
+__device__ __forceinline__ void load_weights(float (&w)[Rows][MaxK], const T* w_hh, int hidden,
+                                             int first_unit, int units, int k_begin,
+                                             int k_per_lane, int lane) {
+#pragma unroll
+  for (int r = 0; r < Rows; ++r) {
+#pragma unroll
+    for (int j = 0; j < MaxK; ++j) {
+      const int k = k_begin + lane + 32 * j;
+      w[r][j] = r / 4 < units && j < k_per_lane && k < hidden
+                    ? to_acc(w_hh[(int64_t(r % 4) * hidden + first_unit + r / 4) * hidden + k])
+                    : 0.f;
+    }
+  }
+}
+
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     persistent_forward_kernel(PersistentForwardArgs a, int units_per_block) {
-  PYDL_DYNAMIC_SMEM(float, w_smem);  // [4][U][H]
+  PYDL_DYNAMIC_SMEM(float, smem);
   cg::grid_group grid = cg::this_grid();
-  const int H = a.hidden, T_ = a.steps;
+  const int H = a.hidden, B = a.batch, T_ = a.steps;
   const int u0 = blockIdx.x * units_per_block;
   const int units = max(0, min(units_per_block, H - u0));
-  const T* w_hh = static_cast<const T*>(a.w_hh);
-  for (int idx = threadIdx.x; idx < 4 * units * H; idx += kThreads) {
-    const int q = idx / (units * H), rest = idx - q * units * H;
-    const int u = rest / H, k = rest - u * H;
-    w_smem[idx] = to_acc(w_hh[(int64_t(q) * H + u0 + u) * H + k]);
-  }
-  __syncthreads();
+  const ForwardLayout layout(units_per_block, H);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = warp % layout.groups, part = warp / layout.groups;
+  const int unit0 = 2 * group;  // the warp's first unit within the block
+  const int kpl = layout.k_per_lane, k_begin = part * 32 * kpl;
+  float w[kForwardRows][kForwardMaxK];
+  load_weights(w, static_cast<const T*>(a.w_hh), H, u0 + unit0, max(0, min(2, units - unit0)),
+               k_begin, kpl, lane);
 
+  float* h_s = smem;                                  // [B][H]: the step's rows of h_prev
+  float* partial_s = smem + int64_t(B) * H;           // [parts][B][4U]: gate sums per k slice
+  const int gate_rows = 4 * units_per_block;
   T* gates = static_cast<T*>(a.gates);
   const T* h0 = static_cast<const T*>(a.h0);
   const T* c0 = static_cast<const T*>(a.c0);
@@ -106,7 +182,6 @@ __global__ void __launch_bounds__(kThreads)
   T* cells = static_cast<T*>(a.cells);
   T* hy = static_cast<T*>(a.hy);
   T* cy = static_cast<T*>(a.cy);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
   for (int s = 0; s < T_; ++s) {
     const int t = a.reverse ? T_ - 1 - s : s;
@@ -118,63 +193,71 @@ __global__ void __launch_bounds__(kThreads)
                                : (t > 0 ? a.step_rows[t - 1] : 0);
     const int next = a.reverse ? (t > 0 ? a.step_rows[t - 1] : 0)
                                : (t + 1 < T_ ? a.step_rows[t + 1] : 0);
-    const float* h_read = a.h_buffers + int64_t(s % 2) * a.batch * H;
-    float* h_write = a.h_buffers + int64_t((s + 1) % 2) * a.batch * H;
-    const int per_task = units_per_task(rows, units);
-    const int chunks = (units + per_task - 1) / per_task;
-    for (int task = warp; task < rows * chunks; task += kWarps) {
-      const int b = task / chunks, chunk0 = (task - b * chunks) * per_task;
-      const int n = min(per_task, units - chunk0);  // units in this chunk
-      const bool first = s == 0 || b >= prev;
-      float acc[4 * kUnitChunk];  // [gate q][unit u] at q * kUnitChunk + u
+    const float* h_read = a.h_buffers + int64_t(s % 2) * B * H;
+    float* h_write = a.h_buffers + int64_t((s + 1) % 2) * B * H;
+    for (int idx = threadIdx.x; idx < rows * H; idx += kThreads) {
+      const bool first = s == 0 || idx / H >= prev;
+      h_s[idx] = first ? to_acc(h0[idx]) : h_read[idx];
+    }
+    __syncthreads();
+
+    for (int b0 = 0; b0 < rows; b0 += kRowBlock) {
+      float acc[kForwardRows * kRowBlock];  // [gate row r][batch row br] at r * kRowBlock + br
 #pragma unroll
-      for (int v = 0; v < 4 * kUnitChunk; ++v) acc[v] = 0.f;
-      for (int k = lane; k < H; k += 32) {
-        const float hk = first ? to_acc(h0[int64_t(b) * H + k]) : h_read[int64_t(b) * H + k];
+      for (int v = 0; v < kForwardRows * kRowBlock; ++v) acc[v] = 0.f;
 #pragma unroll
-        for (int u = 0; u < kUnitChunk; ++u) {
-          if (u < n) {
+      for (int j = 0; j < kForwardMaxK; ++j) {
+        const int k = k_begin + lane + 32 * j;
+        if (j < kpl) {
 #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              acc[q * kUnitChunk + u] += w_smem[(q * units + chunk0 + u) * H + k] * hk;
+          for (int br = 0; br < kRowBlock; ++br) {
+            if (b0 + br < rows) {
+              // Past the hidden size the weights are 0; h_s there is not ours.
+              const float hk = k < H ? h_s[(b0 + br) * H + k] : 0.f;
+#pragma unroll
+              for (int r = 0; r < kForwardRows; ++r) acc[r * kRowBlock + br] += w[r][j] * hk;
             }
           }
         }
       }
-      // Lane l ends with value l: gate l / 8 of unit l % 8; lanes 0..n-1
-      // gather their unit's four gates.
-      const float mine = warp_reduce_scatter(acc, lane);
-      float pre[4];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        pre[q] = __shfl_sync(0xffffffffu, mine, q * kUnitChunk + (lane % kUnitChunk));
-      }
-      if (lane < n) {
-        const int j = u0 + chunk0 + lane;
-        T* g = gates + (off + b) * 4 * H;
-        const float i = sigmoidf(pre[0] + to_acc(g[j]));
-        const float f = sigmoidf(pre[1] + to_acc(g[H + j]));
-        const float gg = tanhf(pre[2] + to_acc(g[2 * H + j]));
-        const float o = sigmoidf(pre[3] + to_acc(g[3 * H + j]));
-        const float c_prev =
-            first ? to_acc(c0[int64_t(b) * H + j]) : a.c_state[int64_t(b) * H + j];
-        const float c = f * c_prev + i * gg;
-        const float h = o * tanhf(c);
-        g[j] = from_acc<T>(i);
-        g[H + j] = from_acc<T>(f);
-        g[2 * H + j] = from_acc<T>(gg);
-        g[3 * H + j] = from_acc<T>(o);
-        cells[(off + b) * H + j] = from_acc<T>(c);
-        output[(off + b) * H + j] = from_acc<T>(h);
-        a.c_state[int64_t(b) * H + j] = c;
-        h_write[int64_t(b) * H + j] = h;
-        if (b >= next) {
-          hy[int64_t(b) * H + j] = from_acc<T>(h);
-          cy[int64_t(b) * H + j] = from_acc<T>(c);
-        }
+      const float sum = warp_reduce_scatter(acc, lane);
+      const int r = lane / kRowBlock, b = b0 + lane % kRowBlock;
+      if (unit0 + r / 4 < units && b < rows) {
+        partial_s[(part * B + b) * gate_rows + (unit0 + r / 4) * 4 + r % 4] = sum;
       }
     }
-    grid.sync();
+    __syncthreads();
+
+    for (int task = threadIdx.x; task < rows * units; task += kThreads) {
+      const int b = task / units, u = task - b * units, j = u0 + u;
+      const bool first = s == 0 || b >= prev;
+      float pre[4] = {0.f, 0.f, 0.f, 0.f};
+      for (int p = 0; p < layout.parts; ++p) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) pre[q] += partial_s[(p * B + b) * gate_rows + u * 4 + q];
+      }
+      T* g = gates + (off + b) * 4 * H;
+      const float i = sigmoidf(pre[0] + to_acc(g[j]));
+      const float f = sigmoidf(pre[1] + to_acc(g[H + j]));
+      const float gg = tanhf(pre[2] + to_acc(g[2 * H + j]));
+      const float o = sigmoidf(pre[3] + to_acc(g[3 * H + j]));
+      const float c_prev = first ? to_acc(c0[int64_t(b) * H + j]) : a.c_state[int64_t(b) * H + j];
+      const float c = f * c_prev + i * gg;
+      const float h = o * tanhf(c);
+      g[j] = from_acc<T>(i);
+      g[H + j] = from_acc<T>(f);
+      g[2 * H + j] = from_acc<T>(gg);
+      g[3 * H + j] = from_acc<T>(o);
+      cells[(off + b) * H + j] = from_acc<T>(c);
+      output[(off + b) * H + j] = from_acc<T>(h);
+      a.c_state[int64_t(b) * H + j] = c;
+      h_write[int64_t(b) * H + j] = h;
+      if (b >= next) {
+        hy[int64_t(b) * H + j] = from_acc<T>(h);
+        cy[int64_t(b) * H + j] = from_acc<T>(c);
+      }
+    }
+    grid.sync();  // h_next complete; h_s and partial_s free again
   }
 }
 
@@ -183,28 +266,27 @@ __global__ void __launch_bounds__(kThreads)
 // before their last forward step comes up, the gradients of h0 / c0 after
 // their first.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     persistent_backward_kernel(PersistentBackwardArgs a, int units_per_block) {
-  // [U][4H]: w_hh's columns of this block's units, each contiguous so that
-  // the lanes of a warp (consecutive r) read consecutive banks.
-  PYDL_DYNAMIC_SMEM(float, w_smem);
+  PYDL_DYNAMIC_SMEM(float, smem);
   cg::grid_group grid = cg::this_grid();
-  const int H = a.hidden, T_ = a.steps;
+  const int H = a.hidden, B = a.batch, T_ = a.steps;
   const int u0 = blockIdx.x * units_per_block;
   const int units = max(0, min(units_per_block, H - u0));
-  const T* w_hh = static_cast<const T*>(a.w_hh);
-  for (int idx = threadIdx.x; idx < 4 * H * units; idx += kThreads) {
-    const int r = idx / units, u = idx - r * units;  // global reads along u: coalesced
-    w_smem[u * 4 * H + r] = to_acc(w_hh[int64_t(r) * H + u0 + u]);
-  }
-  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int kpl = backward_k_per_lane(H), k_begin = warp * 32 * kpl;
+  float w[kBackwardRows][kBackwardMaxK];
+  load_weights(w, static_cast<const T*>(a.w_hh), H, u0, units, k_begin, kpl, lane);
 
+  const int gate_rows = 4 * units_per_block;
+  const int slots = backward_slots(units_per_block);
+  float* dg_s = smem;                             // [B][4U]: the step's gate gradients, unit-major
+  float* slot_s = smem + int64_t(B) * gate_rows;  // [B][slots][U]
   const T* gates = static_cast<const T*>(a.gates);
   const T* cells = static_cast<const T*>(a.cells);
   const T* c0 = static_cast<const T*>(a.c0);
   const T* grad_output = static_cast<const T*>(a.grad_output);
   T* grad_gates = static_cast<T*>(a.grad_gates);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
   for (int s = T_ - 1; s >= 0; --s) {  // s: the step's place in the forward's order
     const int t = a.reverse ? T_ - 1 - s : s;
@@ -214,9 +296,13 @@ __global__ void __launch_bounds__(kThreads)
     const int prev_t = a.reverse ? t + 1 : t - 1;
     const int prev_rows = s > 0 ? a.step_rows[prev_t] : 0;
     const int64_t prev_off = s > 0 ? a.step_offsets[prev_t] : 0;
+    // Double buffered: a block may write step s - 1's shares while a slower
+    // one still sums step s's.
+    float* shares = a.dh_shares + int64_t(s % 2) * gridDim.x * B * H;  // [blocks][B][H]
+
     // Pointwise backward of this block's units: one thread per (row, unit).
     for (int task = threadIdx.x; task < rows * units; task += kThreads) {
-      const int b = task / units, j = u0 + task % units;
+      const int b = task / units, u = task - b * units, j = u0 + u;
       const int64_t row = off + b, state = int64_t(b) * H + j;
       const T* g = gates + row * 4 * H;
       const float i = to_acc(g[j]), f = to_acc(g[H + j]);
@@ -226,59 +312,102 @@ __global__ void __launch_bounds__(kThreads)
           b < prev_rows ? to_acc(cells[(prev_off + b) * H + j]) : to_acc(c0[state]);
       const float gh = a.dh[state] + to_acc(grad_output[row * H + j]);
       const float gc = a.dc[state] + gh * o * (1.f - tc * tc);
-      T* d = grad_gates + row * 4 * H;
-      d[j] = from_acc<T>(gc * gg * i * (1.f - i));
-      d[H + j] = from_acc<T>(gc * c_prev * f * (1.f - f));
-      d[2 * H + j] = from_acc<T>(gc * i * (1.f - gg * gg));
-      d[3 * H + j] = from_acc<T>(gh * tc * o * (1.f - o));
+      const T d[4] = {from_acc<T>(gc * gg * i * (1.f - i)),
+                      from_acc<T>(gc * c_prev * f * (1.f - f)),
+                      from_acc<T>(gc * i * (1.f - gg * gg)),
+                      from_acc<T>(gh * tc * o * (1.f - o))};
+      T* out = grad_gates + row * 4 * H;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        out[q * H + j] = d[q];
+        // As stored: the weight gradients' GEMMs afterwards read these too.
+        dg_s[b * gate_rows + u * 4 + q] = to_acc(d[q]);
+      }
       a.dc[state] = gc * f;
     }
-    grid.sync();  // every block's gate gradients of this step are written
-    // dh_prev[b, k] = sum_r dgates[row b, r] w_hh[r, k] for this block's units
-    // k: one warp per (row, chunk of units), lanes over r, so the row of gate
-    // gradients (written by every block: read from L2) is read once per
-    // chunk, not once per unit. Only this block reads the results.
-    const int per_task = units_per_task(rows, units);
-    const int chunks = (units + per_task - 1) / per_task;
-    for (int task = warp; task < rows * chunks; task += kWarps) {
-      const int b = task / chunks, chunk0 = (task - b * chunks) * per_task;
-      const int n = min(per_task, units - chunk0);
-      const T* d = grad_gates + (off + b) * 4 * H;
-      float acc[kUnitChunk];
+    __syncthreads();
+
+    // This block's share of dh_prev[b, k] = sum over its own 4U gate rows r
+    // of dgates[b, r] w_hh[r, k], for every k: warp w covers the eighth of k
+    // it holds the weights of. Each (row, k) is one lane's.
+    float* own_share = shares + int64_t(blockIdx.x) * B * H;
+    for (int b0 = 0; b0 < rows; b0 += kRowBlock) {
+      float acc[kRowBlock][kBackwardMaxK];
 #pragma unroll
-      for (int u = 0; u < kUnitChunk; ++u) acc[u] = 0.f;
-      for (int r = lane; r < 4 * H; r += 32) {
-        const float dr = to_acc(d[r]);
+      for (int br = 0; br < kRowBlock; ++br) {
 #pragma unroll
-        for (int u = 0; u < kUnitChunk; ++u) {
-          if (u < n) acc[u] += dr * w_smem[(chunk0 + u) * 4 * H + r];
+        for (int j = 0; j < kBackwardMaxK; ++j) acc[br][j] = 0.f;
+      }
+#pragma unroll
+      for (int r = 0; r < kBackwardRows; ++r) {
+        if (r < 4 * units) {
+#pragma unroll
+          for (int br = 0; br < kRowBlock; ++br) {
+            if (b0 + br < rows) {
+              const float d = dg_s[(b0 + br) * gate_rows + r];  // one address: a broadcast
+#pragma unroll
+              for (int j = 0; j < kBackwardMaxK; ++j) {
+                if (j < kpl) acc[br][j] += d * w[r][j];
+              }
+            }
+          }
         }
       }
-      const float sum = warp_reduce_scatter(acc, lane);  // lane l: unit l % 8
-      if (lane < n) a.dh[int64_t(b) * H + u0 + chunk0 + lane] = sum;
+#pragma unroll
+      for (int br = 0; br < kRowBlock; ++br) {
+#pragma unroll
+        for (int j = 0; j < kBackwardMaxK; ++j) {
+          const int k = k_begin + lane + 32 * j;
+          if (b0 + br < rows && j < kpl && k < H) own_share[(b0 + br) * H + k] = acc[br][j];
+        }
+      }
     }
-    __syncthreads();  // the next step's pointwise part reads this block's dh
+    grid.sync();  // every block's share of this step is written
+
+    // dh_prev of this block's units: the sum of all blocks' shares, each read
+    // once; thread (slot, u) sums blocks slot, slot + slots, ... in a fixed
+    // order, then one thread per (row, unit) sums the slots.
+    const int u = threadIdx.x % units_per_block, slot = threadIdx.x / units_per_block;
+    if (slot < slots && u < units) {
+      for (int b = 0; b < rows; ++b) {
+        float sum = 0.f;
+        for (int blk = slot; blk < int(gridDim.x); blk += slots) {
+          sum += shares[(int64_t(blk) * B + b) * H + u0 + u];
+        }
+        slot_s[(b * slots + slot) * units_per_block + u] = sum;
+      }
+    }
+    __syncthreads();
+    const int used_slots = min(slots, int(gridDim.x));
+    for (int task = threadIdx.x; task < rows * units; task += kThreads) {
+      const int b = task / units, v = task - b * units;
+      float sum = 0.f;
+      for (int k = 0; k < used_slots; ++k) sum += slot_s[(b * slots + k) * units_per_block + v];
+      a.dh[int64_t(b) * H + u0 + v] = sum;
+    }
+    __syncthreads();  // the next step's pointwise part reads this block's dh; slot_s is free
   }
 }
 
-// Grid shape for a hidden size on the current device: one block per SM, each
-// with an equal slice of hidden units; blocks == 0 when it does not fit.
+// Grid shape for a layer on the current device: one block per SM, each with
+// an equal slice of hidden units (at most kMaxUnits); blocks == 0 when it
+// does not fit.
 struct LaunchPlan {
   int blocks = 0, units = 0;
   size_t smem = 0;
 };
 
-// (Both kernels hold 4 x units x hidden floats of w_hh.)
-// The plan depends on the kernel, the hidden size and the device (its SM
-// count and shared memory, read every call: cheap, and an emulated device can
-// change them), so it is cached: the attribute call and the occupancy query
-// cost microseconds per call, which a small batch's whole layer can take only
-// a few hundred of. Plans made while a CUDA call failed are not cached.
-template <typename Kernel>
-LaunchPlan plan_launch(Kernel kernel, int hidden) {
+// The plan depends on the kernel, the hidden size, the batch and the device
+// (its SM count and shared memory, read every call: cheap, and an emulated
+// device can change them), so it is cached: the attribute call and the
+// occupancy query cost microseconds per call, which a small batch's whole
+// layer can take only a few hundred of. Plans made while a CUDA call failed
+// are not cached.
+template <typename Shape, typename Kernel>
+LaunchPlan plan_launch(Kernel kernel, int hidden, int batch) {
   int device = 0, sms = 0, cooperative = 0, smem_optin = 0;
   // Never swallow an error some earlier kernel left behind.
-  if (hidden <= 0 || cudaPeekAtLastError() != cudaSuccess ||
+  if (hidden <= 0 || batch <= 0 || cudaPeekAtLastError() != cudaSuccess ||
       cudaGetDevice(&device) != cudaSuccess) {
     return {};
   }
@@ -286,22 +415,29 @@ LaunchPlan plan_launch(Kernel kernel, int hidden) {
   cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device);
   cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (!cooperative || sms == 0) return {};
-  using Key = std::tuple<const void*, int, int, int, int>;
+  using Key = std::tuple<const void*, int, int, int, int, int>;
   static std::mutex mutex;
   static std::map<Key, LaunchPlan> plans;
-  const Key key{reinterpret_cast<const void*>(kernel), device, sms, smem_optin, hidden};
+  const Key key{reinterpret_cast<const void*>(kernel), device, sms, smem_optin, hidden, batch};
   const std::lock_guard<std::mutex> lock(mutex);
   if (const auto found = plans.find(key); found != plans.end()) return found->second;
-  const int units = (hidden + sms - 1) / sms;
-  const int blocks = (hidden + units - 1) / units;
-  const size_t smem = size_t(4) * units * hidden * sizeof(float);
-  if (smem > size_t(smem_optin)) return plans[key] = LaunchPlan{};
-  // The cap is the device's opt-in maximum, the same on every call: a
-  // per-call size would let two host threads lower it under each other's launch.
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin) !=
-      cudaSuccess) {
-    cudaGetLastError();  // ours: clear it; the caller takes the cuBLAS path
-    return {};
+  const int units = div_up(hidden, sms);
+  const int blocks = div_up(hidden, units);
+  const size_t smem = Shape::smem_bytes(units, hidden, batch);
+  if (!Shape::fits(units, hidden) || smem > size_t(smem_optin)) return plans[key] = LaunchPlan{};
+  // Grant what this plan needs (the opt-in cap includes the kernel's static
+  // shared memory, e.g. 1 KB for the grid barrier on sm_90, so asking for the
+  // whole cap fails). The grant per kernel and device only ever grows, so a
+  // smaller one can never lower it under another thread's launch.
+  static std::map<std::pair<const void*, int>, size_t> granted;
+  size_t& grant = granted[{reinterpret_cast<const void*>(kernel), device}];
+  if (smem > grant) {
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem)) != cudaSuccess) {
+      cudaGetLastError();  // ours: clear it; the caller takes the cuBLAS path
+      return {};
+    }
+    grant = smem;
   }
   int per_sm = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem) !=
@@ -312,10 +448,12 @@ LaunchPlan plan_launch(Kernel kernel, int hidden) {
   return plans[key] = per_sm * sms < blocks ? LaunchPlan{} : LaunchPlan{blocks, units, smem};
 }
 
-template <typename Kernel, typename Args>
-bool launch(Kernel kernel, const Args& a, cudaStream_t stream) {
-  const LaunchPlan plan = plan_launch(kernel, a.hidden);
-  if (plan.blocks == 0 || a.steps == 0) return false;
+// Launches on the plan's grid; false (nothing launched) when the plan is
+// empty or not the `blocks` the caller sized its scratch for.
+template <typename Shape, typename Kernel, typename Args>
+bool launch(Kernel kernel, const Args& a, int blocks, cudaStream_t stream) {
+  const LaunchPlan plan = plan_launch<Shape>(kernel, a.hidden, a.batch);
+  if (plan.blocks == 0 || plan.blocks != blocks || a.steps == 0) return false;
   Args args = a;
   int units_per_block = plan.units;
   void* params[] = {&args, &units_per_block};
@@ -329,39 +467,41 @@ bool launch(Kernel kernel, const Args& a, cudaStream_t stream) {
 }
 
 template <typename Fn>
-bool with_storage_type(StorageType dtype, Fn&& fn) {
+int with_storage_type(StorageType dtype, Fn&& fn) {
   switch (dtype) {
     case StorageType::Float: return fn(float{});
     case StorageType::Half: return fn(__half{});
     case StorageType::BFloat16: return fn(__nv_bfloat16{});
   }
-  return false;
+  return 0;
 }
 
 }  // namespace
 
-bool persistent_forward_fits(StorageType dtype, int hidden) {
+int persistent_forward_blocks(StorageType dtype, int hidden, int batch) {
   return with_storage_type(dtype, [&](auto tag) {
-    return plan_launch(persistent_forward_kernel<decltype(tag)>, hidden).blocks > 0;
+    return plan_launch<ForwardShape>(persistent_forward_kernel<decltype(tag)>, hidden, batch)
+        .blocks;
   });
 }
 
-bool persistent_forward(const PersistentForwardArgs& a, cudaStream_t stream) {
+bool persistent_forward(const PersistentForwardArgs& a, int blocks, cudaStream_t stream) {
   return with_storage_type(a.dtype, [&](auto tag) {
-    return launch(persistent_forward_kernel<decltype(tag)>, a, stream);
-  });
+    return int(launch<ForwardShape>(persistent_forward_kernel<decltype(tag)>, a, blocks, stream));
+  }) != 0;
 }
 
-bool persistent_backward_fits(StorageType dtype, int hidden) {
+int persistent_backward_blocks(StorageType dtype, int hidden, int batch) {
   return with_storage_type(dtype, [&](auto tag) {
-    return plan_launch(persistent_backward_kernel<decltype(tag)>, hidden).blocks > 0;
+    return plan_launch<BackwardShape>(persistent_backward_kernel<decltype(tag)>, hidden, batch)
+        .blocks;
   });
 }
 
-bool persistent_backward(const PersistentBackwardArgs& a, cudaStream_t stream) {
+bool persistent_backward(const PersistentBackwardArgs& a, int blocks, cudaStream_t stream) {
   return with_storage_type(a.dtype, [&](auto tag) {
-    return launch(persistent_backward_kernel<decltype(tag)>, a, stream);
-  });
+    return int(launch<BackwardShape>(persistent_backward_kernel<decltype(tag)>, a, blocks, stream));
+  }) != 0;
 }
 
 }  // namespace lstm_cuda

@@ -1,7 +1,7 @@
 // A persistent LSTM layer forward for small batches (csrc/lstm/cuda/
 // lstm_persistent.cu): one cooperative launch for the whole sequence. Each
-// block keeps the recurrent weights of its slice of hidden units in shared
-// memory for all steps and the grid synchronizes between steps, so a step
+// block keeps the recurrent weights of its slice of hidden units in
+// registers for all steps and the grid synchronizes between steps, so a step
 // costs one grid barrier instead of a cuBLAS call plus a pointwise launch.
 // No ATen here (see lstm_cuda.cu for the entry that prepares the buffers).
 #pragma once
@@ -38,12 +38,12 @@ struct PersistentForwardArgs : PersistentLayer {
 };
 
 // The layer's backward through time for the same small batches: one
-// cooperative launch for all steps. Block b keeps the columns of w_hh that
-// belong to its hidden units in shared memory; per step it applies the
-// cell's pointwise backward to its units, the grid synchronizes (every gate
-// gradient of the step is written), and it computes its units' share of
-// dh_prev = dgates w_hh. The weight and input gradients are the caller's
-// GEMMs afterwards, as for the cuBLAS loop.
+// cooperative launch for all steps. Block b keeps the same rows of w_hh as
+// in the forward in registers; per step it applies the cell's pointwise
+// backward to its units, multiplies their gate gradients into its share of
+// dh_prev = dgates w_hh for every k, and after a grid barrier sums every
+// block's share for its own units. The weight and input gradients are the
+// caller's GEMMs afterwards, as for the cuBLAS loop.
 struct PersistentBackwardArgs : PersistentLayer {  // reverse: the forward's direction
   const void* grad_output;        // [N, H]: the gradient reaching each step's h from above
   const void* gates;              // [N, 4H]: the forward's activated gates (i, f, g, o)
@@ -52,20 +52,22 @@ struct PersistentBackwardArgs : PersistentLayer {  // reverse: the forward's dir
   void* grad_gates;               // [N, 4H] out: the gate pre-activations' gradients
   float* dh;                      // device [B, H]: grad_hy in, the gradient of h0 out
   float* dc;                      // device [B, H]: grad_cy in, the gradient of c0 out
+  float* dh_shares;               // device scratch [2, blocks, B, H]
 };
 
-// Whether the current device can run the kernel for this hidden size (shared
-// memory for the weights, cooperative launch, enough co-resident blocks):
-// checked before the caller allocates anything for it.
-bool persistent_forward_fits(StorageType dtype, int hidden);
+// The number of blocks the kernel runs this layer with on the current device
+// (hidden units spread over the SMs, at most 8 per block, their weights in
+// registers; a cooperative launch), or 0 when it cannot: checked before the
+// caller allocates anything for it.
+int persistent_forward_blocks(StorageType dtype, int hidden, int batch);
 
 // Runs the layer and returns true, or returns false without launching when
-// the device cannot hold the problem.
-bool persistent_forward(const PersistentForwardArgs& args, cudaStream_t stream);
+// the device cannot hold the problem or would not use `blocks` blocks.
+bool persistent_forward(const PersistentForwardArgs& args, int blocks, cudaStream_t stream);
 
 // The same two for the backward kernel.
-bool persistent_backward_fits(StorageType dtype, int hidden);
-bool persistent_backward(const PersistentBackwardArgs& args, cudaStream_t stream);
+int persistent_backward_blocks(StorageType dtype, int hidden, int batch);
+bool persistent_backward(const PersistentBackwardArgs& args, int blocks, cudaStream_t stream);
 
 }  // namespace lstm_cuda
 }  // namespace pydl
