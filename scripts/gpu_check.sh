@@ -6,27 +6,65 @@
 # A session has ~15 minutes of device time in all (the machine's start, 1-2
 # minutes, included) and 10 minutes per command, so the default is ONE call
 # that ends within BUDGET (540) seconds, tests before benchmarks (a step gets
-# what is left of the budget, so the benchmarks are what a slow build cuts):
-#   device run: bash scripts/gpu_check.sh        (timeout_s 580)
+# what is left of the budget, so the benchmarks are what a slow build cuts;
+# a step that would start with under MIN_STEP_S (30) s left is skipped):
+#   device run: PYDL_COMMIT=<hash> bash scripts/gpu_check.sh    (timeout_s 580)
+# The copy on the device has no .git, so substitute the hash HERE before
+# calling the run tool (it runs the command as given, in the repo root there):
+# take `git rev-parse --short HEAD` here and pass e.g.
+#   PYDL_COMMIT=729b4ea bash scripts/gpu_check.sh
 # then, only if status still shows > 240 s and at once (a machine idle for
-# 30 s is given back): STEPS=bench BUDGET=200 bash scripts/gpu_check.sh
+# 30 s is given back): PYDL_COMMIT=<hash> STEPS=bench BUDGET=200 bash scripts/gpu_check.sh
 #   STEPS="tests" bash scripts/gpu_check.sh      # a subset of: build tests cputests bench
 #   BENCH_ONLY="attention/ lstm/"                # families benchmarked, one process each
 # $OUT gets at most 8 files (the device tool's limit): report.md, build.log,
 # gpu_tests.log, bench.log, bench.tar.gz (the CSV/PNG files) and, with
 # cputests, cpu_tests.log. The tests run one process per family (attention,
 # LSTM, the rest), so a device fault in one family cannot fail the others,
-# each capped so that the script always writes its report.
+# each capped so that the script always writes its report. report.md is
+# appended line by line (a kill keeps what came before) and says, per step,
+# PASS / FAIL / TIMEOUT / SKIPPED with its elapsed seconds.
 cd "$(dirname "$0")/.."
 export PYDL_SKIP_PIP=1 PYDL_CUDA=1 PYTHONUNBUFFERED=1
 OUT=${OUT:-$PWD/gpu_check_out}
 mkdir -p "$OUT"
 STEPS=${STEPS:-"build tests bench"}
 BUDGET=${BUDGET:-540}
-# A step's timeout: its own default, but never past the script's budget.
-capped() { local left=$((BUDGET - SECONDS - 15)); echo $(( $1 < left ? $1 : (left > 10 ? left : 10) )); }
+MIN_STEP_S=${MIN_STEP_S:-30}
+report="$OUT/report.md"
+summary=""
+# A step's timeout: its own default ($1), but ending, its kill grace ($2)
+# included, 5 s before the budget does, so the report is always written.
+# (At least 1: `timeout 0` would mean no limit at all.)
+capped() { local room=$((BUDGET - SECONDS - ${2:-0} - 5)); (( room < 1 )) && room=1; echo $(( $1 < room ? $1 : room )); }
+# One line per step, in the report at once and in the summary at the end.
+step_line() { echo "$1" | tee -a "$report"; summary+="- $1"$'\n'; }
+# $1 label, $2 exit status, $3 start (SECONDS), $4 note. 124/137: timeout's.
+step_result() {
+  local verdict
+  case $2 in
+    0) verdict=PASS ;;
+    124|137) verdict="TIMEOUT (exit $2)" ;;
+    5) verdict="FAIL (exit 5: no tests collected)" ;;
+    *) verdict="FAIL (exit $2)" ;;
+  esac
+  step_line "$1: $verdict in $((SECONDS - $3)) s${4:+ — $4}"
+}
+# Under MIN_STEP_S left, skip the step rather than start it to be killed: a
+# kill past the tool's timeout would lose the whole of $OUT.
+has_budget() {
+  (( BUDGET - SECONDS >= MIN_STEP_S )) && return 0
+  step_line "$1: SKIPPED (budget) at $SECONDS s of $BUDGET"
+  return 1
+}
+# The tool's kill (TERM) still leaves a last line saying where it happened.
+trap 'echo "gpu_check: killed (signal) at $SECONDS s" >> "$report"; exit 143' TERM INT
 # The later steps need pydl._C: build it when this machine has none yet.
 if [[ $STEPS != *build* ]] && ! ls pydl/_C*.so > /dev/null 2>&1; then STEPS="build $STEPS"; fi
+# CUDA_HOME: /usr/local/cuda when it holds nvcc (a wrapper script on PATH
+# would make the guess below /usr/local, which breaks linking), else where
+# the nvcc on PATH really lives.
+if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
 if [ -z "${CUDA_HOME:-}" ]; then
   nvcc_path=$(command -v nvcc || true)
   [ -n "$nvcc_path" ] && export CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$nvcc_path")")")
@@ -38,33 +76,70 @@ set +e
 # the process, whose locale facets crash on the first formatted integer (seen
 # 2026-11-26 on an H200: every TORCH_CHECK message with a number segfaulted).
 # Build with the system compiler, which links the process's own libstdc++.
+# (Never tried on that image: the build falls back to the default once.)
+# The script sets no CFLAGS (setup.py adds -fopenmp/-std itself), so these
+# three are all it overrides.
+overrides=""
 if [ -x /usr/bin/g++ ] && [ -z "${CXX:-}" ]; then
   export CC=/usr/bin/gcc CXX=/usr/bin/g++ LDSHARED="/usr/bin/g++ -shared"
+  overrides="CC CXX LDSHARED"
 fi
-report="$OUT/report.md"
 {
   echo "# pydl gpu_check $(date -u +%Y-%m-%dT%H:%MZ)"
-  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
-} | tee "$report"
+  echo "commit: ${PYDL_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+  timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 \
+    || echo "nvidia-smi failed"
+  # The toolchain, before building: what a failed build is read against.
+  echo "g++: $(g++ --version 2>&1 | head -n 1)"
+  [ -n "${CXX:-}" ] && echo "CXX=$CXX: $("$CXX" --version 2>&1 | head -n 1)"
+  echo "nvcc: $(nvcc --version 2>&1 | tail -n 1)"
+  echo "CUDA_HOME=${CUDA_HOME:-unset}"
+  echo "python: $("$PYTHON" --version 2>&1) ($(command -v "$PYTHON"))"
+  timeout 60 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" 2>&1 | tail -n 3
+} | tee -a "$report"
 
-if [[ $STEPS == *build* ]]; then
-  start=$SECONDS
+# One build; a failure is a non-zero exit or no pydl/_C*.so afterwards.
+build_once() {
+  local start=$SECONDS rc
+  echo "== build attempt $1 (CC=${CC:-default} CXX=${CXX:-default})" >> "$OUT/build.log"
   TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} \
-    timeout "$(capped 400)" "$PYTHON" setup.py build_ext --inplace > "$OUT/build.log" 2>&1
-  echo "build: exit $? in $((SECONDS - start)) s" | tee -a "$report"
+    timeout -k 10 "$(capped 400 10)" "$PYTHON" setup.py build_ext --inplace >> "$OUT/build.log" 2>&1
+  rc=$?
+  if [ "$rc" -eq 0 ] && ! ls pydl/_C*.so > /dev/null 2>&1; then rc=1; fi
+  step_result "build attempt $1 (${2})" "$rc" "$start"
   tail -n 5 "$OUT/build.log"
+  return "$rc"
+}
+if [[ $STEPS == *build* ]]; then
+  : > "$OUT/build.log"
+  if has_budget "build attempt 1"; then
+    build_once 1 "${CXX:-default compiler}"; rc=$?
+    # Retry with the image's own compiler (the static-libstdc++ risk above
+    # beats no build at all; the nm check below flags it).
+    if [ "$rc" -ne 0 ] && [ -n "${CC:-}${CXX:-}${LDSHARED:-}" ] && has_budget "build attempt 2"; then
+      unset CC CXX LDSHARED $overrides
+      build_once 2 "default compiler, overrides unset" \
+        && step_line "build: attempt 2 (default compiler) succeeded"
+    elif [ "$rc" -eq 0 ]; then
+      step_line "build: attempt 1 (${CXX:-default compiler}) succeeded"
+    fi
+  fi
 fi
-PYDL_EXPERIMENTAL_CUDA=1 "$PYTHON" -c "import pydl; print(pydl.info())" 2>&1 | tee -a "$report"
+start=$SECONDS
+PYDL_EXPERIMENTAL_CUDA=1 timeout -k 5 "$(capped 60 5)" "$PYTHON" -c "import pydl; print(pydl.info())" 2>&1 | tee -a "$report"
 # Without a CUDA build every gpu test would skip and every "pydl" bench row be
-# torch's: stop here and say why.
-if ! "$PYTHON" -c "from pydl import _ext; import sys; sys.exit(0 if _ext.loaded() and _ext.built_with_cuda() else 1)"; then
-  echo "STOP: pydl._C is not loaded or has no CUDA kernels; the end of build.log:" | tee -a "$report"
+# torch's, and likewise without a visible GPU: stop here and say why.
+timeout -k 5 "$(capped 60 5)" "$PYTHON" -c "import sys, torch; from pydl import _ext
+sys.exit(0 if _ext.loaded() and _ext.built_with_cuda() and torch.cuda.is_available() else 1)"
+rc=$?
+step_result "smoke (pydl._C loaded with CUDA kernels, GPU visible)" "$rc" "$start"
+if [ "$rc" -ne 0 ]; then
+  echo "STOP: pydl._C is not loaded, has no CUDA kernels, or torch sees no GPU; the end of build.log:" | tee -a "$report"
   tail -n 40 "$OUT/build.log" 2>/dev/null | tee -a "$report"
+  printf '## summary\n%s' "$summary" >> "$report"
+  echo "gpu_check: stopped in $SECONDS s" | tee -a "$report"
   exit 1
 fi
-"${CXX:-g++}" --version | head -n 1 | tee -a "$report"
 # (grep reads nm's output from a file: under pipefail, grep -q quitting early
 # would make nm's SIGPIPE fail the test exactly when it matched.)
 nm -C pydl/_C*.so > /tmp/pydl_nm.txt 2>/dev/null
@@ -78,46 +153,66 @@ try:
     torch.ops.pydl.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 4, "none", None)
 except RuntimeError as e:
     print("bad input raised:", str(e).splitlines()[0])'
-"$PYTHON" -c "$bad_input" 2>&1 | tee -a "$report"
-if [ "${PIPESTATUS[0]}" -ne 0 ] && command -v cuda-gdb > /dev/null; then
+rc=0
+if has_budget "bad input raises"; then
+  start=$SECONDS
+  timeout -k 5 "$(capped 60 5)" "$PYTHON" -c "$bad_input" 2>&1 | tee -a "$report"
+  rc=${PIPESTATUS[0]}
+  step_result "bad input raises" "$rc" "$start"
+fi
+if [ "$rc" -ne 0 ] && command -v cuda-gdb > /dev/null && has_budget "bad input backtrace"; then
   echo "bad input crashed; backtrace:" | tee -a "$report"
-  timeout 120 cuda-gdb -batch -ex run -ex bt --args "$PYTHON" -c "$bad_input" 2>&1 \
+  timeout -k 5 "$(capped 120 5)" cuda-gdb -batch -ex run -ex bt --args "$PYTHON" -c "$bad_input" 2>&1 \
     | grep -E "^#|signal" | head -n 25 | tee -a "$report"
 fi
 
 # pytest under a cap: SIGINT first (pytest then still prints its summary of
-# failures), a hung test's traceback after 90 s (faulthandler).
+# failures), KILL 15 s later. -v prints each test's name as it starts, so a
+# hang names its test; faulthandler_timeout (30 s, shorter than the cap)
+# dumps every thread's stack from a watchdog thread, which works even while
+# the main thread is stuck in a grid.sync or CUDA sync that SIGINT can't reach.
 capped_pytest() {
   local cap=$1 label=$2; shift 2
-  local start=$SECONDS
-  echo "== $label" >> "$OUT/gpu_tests.log"
-  PYDL_EXPERIMENTAL_CUDA=1 timeout -s INT -k 20 "$cap" "$PYTHON" -m pytest -q -p no:cacheprovider \
-    -rfE -o faulthandler_timeout=90 --durations=5 "$@" >> "$OUT/gpu_tests.log" 2>&1
-  echo "$label: exit $? in $((SECONDS - start)) s — $(tail -n 1 "$OUT/gpu_tests.log")" | tee -a "$report"
+  local start=$SECONDS ft=$(( cap >= 45 ? 30 : (cap * 2 / 3 > 3 ? cap * 2 / 3 : 3) ))
+  echo "== $label (cap $cap s, faulthandler $ft s)" >> "$OUT/gpu_tests.log"
+  PYDL_EXPERIMENTAL_CUDA=1 timeout -s INT -k 15 "$cap" "$PYTHON" -m pytest -v -p no:cacheprovider \
+    -rfE -o faulthandler_timeout="$ft" --durations=5 "$@" >> "$OUT/gpu_tests.log" 2>&1
+  step_result "$label" $? "$start" "$(tail -n 1 "$OUT/gpu_tests.log")"
 }
 
 if [[ $STEPS == *" tests"* || $STEPS == "tests"* ]]; then
-  # Attention: one line of errors per CUDA kernel path, before the full tests.
-  timeout "$(capped 60)" "$PYTHON" scripts/attention_smoke.py 2>&1 | tail -n 20 | tee -a "$report"
   : > "$OUT/gpu_tests.log"
+  # The LSTM family runs last and a slow build starves it: its persistent,
+  # stream and graph tests first, briefly (the full run below stays).
+  has_budget "lstm quick gpu tests" && capped_pytest "$(capped 45 15)" "lstm quick gpu tests" \
+    tests/test_lstm_cuda.py -m gpu -k "persistent or stream or graph"
+  # Attention: one line of errors per CUDA kernel path, before the full tests.
+  if has_budget "attention smoke"; then
+    start=$SECONDS
+    timeout -k 5 "$(capped 60 5)" "$PYTHON" scripts/attention_smoke.py 2>&1 | tail -n 20 | tee -a "$report"
+    step_result "attention smoke" "${PIPESTATUS[0]}" "$start"
+  fi
   # One process per family (a device fault poisons its process's CUDA context).
   # Attention has ~160 tests, LSTM ~65; conv2d was verified on an H200.
-  capped_pytest "$(capped "${ATTENTION_TEST_TIMEOUT:-150}")" "attention gpu tests" \
-    tests/test_attention_cuda.py -m gpu
-  capped_pytest "$(capped "${LSTM_TEST_TIMEOUT:-80}")" "lstm gpu tests" tests/test_lstm_cuda.py -m gpu
+  has_budget "attention gpu tests" && capped_pytest "$(capped "${ATTENTION_TEST_TIMEOUT:-150}" 15)" \
+    "attention gpu tests" tests/test_attention_cuda.py -m gpu
+  has_budget "lstm gpu tests" && capped_pytest "$(capped "${LSTM_TEST_TIMEOUT:-80}" 15)" \
+    "lstm gpu tests" tests/test_lstm_cuda.py -m gpu
   # conv2d passed on an H200 (2026-11-26) except its bad-argument tests (the
   # crash fixed by building with the system g++): those, plus the models'.
-  capped_pytest "$(capped "${OTHER_TEST_TIMEOUT:-45}")" "conv bad-argument + model gpu tests" \
+  has_budget "conv bad-argument + model gpu tests" && capped_pytest "$(capped "${OTHER_TEST_TIMEOUT:-45}" 15)" \
+    "conv bad-argument + model gpu tests" \
     tests/test_conv2d_cuda.py tests/test_models.py -m gpu -k "bad_arguments or registered or models"
   grep -E "^(FAILED|ERROR)" "$OUT/gpu_tests.log" | head -n 25 | tee -a "$report"
 fi
 
-if [[ $STEPS == *cputests* ]]; then
+if [[ $STEPS == *cputests* ]] && has_budget "cpu tests"; then
   # (Not the CUDA-emulation tests: the real GPU is here.)
-  PYDL_STRICT=1 timeout -s INT -k 20 "$(capped 300)" "$PYTHON" -m pytest tests -m "not gpu" -q \
+  start=$SECONDS
+  PYDL_STRICT=1 timeout -s INT -k 15 "$(capped 300 15)" "$PYTHON" -m pytest tests -m "not gpu" -q \
     -p no:cacheprovider -rfE --ignore-glob='tests/test_cuda_emulation_*' \
     > "$OUT/cpu_tests.log" 2>&1
-  echo "cpu tests: exit $? — $(tail -n 1 "$OUT/cpu_tests.log")" | tee -a "$report"
+  step_result "cpu tests" $? "$start" "$(tail -n 1 "$OUT/cpu_tests.log")"
   grep -E "^(FAILED|ERROR)" "$OUT/cpu_tests.log" | head -n 20 | tee -a "$report"
 fi
 
@@ -126,12 +221,14 @@ if [[ $STEPS == *bench* ]]; then
   # family running out of time loses only its own rows.
   : > "$OUT/bench.log"
   for family in ${BENCH_ONLY:-attention/ lstm/}; do
+    has_budget "bench $family" || continue
     start=$SECONDS
-    PYDL_EXPERIMENTAL_CUDA=1 timeout -s INT -k 10 "$(capped "${BENCH_TIMEOUT:-100}")" "$PYTHON" \
+    PYDL_EXPERIMENTAL_CUDA=1 timeout -s INT -k 10 "$(capped "${BENCH_TIMEOUT:-100}" 10)" "$PYTHON" \
       -m benchmarks --device cuda --quick --only "$family" --out /tmp/pydl_bench >> "$OUT/bench.log" 2>&1
-    echo "bench $family: exit $? in $((SECONDS - start)) s" | tee -a "$report"
+    step_result "bench $family" $? "$start"
   done
   grep -E "geomean|^(attention|lstm)/" "$OUT/bench.log" | head -n 80 >> "$report"
   tar -czf "$OUT/bench.tar.gz" -C /tmp pydl_bench 2>/dev/null
 fi
+printf '## summary\n%s' "$summary" >> "$report"
 echo "gpu_check: done in $SECONDS s" | tee -a "$report"

@@ -112,7 +112,7 @@ void forward_typed(const ForwardArgs& a) {
             const int64_t visible = causal_visible(p, i0 + r, j0, width);
             mask_row(row, width, visible, mt ? mt + r * p.mask.stride_row : nullptr,
                      p.mask_stride_col);
-            const T m_new = std::max(m[r], visible > 0 ? row_max(row, visible) : neg_inf<T>());
+            const T m_new = nan_max(m[r], visible > 0 ? row_max(row, visible) : neg_inf<T>());
             // A row that has seen only hidden keys keeps m = -inf; exponentiate
             // against 0 then, so that it stays all zeros instead of NaN.
             const T ref = m_new == neg_inf<T>() ? T(0) : m_new;
@@ -134,8 +134,9 @@ void forward_typed(const ForwardArgs& a) {
         }
       }
       // Rule for a row with no visible key (l = 0): output zeros, lse = -inf.
+      // A NaN or +inf score made l NaN: the row's output and lse are NaN.
       for (int64_t r = 0; r < nq; ++r) {
-        if (l[r] > T(0)) {
+        if (l[r] > T(0) || std::isnan(l[r])) {
           scale_row(o + r * Ev, Ev, T(1) / l[r]);
           lse[nh * L + i0 + r] = m[r] + std::log(l[r]);
         } else {

@@ -7,6 +7,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -41,7 +42,8 @@ constexpr T neg_inf() {
 // costs a microcode assist (it made diagonal tiles, full of -inf, 3x slower).
 inline Vec<float> exp_avx512(const Vec<float>& x) {
   const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
-  const __m512 tc = _mm512_max_ps(t, _mm512_set1_ps(-125.f));
+  // max_ps returns its second operand when either is NaN: NaN stays NaN.
+  const __m512 tc = _mm512_max_ps(_mm512_set1_ps(-125.f), t);
   const __m512 n = _mm512_roundscale_ps(tc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(tc, n);
   __m512 p = _mm512_set1_ps(1.5403530393381606e-4f);  // ln2^k / k!, k = 6 .. 0
@@ -58,14 +60,16 @@ inline Vec<float> exp_avx512(const Vec<float>& x) {
 #endif
 
 // float: a fast exp (AVX-512 above; elsewhere ATen's 20-ulp one), far inside
-// float32's tolerance after the softmax sums; double: the exact one.
+// float32's tolerance after the softmax sums; double: the exact one. NaN in,
+// NaN out (exp_u20 clamps NaN to a finite argument): a NaN or +inf score
+// must make its row NaN, as in torch, never a silently finite result.
 template <typename T>
 inline Vec<T> vexp(const Vec<T>& x) {
   if constexpr (std::is_same_v<T, float>) {
 #if defined(CPU_CAPABILITY_AVX512)
     return exp_avx512(x);
 #else
-    return x.exp_u20();
+    return Vec<float>::blendv(x.exp_u20(), x, x != x);
 #endif
   } else {
     return x.exp();
@@ -102,7 +106,15 @@ void mask_row(T* row, int64_t nk, int64_t visible, const T* mrow, int64_t mcol) 
   for (int64_t c = visible; c < nk; ++c) row[c] = neg_inf<T>();
 }
 
-// Four independent accumulators: one chain would wait on each max's latency.
+// max that returns NaN when either is NaN (std::max drops a NaN second
+// argument): a NaN score makes its row's max, and so the row, NaN.
+template <typename T>
+inline T nan_max(T a, T b) {
+  return std::isnan(a) || a > b ? a : b;
+}
+
+// Four independent accumulators (at::vec::maximum propagates NaN): one chain
+// would wait on each max's latency.
 template <typename T>
 T row_max(const T* row, int64_t n) {
   using V = Vec<T>;
@@ -120,7 +132,9 @@ T row_max(const T* row, int64_t n) {
   if (c < n) acc = at::vec::maximum(acc, V::set(V(neg_inf<T>()), V::loadu(row + c, n - c), n - c));
   T lanes[V::size()];
   acc.store(lanes);
-  return *std::max_element(lanes, lanes + V::size());
+  T best = lanes[0];
+  for (int64_t w = 1; w < V::size(); ++w) best = nan_max(best, lanes[w]);
+  return best;
 }
 
 // row[c] = exp(row[c] - ref) in place; returns the sum.

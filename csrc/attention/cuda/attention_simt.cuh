@@ -171,13 +171,15 @@ __global__ void __launch_bounds__(4 * kMaxRows) forward_kernel(ForwardArgs a, in
     }
   }
   if (row_valid) {
-    // A row with no visible key (l = 0): output zeros, lse = -inf.
-    const AccT inv = l > AccT(0) ? AccT(1) / l : AccT(0);
+    // A row with no visible key (l = 0): output zeros, lse = -inf. A NaN or
+    // +inf score made l NaN: the row's output and lse are NaN, as in torch.
+    const bool seen = l > AccT(0) || isnan(l);
+    const AccT inv = seen ? AccT(1) / l : AccT(0);
     T* o = static_cast<T*>(a.out) + (static_cast<int64_t>(nh) * p.len_q + i) * p.dim_v;
     for (int c = part; c < p.dim_v; c += 4) o[c] = from_acc<T>(Os[r * pitch.v + c] * inv);
     if (part == 0) {
       static_cast<AccT*>(a.lse)[static_cast<int64_t>(nh) * p.len_q + i] =
-          l > AccT(0) ? m + log_acc(l) : neg_inf<AccT>();
+          seen ? m + log_acc(l) : neg_inf<AccT>();
     }
   }
 }

@@ -221,7 +221,9 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
   for (int rr = 0; rr < 2; ++rr) {
     const float sum = quad_sum(l[rr]);
     if (row[rr] >= p.len_q) continue;
-    const float inv = sum > 0.f ? keep_scale / sum : 0.f;  // keep_scale: 1 without dropout
+    // A NaN or +inf score made the sum NaN: the row's output and lse are NaN.
+    const bool seen = sum > 0.f || isnan(sum);
+    const float inv = seen ? keep_scale / sum : 0.f;  // keep_scale: 1 without dropout
     T* out = static_cast<T*>(a.out) + (static_cast<int64_t>(nh) * p.len_q + row[rr]) * p.dim_v;
 #pragma unroll
     for (int nt = 0; nt < kD / 8; ++nt) {
@@ -233,7 +235,7 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
     }
     if (t == 0) {
       static_cast<float*>(a.lse)[static_cast<int64_t>(nh) * p.len_q + row[rr]] =
-          sum > 0.f ? m[rr] + logf(sum) : neg_inf<float>();
+          seen ? m[rr] + logf(sum) : neg_inf<float>();
     }
   }
 }

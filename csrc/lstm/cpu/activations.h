@@ -24,9 +24,18 @@ inline at::vec::Vectorized<T> gate_exp(at::vec::Vectorized<T> x) {
   }
 }
 
+// NaN stays NaN, as in torch: exp_u20 clamps its argument (NaN included) to
+// a finite range and the tanh below selects by comparisons a NaN fails, so
+// without this a NaN input or state came out as a finite number.
+template <typename T>
+inline at::vec::Vectorized<T> keep_nan(at::vec::Vectorized<T> result, at::vec::Vectorized<T> x) {
+  return at::vec::Vectorized<T>::blendv(result, x, x != x);
+}
+
 template <typename T>
 inline at::vec::Vectorized<T> sigmoid(at::vec::Vectorized<T> x) {
-  return at::vec::Vectorized<T>(T(1)) / (at::vec::Vectorized<T>(T(1)) + gate_exp<T>(x.neg()));
+  const auto one = at::vec::Vectorized<T>(T(1));
+  return keep_nan(one / (one + gate_exp<T>(x.neg())), x);
 }
 
 // tanh. For float not through at::vec's tanh (Sleef's tanhf16_u10 took 11% of
@@ -48,7 +57,7 @@ inline at::vec::Vectorized<T> tanh_act(at::vec::Vectorized<T> x) {
     p = at::vec::fmadd(p, x2, one);
     const V near_zero = x * p;
     const V signed_tail = V::blendv(tail.neg(), tail, x >= V(0.f));
-    return V::blendv(signed_tail, near_zero, ax < V(0.25f));
+    return keep_nan(V::blendv(signed_tail, near_zero, ax < V(0.25f)), x);
   } else {
     return x.tanh();
   }
