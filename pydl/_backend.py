@@ -94,9 +94,18 @@ def explain(family: str, device_type: str, dtype: torch.dtype | None = None) -> 
     return PYDL, "pydl kernel"
 
 
+def functorch_transform_active() -> bool:
+    """Whether a torch.func transform (grad, vmap, jacrev, ...) is running:
+    pydl's ops have autograd formulas but no functorch rules, so such calls
+    go to torch's ops, which have them."""
+    return torch._C._functorch.maybe_current_level() is not None
+
+
 def use_pydl(family: str, tensor: torch.Tensor) -> bool:
     """Whether this call should run pydl's kernel; raises under PYDL_STRICT=1 otherwise."""
     backend, reason = explain(family, tensor.device.type, tensor.dtype)
+    if backend == PYDL and functorch_transform_active():
+        backend, reason = TORCH, "a torch.func transform is active (pydl's ops have no functorch rules)"
     if backend == PYDL:
         return True
     if strict():

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close_rel, needs_extension
+from conftest import assert_close_rel, needs_extension, run_with_cpu_isa
 
 import pydl
 from pydl import _ext, reference
@@ -199,6 +199,43 @@ def test_fully_masked_rows_give_zeros(kind):
     if _ext.loaded():
         _, lse = sdpa(q, k, v, return_lse=True, **kw)
         assert torch.isneginf(lse[..., hidden]).all()
+
+
+_NAN_SCRIPT = """
+import torch, pydl
+from pydl.nn.functional import scaled_dot_product_attention as sdpa
+from torch.nn.attention import SDPBackend, sdpa_kernel
+torch.manual_seed(0)
+for dtype in (torch.float32, torch.float64):
+    q, k, v = (torch.randn(2, 2, 7, 40, dtype=dtype) for _ in range(3))
+    k[0, 1, 3, 5] = float("nan")  # every score of head 1 in batch 0: NaN
+    k[1, 0, 6, 0] = float("inf")  # +inf where q[..., 0] > 0, -inf (hidden) where < 0
+    v[1, 1, 2, 9] = float("nan")  # reaches column 9 of every row of that head
+    with sdpa_kernel(SDPBackend.MATH):
+        want = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    for kw in ({}, {"return_lse": True}):
+        got = sdpa(q, k, v, **kw)
+        got = got[0] if kw else got
+        assert torch.equal(got.isnan(), want.isnan()), dtype
+        assert torch.allclose(got.nan_to_num(), want.nan_to_num(), atol=1e-5), dtype
+    w = pydl.ops.attention_with_weights(q, k, v, None, 0.0, average_heads=False)[1]
+    assert w[0, 1].isnan().all() and not w[0, 0].isnan().any(), dtype
+    q.requires_grad_()
+    out = sdpa(q, k, v)
+    (dq,) = torch.autograd.grad(out.nan_to_num().sum(), [q])
+    assert dq[0, 1].isnan().all() and not dq[0, 0].isnan().any(), dtype
+print("ok")
+"""
+
+
+# A NaN (or +inf) score makes its row NaN, as in torch's math backend: the
+# fast exp and the row max must not clamp it into a finite, wrong softmax.
+# Each ISA build (the exp differs per ISA).
+@needs_extension
+@pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
+def test_nan_and_inf_scores_give_nan_rows_like_torch(isa):
+    result = run_with_cpu_isa(isa, _NAN_SCRIPT, PYDL_STRICT="1")
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
 
 
 def _recover_dropout_mask(q, k, p, seed, **kw):
@@ -469,3 +506,104 @@ def test_bfloat16_extras_return_float32_lse_in_every_mode():
     assert torch.isneginf(lse[..., :3]).all()
     assert (out.double() - ref).abs().max() < 3e-2
     assert torch.allclose(lse[..., 3:].double(), ref_lse[..., 3:], atol=3e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_autocast_casts_what_torch_casts_and_leaves_float64_alone(dtype):
+    """Autocast casts every floating input but float64 (as torch's SDPA rule):
+    float64 stays float64, exactly the call without autocast; float16 goes
+    bf16 like torch's."""
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, 2, n, 8, generator=g, dtype=torch.float64).to(dtype)
+               for n in (5, 6, 6))
+    mask = torch.randn(5, 6, generator=g, dtype=torch.float64).to(dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = sdpa(q, k, v, attn_mask=mask)
+        theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert ours.dtype == theirs.dtype
+    if dtype == torch.float64:
+        assert_close_rel(ours, sdpa(q, k, v, attn_mask=mask), dtype, "float64 under autocast")
+        assert_close_rel(ours, theirs, dtype, "float64 under autocast vs torch")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_float32_mask_with_other_query_dtypes_like_torch(dtype):
+    """torch takes a float32 additive mask whatever the query's dtype (bool,
+    float32 or the query's): same dtype out, as accurate as torch (the mask is
+    not rounded to a half type), and the mask's gradient in float32."""
+    from conftest import LOW_PRECISION_FACTOR, rel_error
+
+    g = torch.Generator().manual_seed(5)
+    exact = [torch.randn(2, 2, n, 16, generator=g, dtype=torch.float64) for n in (9, 11, 11)]
+    mask64 = torch.randn(9, 11, generator=g, dtype=torch.float64) * 8  # far from bf16-exact
+    ours_in = [t.to(dtype).requires_grad_() for t in exact]
+    theirs_in = [t.to(dtype).requires_grad_() for t in exact]
+    ours_mask, theirs_mask = (mask64.float().requires_grad_() for _ in range(2))
+    exact_in = [t.detach().to(dtype).double().requires_grad_() for t in exact]
+    exact_mask = mask64.float().double().requires_grad_()
+    ours = sdpa(*ours_in, attn_mask=ours_mask)
+    theirs = F.scaled_dot_product_attention(*theirs_in, attn_mask=theirs_mask)
+    ref = reference.scaled_dot_product_attention(*exact_in, attn_mask=exact_mask)
+    assert ours.dtype == theirs.dtype == dtype
+    grad = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad(ours, ours_in + [ours_mask], grad.to(dtype))
+    want = torch.autograd.grad(theirs, theirs_in + [theirs_mask], grad.to(dtype))
+    exact_grads = torch.autograd.grad(ref, exact_in + [exact_mask], grad)
+    assert got[3].dtype == torch.float32
+    if dtype == torch.float64:
+        assert_close_rel(ours, ref, dtype, "out")
+        for name, a, e in zip(("q", "k", "v", "mask"), got, exact_grads):
+            assert_close_rel(a, e, a.dtype, f"grad {name}")  # the mask's: float32
+        return
+    for name, a, t, e in zip(("out", "q", "k", "v", "mask"), (ours, *got), (theirs, *want),
+                             (ref, *exact_grads)):
+        err, torch_err = rel_error(a, e), rel_error(t, e)
+        assert err <= LOW_PRECISION_FACTOR * torch_err, f"{name}: {err:.2e} vs torch's {torch_err:.2e}"
+
+
+@pytest.mark.parametrize("shapes, kw", [
+    (((2, 0, 5, 8), (2, 0, 6, 8)), {}),
+    (((2, 0, 5, 8), (2, 1, 6, 8)), {}),       # key/value heads broadcast to none
+    (((2, 0, 5, 8), (2, 0, 6, 8)), {"enable_gqa": True}),
+    (((2, 2, 5, 8), (2, 0, 6, 8)), {"enable_gqa": True}),  # no key/value heads: zeros
+    (((0, 5, 8), (0, 6, 8)), {}),             # 3-D: the leading dim
+    (((3, 0, 5, 8), (3, 0, 6, 8)), {"is_causal": True}),
+], ids=str)
+def test_zero_heads_give_torchs_empty_results(shapes, kw):
+    """No heads: torch's shapes and values (empty, or zeros for query rows
+    with no key/value head), zero gradients of the inputs' shapes, without
+    calling the op; the lse too."""
+    g = torch.Generator().manual_seed(6)
+    (qs, ks) = shapes
+    make = lambda *s: torch.randn(*s, generator=g)
+    ours_in = [make(*qs), make(*ks), make(*ks[:-1], 4)]
+    theirs_in = [t.clone().requires_grad_() for t in ours_in]
+    mask = make(5, 6).requires_grad_()
+    ours_in = [t.requires_grad_() for t in ours_in]
+    mask_kw = {} if kw.get("is_causal") else {"attn_mask": mask}
+    ours = sdpa(*ours_in, **mask_kw, **kw)
+    theirs = F.scaled_dot_product_attention(*theirs_in, **mask_kw, **kw)
+    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
+    assert torch.equal(ours, theirs)
+    got = torch.autograd.grad(ours.sum(), ours_in)
+    want = torch.autograd.grad(theirs.sum(), theirs_in)
+    for a, e in zip(got, want):
+        assert a.shape == e.shape and torch.equal(a, e)
+    if mask_kw:
+        (mask_grad,) = torch.autograd.grad(sdpa(*ours_in, **mask_kw, **kw).sum(), [mask])
+        assert mask_grad.shape == mask.shape and not mask_grad.any()
+    if _ext.loaded():
+        out, lse = sdpa(*ours_in, **mask_kw, **kw, return_lse=True)
+        assert out.shape == theirs.shape and lse.shape == theirs.shape[:-1]
+        assert lse.dtype == torch.float32 and torch.isneginf(lse).all()
+        lse.exp().sum().backward()
+
+
+def test_zero_heads_compile_fullgraph():
+    """The empty results trace (one tensor as query, key and value too)."""
+    q = torch.randn(2, 0, 5, 8, requires_grad=True)
+    compiled = torch.compile(sdpa, backend="aot_eager", fullgraph=True)
+    out = compiled(q, q, q)
+    assert out.shape == (2, 0, 5, 8)
+    out.sum().backward()
+    assert q.grad.shape == q.shape

@@ -428,3 +428,22 @@ def test_randomized_configurations(seed):
     for a, b, name in zip(_grads(out, w, inputs), _grads(ref, rw, inputs),
                           ["dq", "dk", "dv", "dmask"]):
         assert_close_rel(a, b, torch.float64, name)
+
+
+@pytest.mark.parametrize("heads", [(0, 0), (0, 1), (2, 0)], ids=str)
+@pytest.mark.parametrize("average", [True, False])
+def test_zero_heads_give_empty_or_zero_results(route, heads, average):
+    """No query heads: an empty output and weights per head (averaged over no
+    head: zeros); no key/value heads: rows that see no key, zeros. Zero
+    gradients of the inputs' shapes; the ops are not called."""
+    H, Hk = heads
+    q, k, v = _inputs(2, H, Hk, 5, 6, 8, 4, torch.float64)
+    mask = _mask("float", 2, H, 5, 6, torch.float64)
+    out, weights = attention_with_weights(q, k, v, mask, average_heads=average)
+    assert out.shape == (2, H, 5, 4)
+    assert weights.shape == ((2, 5, 6) if average else (2, H, 5, 6))
+    assert out.dtype == weights.dtype == torch.float64
+    assert not out.any() and not weights.any()
+    grads = _grads(out, weights, [q, k, v, mask])
+    for g, t in zip(grads, (q, k, v, mask)):
+        assert g.shape == t.shape and not g.any()

@@ -79,3 +79,49 @@ def test_extension_built_for_other_torch_is_reported(monkeypatch):
         monkeypatch.undo()
         _ext._load()
     assert _ext.loaded()
+
+
+def _first_tensor(out):
+    while isinstance(out, tuple):
+        out = out[0]
+    return out
+
+
+# torch.func transforms need functorch rules pydl's ops do not have: under a
+# transform the modules run torch's ops (and PYDL_STRICT=1 says so), and
+# per-parameter gradients by torch.func.grad equal autograd's through pydl.
+@pytest.mark.parametrize("make, shape", [
+    (lambda: pydl.nn.Conv2d(3, 4, 3), (2, 3, 8, 8)),
+    (lambda: pydl.nn.MultiheadAttention(8, 2, batch_first=True), (2, 5, 8)),
+    (lambda: pydl.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True),
+     (2, 5, 8)),
+    (lambda: pydl.nn.LSTM(3, 4, num_layers=2), (5, 2, 3)),
+    (lambda: pydl.nn.LSTMCell(3, 4), (2, 3)),
+], ids=["conv2d", "mha", "encoder_layer", "lstm", "lstm_cell"])
+def test_torch_func_grad_runs_torchs_ops(make, shape, monkeypatch):
+    from torch.func import functional_call, grad
+    monkeypatch.setenv("PYDL_STRICT", "0")
+    torch.manual_seed(0)
+    module = make().double()
+    x = torch.randn(*shape, dtype=torch.float64)
+    args = (x, x, x) if isinstance(module, torch.nn.MultiheadAttention) else (x,)
+    params = {k: v.detach() for k, v in module.named_parameters()}
+    got = grad(lambda p: _first_tensor(functional_call(module, p, args)).square().sum())(params)
+    _first_tensor(module(*args)).square().sum().backward()
+    for name, p in module.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, rtol=1e-9, atol=1e-10, msg=name)
+    if _ext.loaded():
+        monkeypatch.setenv("PYDL_STRICT", "1")
+        with pytest.raises(pydl.FallbackError, match="torch.func transform"):
+            grad(lambda p: _first_tensor(functional_call(module, p, args)).sum())(params)
+
+
+def test_jit_trace_of_lstm_runs(monkeypatch):
+    """torch.jit.trace cannot record pydl::lstm's list of optional weights: a
+    traced pydl.nn.LSTM records torch's LSTM, and gives the module's output."""
+    monkeypatch.setenv("PYDL_STRICT", "0")
+    torch.manual_seed(0)
+    module = pydl.nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 2, 3)
+    traced = torch.jit.trace(module, (x,), check_trace=False)
+    torch.testing.assert_close(traced(x)[0], module(x)[0])

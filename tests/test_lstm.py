@@ -706,6 +706,17 @@ for hidden, batch, lengths, proj, bidir in ((120, 1, None, 0, False), (37, 3, [7
         for name, a, e in [("output", out, want)] + list(zip(["x", *params], got, ref)):
             err = ((a.double() - e).norm() / e.norm()).item()
             assert err <= tol, (hidden, batch, dtype, name, err)
+# NaN in, NaN out where torch has it (the vectorized activations clamp).
+ours = pydl.nn.LSTM(9, 40)
+theirs = torch.nn.LSTM(9, 40)
+theirs.load_state_dict(ours.state_dict())
+x = torch.randn(5, 3, 9)
+x[2, 1, 4] = float("nan")
+c0 = torch.zeros(1, 3, 40)
+c0[0, 2, 7] = float("nan")
+state = (torch.zeros(1, 3, 40), c0)
+for a, e in zip(ours(x, state)[0:1] + ours(x, state)[1], theirs(x, state)[0:1] + theirs(x, state)[1]):
+    assert torch.equal(a.isnan(), e.isnan()) and a.isnan().any()
 print("ok")
 """
 
@@ -731,6 +742,32 @@ def test_fused_forward_saturated_gates_stay_finite():
     for a, e, what in zip(got, want, ("output", "hy", "cy")):
         assert torch.isfinite(a).all(), what
         assert_close_rel(a, e, torch.float32, what)
+
+
+# torch propagates NaN through the cell (a NaN input reaches every unit of
+# its row from the next step on, a NaN c0 entry its unit's c and h): the
+# vectorized activations must not clamp it away. Hidden 40: the SIMD lanes.
+@needs_extension
+@pytest.mark.parametrize("where", ["input", "c0", "h0"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nan_propagates_like_torch(where, dtype):
+    torch.manual_seed(0)
+    ours = pydl.nn.LSTM(9, 40, num_layers=2).to(dtype)
+    theirs = torch.nn.LSTM(9, 40, num_layers=2).to(dtype)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(5, 3, 9, dtype=dtype)
+    h0, c0 = torch.zeros(2, 3, 40, dtype=dtype), torch.zeros(2, 3, 40, dtype=dtype)
+    {"input": x[2, 1], "c0": c0[0, 2], "h0": h0[1, 0]}[where][4] = float("nan")
+    got, want = ours(x, (h0, c0)), theirs(x, (h0, c0))
+    for a, e, name in zip([got[0], *got[1]], [want[0], *want[1]], ["output", "h_n", "c_n"]):
+        assert a.isnan().any(), name
+        assert torch.equal(a.isnan(), e.isnan()), name
+        assert torch.allclose(a.nan_to_num(), e.nan_to_num(), atol=1e-5), name
+    cell = pydl.nn.LSTMCell(9, 40).to(dtype)
+    cell_x = torch.randn(3, 9, dtype=dtype)
+    cell_x[1, 4] = float("nan")
+    h, c = cell(cell_x)
+    assert h[1].isnan().all() and c[1].isnan().all() and not h[0].isnan().any()
 
 
 @needs_extension
@@ -809,3 +846,17 @@ def test_randomized_configurations_match_torch(draw):
     assert_close_rel(got[1][1], want[1][1], torch.float64, f"c_n {config}")
     for k, (a, b) in enumerate(zip(_grads(ours, x, hx, got), _grads(theirs, x, hx, want))):
         assert_close_rel(a, b, torch.float64, f"grad {k} {config}")
+
+
+def test_float64_module_under_cpu_autocast_stays_float64():
+    """Autocast never touches float64 (torch's rule): pydl's float64 LSTM gives
+    torch's float64 result under a bf16 autocast region."""
+    torch.manual_seed(0)
+    ours = pydl.nn.LSTM(5, 7, num_layers=2).double()
+    theirs = torch.nn.LSTM(5, 7, num_layers=2).double()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = ours(x), theirs(x)
+    assert got[0].dtype == want[0].dtype == torch.float64
+    torch.testing.assert_close(got[0], want[0], rtol=1e-10, atol=1e-12)

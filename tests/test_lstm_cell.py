@@ -5,7 +5,7 @@ import torch
 from conftest import assert_close_rel, needs_extension, run_with_cpu_isa
 
 import pydl
-from pydl import reference
+from pydl import _backend, reference
 
 # (batch, input_size, hidden): awkward sizes on purpose (vector tails, batch 1).
 # Batches up to 8 take the CPU register kernels, above it MKL (the default
@@ -260,3 +260,33 @@ def test_saturated_gates_stay_finite_and_exact(scale):
     assert torch.isfinite(hy).all() and torch.isfinite(cy).all()
     assert_close_rel(hy, ry, torch.float32, "h")
     assert_close_rel(cy, rc, torch.float32, "c")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("give_hx", [False, True])
+def test_cpu_autocast_keeps_the_dtype_like_torch(dtype, give_hx):
+    """CPU autocast has no lstm_cell rule: torch's cell returns the input's
+    dtype (float32 stays float32, float64 float64), and so does pydl's, the
+    call computed as without autocast (pydl's kernel in strict mode too)."""
+    torch.manual_seed(0)
+    ours = pydl.nn.LSTMCell(6, 9, dtype=dtype)
+    theirs = torch.nn.LSTMCell(6, 9, dtype=dtype)
+    theirs.load_state_dict(ours.state_dict())
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 6, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    hx = tuple(torch.randn(4, 9, generator=g, dtype=torch.float64).to(dtype) for _ in range(2))
+    args = (x, hx) if give_hx else (x,)
+    want_exact = ours(*args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = ours(*args), theirs(*args)
+    kernel = _backend.explain("lstm", "cpu", dtype)[0] == _backend.PYDL
+    for a, b, e, name in zip(got, want, want_exact, ("h", "c")):
+        assert a.dtype == b.dtype == dtype, name
+        if kernel:
+            assert_close_rel(a, e, dtype, name)
+        else:  # torch's cell, under autocast as torch runs it
+            assert torch.equal(a, b), name
+        # torch's float32 cell multiplies in bf16 under CPU autocast
+        assert torch.allclose(a, b, atol=2e-2 if dtype == torch.float32 else 1e-12), name
+    (grad,) = torch.autograd.grad(got[0].sum() + got[1].sum(), x)
+    assert grad.dtype == dtype

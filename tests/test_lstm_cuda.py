@@ -236,3 +236,23 @@ def test_cuda_graph_capture_and_replay():
             torch.cuda.synchronize()
             want, _ = exact(x.double())
             assert rel_error(static_out.cpu(), want) <= 2e-5, f"replay {seed}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lstm_cell_under_autocast_casts_like_torch(dtype):
+    """CUDA autocast casts lstm_cell's floating tensors but float64 to the
+    autocast dtype (torch's lower-precision rule): float32 cells return
+    float16, float64 cells stay float64, as torch's."""
+    torch.manual_seed(0)
+    ours = pydl.nn.LSTMCell(20, 33, device="cuda", dtype=dtype)
+    theirs = torch.nn.LSTMCell(20, 33, device="cuda", dtype=dtype)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(7, 20, device="cuda", dtype=dtype)
+    hx = tuple(torch.randn(7, 33, device="cuda", dtype=dtype) for _ in range(2))
+    for args in ((x,), (x, hx)):
+        with torch.autocast("cuda", dtype=torch.float16):
+            got, want = ours(*args), theirs(*args)
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype == (torch.float16 if dtype == torch.float32 else dtype)
+            assert torch.allclose(a.double(), b.double(), atol=1e-2 if dtype == torch.float32
+                                  else 1e-10)

@@ -1,5 +1,7 @@
 """pydl.nn.MultiheadAttention against torch.nn.MultiheadAttention with the same weights."""
 
+import re
+
 import pytest
 import torch
 from attention_cases import check_dropped_weights
@@ -283,3 +285,39 @@ def test_bf16_need_weights_without_mask_takes_torchs_faster_path(monkeypatch):
         assert _ran_pydl_attention(lambda: ours(x, x, x, key_padding_mask=pad))
         out, w = ours(x, x, x, key_padding_mask=pad)
         assert (w[1] == 0).all() and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_float64_module_under_autocast_stays_float64_like_torch(need_weights):
+    """Autocast leaves float64 alone (torch's rule): a float64 module inside a
+    bf16 autocast region computes and returns float64, as torch's does."""
+    ours, theirs = _pair(embed_dim=16, num_heads=4, batch_first=True, dtype=torch.float64)
+    x = torch.randn(2, 7, 16, dtype=torch.float64, requires_grad=True)
+    kw = _masks("padding", 2, 4, 7, 7, torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, w = ours(x, x, x, need_weights=need_weights, **kw)
+        ref, rw = theirs(x, x, x, need_weights=need_weights, **kw)
+    assert out.dtype == ref.dtype == torch.float64
+    assert_close_rel(out, ref, torch.float64, "out")
+    if need_weights:
+        assert w.dtype == torch.float64
+        assert_close_rel(w, rw, torch.float64, "weights")
+    (got,) = torch.autograd.grad(out.sum(), x)
+    (want,) = torch.autograd.grad(ref.sum(), x)
+    assert_close_rel(got, want, torch.float64, "grad")
+
+
+def test_unbatched_key_padding_mask_must_be_1d():
+    """Unbatched (2-D) inputs take a 1-D (S,) key_padding_mask, as torch's; the
+    message says so (not the shape after the batch dim is added)."""
+    ours, _ = _pair(embed_dim=16, num_heads=4)
+    q, kv = torch.randn(5, 16), torch.randn(6, 16)
+    for bad in (torch.zeros(1, 6, dtype=torch.bool), torch.zeros(5, dtype=torch.bool)):
+        message = re.escape(f"1-D of shape (6,), got shape {tuple(bad.shape)}")
+        with pytest.raises(ValueError, match="unbatched .*" + message):
+            ours(q, kv, kv, key_padding_mask=bad)
+    pad = torch.zeros(6, dtype=torch.bool)
+    pad[-2:] = True
+    got = ours(q, kv, kv, key_padding_mask=pad)[0]
+    want = ours(q, kv[:-2], kv[:-2])[0]
+    assert torch.allclose(got, want, atol=1e-6)

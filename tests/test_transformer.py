@@ -140,3 +140,91 @@ def test_feed_forward_leaves_a_hooked_linear1_output_alone():
     with torch.no_grad():
         ours._ff_block(x)
         assert (kept[0] < 0).any(), "linear1's output was overwritten by the ReLU"
+
+
+class _ClampedReLU(torch.nn.ReLU):
+    """An nn.ReLU subclass with its own forward: not ReLU."""
+
+    def forward(self, x):
+        return x.clamp(0.0, 0.1)
+
+
+def _patched_gelu():
+    gelu = torch.nn.GELU()
+    gelu.forward = torch.tanh  # an instance-level forward: not GELU
+    return gelu
+
+
+@pytest.mark.parametrize("make_activation", [
+    lambda: torch.tanh, lambda: _ClampedReLU(), _patched_gelu,
+    lambda: torch.nn.GELU(approximate="tanh"), lambda: torch.nn.functional.gelu,
+], ids=["tanh", "relu_subclass", "gelu_instance_forward", "gelu_tanh", "F.gelu"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_layer_calls_its_current_activation_like_torch(make_activation, grad):
+    """self.activation is what the feed-forward block applies, as in torch's
+    layer, also when reassigned after construction (from relu)."""
+    dtype = torch.float64
+    ours, theirs = _pair(dtype, batch_first=True, dropout=0.0)
+    ours.activation, theirs.activation = make_activation(), make_activation()
+    x, _, _ = _inputs(True, dtype)
+    with torch.set_grad_enabled(grad):
+        xa = x.clone().requires_grad_(grad)
+        xb = x.clone().requires_grad_(grad)
+        got, want = ours(xa), theirs(xb)
+        assert_close_rel(got, want, dtype, "output")
+        if grad:
+            g = torch.randn_like(got)
+            ga = torch.autograd.grad((got * g).sum(), [xa, *ours.parameters()])
+            gb = torch.autograd.grad((want * g).sum(), [xb, *theirs.parameters()])
+            for a, b in zip(ga, gb):
+                assert_close_rel(a, b, dtype, "grad")
+
+
+@pytest.mark.parametrize("activation", [torch.nn.ReLU, torch.nn.GELU])
+@pytest.mark.parametrize("hook", ["forward", "forward_pre", "global_forward"])
+def test_hooks_on_the_activation_module_run_like_torch(activation, hook):
+    """Hooks on the activation module (its own, or global) run, and a hook's
+    replacement output is used, as in torch's layer."""
+    dtype = torch.float64
+    ours, theirs = _pair(dtype, batch_first=True, dropout=0.0, activation=activation())
+    theirs.activation = activation()  # not the module ours holds
+    calls = []
+
+    def forward_hook(module, args, out):
+        calls.append(module)
+        return out * 2.0 if isinstance(module, activation) else None
+
+    handles = []
+    if hook == "global_forward":
+        handles.append(torch.nn.modules.module.register_module_forward_hook(forward_hook))
+    for layer in (ours, theirs):
+        if hook == "forward":
+            handles.append(layer.activation.register_forward_hook(forward_hook))
+        elif hook == "forward_pre":
+            handles.append(layer.activation.register_forward_pre_hook(
+                lambda module, args: (calls.append(module), (args[0] * 0.5,))[1]))
+    x, _, _ = _inputs(True, dtype)
+    try:
+        with torch.no_grad():
+            got = ours(x)
+            ours_calls = [m for m in calls if m is ours.activation]
+            want = theirs(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(ours_calls) == 1
+    assert_close_rel(got, want, dtype, "output")
+
+
+def test_float64_layer_under_autocast_stays_float64_like_torch():
+    """Autocast leaves float64 alone: a float64 layer in a bf16 autocast region
+    computes in float64, as torch's does."""
+    dtype = torch.float64
+    ours, theirs = _pair(dtype, batch_first=True, dropout=0.0)
+    x, causal, padding = _inputs(True, dtype)
+    causal = causal.isneginf()  # bool like the padding mask (no deprecation warning)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ours(x, src_mask=causal, src_key_padding_mask=padding)
+        want = theirs(x, src_mask=causal, src_key_padding_mask=padding)
+    assert got.dtype == want.dtype == dtype
+    assert_close_rel(got, want, dtype, "output")

@@ -161,7 +161,10 @@ def _mha_case(batch, length, embed, heads, train, cfg, need_weights=False, dropo
         x = torch.randn(batch, length, embed, requires_grad=train, **opts)
 
         def run(module):
-            out, weights = module(x, x, x, need_weights=need_weights)
+            # Inference under no_grad, as a user runs it (torch's module then
+            # takes its native fast path where it can).
+            with torch.set_grad_enabled(train):
+                out, weights = module(x, x, x, need_weights=need_weights)
             if train:
                 (out.sum() + (weights.sum() if need_weights else 0)).backward()
             return out.detach()
@@ -182,7 +185,8 @@ def _encoder_layer_case(batch, length, embed, heads, train, cfg):
         x = torch.randn(batch, length, embed, requires_grad=train, **opts)
 
         def run(module):
-            out = module(x)
+            with torch.set_grad_enabled(train):  # inference under no_grad: torch's fast path
+                out = module(x)
             if train:
                 out.sum().backward()
             return out.detach()

@@ -32,9 +32,11 @@ from pydl.ops.attention_weights import attention_with_weights, served, weights_f
 
 
 def _projected_dtype(query: torch.Tensor) -> torch.dtype:
-    """The dtype the heads will have: the autocast dtype under autocast."""
+    """The dtype the heads will have: the autocast dtype under autocast (which
+    casts every floating dtype but float64, as for F.linear)."""
     device = query.device.type
-    if torch.is_autocast_enabled(device) and query.dtype == torch.float32:
+    if (torch.is_autocast_enabled(device) and query.is_floating_point()
+            and query.dtype != torch.float64):
         return torch.get_autocast_dtype(device)
     return query.dtype
 
@@ -43,6 +45,8 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
     def _torch_reason(self, query: torch.Tensor, need_weights: bool) -> str | None:
         if self.bias_k is not None or self.add_zero_attn:
             return "add_bias_kv / add_zero_attn"
+        if _backend.functorch_transform_active():
+            return "a torch.func transform is active (pydl's ops have no functorch rules)"
         if (need_weights and self.training and self.dropout > 0.0
                 and not served(query, _projected_dtype(query))):
             return "need_weights=True with dropout active (torch returns the dropped-out weights)"
@@ -97,6 +101,10 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         # would make each projection copy its input first.
         batch_first = self.batch_first or unbatched
         if unbatched:
+            if key_padding_mask is not None and key_padding_mask.shape != key.shape[:1]:
+                raise ValueError(
+                    "pydl.nn.MultiheadAttention: for unbatched (2-D) inputs key_padding_mask must "
+                    f"be 1-D of shape ({key.shape[0]},), got shape {tuple(key_padding_mask.shape)}")
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask.unsqueeze(0)

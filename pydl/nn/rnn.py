@@ -21,9 +21,15 @@ class LSTM(torch.nn.LSTM):
     def forward(self, input, hx=None):
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
-        if torch.is_autocast_enabled(data.device.type):  # the dtype the kernel will see
+        if torch.is_autocast_enabled(data.device.type) and data.dtype != torch.float64:
+            # the dtype the kernel will see
             data = data.new_empty(0, dtype=torch.get_autocast_dtype(data.device.type))
         if not _backend.use_pydl("lstm", data):
+            return super().forward(input, hx)
+        if torch.jit.is_tracing():  # the tracer cannot record pydl::lstm's Tensor?[] weights
+            if _backend.strict():
+                raise _backend.FallbackError(
+                    "PYDL_STRICT=1: pydl.nn.LSTM under torch.jit.trace would run torch's LSTM")
             return super().forward(input, hx)
         directions = 2 if self.bidirectional else 1
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size

@@ -56,19 +56,45 @@ class TransformerEncoderLayer(torch.nn.TransformerEncoderLayer):
         # its backward needs the input): an out-of-place activation allocates
         # a fresh (tokens, dim_feedforward) buffer each call, and its page
         # faults cost 1.7 ms of a 23 ms B8 L128 E512 layer (0.92x -> see the
-        # README's table). ReLU's backward needs only its output.
+        # README's table). ReLU's backward needs only its output. Only where
+        # self.activation is provably that function; anything else (another
+        # function, a subclass, a hooked module) is called, as torch does.
         hidden = self.linear1(x)
-        kind = getattr(self, "activation_relu_or_gelu", 0)  # torch's: 1 relu, 2 gelu
+        kind, approximate = _in_place_activation(self.activation)
         if self.linear1._forward_hooks or torch.nn.modules.module._global_forward_hooks:
-            kind = 0  # a hook may hold linear1's output: leave it as it was
-        if kind == 1:
+            kind = None  # a hook may hold linear1's output: leave it as it was
+        if kind == "relu":
             hidden = hidden.relu_()
-        elif kind == 2 and not (torch.is_grad_enabled() and hidden.requires_grad):
-            approximate = getattr(self.activation, "approximate", "none")  # nn.GELU's, or F.gelu
+        elif kind == "gelu" and not (torch.is_grad_enabled() and hidden.requires_grad):
             hidden = torch.ops.aten.gelu_(hidden, approximate=approximate)
         else:
             hidden = self.activation(hidden)
         return self.dropout2(self.linear2(self.dropout(hidden)))
+
+
+def _in_place_activation(activation) -> tuple[str | None, str]:
+    """("relu" | "gelu", GELU's approximate) where calling ``activation`` is
+    exactly ReLU / GELU: F.relu, F.gelu (its default approximate='none'), or a
+    module of exactly type nn.ReLU / nn.GELU whose call runs just its own
+    forward (no hooks of its own or global ones, no instance-level forward);
+    (None, "none") for anything else."""
+    if activation is F.relu:
+        return "relu", "none"
+    if activation is F.gelu:
+        return "gelu", "none"
+    kind = type(activation)
+    if kind is not torch.nn.ReLU and kind is not torch.nn.GELU:
+        return None, "none"
+    module = torch.nn.modules.module
+    if ("forward" in vars(activation)
+            or activation._forward_hooks or activation._forward_pre_hooks
+            or activation._backward_hooks or activation._backward_pre_hooks
+            or module._global_forward_hooks or module._global_forward_pre_hooks
+            or module._global_backward_hooks or module._global_backward_pre_hooks):
+        return None, "none"
+    if kind is torch.nn.ReLU:
+        return "relu", "none"
+    return "gelu", activation.approximate  # nn.GELU.forward: F.gelu(x, approximate)
 
 
 class TransformerEncoder(torch.nn.TransformerEncoder):

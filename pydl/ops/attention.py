@@ -10,6 +10,11 @@ Same signature and semantics as ``torch.nn.functional.scaled_dot_product_attenti
     (both apply; torch forbids the combination);
   * an additive float ``attn_mask`` that requires grad gets its gradient,
     summed over the dims it was broadcast along.
+As torch's: a float ``attn_mask`` may be float32 whatever the query's dtype
+(a float32 mask with bf16/fp16 queries computes in float32, so the mask is
+not rounded to the half type; float64 queries take it as float64); under
+autocast every floating input but float64 is cast to the autocast dtype;
+zero query (or key/value) heads give an empty (or all-zero) result.
 Rule for a query row that sees no key (its mask hides every key, or
 bottom-right causal with L > S): its output is zeros and its lse is -inf;
 no NaN reaches the output or the gradients.
@@ -62,11 +67,12 @@ def _plan(query, key, value, attn_mask, dropout_p, enable_gqa, causal_alignment)
     if not 0.0 <= dropout_p <= 1.0:
         _fail(f"dropout_p must be in [0, 1], got {dropout_p}")
     hq, hk = _heads(query), _heads(key)
+    # Key/value without heads (hk = 0) give query rows that see no key, as in torch.
     if enable_gqa:
-        if query.dim() < 3 or key.dim() < 3 or hq % hk != 0:
+        if query.dim() < 3 or key.dim() < 3 or (hk != 0 and hq % hk != 0):
             _fail(f"enable_gqa needs (..., heads, L, E) inputs with query heads ({hq}) a "
                   f"multiple of key/value heads ({hk})")
-    elif hq != hk and hk != 1 and hq != 1:
+    elif hq != hk and hk not in (0, 1) and hq != 1:
         _fail(f"query has {hq} heads and key/value {hk}: they must match or broadcast "
               "(set enable_gqa=True for grouped-query attention)")
     batch = tuple(query.shape[:-3])
@@ -76,12 +82,12 @@ def _plan(query, key, value, attn_mask, dropout_p, enable_gqa, causal_alignment)
         except RuntimeError:
             _fail(f"batch dims of query {tuple(query.shape[:-3])} and key/value "
                   f"{tuple(key.shape[:-3])} do not broadcast")
-    heads = hq if enable_gqa else max(hq, hk)
+    heads = hq if enable_gqa or hk in (0, 1) or hq == hk else hk  # (else hq == 1)
     has_heads = max(query.dim(), key.dim()) >= 3
     out_batch = batch + ((heads,) if has_heads else ())
     if attn_mask is not None:
-        if attn_mask.dtype != torch.bool and attn_mask.dtype != query.dtype:
-            _fail(f"attn_mask must be bool or the query's dtype ({query.dtype}), "
+        if attn_mask.dtype not in (torch.bool, query.dtype, torch.float32):
+            _fail(f"attn_mask must be bool or the query's dtype ({query.dtype}), or float32; "
                   f"got {attn_mask.dtype}")
         if attn_mask.device != query.device:
             _fail(f"attn_mask is on {attn_mask.device}, query on {query.device}")
@@ -117,19 +123,76 @@ def scaled_dot_product_attention(
 ):
     """``softmax(query @ key^T * scale + mask) @ value``, torch's SDPA semantics;
     returns ``out`` or, with ``return_lse``, ``(out, lse)``. See the module doc."""
-    device = query.device.type
-    if torch.is_autocast_enabled(device) and query.is_floating_point():
-        # As torch's SDPA under autocast: computed in the autocast dtype (bf16
-        # on CPU: pydl's kernel in training, torch's in inference).
-        dtype = torch.get_autocast_dtype(device)
-        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
-        if attn_mask is not None and attn_mask.is_floating_point():
-            attn_mask = attn_mask.to(dtype)
+    query, key, value, attn_mask = _autocast(query, key, value, attn_mask)
     batch, heads, out_batch = _plan(query, key, value, attn_mask, dropout_p, enable_gqa,
                                     causal_alignment)
-    L, S, E = query.shape[-2], key.shape[-2], query.shape[-1]
+    L, E = query.shape[-2], query.shape[-1]
     if scale is None:
         scale = 1.0 / math.sqrt(E) if E > 0 else 1.0
+    if heads == 0 or (key.dim() >= 3 and _heads(key) == 0):
+        # No query heads (an empty result) or no key/value heads (rows that see
+        # no key: zeros, lse -inf), as torch's SDPA; the op is not called.
+        shapes = [(out_batch + (L, value.shape[-1]), query.dtype, 0.0)]
+        if return_lse:
+            shapes.append((out_batch + (L,), _lse_dtype(query), float("-inf")))
+        result = empty_attention(shapes, query, key, value, attn_mask)
+        return tuple(result) if return_lse else result[0]
+    dtype = query.dtype
+    if attn_mask is not None and attn_mask.is_floating_point() and attn_mask.dtype != dtype:
+        # A float32 mask (as torch accepts) with a float64 query: exact as float64.
+        # With a bf16/fp16 query the call computes in float32 (the half inputs
+        # are exact in float32, the half kernels compute in float32 anyway):
+        # the mask rounded to the half type would lose accuracy torch keeps.
+        if dtype == torch.float64:
+            attn_mask = attn_mask.to(dtype)
+        else:
+            query, key, value = query.float(), key.float(), value.float()
+    result = _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                        causal_alignment, return_lse, batch, heads, out_batch)
+    if query.dtype == dtype:
+        return result
+    return (result[0].to(dtype), result[1]) if return_lse else result.to(dtype)
+
+
+def _autocast(query, key, value, attn_mask):
+    """As torch's SDPA under autocast: every floating input but float64 in the
+    autocast dtype (bf16 on CPU: pydl's kernel in training, torch's in
+    inference); a float mask too where the query was (float64 queries keep
+    theirs, which then goes float64 as without autocast)."""
+    device = query.device.type
+    if not torch.is_autocast_enabled(device):
+        return query, key, value, attn_mask
+    dtype = torch.get_autocast_dtype(device)
+    cast = lambda t: (t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64
+                      and t.device.type == device else t)
+    query, key, value = cast(query), cast(key), cast(value)
+    if attn_mask is not None and query.dtype == dtype:
+        attn_mask = cast(attn_mask)
+    return query, key, value, attn_mask
+
+
+def empty_attention(shapes, *inputs) -> tuple:
+    """The outputs of an attention call with no heads: a tensor per (shape,
+    dtype, fill) in ``shapes``, differentiable with respect to ``inputs``
+    (tensors or None; zero gradients of their shapes), without calling an op.
+    Each input joins the graph through the sum of an empty slice of it: a
+    zero without a copy, whatever its values (inf, NaN)."""
+    anchors = [(t if t.dim() else t.reshape(1))[..., :0].sum() for t in inputs
+               if t is not None and t.requires_grad]
+    device = next(t for t in inputs if t is not None).device
+    results = []
+    for shape, dtype, fill in shapes:
+        result = torch.full(shape, fill, dtype=dtype, device=device)
+        for anchor in anchors:
+            result = result + anchor  # (a 0-dim float: the dtype stays)
+        results.append(result)
+    return tuple(results)
+
+
+def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+               causal_alignment, return_lse, batch, heads, out_batch):
+    """pydl's kernel, or torch's SDPA / the reference, on validated arguments."""
+    L, S = query.shape[-2], key.shape[-2]
     if (_torch_is_faster(query, key, value, attn_mask, dropout_p, is_causal, causal_alignment,
                          return_lse)
             or not _backend.use_pydl("attention", query) or not _kernel_serves(query, value)):

@@ -29,7 +29,7 @@ import torch
 
 from pydl import _backend, _ext, reference
 from pydl.ops.attention import _kernel_serves as fused_kernel_serves
-from pydl.ops.attention import input_grad_fakes
+from pydl.ops.attention import empty_attention, input_grad_fakes
 
 
 def kernel_serves(query: torch.Tensor, dtype: torch.dtype | None = None) -> bool:
@@ -69,6 +69,17 @@ def attention_with_weights(
         raise ValueError(f"pydl.attention_with_weights: dropout_p must be in [0, 1], got {dropout_p}")
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] > 0 else 1.0
+    n, heads, length = query.shape[:3]
+    if heads == 0 or key.shape[1] == 0:
+        # No query heads (empty results; averaged weights over no head: zeros)
+        # or no key/value heads (rows that see no key: zeros), as the fused
+        # attention gives; the ops are not called.
+        keys = key.shape[2]
+        shapes = [((n, heads, length, value.shape[-1]), query.dtype, 0.0),
+                  ((n, length, keys) if average_heads else (n, heads, length, keys), query.dtype,
+                   0.0)]
+        out, weights = empty_attention(shapes, query, key, value, attn_mask)
+        return out, weights
     # Keep decisions hash this seed, drawn from torch's generator on the
     # query's device, so torch.manual_seed reproduces the dropout pattern.
     seed = lambda: (torch.randint(0, 2**62, (1,), dtype=torch.int64, device=query.device)

@@ -36,11 +36,17 @@ def lstm_cell(
     if hx is None:
         zeros = input.new_zeros(input.shape[0], w_hh.shape[1])
         hx = (zeros, zeros)
-    if torch.is_autocast_enabled(input.device.type):
-        dtype = torch.get_autocast_dtype(input.device.type)
-        input, hx = input.to(dtype), (hx[0].to(dtype), hx[1].to(dtype))
-        w_ih, w_hh = w_ih.to(dtype), w_hh.to(dtype)
-        b_ih, b_hh = (None if b is None else b.to(dtype) for b in (b_ih, b_hh))
+    if input.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        # As torch's CUDA autocast rule for lstm_cell (lower precision): every
+        # floating tensor but float64 in the autocast dtype. CPU autocast has
+        # no lstm_cell rule (torch's cell keeps the input's dtype: float32
+        # stays float32), so nothing is cast there; torch's own cell, where it
+        # runs, sees the autocast state itself.
+        dtype = torch.get_autocast_dtype("cuda")
+        cast = lambda t: (t.to(dtype) if t is not None and t.is_floating_point()
+                          and t.dtype != torch.float64 else t)
+        input, hx = cast(input), (cast(hx[0]), cast(hx[1]))
+        w_ih, w_hh, b_ih, b_hh = cast(w_ih), cast(w_hh), cast(b_ih), cast(b_hh)
     if _backend.use_pydl("lstm", input):
         h, c, _ = torch.ops.pydl.lstm_cell(input, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh)
     else:
@@ -71,11 +77,14 @@ def lstm(
     The stack runs in C++ (``torch.ops.pydl.lstm``, over ``lstm_layer``).
     """
     if torch.is_autocast_enabled(data.device.type):
-        # As torch's RNNs under autocast: everything in the autocast dtype.
+        # As torch's RNNs under autocast: every floating tensor but float64 in
+        # the autocast dtype.
         dtype = torch.get_autocast_dtype(data.device.type)
-        data = data.to(dtype)
-        hx = None if hx is None else (hx[0].to(dtype), hx[1].to(dtype))
-        weights = [None if w is None else w.to(dtype) for w in weights]
+        cast = lambda t: (t.to(dtype) if t is not None and t.is_floating_point()
+                          and t.dtype != torch.float64 else t)
+        data = cast(data)
+        hx = None if hx is None else (cast(hx[0]), cast(hx[1]))
+        weights = [cast(w) for w in weights]
     h0, c0 = (None, None) if hx is None else hx
     return torch.ops.pydl.lstm(data, batch_sizes, h0, c0, weights, num_layers, dropout,
                                training, bidirectional)
