@@ -429,3 +429,21 @@ def test_tensor_core_ldmatrix_is_free_of_bank_conflicts(emu, dtype, head_dim):
     assert ideal > 0, "no ldmatrix ran"
     assert actual == ideal, f"bank conflicts: {actual} wavefronts for {ideal} ldmatrix phases"
 
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nan_score_makes_its_rows_nan(emu, dtype):
+    """A NaN in k makes every score of its head NaN: that head's output and
+    lse are NaN (torch's rule), not the zeros of a fully masked row; the other
+    head stays finite (tensor-core kernels for fp16/bf16, CUDA-core ones for
+    float32/float64)."""
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, 2, n, 64, generator=g, dtype=torch.float64) for n in (9, 13, 13))
+    k[0, 1, 3, 5] = float("nan")
+    args = (q.to(dtype), k.to(dtype), v.to(dtype), None, None, 0.0, False, False, 0.125)
+    out, lse = emu.attention(*args)
+    assert out[0, 1].isnan().all() and lse[0, 1].isnan().all()
+    assert torch.isfinite(out[0, 0]).all() and torch.isfinite(lse[0, 0]).all()
+    dq = emu.attention_backward(torch.ones_like(out), *args[:5], out, lse, None, *args[5:],
+                                [True, False, False, False])[0]
+    assert dq[0, 1].isnan().all() and torch.isfinite(dq[0, 0]).all()
