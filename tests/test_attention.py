@@ -207,7 +207,10 @@ from pydl.nn.functional import scaled_dot_product_attention as sdpa
 from torch.nn.attention import SDPBackend, sdpa_kernel
 torch.manual_seed(0)
 for dtype in (torch.float32, torch.float64):
+    # 700 keys: more than one key block, so a NaN max from the first block
+    # must carry into the next ones.
     q, k, v = (torch.randn(2, 2, 7, 40, dtype=dtype) for _ in range(3))
+    k, v = torch.randn(2, 2, 700, 40, dtype=dtype), torch.randn(2, 2, 700, 40, dtype=dtype)
     k[0, 1, 3, 5] = float("nan")  # every score of head 1 in batch 0: NaN
     k[1, 0, 6, 0] = float("inf")  # +inf where q[..., 0] > 0, -inf (hidden) where < 0
     v[1, 1, 2, 9] = float("nan")  # reaches column 9 of every row of that head
@@ -568,6 +571,8 @@ def test_float32_mask_with_other_query_dtypes_like_torch(dtype):
     (((2, 2, 5, 8), (2, 0, 6, 8)), {"enable_gqa": True}),  # no key/value heads: zeros
     (((0, 5, 8), (0, 6, 8)), {}),             # 3-D: the leading dim
     (((3, 0, 5, 8), (3, 0, 6, 8)), {"is_causal": True}),
+    (((5, 8), (2, 0, 6, 8)), {"is_causal": True}),  # a lower-rank query keeps its own dims
+    (((1, 5, 8), (2, 0, 6, 8)), {"is_causal": True}),
 ], ids=str)
 def test_zero_heads_give_torchs_empty_results(shapes, kw):
     """No heads: torch's shapes and values (empty, or zeros for query rows

@@ -125,3 +125,7 @@ def test_jit_trace_of_lstm_runs(monkeypatch):
     x = torch.randn(5, 2, 3)
     traced = torch.jit.trace(module, (x,), check_trace=False)
     torch.testing.assert_close(traced(x)[0], module(x)[0])
+    if _ext.loaded():
+        monkeypatch.setenv("PYDL_STRICT", "1")
+        with pytest.raises(pydl.FallbackError, match="jit.trace"):
+            torch.jit.trace(module, (x,), check_trace=False)

@@ -447,3 +447,61 @@ def test_nan_score_makes_its_rows_nan(emu, dtype):
     dq = emu.attention_backward(torch.ones_like(out), *args[:5], out, lse, None, *args[5:],
                                 [True, False, False, False])[0]
     assert dq[0, 1].isnan().all() and torch.isfinite(dq[0, 0]).all()
+
+
+def _forward_on_tensor_cores(emu, case, dtype, seed=None, p=0.0):
+    """The emulated forward's (out, lse); asserts that it ran on the tensor cores."""
+    q, k, v, mask = case_inputs(case)
+    before = emu.mma_count()
+    out, lse = emu.attention(*_op_args(case, *[in_dtype(t, dtype) for t in (q, k, v, mask)],
+                                       seed=seed, p=p))
+    assert emu.mma_count() > before, "not on the tensor cores"
+    return out, lse
+
+
+def _check_forward(case, dtype, out, lse):
+    q, k, v, mask = case_inputs(case)
+    exact_out, exact_lse = _reference(case, q, k, v, mask)
+    low_out, _ = _low_precision_reference(case, dtype, q, k, v, mask)
+    _check(out, exact_out, dtype, "out", low_out)
+    assert torch.equal(torch.isinf(lse), torch.isinf(exact_lse))
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[8], CASES[13], CASES[5]], ids=case_id)
+def test_tensor_core_forward_m_tile_layouts(emu, case, dtype, monkeypatch):
+    """Head dims 64 / 128 run two m16 tiles per warp (128-row CTAs, 32-key
+    tiles); the A/B switch PYDL_ATTENTION_TC_MTILES=1 runs one (64-row CTAs,
+    64-key tiles). Both match the reference; with dropout both keep the same
+    weights (the keep rule depends on (row, key) only)."""
+    for tiles in ("1", "2"):
+        monkeypatch.setenv("PYDL_ATTENTION_TC_MTILES", tiles)
+        _check_forward(case, dtype, *_forward_on_tensor_cores(emu, case, dtype))
+    # V = identity (padded to a multiple of 8 columns, for the tensor cores):
+    # the output's first S columns are the dropped-out weights.
+    S, E = case[4], case[5]
+    padded = (S + 7) // 8 * 8
+    eye_case = (*case[:5], E, padded, None, case[8])
+    dropped = []
+    for tiles in ("1", "2"):
+        monkeypatch.setenv("PYDL_ATTENTION_TC_MTILES", tiles)
+        q, k, _, _ = case_inputs(case)
+        eye = torch.eye(S, padded, dtype=torch.float64).expand(*k.shape[:-1], padded)
+        args = _op_args(eye_case, in_dtype(q, dtype), in_dtype(k, dtype), eye.to(dtype), None,
+                        seed=4, p=0.3)
+        before = emu.mma_count()
+        dropped.append(emu.attention(*args)[0][..., :S] != 0)
+        assert emu.mma_count() > before, "not on the tensor cores"
+    assert torch.equal(dropped[0], dropped[1])
+    assert dropped[0].any(), "no weight kept"
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_head_dim_128_forward_fits_99_kb_with_one_m_tile(emu, dtype):
+    """sm_86 / sm_89 (99 KB of opt-in shared memory): head dim 128 needs 102 KB
+    with two m-tiles per warp, 87 KB with one: the forward stays on the tensor
+    cores with one."""
+    case = (1, 2, 2, 70, 90, 128, 128, "float", None)
+    with emulated_cuda.emulated_device(max_smem_optin=99 * 1024):
+        out, lse = _forward_on_tensor_cores(emu, case, dtype)
+    _check_forward(case, dtype, out, lse)

@@ -132,9 +132,12 @@ def scaled_dot_product_attention(
     if heads == 0 or (key.dim() >= 3 and _heads(key) == 0):
         # No query heads (an empty result) or no key/value heads (rows that see
         # no key: zeros, lse -inf), as torch's SDPA; the op is not called.
-        shapes = [(out_batch + (L, value.shape[-1]), query.dtype, 0.0)]
+        # Without key heads torch keeps the query's own batch dims (no
+        # broadcast against the empty key).
+        lead = out_batch if heads == 0 else tuple(query.shape[:-2])
+        shapes = [(lead + (L, value.shape[-1]), query.dtype, 0.0)]
         if return_lse:
-            shapes.append((out_batch + (L,), _lse_dtype(query), float("-inf")))
+            shapes.append((lead + (L,), _lse_dtype(query), float("-inf")))
         result = empty_attention(shapes, query, key, value, attn_mask)
         return tuple(result) if return_lse else result[0]
     dtype = query.dtype

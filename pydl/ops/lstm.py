@@ -39,9 +39,11 @@ def lstm_cell(
     if input.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
         # As torch's CUDA autocast rule for lstm_cell (lower precision): every
         # floating tensor but float64 in the autocast dtype. CPU autocast has
-        # no lstm_cell rule (torch's cell keeps the input's dtype: float32
-        # stays float32), so nothing is cast there; torch's own cell, where it
-        # runs, sees the autocast state itself.
+        # no lstm_cell rule, so nothing is cast there and the result keeps the
+        # input's dtype, as torch's; torch's cell does run its inner linear
+        # layers in bf16 there (autocast's linear rule), pydl's cell computes
+        # in float32 (more accurate, not bit-equal). Torch's own cell, where
+        # it runs, sees the autocast state itself.
         dtype = torch.get_autocast_dtype("cuda")
         cast = lambda t: (t.to(dtype) if t is not None and t.is_floating_point()
                           and t.dtype != torch.float64 else t)

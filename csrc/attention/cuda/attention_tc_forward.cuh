@@ -1,8 +1,9 @@
 // FlashAttention-2-style forward on tensor cores for fp16 / bf16 (float
 // accumulators, float lse).
 //
-// CTA = (n, h, 64 query rows), 4 warps, each warp owning 16 query rows for
-// the whole pass (no inter-warp reductions). The CTA walks the key tiles of
+// CTA = (n, h, 128 query rows; 64 at head dim 256), 4 warps, each warp
+// owning 32 (16) query rows, two (one) m16 tiles, for the whole pass (no
+// inter-warp reductions). The CTA walks the key tiles of
 // kBlockN keys up to the causal limit; K/V tiles stream through shared memory
 // with cp.async, double-buffered (tile t+1 loads while tile t computes). Per tile:
 //   S = Q K^T        mma m16n8k16, Q and K fragments by ldmatrix from smem
@@ -20,6 +21,9 @@
 
 #include <c10/cuda/CUDAException.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "attention/cuda/attention_kernels.h"
 #include "attention/cuda/attention_launch.h"
 #include "attention/cuda/attention_math.cuh"
@@ -34,13 +38,23 @@ namespace tc {
 
 constexpr float kLog2e = 1.4426950408889634f;
 
-template <int kHeadDim_>
+// kMTiles: 16-row m-tiles per warp. Two (a 128-row CTA) for head dims up to
+// 128, as FlashAttention-2 does: each K / V fragment loaded from shared
+// memory then feeds two mma instead of one, which halves the shared-memory
+// traffic per FLOP (at one m-tile a warp moves 640 bytes per 8192 FLOP of
+// QK^T, about what an H100 SM's shared memory delivers at mma.sync's rate).
+// Head dim 256 keeps one (its O accumulators alone take 128 registers).
+template <int kHeadDim_, int kMTiles_ = (kHeadDim_ <= 128 ? 2 : 1)>
 struct ForwardTraits {
   static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kMTiles = kMTiles_;
   static constexpr int kWarps = 4;
   static constexpr int kThreads = 32 * kWarps;
-  static constexpr int kBlockM = 16 * kWarps;
-  static constexpr int kBlockN = kHeadDim <= 128 ? 64 : 32;  // d 256: 128 O registers already
+  static constexpr int kBlockM = 16 * kMTiles * kWarps;
+  // Keys per tile: the S accumulators (kMTiles x kBlockN / 2 per thread) and
+  // O's (kMTiles x kHeadDim / 2) share 255 registers (two m-tiles with 64
+  // keys spilled: 48 bytes at d 64, 256 at d 128).
+  static constexpr int kBlockN = (kHeadDim <= 128 && kMTiles == 1) ? 64 : 32;
   static constexpr int kPitch = kHeadDim + 8;                // elements per smem row
   static constexpr int kSmemBytes = (kBlockM + 4 * kBlockN) * kPitch * 2;  // Q, 2 x K, 2 x V
 };
@@ -61,6 +75,7 @@ __device__ __forceinline__ void load_tile_async(T* dst, const T* src, int64_t ro
 template <typename T, typename Tr>
 __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
   constexpr int kD = Tr::kHeadDim, kBM = Tr::kBlockM, kBN = Tr::kBlockN, kPitch = Tr::kPitch;
+  constexpr int kMT = Tr::kMTiles;
   const Problem& p = a.p;
   PYDL_DYNAMIC_SMEM(unsigned char, smem_raw);
   T* Qs = reinterpret_cast<T*>(smem_raw);
@@ -73,14 +88,20 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
   const T* q = static_cast<const T*>(p.q) + n * p.sq.n + h * p.sq.h + i0 * p.sq.row;
   const T* k = static_cast<const T*>(p.k) + n * p.sk.n + hk * p.sk.h;
   const T* v = static_cast<const T*>(p.v) + n * p.sv.n + hk * p.sv.h;
-  // This thread's two fragment rows: g and g + 8 of its warp's 16.
-  int row[2];
-  const T* mask_row[2];
-  for (int rr = 0; rr < 2; ++rr) {
-    row[rr] = i0 + warp * 16 + g + 8 * rr;
-    mask_row[rr] = p.mask ? static_cast<const T*>(p.mask) + n * p.smask.n + h * p.smask.h +
-                                static_cast<int64_t>(min(row[rr], p.len_q - 1)) * p.smask.row
-                          : nullptr;
+  // The warp's rows: m-tile mt covers rows (warp * kMT + mt) * 16 .. + 16 of
+  // the CTA's; this thread holds two of each, g and g + 8 ([mt][rr]).
+  int row[kMT][2];
+  const T* mask_row[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      row[mt][rr] = i0 + (warp * kMT + mt) * 16 + g + 8 * rr;
+      mask_row[mt][rr] =
+          p.mask ? static_cast<const T*>(p.mask) + n * p.smask.n + h * p.smask.h +
+                       static_cast<int64_t>(min(row[mt][rr], p.len_q - 1)) * p.smask.row
+                 : nullptr;
+    }
   }
   const float scale = static_cast<float>(p.scale), keep_scale = static_cast<float>(p.keep_scale);
   const uint64_t seed = p.dropout ? static_cast<uint64_t>(*p.seed) : 0;
@@ -96,11 +117,18 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
   }
   cp_async_commit();
 
-  float o[kD / 8][4];
+  float o[kMT][kD / 8][4];
 #pragma unroll
-  for (int nt = 0; nt < kD / 8; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
-  float m[2] = {neg_inf<float>(), neg_inf<float>()};
-  float l[2] = {0.f, 0.f};  // this lane's partial row sums (its columns only)
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < kD / 8; ++nt) o[mt][nt][0] = o[mt][nt][1] = o[mt][nt][2] = o[mt][nt][3] = 0.f;
+  }
+  float m[kMT][2], l[kMT][2];  // l: this lane's partial row sums (its columns only)
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+    m[mt][0] = m[mt][1] = neg_inf<float>();
+    l[mt][0] = l[mt][1] = 0.f;
+  }
 
   for (int tile = 0; tile < n_tiles; ++tile) {
     const int j0 = tile * kBN, buf = tile & 1;
@@ -119,97 +147,119 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
     const T* Kb = Ks + buf * kBN * kPitch;
     const T* Vb = Vs + buf * kBN * kPitch;
 
-    // S = Q K^T for this warp's 16 rows x kBN keys.
-    float s[kBN / 8][4];
+    // S = Q K^T for this warp's kMT x 16 rows x kBN keys: each K fragment
+    // feeds the warp's kMT m-tiles.
+    float s[kMT][kBN / 8][4];
 #pragma unroll
-    for (int nt = 0; nt < kBN / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+    for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < kBN / 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
+    }
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
-      uint32_t qa[4];
-      ldmatrix_x4(qa, Qs + (warp * 16 + (lane & 15)) * kPitch + kk * 16 + (lane >> 4) * 8);
+      uint32_t qa[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        ldmatrix_x4(qa[mt], Qs + ((warp * kMT + mt) * 16 + (lane & 15)) * kPitch + kk * 16 +
+                                (lane >> 4) * 8);
+      }
 #pragma unroll
       for (int nt = 0; nt < kBN / 8; nt += 2) {
         uint32_t kb[4];  // b0, b1 of key n-tile nt, then of nt + 1
         ldmatrix_x4(kb, Kb + (nt * 8 + (lane & 7) + ((lane >> 4) << 3)) * kPitch + kk * 16 +
                             ((lane >> 3) & 1) * 8);
-        mma_16816<T>(s[nt], qa, kb[0], kb[1]);
-        mma_16816<T>(s[nt + 1], qa, kb[2], kb[3]);
-      }
-    }
-
-    // Scale, mask, hide invisible keys; the tile's row maxima.
-    float tile_max[2] = {neg_inf<float>(), neg_inf<float>()};
 #pragma unroll
-    for (int nt = 0; nt < kBN / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int rr = e >> 1, col = j0 + nt * 8 + 2 * t + (e & 1);
-        const bool visible = row[rr] < p.len_q && col < p.len_kv &&
-                             (!p.causal || col <= row[rr] + p.causal_offset);
-        float x = s[nt][e] * scale;
-        if (mask_row[rr] && visible) x += to_acc(mask_row[rr][col * p.smask.col]);
-        s[nt][e] = visible ? x : neg_inf<float>();
-        tile_max[rr] = fmaxf(tile_max[rr], s[nt][e]);
-      }
-    }
-    float alpha[2], ref[2];
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-      const float m_new = fmaxf(m[rr], quad_max(tile_max[rr]));
-      // A row that has seen only hidden keys keeps m = -inf: exponentiate
-      // against 0 then, so it stays zeros instead of NaN.
-      ref[rr] = m_new == neg_inf<float>() ? 0.f : m_new;
-      alpha[rr] = exp2f((m[rr] - ref[rr]) * kLog2e);
-      m[rr] = m_new;
-      l[rr] *= alpha[rr];
-    }
-#pragma unroll
-    for (int nt = 0; nt < kBN / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int rr = e >> 1;
-        s[nt][e] = exp2f((s[nt][e] - ref[rr]) * kLog2e);
-        l[rr] += s[nt][e];  // before dropout: the lse is dropout-free
-      }
-      if (p.dropout) {
-        // Columns 2t, 2t+1 of the n-tile share one Philox group (col & 3 is 0 or 2).
-        const int col = j0 + nt * 8 + 2 * t;
-#pragma unroll
-        for (int rr = 0; rr < 2; ++rr) {
-          uint32_t words[4];
-          attention_dropout::keep_words(words, seed,
-                                        static_cast<uint64_t>(nh) * p.len_q + row[rr],
-                                        static_cast<uint64_t>(col) >> 2);
-          const bool lo = attention_dropout::is_kept(words, col, p.keep_threshold);
-          const bool hi = attention_dropout::is_kept(words, col + 1, p.keep_threshold);
-          // P stays in [0, 1] for the half-precision PV mma (P / (1 - p)
-          // overflows fp16 when p is near 1); the epilogue applies 1 / (1 - p).
-          s[nt][2 * rr] = lo ? s[nt][2 * rr] : 0.f;
-          s[nt][2 * rr + 1] = hi ? s[nt][2 * rr + 1] : 0.f;
+        for (int mt = 0; mt < kMT; ++mt) {
+          mma_16816<T>(s[mt][nt], qa[mt], kb[0], kb[1]);
+          mma_16816<T>(s[mt][nt + 1], qa[mt], kb[2], kb[3]);
         }
       }
     }
+
 #pragma unroll
-    for (int nt = 0; nt < kD / 8; ++nt) {
-      o[nt][0] *= alpha[0];
-      o[nt][1] *= alpha[0];
-      o[nt][2] *= alpha[1];
-      o[nt][3] *= alpha[1];
+    for (int mt = 0; mt < kMT; ++mt) {
+      // Scale, mask, hide invisible keys; the tile's row maxima.
+      float tile_max[2] = {neg_inf<float>(), neg_inf<float>()};
+#pragma unroll
+      for (int nt = 0; nt < kBN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int rr = e >> 1, col = j0 + nt * 8 + 2 * t + (e & 1);
+          const bool visible = row[mt][rr] < p.len_q && col < p.len_kv &&
+                               (!p.causal || col <= row[mt][rr] + p.causal_offset);
+          float x = s[mt][nt][e] * scale;
+          if (mask_row[mt][rr] && visible) x += to_acc(mask_row[mt][rr][col * p.smask.col]);
+          s[mt][nt][e] = visible ? x : neg_inf<float>();
+          tile_max[rr] = fmaxf(tile_max[rr], s[mt][nt][e]);
+        }
+      }
+      float alpha[2], ref[2];
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        const float m_new = fmaxf(m[mt][rr], quad_max(tile_max[rr]));
+        // A row that has seen only hidden keys keeps m = -inf: exponentiate
+        // against 0 then, so it stays zeros instead of NaN.
+        ref[rr] = m_new == neg_inf<float>() ? 0.f : m_new;
+        alpha[rr] = exp2f((m[mt][rr] - ref[rr]) * kLog2e);
+        m[mt][rr] = m_new;
+        l[mt][rr] *= alpha[rr];
+      }
+#pragma unroll
+      for (int nt = 0; nt < kBN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int rr = e >> 1;
+          s[mt][nt][e] = exp2f((s[mt][nt][e] - ref[rr]) * kLog2e);
+          l[mt][rr] += s[mt][nt][e];  // before dropout: the lse is dropout-free
+        }
+        if (p.dropout) {
+          // Columns 2t, 2t+1 of the n-tile share one Philox group (col & 3 is 0 or 2).
+          const int col = j0 + nt * 8 + 2 * t;
+#pragma unroll
+          for (int rr = 0; rr < 2; ++rr) {
+            uint32_t words[4];
+            attention_dropout::keep_words(words, seed,
+                                          static_cast<uint64_t>(nh) * p.len_q + row[mt][rr],
+                                          static_cast<uint64_t>(col) >> 2);
+            const bool lo = attention_dropout::is_kept(words, col, p.keep_threshold);
+            const bool hi = attention_dropout::is_kept(words, col + 1, p.keep_threshold);
+            // P stays in [0, 1] for the half-precision PV mma (P / (1 - p)
+            // overflows fp16 when p is near 1); the epilogue applies 1 / (1 - p).
+            s[mt][nt][2 * rr] = lo ? s[mt][nt][2 * rr] : 0.f;
+            s[mt][nt][2 * rr + 1] = hi ? s[mt][nt][2 * rr + 1] : 0.f;
+          }
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < kD / 8; ++nt) {
+        o[mt][nt][0] *= alpha[0];
+        o[mt][nt][1] *= alpha[0];
+        o[mt][nt][2] *= alpha[1];
+        o[mt][nt][3] *= alpha[1];
+      }
     }
 
-    // O += P V: the S accumulators of key n-tiles 2kk, 2kk+1 are the A fragment of k-step kk.
+    // O += P V: the S accumulators of key n-tiles 2kk, 2kk+1 are the A
+    // fragment of k-step kk; each V fragment feeds the warp's kMT m-tiles.
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk) {
-      const uint32_t pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]),
-                              pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                              pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                              pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      uint32_t pa[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        pa[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int nt = 0; nt < kD / 8; nt += 2) {
         uint32_t vb[4];  // b0, b1 of value-dim n-tile nt, then of nt + 1
         ldmatrix_x4_trans(vb, Vb + (kk * 16 + (lane & 15)) * kPitch + nt * 8 + (lane >> 4) * 8);
-        mma_16816<T>(o[nt], pa, vb[0], vb[1]);
-        mma_16816<T>(o[nt + 1], pa, vb[2], vb[3]);
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          mma_16816<T>(o[mt][nt], pa[mt], vb[0], vb[1]);
+          mma_16816<T>(o[mt][nt + 1], pa[mt], vb[2], vb[3]);
+        }
       }
     }
     __syncthreads();  // this buffer is refilled by the prefetch two tiles on
@@ -218,43 +268,65 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
 
   // Epilogue: O / l, lse = m + log l; a row with no visible key (l = 0) gets zeros and -inf.
 #pragma unroll
-  for (int rr = 0; rr < 2; ++rr) {
-    const float sum = quad_sum(l[rr]);
-    if (row[rr] >= p.len_q) continue;
-    // A NaN or +inf score made the sum NaN: the row's output and lse are NaN.
-    const bool seen = sum > 0.f || isnan(sum);
-    const float inv = seen ? keep_scale / sum : 0.f;  // keep_scale: 1 without dropout
-    T* out = static_cast<T*>(a.out) + (static_cast<int64_t>(nh) * p.len_q + row[rr]) * p.dim_v;
+  for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-    for (int nt = 0; nt < kD / 8; ++nt) {
-      const int col = nt * 8 + 2 * t;
-      if (col < p.dim_v) {
-        *reinterpret_cast<uint32_t*>(out + col) =
-            pack2<T>(o[nt][2 * rr] * inv, o[nt][2 * rr + 1] * inv);
+    for (int rr = 0; rr < 2; ++rr) {
+      const float sum = quad_sum(l[mt][rr]);
+      if (row[mt][rr] >= p.len_q) continue;
+      // A NaN or +inf score made the sum NaN: the row's output and lse are NaN.
+      const bool seen = sum > 0.f || isnan(sum);
+      const float inv = seen ? keep_scale / sum : 0.f;  // keep_scale: 1 without dropout
+      T* out =
+          static_cast<T*>(a.out) + (static_cast<int64_t>(nh) * p.len_q + row[mt][rr]) * p.dim_v;
+#pragma unroll
+      for (int nt = 0; nt < kD / 8; ++nt) {
+        const int col = nt * 8 + 2 * t;
+        if (col < p.dim_v) {
+          *reinterpret_cast<uint32_t*>(out + col) =
+              pack2<T>(o[mt][nt][2 * rr] * inv, o[mt][nt][2 * rr + 1] * inv);
+        }
       }
-    }
-    if (t == 0) {
-      static_cast<float*>(a.lse)[static_cast<int64_t>(nh) * p.len_q + row[rr]] =
-          seen ? m[rr] + logf(sum) : neg_inf<float>();
+      if (t == 0) {
+        static_cast<float*>(a.lse)[static_cast<int64_t>(nh) * p.len_q + row[mt][rr]] =
+            seen ? m[mt][rr] + logf(sum) : neg_inf<float>();
+      }
     }
   }
 }
 
-template <typename T, int kHeadDim>
-void launch_forward(const ForwardArgs& a, cudaStream_t stream) {
-  using Tr = ForwardTraits<kHeadDim>;
+// PYDL_ATTENTION_TC_MTILES=1: one m-tile per warp at every head dim (the
+// 64-row CTAs used before two m-tiles), read per call: the A/B switch for
+// measuring the two layouts on a GPU in one process.
+inline bool one_m_tile_requested() {
+  const char* env = std::getenv("PYDL_ATTENTION_TC_MTILES");
+  return env != nullptr && std::strcmp(env, "1") == 0;
+}
+
+// Launches with traits Tr; false (nothing launched) when the tiles need more
+// shared memory than the card allows.
+template <typename T, typename Tr>
+bool try_launch_forward(const ForwardArgs& a, cudaStream_t stream) {
+  if (Tr::kSmemBytes > max_smem_optin()) return false;
   const int64_t blocks = (static_cast<int64_t>(a.p.len_q) + Tr::kBlockM - 1) / Tr::kBlockM;
   TORCH_CHECK(blocks <= 65535, "pydl.attention (CUDA): L = ", a.p.len_q, " is too long");
   const int heads = a.p.batch * a.p.heads_q;
-  if (heads == 0 || blocks == 0) return;
-  // A card with less opt-in shared memory than the tile needs (sm_86 / sm_89
-  // allow 99 KB) takes the CUDA-core kernel instead of failing.
-  if (Tr::kSmemBytes > max_smem_optin()) return simt_forward<T>(a, stream);
+  if (heads == 0 || blocks == 0) return true;
   auto kernel = forward_kernel<T, Tr>;
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), Tr::kSmemBytes);
   PYDL_LAUNCH_KERNEL(kernel, dim3(heads, static_cast<unsigned>(blocks)), Tr::kThreads,
                      Tr::kSmemBytes, stream, a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
+
+// Two m-tiles per warp where they fit; one where asked or where the card has
+// less opt-in shared memory (sm_86 / sm_89 allow 99 KB: head dim 128 needs
+// 102 KB with two, 87 KB with one); else the CUDA-core kernel.
+template <typename T, int kHeadDim>
+void launch_forward(const ForwardArgs& a, cudaStream_t stream) {
+  if (!one_m_tile_requested() && try_launch_forward<T, ForwardTraits<kHeadDim>>(a, stream)) return;
+  if (try_launch_forward<T, ForwardTraits<kHeadDim, 1>>(a, stream)) return;
+  simt_forward<T>(a, stream);
 }
 
 }  // namespace tc

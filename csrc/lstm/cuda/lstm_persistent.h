@@ -1,4 +1,4 @@
-// A persistent LSTM layer forward for small batches (csrc/lstm/cuda/
+// A persistent LSTM layer forward and backward for small batches (csrc/lstm/cuda/
 // lstm_persistent.cu): one cooperative launch for the whole sequence. Each
 // block keeps the recurrent weights of its slice of hidden units in
 // registers for all steps and the grid synchronizes between steps, so a step
