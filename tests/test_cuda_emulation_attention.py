@@ -497,10 +497,12 @@ def test_tensor_core_forward_m_tile_layouts(emu, case, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", LOW, ids=str)
-def test_head_dim_128_forward_fits_99_kb_with_one_m_tile(emu, dtype):
-    """sm_86 / sm_89 (99 KB of opt-in shared memory): head dim 128 needs 102 KB
-    with two m-tiles per warp, 87 KB with one: the forward stays on the tensor
-    cores with one."""
+@pytest.mark.parametrize("tiles", ["1", "2"])
+def test_head_dim_128_forward_fits_99_kb_in_both_layouts(emu, dtype, tiles, monkeypatch):
+    """sm_86 / sm_89 (99 KB of opt-in shared memory): head dim 128's forward
+    tiles (68 KB with two m-tiles per warp, 85 KB with one) fit: it stays on
+    the tensor cores."""
+    monkeypatch.setenv("PYDL_ATTENTION_TC_MTILES", tiles)
     case = (1, 2, 2, 70, 90, 128, 128, "float", None)
     with emulated_cuda.emulated_device(max_smem_optin=99 * 1024):
         out, lse = _forward_on_tensor_cores(emu, case, dtype)

@@ -319,9 +319,10 @@ bool try_launch_forward(const ForwardArgs& a, cudaStream_t stream) {
   return true;
 }
 
-// Two m-tiles per warp where they fit; one where asked or where the card has
-// less opt-in shared memory (sm_86 / sm_89 allow 99 KB: head dim 128 needs
-// 102 KB with two, 87 KB with one); else the CUDA-core kernel.
+// Two m-tiles per warp unless PYDL_ATTENTION_TC_MTILES=1 asks for one; the
+// CUDA-core kernel where the card's opt-in shared memory is short of the
+// tiles (d 64 / 128: 36 / 68 KB with two m-tiles, 45 / 85 KB with one; d 256:
+// 99 KB, all sm_86 / sm_89 allow).
 template <typename T, int kHeadDim>
 void launch_forward(const ForwardArgs& a, cudaStream_t stream) {
   if (!one_m_tile_requested() && try_launch_forward<T, ForwardTraits<kHeadDim>>(a, stream)) return;
