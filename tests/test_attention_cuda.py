@@ -485,3 +485,24 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="one device"):
         sdpa(q, k.cpu(), k)
     torch.cuda.synchronize()  # nothing asynchronous went wrong either
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_float32_mask_with_half_queries_stays_on_tensor_cores(dtype):
+    """A float32 mask with fp16/bf16 queries (torch accepts it): cast to the
+    half type on CUDA, so the tensor-core kernel runs (not the CUDA-core
+    float32 one); within twice torch's error against the float64 reference."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 4, 150, 64, generator=g, dtype=torch.float64) for _ in range(3))
+    mask = torch.randn(150, 150, generator=g, dtype=torch.float64)
+    exact = reference.scaled_dot_product_attention(q, k, v, mask)
+    qc, kc, vc = (t.to(dtype).cuda() for t in (q, k, v))
+    mc = mask.float().cuda()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        out = sdpa(qc, kc, vc, mc)
+        torch.cuda.synchronize()
+    names = [e.key for e in prof.key_averages()]
+    assert out.dtype == dtype
+    assert any("tc14forward_kernel" in n for n in names), names
+    theirs = F.scaled_dot_product_attention(qc, kc, vc, mc)
+    _check(out.cpu(), exact, dtype, "out", theirs.cpu())

@@ -11,8 +11,10 @@ Same signature and semantics as ``torch.nn.functional.scaled_dot_product_attenti
   * an additive float ``attn_mask`` that requires grad gets its gradient,
     summed over the dims it was broadcast along.
 As torch's: a float ``attn_mask`` may be float32 whatever the query's dtype
-(a float32 mask with bf16/fp16 queries computes in float32, so the mask is
-not rounded to the half type; float64 queries take it as float64); under
+(a float32 mask with bf16/fp16 queries computes in float32 on the CPU, so
+the mask is not rounded to the half type; on CUDA the mask is cast to the
+half type, keeping the tensor-core kernels; float64 queries take it as
+float64); under
 autocast every floating input but float64 is cast to the autocast dtype;
 zero query (or key/value) heads give an empty (or all-zero) result.
 Rule for a query row that sees no key (its mask hides every key, or
@@ -146,7 +148,10 @@ def scaled_dot_product_attention(
         # With a bf16/fp16 query the call computes in float32 (the half inputs
         # are exact in float32, the half kernels compute in float32 anyway):
         # the mask rounded to the half type would lose accuracy torch keeps.
-        if dtype == torch.float64:
+        # On CUDA the mask goes to the half type instead: float32 there is the
+        # CUDA-core kernel, many times slower than the tensor-core ones (the
+        # mask then carries the half type's rounding, as the scores do).
+        if dtype == torch.float64 or query.is_cuda:
             attn_mask = attn_mask.to(dtype)
         else:
             query, key, value = query.float(), key.float(), value.float()
