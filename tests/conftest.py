@@ -39,6 +39,12 @@ def run_with_cpu_isa(isa: str, code: str, **env: str) -> subprocess.CompletedPro
                           text=True, timeout=300, check=False)
 
 
+def assert_script_ok_on_isa(isa: str, code: str, **env: str) -> None:
+    """run_with_cpu_isa, then: the script exited 0 and printed "ok"."""
+    result = run_with_cpu_isa(isa, code, **env)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
 def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     actual, expected = actual.double(), expected.double()
     denom = expected.norm().item()
