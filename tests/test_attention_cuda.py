@@ -506,3 +506,19 @@ def test_float32_mask_with_half_queries_stays_on_tensor_cores(dtype):
     assert any("tc14forward_kernel" in n for n in names), names
     theirs = F.scaled_dot_product_attention(qc, kc, vc, mc)
     _check(out.cpu(), exact, dtype, "out", theirs.cpu())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nan_key_makes_its_head_nan(dtype):
+    """A NaN in k makes every score of its head NaN: that head's output, lse
+    and dq are NaN (torch's rule), the other heads finite; as the CPU kernel
+    (tensor-core kernels for fp16/bf16, CUDA-core for float32/float64)."""
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, 2, n, 64, generator=g, dtype=torch.float64) for n in (70, 90, 90))
+    k[0, 1, 3, 5] = float("nan")
+    qc, kc, vc = (t.to(dtype).cuda().requires_grad_() for t in (q, k, v))
+    out, lse = sdpa(qc, kc, vc, return_lse=True)
+    assert out[0, 1].isnan().all() and lse[0, 1].isnan().all()
+    assert torch.isfinite(out[0, 0]).all() and torch.isfinite(lse[0, 0]).all()
+    (dq,) = torch.autograd.grad(out.nan_to_num().sum(), [qc])
+    assert dq[0, 1].isnan().all() and torch.isfinite(dq[0, 0]).all()
