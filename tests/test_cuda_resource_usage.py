@@ -29,8 +29,9 @@ KNOWN_STACK = [
     (r"tc14forward_kernel.*ForwardTraitsILi256E", 8,
      "tensor-core forward at head dim 256: 255 registers, 12 bytes of spills (sm_90)"),
     (r"tc14forward_kernel.*ForwardTraitsILi128ELi2E", 16,
-     "tensor-core forward at head dim 128 with two m-tiles per warp: 255 registers, one "
-     "value spilled, reloaded once per key tile between the two mma loops (sm_90)"),
+     "tensor-core forward at head dim 128 with two m-tiles per warp: 255 registers; "
+     "loop-invariant values reloaded once or twice per key tile, outside the mma loops "
+     "(8 bytes on sm_90, 16 on sm_80)"),
     (r"4simt(11dkdv|9dq)_kernel", 32,
      "CUDA-core backward (float32/64 and odd head dims): 8-32 bytes, not yet looked into"),
     (r"conv2d_depthwise_kernel", 8, "depthwise conv with its epilogue: 8 bytes"),

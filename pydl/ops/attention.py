@@ -12,9 +12,9 @@ Same signature and semantics as ``torch.nn.functional.scaled_dot_product_attenti
     summed over the dims it was broadcast along.
 As torch's: a float ``attn_mask`` may be float32 whatever the query's dtype
 (a float32 mask with bf16/fp16 queries computes in float32 on the CPU, so
-the mask is not rounded to the half type; on CUDA the mask is cast to the
-half type, keeping the tensor-core kernels; float64 queries take it as
-float64); under
+the mask is not rounded to the half type; on CUDA pydl's kernels take it in
+the half type, keeping the tensor cores, and torch's SDPA as it is; float64
+queries take it as float64); under
 autocast every floating input but float64 is cast to the autocast dtype;
 zero query (or key/value) heads give an empty (or all-zero) result.
 Rule for a query row that sees no key (its mask hides every key, or
@@ -148,12 +148,13 @@ def scaled_dot_product_attention(
         # With a bf16/fp16 query the call computes in float32 (the half inputs
         # are exact in float32, the half kernels compute in float32 anyway):
         # the mask rounded to the half type would lose accuracy torch keeps.
-        # On CUDA the mask goes to the half type instead: float32 there is the
-        # CUDA-core kernel, many times slower than the tensor-core ones (the
-        # mask then carries the half type's rounding, as the scores do).
-        if dtype == torch.float64 or query.is_cuda:
+        # On CUDA the inputs keep their half type: float32 there is the
+        # CUDA-core kernel, many times slower than the tensor-core ones; the
+        # mask is cast to the half type only for pydl's own kernel (see
+        # _attention), torch's SDPA takes it as it is.
+        if dtype == torch.float64:
             attn_mask = attn_mask.to(dtype)
-        else:
+        elif not query.is_cuda:
             query, key, value = query.float(), key.float(), value.float()
     result = _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                         causal_alignment, return_lse, batch, heads, out_batch)
@@ -210,6 +211,8 @@ def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
     k = _as_4d(key, batch, _heads(key))
     v = _as_4d(value, batch, _heads(value))
     mask = attn_mask
+    if mask is not None and mask.is_floating_point() and mask.dtype != query.dtype:
+        mask = mask.to(query.dtype)  # CUDA, float32 mask with half queries: the kernels' type
     if mask is not None and (mask.dim() > 4 or len(out_batch) > 2):
         mask = mask.expand(*out_batch, L, S).reshape(-1, heads, L, S)
     # The keep decisions are a hash of this seed: drawn from torch's generator
