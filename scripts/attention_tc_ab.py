@@ -4,7 +4,8 @@ head dims 64 / 128) against one (64-row CTAs, 64-key tiles:
 PYDL_ATTENTION_TC_MTILES=1, read per call), beside torch's flash backend.
 bf16, batch x heads = 16 x 16, sequence 1k and 4k, causal and not, and B2 H8.
 Prints one line per case with TFLOP/s (4 b h L S d, causal half) and the
-ratios, and each layout's largest difference from flash's output;
+ratios, and each layout's largest difference from flash's output; then
+forward + backward for two cases (the dQ kernel has the same two layouts).
 scripts/gpu_check.sh runs it. Timing: CUDA events around 10 back-to-back
 calls, median of 10.
 """
@@ -70,6 +71,28 @@ def main():
               f"{tf_two:6.1f} TFLOP/s, one {tf_one:6.1f}, flash {tf_flash:6.1f}; "
               f"two/one {one / two:.2f}x, two/flash {flash / two:.2f}x; "
               f"max|out - flash| {diff_two:.1e} / {diff_one:.1e}", flush=True)
+    # Forward + backward (the dQ kernel has the same two layouts).
+    for B, H, d, L, causal in [(16, 16, 128, 4096, False), (16, 16, 64, 4096, True)]:
+        q, k, v = (torch.randn(B, H, L, d, device="cuda", dtype=torch.bfloat16,
+                               requires_grad=True) for _ in range(3))
+        grad = torch.randn(B, H, L, d, device="cuda", dtype=torch.bfloat16)
+        flops = 3.5 * 4 * B * H * L * L * d / (2 if causal else 1)  # forward + 2.5x backward
+
+        def step(fn, q=q, k=k, v=v, grad=grad, causal=causal):
+            fn(q, k, v, is_causal=causal).backward(grad)
+
+        times = {}
+        for tiles in ("2", "1"):
+            os.environ["PYDL_ATTENTION_TC_MTILES"] = tiles
+            times[tiles] = median_ms(lambda: step(sdpa), reps=5, calls=3)
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            times["flash"] = median_ms(lambda: step(F.scaled_dot_product_attention), reps=5,
+                                       calls=3)
+        two, one, flash = times["2"], times["1"], times["flash"]
+        print(f"fwd+bwd B{B} H{H} d{d} L{L} {'causal' if causal else 'full  '}: two m-tiles "
+              f"{flops / two / 1e9:6.1f} TFLOP/s, one {flops / one / 1e9:6.1f}, "
+              f"flash {flops / flash / 1e9:6.1f}; two/one {one / two:.2f}x, "
+              f"two/flash {flash / two:.2f}x", flush=True)
     os.environ.pop("PYDL_ATTENTION_TC_MTILES")
 
 

@@ -16,8 +16,9 @@
 //     P^T  = exp(S^T * scale + mask - lse)   (dropout: P_used^T = P^T * z)
 //     dS^T = P^T * (dP^T * z - delta)        (written to the mask-grad buffer if asked)
 //     dV  += P_used^T dO    dK  += dS^T Q    (dK scaled at the end)
-// dQ kernel: CTA = (n, h, 64 query rows), 4 row groups x 16 rows, walks the
-//   key tiles (64 keys; 32 at head dim 256) up to the causal limit, K / V
+// dQ kernel: CTA = (n, h, 128 query rows; 64 at head dim 256), 4 row groups
+//   of two 16-row m-tiles (one at 256), walks the key tiles (32 keys; 64 with
+//   one m-tile below head dim 256) up to the causal limit, K / V
 //   double-buffered:
 //     S = Q K^T, dP = dO V^T, dS = P * (dP * z - delta), dQ += dS K.
 #pragma once
@@ -37,9 +38,13 @@ namespace pydl {
 namespace attention_cuda {
 namespace tc {
 
-template <int kHeadDim_>
+// kDqMTiles: 16-row m-tiles per warp in the dQ kernel, two at head dims up
+// to 128 as in the forward (each K / V fragment feeds both), with 32-key
+// tiles to keep the S and dP accumulators in registers; one at 256.
+template <int kHeadDim_, int kDqMTiles_ = (kHeadDim_ <= 128 ? 2 : 1)>
 struct BackwardTraits {
   static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kDqMTiles = kDqMTiles_;
   static constexpr int kSplit = kHeadDim > 128 ? 2 : 1;  // warps per 16-row group
   static constexpr int kAccCols = kHeadDim / kSplit;     // accumulator columns per warp
   static constexpr int kGroups = 4;                      // 16-row groups per CTA
@@ -50,48 +55,67 @@ struct BackwardTraits {
   static constexpr int kKeys = 16 * kGroups;
   static constexpr int kQueryTile = 32;
   static constexpr int kDkdvSmemBytes = (2 * kKeys + 4 * kQueryTile) * kPitch * 2;  // K, V, 2 x (Q, dO)
-  // dQ kernel: 64 query rows per CTA, key tiles of 64 (32 at head dim 256: smem).
-  static constexpr int kRows = 16 * kGroups;
-  static constexpr int kKeyTile = kHeadDim > 128 ? 32 : 64;
+  // dQ kernel: 16 x kDqMTiles query rows per row group, key tiles of 64 (32
+  // with two m-tiles, and at head dim 256: smem).
+  static constexpr int kRows = 16 * kDqMTiles * kGroups;
+  static constexpr int kKeyTile = (kHeadDim > 128 || kDqMTiles == 2) ? 32 : 64;
   static constexpr int kDqSmemBytes = (2 * kRows + 4 * kKeyTile) * kPitch * 2;  // Q, dO, 2 x (K, V)
 };
 
-// Load/compute helper used by both kernels: c[nt] += A(16 rows at a_rows) x
-// B^T where B is stored row-major [n][k] (rows b_rows .. + 8 * kNTiles), the
+// Load/compute helper used by both kernels: c[mt][nt] += A_mt x B^T, A_mt
+// the 16 rows at a_rows + 16 mt rows (kMT m-tiles: each B fragment feeds
+// them all), B stored row-major [n][k] (rows b_rows .. + 8 * kNTiles), the
 // k extent kD: the "Q K^T" product shape.
-template <typename T, int kD, int kNTiles, int kPitch>
-__device__ __forceinline__ void mma_abt(float (*c)[4], const T* a_rows, const T* b_rows, int lane) {
+template <typename T, int kD, int kNTiles, int kPitch, int kMT = 1>
+__device__ __forceinline__ void mma_abt(float (*c)[kNTiles][4], const T* a_rows, const T* b_rows,
+                                        int lane) {
 #pragma unroll
   for (int kk = 0; kk < kD / 16; ++kk) {
-    uint32_t a[4];
-    ldmatrix_x4(a, a_rows + (lane & 15) * kPitch + kk * 16 + (lane >> 4) * 8);
+    uint32_t a[kMT][4];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      ldmatrix_x4(a[mt], a_rows + (mt * 16 + (lane & 15)) * kPitch + kk * 16 + (lane >> 4) * 8);
+    }
 #pragma unroll
     for (int nt = 0; nt < kNTiles; nt += 2) {
       uint32_t b[4];
       ldmatrix_x4(b, b_rows + (nt * 8 + (lane & 7) + ((lane >> 4) << 3)) * kPitch + kk * 16 +
                          ((lane >> 3) & 1) * 8);
-      mma_16816<T>(c[nt], a, b[0], b[1]);
-      mma_16816<T>(c[nt + 1], a, b[2], b[3]);
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        mma_16816<T>(c[mt][nt], a[mt], b[0], b[1]);
+        mma_16816<T>(c[mt][nt + 1], a[mt], b[2], b[3]);
+      }
     }
   }
 }
 
-// acc[nt] += X B where X (16 x 8 * kXTiles) sits in accumulator layout in x
-// (re-packed as A fragments) and B is stored row-major [k][n] at b (k rows
-// 0 .. 8 * kXTiles, n extent kD): the "P V" product shape.
-template <typename T, int kD, int kXTiles, int kPitch>
-__device__ __forceinline__ void mma_xb(float (*acc)[4], const float (*x)[4], const T* b, int lane) {
+// acc[mt] += X_mt B where X_mt (16 x 8 * kXTiles) sits in accumulator layout
+// in x[mt] (re-packed as A fragments) and B is stored row-major [k][n] at b
+// (k rows 0 .. 8 * kXTiles, n extent kD): the "P V" product shape; each B
+// fragment feeds the kMT m-tiles.
+template <typename T, int kD, int kXTiles, int kPitch, int kMT = 1>
+__device__ __forceinline__ void mma_xb(float (*acc)[kD / 8][4], const float (*x)[kXTiles][4],
+                                       const T* b, int lane) {
 #pragma unroll
   for (int kk = 0; kk < kXTiles / 2; ++kk) {
-    const uint32_t a[4] = {pack2<T>(x[2 * kk][0], x[2 * kk][1]), pack2<T>(x[2 * kk][2], x[2 * kk][3]),
-                           pack2<T>(x[2 * kk + 1][0], x[2 * kk + 1][1]),
-                           pack2<T>(x[2 * kk + 1][2], x[2 * kk + 1][3])};
+    uint32_t a[kMT][4];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      a[mt][0] = pack2<T>(x[mt][2 * kk][0], x[mt][2 * kk][1]);
+      a[mt][1] = pack2<T>(x[mt][2 * kk][2], x[mt][2 * kk][3]);
+      a[mt][2] = pack2<T>(x[mt][2 * kk + 1][0], x[mt][2 * kk + 1][1]);
+      a[mt][3] = pack2<T>(x[mt][2 * kk + 1][2], x[mt][2 * kk + 1][3]);
+    }
 #pragma unroll
     for (int nt = 0; nt < kD / 8; nt += 2) {
       uint32_t bb[4];
       ldmatrix_x4_trans(bb, b + (kk * 16 + (lane & 15)) * kPitch + nt * 8 + (lane >> 4) * 8);
-      mma_16816<T>(acc[nt], a, bb[0], bb[1]);
-      mma_16816<T>(acc[nt + 1], a, bb[2], bb[3]);
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        mma_16816<T>(acc[mt][nt], a[mt], bb[0], bb[1]);
+        mma_16816<T>(acc[mt][nt + 1], a[mt], bb[2], bb[3]);
+      }
     }
   }
 }
@@ -209,8 +233,8 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
     float st[kQT / 8][4], dpt[kQT / 8][4];  // S^T, dP^T: 16 keys x 32 queries
     zero_acc<kQT / 8>(st);
     zero_acc<kQT / 8>(dpt);
-    mma_abt<T, kD, kQT / 8, kPitch>(st, Ks + rg * 16 * kPitch, Qb, lane);
-    mma_abt<T, kD, kQT / 8, kPitch>(dpt, Vs + rg * 16 * kPitch, dOb, lane);
+    mma_abt<T, kD, kQT / 8, kPitch>(&st, Ks + rg * 16 * kPitch, Qb, lane);
+    mma_abt<T, kD, kQT / 8, kPitch>(&dpt, Vs + rg * 16 * kPitch, dOb, lane);
 #pragma unroll
     for (int nt = 0; nt < kQT / 8; ++nt) {
 #pragma unroll
@@ -241,8 +265,8 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
         dpt[nt][e] = ds;   // dS^T
       }
     }
-    mma_xb<T, kAcc, kQT / 8, kPitch>(dv, st, dOb + half * kAcc, lane);
-    mma_xb<T, kAcc, kQT / 8, kPitch>(dk, dpt, Qb + half * kAcc, lane);
+    mma_xb<T, kAcc, kQT / 8, kPitch>(&dv, &st, dOb + half * kAcc, lane);
+    mma_xb<T, kAcc, kQT / 8, kPitch>(&dk, &dpt, Qb + half * kAcc, lane);
     __syncthreads();  // this buffer is refilled two tiles on
   }
   cp_async_wait<0>();  // with no tile, the first group (K, V) is still in flight
@@ -262,7 +286,7 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
 template <typename T, typename Tr>
 __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
   constexpr int kD = Tr::kHeadDim, kPitch = Tr::kPitch, kBM = Tr::kRows, kBN = Tr::kKeyTile;
-  constexpr int kAcc = Tr::kAccCols;
+  constexpr int kAcc = Tr::kAccCols, kMT = Tr::kDqMTiles;
   const Problem& p = a.p;
   PYDL_DYNAMIC_SMEM(unsigned char, smem_raw);
   T* Qs = reinterpret_cast<T*>(smem_raw);
@@ -278,18 +302,25 @@ __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
   const uint64_t seed = p.dropout ? static_cast<uint64_t>(*p.seed) : 0;
   const T* k = static_cast<const T*>(p.k) + n * p.sk.n + hk * p.sk.h;
   const T* v = static_cast<const T*>(p.v) + n * p.sv.n + hk * p.sv.h;
-  int row[2];
-  float row_lse[2], row_delta[2];
-  const T* mask_row[2];
-  for (int rr = 0; rr < 2; ++rr) {
-    row[rr] = i0 + rg * 16 + g + 8 * rr;
-    const bool valid = row[rr] < p.len_q;
-    const int64_t idx = static_cast<int64_t>(nh) * p.len_q + row[rr];
-    row_lse[rr] = valid ? static_cast<const float*>(a.lse)[idx] : neg_inf<float>();
-    row_delta[rr] = valid ? static_cast<const float*>(a.delta)[idx] : 0.f;
-    mask_row[rr] = p.mask ? static_cast<const T*>(p.mask) + n * p.smask.n + h * p.smask.h +
-                                static_cast<int64_t>(min(row[rr], p.len_q - 1)) * p.smask.row
-                          : nullptr;
+  // Row group rg's m-tile mt: rows (rg * kMT + mt) * 16 .. + 16 of the CTA's.
+  const int r0 = rg * kMT * 16;
+  int row[kMT][2];
+  float row_lse[kMT][2], row_delta[kMT][2];
+  const T* mask_row[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      row[mt][rr] = i0 + r0 + mt * 16 + g + 8 * rr;
+      const bool valid = row[mt][rr] < p.len_q;
+      const int64_t idx = static_cast<int64_t>(nh) * p.len_q + row[mt][rr];
+      row_lse[mt][rr] = valid ? static_cast<const float*>(a.lse)[idx] : neg_inf<float>();
+      row_delta[mt][rr] = valid ? static_cast<const float*>(a.delta)[idx] : 0.f;
+      mask_row[mt][rr] =
+          p.mask ? static_cast<const T*>(p.mask) + n * p.smask.n + h * p.smask.h +
+                       static_cast<int64_t>(min(row[mt][rr], p.len_q - 1)) * p.smask.row
+                 : nullptr;
+    }
   }
 
   const int key_end = p.causal ? max(0, min(p.len_kv, i0 + rows_here + p.causal_offset))
@@ -311,8 +342,9 @@ __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
   if (n_tiles > 0) load_kv_tile(0, 0);
   cp_async_commit();
 
-  float dq[kAcc / 8][4];
-  zero_acc<kAcc / 8>(dq);
+  float dq[kMT][kAcc / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) zero_acc<kAcc / 8>(dq[mt]);
   for (int tile = 0; tile < n_tiles; ++tile) {
     const int j0 = tile * kBN, buf = tile & 1;
     if (tile + 1 < n_tiles) {
@@ -325,42 +357,63 @@ __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
     __syncthreads();
     const T* Kb = Ks + buf * kBN * kPitch;
     const T* Vb = Vs + buf * kBN * kPitch;
-    float s[kBN / 8][4], dp[kBN / 8][4];
-    zero_acc<kBN / 8>(s);
-    zero_acc<kBN / 8>(dp);
-    mma_abt<T, kD, kBN / 8, kPitch>(s, Qs + rg * 16 * kPitch, Kb, lane);
-    mma_abt<T, kD, kBN / 8, kPitch>(dp, dOs + rg * 16 * kPitch, Vb, lane);
+    float s[kMT][kBN / 8][4], dp[kMT][kBN / 8][4];
 #pragma unroll
-    for (int nt = 0; nt < kBN / 8; ++nt) {
+    for (int mt = 0; mt < kMT; ++mt) {
+      zero_acc<kBN / 8>(s[mt]);
+      zero_acc<kBN / 8>(dp[mt]);
+    }
+    mma_abt<T, kD, kBN / 8, kPitch, kMT>(s, Qs + r0 * kPitch, Kb, lane);
+    mma_abt<T, kD, kBN / 8, kPitch, kMT>(dp, dOs + r0 * kPitch, Vb, lane);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int rr = e >> 1, col = j0 + nt * 8 + 2 * t + (e & 1);
-        const bool visible = row[rr] < p.len_q && col < p.len_kv &&
-                             (!p.causal || col <= row[rr] + p.causal_offset);
-        float ds = 0.f;
-        if (visible && row_lse[rr] != neg_inf<float>()) {
-          float x = s[nt][e] * scale;
-          if (mask_row[rr]) x += to_acc(mask_row[rr][col * p.smask.col]);
-          const float prob = exp2f((x - row_lse[rr]) * kLog2e);
-          float d = dp[nt][e];
-          if (p.dropout) {
-            d = kept_at(p, seed, static_cast<uint64_t>(nh) * p.len_q + row[rr], col)
-                    ? d * keep_scale : 0.f;
+    for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < kBN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int rr = e >> 1, col = j0 + nt * 8 + 2 * t + (e & 1);
+          const bool visible = row[mt][rr] < p.len_q && col < p.len_kv &&
+                               (!p.causal || col <= row[mt][rr] + p.causal_offset);
+          float ds = 0.f;
+          if (visible && row_lse[mt][rr] != neg_inf<float>()) {
+            float x = s[mt][nt][e] * scale;
+            if (mask_row[mt][rr]) x += to_acc(mask_row[mt][rr][col * p.smask.col]);
+            const float prob = exp2f((x - row_lse[mt][rr]) * kLog2e);
+            float d = dp[mt][nt][e];
+            if (p.dropout) {
+              d = kept_at(p, seed, static_cast<uint64_t>(nh) * p.len_q + row[mt][rr], col)
+                      ? d * keep_scale : 0.f;
+            }
+            ds = prob * (d - row_delta[mt][rr]);
           }
-          ds = prob * (d - row_delta[rr]);
+          s[mt][nt][e] = ds;
         }
-        s[nt][e] = ds;
       }
     }
-    mma_xb<T, kAcc, kBN / 8, kPitch>(dq, s, Kb + half * kAcc, lane);
+    mma_xb<T, kAcc, kBN / 8, kPitch, kMT>(dq, s, Kb + half * kAcc, lane);
     __syncthreads();
   }
   cp_async_wait<0>();  // with no key tile, the Q / dO load is still in flight
   if (a.grad_q) {
-    store_acc<T, kAcc>(dq, static_cast<T*>(a.grad_q) +
-                               (static_cast<int64_t>(nh) * p.len_q + i0) * p.dim_qk + half * kAcc,
-                       p.dim_qk, rg * 16, rows_here, p.dim_qk - half * kAcc, scale, lane);
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      store_acc<T, kAcc>(dq[mt], static_cast<T*>(a.grad_q) +
+                                     (static_cast<int64_t>(nh) * p.len_q + i0) * p.dim_qk +
+                                     half * kAcc,
+                         p.dim_qk, r0 + mt * 16, rows_here, p.dim_qk - half * kAcc, scale, lane);
+    }
   }
+}
+
+template <typename T, typename Tr>
+void launch_dq(const BackwardArgs& a, cudaStream_t stream) {
+  const int64_t blocks = (static_cast<int64_t>(a.p.len_q) + Tr::kRows - 1) / Tr::kRows;
+  TORCH_CHECK(blocks <= 65535, "pydl.attention (CUDA): L = ", a.p.len_q, " is too long");
+  auto kernel = dq_kernel<T, Tr>;
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), Tr::kDqSmemBytes);
+  PYDL_LAUNCH_KERNEL(kernel, dim3(a.p.batch * a.p.heads_q, static_cast<unsigned>(blocks)),
+                     Tr::kThreads, Tr::kDqSmemBytes, stream, a);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T, int kHeadDim>
@@ -380,13 +433,12 @@ void launch_backward(const BackwardArgs& a, cudaStream_t stream) {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (a.grad_q) {
-    const int64_t blocks = (static_cast<int64_t>(a.p.len_q) + Tr::kRows - 1) / Tr::kRows;
-    TORCH_CHECK(blocks <= 65535, "pydl.attention (CUDA): L = ", a.p.len_q, " is too long");
-    auto kernel = dq_kernel<T, Tr>;
-    allow_dynamic_smem(reinterpret_cast<const void*>(kernel), Tr::kDqSmemBytes);
-    PYDL_LAUNCH_KERNEL(kernel, dim3(a.p.batch * a.p.heads_q, static_cast<unsigned>(blocks)),
-                       Tr::kThreads, Tr::kDqSmemBytes, stream, a);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // PYDL_ATTENTION_TC_MTILES=1: one m-tile per warp here too (the A/B switch).
+    if (one_m_tile_requested()) {
+      launch_dq<T, BackwardTraits<kHeadDim, 1>>(a, stream);
+    } else {
+      launch_dq<T, Tr>(a, stream);
+    }
   }
 }
 
