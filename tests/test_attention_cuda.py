@@ -525,7 +525,8 @@ def test_nan_key_makes_its_head_nan(dtype):
 
 
 @pytest.mark.parametrize("tiles", ["1", "2"])
-@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[8]], ids=case_id)
+@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[5], CASES[8], CASES[11]],
+                         ids=case_id)
 def test_m_tile_layouts_match_reference(case, tiles, monkeypatch):
     """Both layouts of the tensor-core forward and dQ kernels (two m16 tiles
     per warp, the default at head dims 64 / 128, and one with

@@ -4,12 +4,26 @@
 
 #include <cuda_runtime.h>
 
+#include "attention/cuda/attention_kernels.h"
+
 namespace pydl {
 namespace attention_cuda {
 
 template <typename AccT>
 __device__ __forceinline__ AccT neg_inf() {
   return -static_cast<AccT>(INFINITY);
+}
+
+// Whether query row i of a head sees key j: both exist and, causal, j is at
+// most i + causal_offset (the alignment's offset).
+__device__ __forceinline__ bool sees_key(const Problem& p, int i, int j) {
+  return i < p.len_q && j < p.len_kv && (!p.causal || j <= i + p.causal_offset);
+}
+
+// The keys a block of query rows [i0, i0 + rows) can see end here: the causal
+// limit of its last row, else every key.
+__device__ __forceinline__ int block_key_end(const Problem& p, int i0, int rows) {
+  return p.causal ? max(0, min(p.len_kv, i0 + rows + p.causal_offset)) : p.len_kv;
 }
 
 // Accurate exp / log (not the fast intrinsics): the float path promises

@@ -118,8 +118,7 @@ __global__ void __launch_bounds__(4 * kMaxRows) forward_kernel(ForwardArgs a, in
   __syncthreads();  // Os is zeroed by all threads and read per row, even with no key tile
   AccT m = neg_inf<AccT>(), l = AccT(0);
   // No row of this CTA sees a key at or past key_end under the causal rule.
-  const int key_end = p.causal ? max(0, min(p.len_kv, i0 + rows_here + p.causal_offset))
-                               : p.len_kv;
+  const int key_end = block_key_end(p, i0, rows_here);
   for (int j0 = 0; j0 < key_end; j0 += R) {
     const int keys_here = min(R, p.len_kv - j0);
     __syncthreads();  // the previous tile's readers are done
@@ -347,8 +346,7 @@ __global__ void __launch_bounds__(4 * kMaxRows) dq_kernel(BackwardArgs a, int R)
             p.dim_v, 1, rows_here, R, p.dim_v);
   zero_tile(dQs, R * pitch.qk);
   __syncthreads();  // read per row at the end, even with no key tile
-  const int key_end = p.causal ? max(0, min(p.len_kv, i0 + rows_here + p.causal_offset))
-                               : p.len_kv;
+  const int key_end = block_key_end(p, i0, rows_here);
   for (int j0 = 0; j0 < key_end; j0 += R) {
     const int keys_here = min(R, p.len_kv - j0);
     __syncthreads();

@@ -29,6 +29,7 @@
 #include "attention/cuda/attention_launch.h"
 #include "attention/cuda/attention_math.cuh"
 #include "attention/cuda/attention_tc_forward.cuh"
+#include "attention/cuda/attention_tc_mma.cuh"
 #include "attention/cuda/attention_tc_ptx.cuh"
 #include "attention/dropout_philox.h"
 #include "common/cuda_launch.cuh"
@@ -61,64 +62,6 @@ struct BackwardTraits {
   static constexpr int kKeyTile = (kHeadDim > 128 || kDqMTiles == 2) ? 32 : 64;
   static constexpr int kDqSmemBytes = (2 * kRows + 4 * kKeyTile) * kPitch * 2;  // Q, dO, 2 x (K, V)
 };
-
-// Load/compute helper used by both kernels: c[mt][nt] += A_mt x B^T, A_mt
-// the 16 rows at a_rows + 16 mt rows (kMT m-tiles: each B fragment feeds
-// them all), B stored row-major [n][k] (rows b_rows .. + 8 * kNTiles), the
-// k extent kD: the "Q K^T" product shape.
-template <typename T, int kD, int kNTiles, int kPitch, int kMT = 1>
-__device__ __forceinline__ void mma_abt(float (*c)[kNTiles][4], const T* a_rows, const T* b_rows,
-                                        int lane) {
-#pragma unroll
-  for (int kk = 0; kk < kD / 16; ++kk) {
-    uint32_t a[kMT][4];
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) {
-      ldmatrix_x4(a[mt], a_rows + (mt * 16 + (lane & 15)) * kPitch + kk * 16 + (lane >> 4) * 8);
-    }
-#pragma unroll
-    for (int nt = 0; nt < kNTiles; nt += 2) {
-      uint32_t b[4];
-      ldmatrix_x4(b, b_rows + (nt * 8 + (lane & 7) + ((lane >> 4) << 3)) * kPitch + kk * 16 +
-                         ((lane >> 3) & 1) * 8);
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) {
-        mma_16816<T>(c[mt][nt], a[mt], b[0], b[1]);
-        mma_16816<T>(c[mt][nt + 1], a[mt], b[2], b[3]);
-      }
-    }
-  }
-}
-
-// acc[mt] += X_mt B where X_mt (16 x 8 * kXTiles) sits in accumulator layout
-// in x[mt] (re-packed as A fragments) and B is stored row-major [k][n] at b
-// (k rows 0 .. 8 * kXTiles, n extent kD): the "P V" product shape; each B
-// fragment feeds the kMT m-tiles.
-template <typename T, int kD, int kXTiles, int kPitch, int kMT = 1>
-__device__ __forceinline__ void mma_xb(float (*acc)[kD / 8][4], const float (*x)[kXTiles][4],
-                                       const T* b, int lane) {
-#pragma unroll
-  for (int kk = 0; kk < kXTiles / 2; ++kk) {
-    uint32_t a[kMT][4];
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) {
-      a[mt][0] = pack2<T>(x[mt][2 * kk][0], x[mt][2 * kk][1]);
-      a[mt][1] = pack2<T>(x[mt][2 * kk][2], x[mt][2 * kk][3]);
-      a[mt][2] = pack2<T>(x[mt][2 * kk + 1][0], x[mt][2 * kk + 1][1]);
-      a[mt][3] = pack2<T>(x[mt][2 * kk + 1][2], x[mt][2 * kk + 1][3]);
-    }
-#pragma unroll
-    for (int nt = 0; nt < kD / 8; nt += 2) {
-      uint32_t bb[4];
-      ldmatrix_x4_trans(bb, b + (kk * 16 + (lane & 15)) * kPitch + nt * 8 + (lane >> 4) * 8);
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) {
-        mma_16816<T>(acc[mt][nt], a[mt], bb[0], bb[1]);
-        mma_16816<T>(acc[mt][nt + 1], a[mt], bb[2], bb[3]);
-      }
-    }
-  }
-}
 
 template <int kN>
 __device__ __forceinline__ void zero_acc(float (*c)[4]) {
@@ -240,8 +183,7 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int kj = key[e >> 1], qi = i0 + nt * 8 + 2 * t + (e & 1);
-        const bool visible = kj < p.len_kv && qi < p.len_q &&
-                             (!p.causal || kj <= qi + p.causal_offset);
+        const bool visible = sees_key(p, qi, kj);
         const float row_lse = qi < p.len_q ? lse[nh * p.len_q + qi] : neg_inf<float>();
         float prob = 0.f, ds = 0.f;
         if (visible && row_lse != neg_inf<float>()) {
@@ -323,8 +265,7 @@ __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
     }
   }
 
-  const int key_end = p.causal ? max(0, min(p.len_kv, i0 + rows_here + p.causal_offset))
-                               : p.len_kv;
+  const int key_end = block_key_end(p, i0, rows_here);
   const int n_tiles = (key_end + kBN - 1) / kBN;
   load_tile_async<Tr>(Qs, static_cast<const T*>(p.q) + n * p.sq.n + h * p.sq.h +
                                              i0 * p.sq.row,
@@ -372,6 +313,8 @@ __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int rr = e >> 1, col = j0 + nt * 8 + 2 * t + (e & 1);
+          // sees_key() spelled out: through the call this kernel, at 254
+          // registers, spilled 8 bytes on sm_90.
           const bool visible = row[mt][rr] < p.len_q && col < p.len_kv &&
                                (!p.causal || col <= row[mt][rr] + p.causal_offset);
           float ds = 0.f;
@@ -407,6 +350,9 @@ __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
 
 template <typename T, typename Tr>
 void launch_dq(const BackwardArgs& a, cudaStream_t stream) {
+  // launch_backward checks the default traits' shared memory against the card.
+  static_assert(Tr::kDqSmemBytes <= BackwardTraits<Tr::kHeadDim>::kDqSmemBytes,
+                "the A/B variant may not need more shared memory than the default");
   const int64_t blocks = (static_cast<int64_t>(a.p.len_q) + Tr::kRows - 1) / Tr::kRows;
   TORCH_CHECK(blocks <= 65535, "pydl.attention (CUDA): L = ", a.p.len_q, " is too long");
   auto kernel = dq_kernel<T, Tr>;

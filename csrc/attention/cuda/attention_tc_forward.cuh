@@ -27,6 +27,7 @@
 #include "attention/cuda/attention_kernels.h"
 #include "attention/cuda/attention_launch.h"
 #include "attention/cuda/attention_math.cuh"
+#include "attention/cuda/attention_tc_mma.cuh"
 #include "attention/cuda/attention_tc_ptx.cuh"
 #include "attention/dropout_philox.h"
 #include "common/cuda_launch.cuh"
@@ -109,8 +110,7 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
   const uint64_t seed = p.dropout ? static_cast<uint64_t>(*p.seed) : 0;
 
   // No row of this CTA sees a key at or past key_end under the causal rule.
-  const int key_end = p.causal ? max(0, min(p.len_kv, i0 + rows_here + p.causal_offset))
-                               : p.len_kv;
+  const int key_end = block_key_end(p, i0, rows_here);
   const int n_tiles = (key_end + kBN - 1) / kBN;
   load_tile_async<Tr>(Qs, q, p.sq.row, kBM, rows_here, p.dim_qk);
   if (n_tiles > 0) {
@@ -157,26 +157,7 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
 #pragma unroll
       for (int nt = 0; nt < kBN / 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
     }
-#pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk) {
-      uint32_t qa[kMT][4];
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) {
-        ldmatrix_x4(qa[mt], Qs + ((warp * kMT + mt) * 16 + (lane & 15)) * kPitch + kk * 16 +
-                                (lane >> 4) * 8);
-      }
-#pragma unroll
-      for (int nt = 0; nt < kBN / 8; nt += 2) {
-        uint32_t kb[4];  // b0, b1 of key n-tile nt, then of nt + 1
-        ldmatrix_x4(kb, Kb + (nt * 8 + (lane & 7) + ((lane >> 4) << 3)) * kPitch + kk * 16 +
-                            ((lane >> 3) & 1) * 8);
-#pragma unroll
-        for (int mt = 0; mt < kMT; ++mt) {
-          mma_16816<T>(s[mt][nt], qa[mt], kb[0], kb[1]);
-          mma_16816<T>(s[mt][nt + 1], qa[mt], kb[2], kb[3]);
-        }
-      }
-    }
+    mma_abt<T, kD, kBN / 8, kPitch, kMT>(s, Qs + warp * kMT * 16 * kPitch, Kb, lane);
 
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
@@ -187,8 +168,7 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int rr = e >> 1, col = j0 + nt * 8 + 2 * t + (e & 1);
-          const bool visible = row[mt][rr] < p.len_q && col < p.len_kv &&
-                               (!p.causal || col <= row[mt][rr] + p.causal_offset);
+          const bool visible = sees_key(p, row[mt][rr], col);
           float x = s[mt][nt][e] * scale;
           if (mask_row[mt][rr] && visible) x += to_acc(mask_row[mt][rr][col * p.smask.col]);
           s[mt][nt][e] = visible ? x : neg_inf<float>();
@@ -243,27 +223,7 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
 
     // O += P V: the S accumulators of key n-tiles 2kk, 2kk+1 are the A
     // fragment of k-step kk; each V fragment feeds the warp's kMT m-tiles.
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      uint32_t pa[kMT][4];
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) {
-        pa[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        pa[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        pa[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        pa[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-      }
-#pragma unroll
-      for (int nt = 0; nt < kD / 8; nt += 2) {
-        uint32_t vb[4];  // b0, b1 of value-dim n-tile nt, then of nt + 1
-        ldmatrix_x4_trans(vb, Vb + (kk * 16 + (lane & 15)) * kPitch + nt * 8 + (lane >> 4) * 8);
-#pragma unroll
-        for (int mt = 0; mt < kMT; ++mt) {
-          mma_16816<T>(o[mt][nt], pa[mt], vb[0], vb[1]);
-          mma_16816<T>(o[mt][nt + 1], pa[mt], vb[2], vb[3]);
-        }
-      }
-    }
+    mma_xb<T, kD, kBN / 8, kPitch, kMT>(o, s, Vb, lane);
     __syncthreads();  // this buffer is refilled by the prefetch two tiles on
   }
   cp_async_wait<0>();  // with no key tile, the Q load is still in flight
