@@ -94,6 +94,14 @@ def explain(family: str, device_type: str, dtype: torch.dtype | None = None) -> 
     return PYDL, "pydl kernel"
 
 
+def autocast_to(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """``t`` as autocast hands it to a lower-precision op: a floating tensor
+    but float64 in ``dtype``; float64, other dtypes and None as they are."""
+    if t is None or not t.is_floating_point() or t.dtype == torch.float64:
+        return t
+    return t.to(dtype)
+
+
 def functorch_transform_active() -> bool:
     """Whether a torch.func transform (grad, vmap, jacrev, ...) is running:
     pydl's ops have autograd formulas but no functorch rules, so such calls

@@ -167,9 +167,10 @@ def test_forward_vs_torch_backend(backend, dtype, causal):
 # ----------------------------------------------------------------------------- backward
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_grads_match_reference(case, dtype):
+def _ours_against_reference(case, dtype):
+    """(out, grads) of pydl in `dtype`, of the float64 reference, and of the
+    reference on the inputs rounded to `dtype` (fp16/bf16 only, else Nones):
+    the gradients of out . grad_out + lse . lse_weight (q, k, v, a float mask)."""
     q, k, v, mask = _inputs(case)
     kw = _kw(case)
     g = torch.Generator().manual_seed(9)
@@ -177,15 +178,21 @@ def test_grads_match_reference(case, dtype):
                            dtype=torch.float64).cuda()
     lse_weight = torch.randn(case[0], case[1], case[3], generator=g, dtype=torch.float64).cuda()
     ref = lambda q, k, v, m: reference.scaled_dot_product_attention(q, k, v, m, return_lse=True, **kw)
-    _, _, exact = _forward_and_grads(ref, q, k, v, mask, grad_out, lse_weight)
-    cast = [in_dtype(t, dtype) for t in (q, k, v, mask)]
     ours = lambda q, k, v, m: sdpa(q, k, v, m, return_lse=True, **kw)
-    _, _, got = _forward_and_grads(ours, *cast, grad_out, lse_weight)
-    theirs = [None] * len(got)
+    cast = [in_dtype(t, dtype) for t in (q, k, v, mask)]
+    exact_out, _, exact = _forward_and_grads(ref, q, k, v, mask, grad_out, lse_weight)
+    out, _, got = _forward_and_grads(ours, *cast, grad_out, lse_weight)
+    low_out, low = None, [None] * len(got)
     if dtype in LOW:
-        low_ref = lambda q, k, v, m: reference.scaled_dot_product_attention(
-            q, k, v, m, return_lse=True, **kw)
-        _, _, theirs = _forward_and_grads(low_ref, *cast, grad_out, lse_weight)
+        low_out, _, low = _forward_and_grads(ref, *cast, grad_out, lse_weight)
+    return (out, got), (exact_out, exact), (low_out, low)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_grads_match_reference(case, dtype):
+    mask = _inputs(case)[3]
+    (_, got), (_, exact), (_, theirs) = _ours_against_reference(case, dtype)
     for name, a, e, t in zip(["dq", "dk", "dv", "dmask"], got, exact, theirs):
         assert torch.isfinite(a).all(), f"{name}: NaN/inf"
         if name == "dmask":
@@ -534,18 +541,7 @@ def test_m_tile_layouts_match_reference(case, tiles, monkeypatch):
     bf16, within twice the reference's own bf16 error."""
     monkeypatch.setenv("PYDL_ATTENTION_TC_MTILES", tiles)
     dtype = torch.bfloat16
-    q, k, v, mask = _inputs(case)
-    kw = _kw(case)
-    g = torch.Generator().manual_seed(9)
-    grad_out = torch.randn(case[0], case[1], case[3], case[6], generator=g,
-                           dtype=torch.float64).cuda()
-    lse_weight = torch.randn(case[0], case[1], case[3], generator=g, dtype=torch.float64).cuda()
-    ref = lambda q, k, v, m: reference.scaled_dot_product_attention(q, k, v, m, return_lse=True, **kw)
-    exact_out, _, exact = _forward_and_grads(ref, q, k, v, mask, grad_out, lse_weight)
-    cast = [in_dtype(t, dtype) for t in (q, k, v, mask)]
-    ours = lambda q, k, v, m: sdpa(q, k, v, m, return_lse=True, **kw)
-    out, _, got = _forward_and_grads(ours, *cast, grad_out, lse_weight)
-    low_out, _, theirs = _forward_and_grads(ref, *cast, grad_out, lse_weight)
+    (out, got), (exact_out, exact), (low_out, theirs) = _ours_against_reference(case, dtype)
     _check(out, exact_out, dtype, "out", low_out)
     for name, a, e, t in zip(["dq", "dk", "dv"], got, exact, theirs):
         _check(a, e, dtype, name, t)

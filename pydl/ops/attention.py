@@ -172,8 +172,7 @@ def _autocast(query, key, value, attn_mask):
     if not torch.is_autocast_enabled(device):
         return query, key, value, attn_mask
     dtype = torch.get_autocast_dtype(device)
-    cast = lambda t: (t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64
-                      and t.device.type == device else t)
+    cast = lambda t: _backend.autocast_to(t, dtype) if t.device.type == device else t
     query, key, value = cast(query), cast(key), cast(value)
     if attn_mask is not None and query.dtype == dtype:
         attn_mask = cast(attn_mask)

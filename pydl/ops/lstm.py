@@ -45,8 +45,7 @@ def lstm_cell(
         # in float32 (more accurate, not bit-equal). Torch's own cell, where
         # it runs, sees the autocast state itself.
         dtype = torch.get_autocast_dtype("cuda")
-        cast = lambda t: (t.to(dtype) if t is not None and t.is_floating_point()
-                          and t.dtype != torch.float64 else t)
+        cast = lambda t: _backend.autocast_to(t, dtype)
         input, hx = cast(input), (cast(hx[0]), cast(hx[1]))
         w_ih, w_hh, b_ih, b_hh = cast(w_ih), cast(w_hh), cast(b_ih), cast(b_hh)
     if _backend.use_pydl("lstm", input):
@@ -82,8 +81,7 @@ def lstm(
         # As torch's RNNs under autocast: every floating tensor but float64 in
         # the autocast dtype.
         dtype = torch.get_autocast_dtype(data.device.type)
-        cast = lambda t: (t.to(dtype) if t is not None and t.is_floating_point()
-                          and t.dtype != torch.float64 else t)
+        cast = lambda t: _backend.autocast_to(t, dtype)
         data = cast(data)
         hx = None if hx is None else (cast(hx[0]), cast(hx[1]))
         weights = [cast(w) for w in weights]

@@ -353,13 +353,8 @@ void launch_dq(const BackwardArgs& a, cudaStream_t stream) {
   // launch_backward checks the default traits' shared memory against the card.
   static_assert(Tr::kDqSmemBytes <= BackwardTraits<Tr::kHeadDim>::kDqSmemBytes,
                 "the A/B variant may not need more shared memory than the default");
-  const int64_t blocks = (static_cast<int64_t>(a.p.len_q) + Tr::kRows - 1) / Tr::kRows;
-  TORCH_CHECK(blocks <= 65535, "pydl.attention (CUDA): L = ", a.p.len_q, " is too long");
-  auto kernel = dq_kernel<T, Tr>;
-  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), Tr::kDqSmemBytes);
-  PYDL_LAUNCH_KERNEL(kernel, dim3(a.p.batch * a.p.heads_q, static_cast<unsigned>(blocks)),
-                     Tr::kThreads, Tr::kDqSmemBytes, stream, a);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_over_rows(dq_kernel<T, Tr>, int64_t(a.p.batch) * a.p.heads_q, a.p.len_q, Tr::kRows,
+                   Tr::kThreads, Tr::kDqSmemBytes, "L", a, stream);
 }
 
 template <typename T, int kHeadDim>
@@ -370,13 +365,8 @@ void launch_backward(const BackwardArgs& a, cudaStream_t stream) {
   const int optin = max_smem_optin();
   if (Tr::kDkdvSmemBytes > optin || Tr::kDqSmemBytes > optin) return simt_backward<T>(a, stream);
   if (a.grad_k || a.grad_v || a.grad_scores) {
-    const int64_t blocks = (static_cast<int64_t>(a.p.len_kv) + Tr::kKeys - 1) / Tr::kKeys;
-    TORCH_CHECK(blocks <= 65535, "pydl.attention (CUDA): S = ", a.p.len_kv, " is too long");
-    auto kernel = dkdv_kernel<T, Tr>;
-    allow_dynamic_smem(reinterpret_cast<const void*>(kernel), Tr::kDkdvSmemBytes);
-    PYDL_LAUNCH_KERNEL(kernel, dim3(a.p.batch * a.p.heads_kv, static_cast<unsigned>(blocks)),
-                       Tr::kThreads, Tr::kDkdvSmemBytes, stream, a);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_over_rows(dkdv_kernel<T, Tr>, int64_t(a.p.batch) * a.p.heads_kv, a.p.len_kv,
+                     Tr::kKeys, Tr::kThreads, Tr::kDkdvSmemBytes, "S", a, stream);
   }
   if (a.grad_q) {
     // PYDL_ATTENTION_TC_MTILES=1: one m-tile per warp here too (the A/B switch).

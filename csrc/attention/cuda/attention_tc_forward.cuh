@@ -269,15 +269,8 @@ inline bool one_m_tile_requested() {
 template <typename T, typename Tr>
 bool try_launch_forward(const ForwardArgs& a, cudaStream_t stream) {
   if (Tr::kSmemBytes > max_smem_optin()) return false;
-  const int64_t blocks = (static_cast<int64_t>(a.p.len_q) + Tr::kBlockM - 1) / Tr::kBlockM;
-  TORCH_CHECK(blocks <= 65535, "pydl.attention (CUDA): L = ", a.p.len_q, " is too long");
-  const int heads = a.p.batch * a.p.heads_q;
-  if (heads == 0 || blocks == 0) return true;
-  auto kernel = forward_kernel<T, Tr>;
-  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), Tr::kSmemBytes);
-  PYDL_LAUNCH_KERNEL(kernel, dim3(heads, static_cast<unsigned>(blocks)), Tr::kThreads,
-                     Tr::kSmemBytes, stream, a);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_over_rows(forward_kernel<T, Tr>, int64_t(a.p.batch) * a.p.heads_q, a.p.len_q,
+                   Tr::kBlockM, Tr::kThreads, Tr::kSmemBytes, "L", a, stream);
   return true;
 }
 
