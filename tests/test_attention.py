@@ -339,6 +339,48 @@ def test_opcheck(variant):
                           (q, k, v, mask, seed, p, causal, True, 0.35))
 
 
+@needs_extension
+def test_second_order_and_forward_mode_gradients_are_refused():
+    # The op's autograd (C++) has no double backward and no jvp: both fail
+    # loudly, never give zeros or drop a tangent in silence.
+    import torch.autograd.forward_ad as fwAD
+
+    torch.manual_seed(11)
+    q, k, v = (torch.randn(1, 2, 5, 8, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    out = sdpa(q, k, v)
+    (g,) = torch.autograd.grad(out.pow(2).sum(), q, retain_graph=True)
+    assert g.grad_fn is None
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(out.pow(2).sum(), q, create_graph=True)
+    with torch.no_grad(), fwAD.dual_level():
+        dual = fwAD.make_dual(q.detach(), torch.ones_like(q))
+        with pytest.raises(RuntimeError):
+            sdpa(dual, k.detach(), v.detach())
+
+
+@needs_extension
+def test_autograd_edges_follow_the_inputs():
+    # Gradients only where asked: a mask that does not require grad, a
+    # bool mask, value alone, lse alone (no gradient reaches out), and
+    # no_grad calls build no graph.
+    torch.manual_seed(12)
+    q, k, v = (torch.randn(2, 2, 6, 8, dtype=torch.float64) for _ in range(3))
+    mask = torch.randn(6, 6, dtype=torch.float64)
+    leaf_v = v.clone().requires_grad_()
+    out = sdpa(q, k, leaf_v, attn_mask=mask)
+    (g_v,) = torch.autograd.grad(out.sum(), leaf_v)
+    ref = reference.scaled_dot_product_attention(q, k, leaf_v, mask)
+    assert_close_rel(g_v, torch.autograd.grad(ref.sum(), leaf_v)[0], torch.float64, "dv")
+    leaf_q = q.clone().requires_grad_()
+    _, lse = sdpa(leaf_q, k, v, attn_mask=torch.rand(6, 6) > 0.3, return_lse=True)
+    (g_q,) = torch.autograd.grad(lse.sum(), leaf_q)
+    assert torch.isfinite(g_q).all() and g_q.abs().sum() > 0
+    with torch.no_grad():
+        assert sdpa(leaf_q, k, v).grad_fn is None
+    assert sdpa(q, k, v).grad_fn is None  # nothing requires grad
+
+
 def test_torch_compile_fullgraph():
     torch.manual_seed(9)
     q = torch.randn(2, 4, 10, 8, dtype=torch.float64, requires_grad=True)

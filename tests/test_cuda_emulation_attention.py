@@ -468,30 +468,35 @@ def _check_forward(case, dtype, out, lse):
 
 
 @pytest.mark.parametrize("dtype", LOW, ids=str)
-@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[8], CASES[13], CASES[5]], ids=case_id)
+@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[8], CASES[13], CASES[5], CASES[14]],
+                         ids=case_id)
 def test_tensor_core_m_tile_layouts(emu, case, dtype, monkeypatch):
-    """Head dims 64 / 128 run two m16 tiles per warp (128-row CTAs, 32-key
-    tiles) in the forward and the dQ kernel; the A/B switch
-    PYDL_ATTENTION_TC_MTILES=1 runs one (64-row CTAs, 64-key tiles). Both
-    match the reference (output, dq); with dropout both keep the same
-    weights (the keep rule depends on (row, key) only)."""
+    """Two m16 tiles per warp (head dims 64 / 128: the forward's and the dQ
+    kernel's 128-row CTAs with 32-key tiles; head dim 64: the dK / dV
+    kernel's 128-key CTAs); the A/B switch PYDL_ATTENTION_TC_MTILES=1 runs
+    one everywhere (64-row CTAs, 64-key tiles). Both match the reference
+    (output, dq, dk, dv); with dropout both keep the same weights (the keep
+    rule depends on (row, key) only)."""
     q, k, v, mask = case_inputs(case)
     g = torch.Generator().manual_seed(9)
     grad_out = torch.randn(case[0], case[1], case[3], case[6], generator=g, dtype=torch.float64)
-    exact_q, low_q = (q.detach().requires_grad_(), in_dtype(q, dtype).detach().requires_grad_())
-    exact_dq, low_dq = (
-        torch.autograd.grad((_reference(case, lq, *[in_dtype(t, lq.dtype) for t in (k, v)],
-                                        in_dtype(mask, lq.dtype))[0].double() * grad_out).sum(),
-                            [lq])[0]
-        for lq in (exact_q, low_q))
+
+    def input_grads(qkv):
+        leaves = [t.detach().requires_grad_() for t in qkv]
+        out = _reference(case, *leaves, in_dtype(mask, leaves[0].dtype))[0]
+        return torch.autograd.grad((out.double() * grad_out).sum(), leaves)
+
+    exact = input_grads((q, k, v))
+    low = input_grads([in_dtype(t, dtype) for t in (q, k, v)])
     for tiles in ("1", "2"):
         monkeypatch.setenv("PYDL_ATTENTION_TC_MTILES", tiles)
         out, lse = _forward_on_tensor_cores(emu, case, dtype)
         _check_forward(case, dtype, out, lse)
         args = _op_args(case, *[in_dtype(t, dtype) for t in (q, k, v, mask)])
-        dq = emu.attention_backward(grad_out.to(dtype), *args[:5], out, lse, None, *args[5:],
-                                    [True, False, False, False])[0]
-        _check(dq, exact_dq, dtype, f"dq ({tiles} m-tiles)", low_dq)
+        got = emu.attention_backward(grad_out.to(dtype), *args[:5], out, lse, None, *args[5:],
+                                     [True, True, True, False])[:3]
+        for name, a, e, t in zip(["dq", "dk", "dv"], got, exact, low):
+            _check(a, e, dtype, f"{name} ({tiles} m-tiles)", t)
     # V = identity (padded to a multiple of 8 columns, for the tensor cores):
     # the output's first S columns are the dropped-out weights.
     S, E = case[4], case[5]

@@ -19,6 +19,7 @@
 #include <array>
 #include <initializer_list>
 
+#include "common/autograd_helpers.h"
 #include "lstm/lstm_layer_op.h"
 
 namespace pydl {
@@ -26,6 +27,7 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
+using namespace autograd_helpers;
 
 using CellFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -40,8 +42,6 @@ using LayerBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const at::Tensor&, bool, std::array<bool, 7>);
-
-bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
 // needs_input_grad counts only the tensors given (an absent optional tensor
 // has no edge): the edge index of each optional argument, or -1 if absent.
@@ -63,40 +63,9 @@ at::Tensor second_use(const at::Tensor& grad, bool first_used) {
   return first_used ? grad.clone() : grad;
 }
 
-at::Tensor or_zeros(const at::Tensor& grad, const at::Tensor& like) {
-  return grad.defined() ? grad : at::zeros_like(like);
-}
-
-// Whether a call must go through its autograd Function. When not (no_grad,
-// inference, nothing requiring grad), the kernels are called directly:
-// Function::apply builds and drops a node, saved variables and its
-// saved_data map even then (~3 us per call, measurable on a one-step call).
-// A forward-mode tangent (level 0, as torch's own kernels check) always goes
-// through the Function, which has no jvp and says so, rather than being
-// dropped in silence.
-bool needs_function(std::initializer_list<const at::Tensor*> tensors,
-                    std::initializer_list<const std::optional<at::Tensor>*> optional) {
-  bool any_requires_grad = false;
-  for (const at::Tensor* t : tensors) {
-    if (t->defined() && t->_fw_grad(/*level=*/0).defined()) return true;
-    any_requires_grad = any_requires_grad || t->requires_grad();
-  }
-  for (const std::optional<at::Tensor>* t : optional) {
-    if (!present(*t)) continue;
-    if ((*t)->_fw_grad(/*level=*/0).defined()) return true;
-    any_requires_grad = any_requires_grad || (*t)->requires_grad();
-  }
-  return any_requires_grad && at::GradMode::is_enabled();
-}
-
 // The ops, looked up once each (lstm_layer_op(), shared with lstm_stack.cpp,
 // at the end of this file); backward ops are called through these both
 // by the Functions and by the backward ops' own Autograd kernels below.
-template <typename Fn>
-c10::TypedOperatorHandle<Fn> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
-}
-
 const c10::TypedOperatorHandle<CellFn>& cell_op() {
   static const auto op = find_op<CellFn>("pydl::lstm_cell");
   return op;
@@ -238,22 +207,6 @@ lstm_layer_autograd(const at::Tensor& input, const at::Tensor& batch_sizes, cons
   variable_list out = LstmLayerFunction::apply(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
                                                w_hr, reverse, &saved);
   return {out[0], out[1], out[2], saved[0], saved[1], saved[2]};
-}
-
-// The backward ops have no derivative of their own: a second-order
-// gradient (create_graph=True) through them is refused, where torch's
-// fallback for a kernel without autograd would warn and return zeros.
-void refuse_double_backward(const char* op, bool any_requires_grad) {
-  TORCH_CHECK(!(any_requires_grad && at::GradMode::is_enabled()), op,
-              ": double backward (a gradient of the gradient, create_graph=True) is not "
-              "supported");
-}
-
-bool requires_grad(std::initializer_list<const at::Tensor*> tensors) {
-  for (const at::Tensor* t : tensors) {
-    if (t->defined() && t->requires_grad()) return true;
-  }
-  return false;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>

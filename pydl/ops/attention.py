@@ -25,7 +25,7 @@ Calls ``torch.ops.pydl.attention`` (CPU: float32/float64, and bfloat16 on
 CPUs with bf16 units when a gradient or dropout is needed; CUDA: float16,
 bfloat16, float32, float64; lse in float32 for the half types) when pydl's kernel
 serves the call; otherwise torch's own SDPA, or pydl.reference for the
-extras torch lacks. Registers the op's fake kernels and autograd.
+extras torch lacks. Registers the op's fake kernels (its autograd is in C++).
 """
 
 from __future__ import annotations
@@ -313,7 +313,7 @@ def input_grad_fakes(query, key, value, attn_mask, output_mask):
 
 
 def _register() -> None:
-    """Fake kernels and autograd for torch.ops.pydl.attention (extension loaded only)."""
+    """Fake kernels for torch.ops.pydl.attention (extension loaded only)."""
 
     @torch.library.register_fake("pydl::attention")
     def _attention_fake(query, key, value, attn_mask, dropout_seed, dropout_p, is_causal,
@@ -329,24 +329,7 @@ def _register() -> None:
                                  output_mask):
         return input_grad_fakes(query, key, value, attn_mask, output_mask)
 
-    def setup_context(ctx, inputs, output):
-        query, key, value, attn_mask, dropout_seed, dropout_p, is_causal, bottom_right, scale = inputs
-        out, lse = output
-        ctx.save_for_backward(query, key, value, attn_mask, dropout_seed, out, lse)
-        ctx.flags = (dropout_p, is_causal, bottom_right, scale)
-
-    def backward(ctx, grad_out, grad_lse):
-        query, key, value, attn_mask, dropout_seed, out, lse = ctx.saved_tensors
-        if grad_out is None:  # only lse was used
-            grad_out = torch.zeros_like(out)
-        need = ctx.needs_input_grad
-        mask_grad = bool(need[3]) and attn_mask is not None and attn_mask.dtype != torch.bool
-        g_q, g_k, g_v, g_mask = torch.ops.pydl.attention_backward(
-            grad_out, query, key, value, attn_mask, dropout_seed, out, lse, grad_lse,
-            *ctx.flags, [need[0], need[1], need[2], mask_grad])
-        return g_q, g_k, g_v, g_mask, None, None, None, None, None
-
-    torch.library.register_autograd("pydl::attention", backward, setup_context=setup_context)
+    # Autograd: csrc/attention/attention_autograd.cpp (in C++: no Python per call).
 
 
 if _ext.loaded():

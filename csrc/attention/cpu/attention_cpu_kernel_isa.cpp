@@ -81,7 +81,9 @@ void forward_typed(const ForwardArgs& a) {
       const S* v = ptr<S>(p.v, n, hk, 0);
       const T* mtile = mask ? ptr<T>(p.mask, n, h, i0) : nullptr;
       T* o = kConvert ? o_acc : reinterpret_cast<T*>(out + (nh * L + i0) * Ev);
-      std::fill(o, o + nq * Ev, T(0));
+      // o is written by the first P V product (beta 0) of a full-height
+      // tile, or zeroed before the first diagonal tile's slabs.
+      bool o_written = false;
       std::fill(m, m + nq, neg_inf<T>());
       std::fill(l, l + nq, T(0));
       // Causal: no row of this block sees keys past its last row's limit.
@@ -100,6 +102,10 @@ void forward_typed(const ForwardArgs& a) {
         const T* mt = mtile ? mtile + j0 * p.mask_stride_col : nullptr;
         if (mt && tile_all_masked(mt, p.mask.stride_row, p.mask_stride_col, nq, nk)) continue;
         const int64_t slab = crosses ? kDiagonalRows : nq;
+        if (crosses && !o_written) {
+          std::fill(o, o + nq * Ev, T(0));
+          o_written = true;
+        }
         for (int64_t r0 = 0; r0 < nq; r0 += slab) {
           const int64_t r1 = std::min(nq, r0 + slab);
           const int64_t width = crosses ? causal_visible(p, i0 + r1 - 1, j0, nk) : nk;
@@ -118,7 +124,9 @@ void forward_typed(const ForwardArgs& a) {
             const T ref = m_new == neg_inf<T>() ? T(0) : m_new;
             const T alpha = std::exp(m[r] - ref);
             const T sum = exp_sum(row, width, ref);
-            if (alpha != T(1)) scale_row(o + r * Ev, Ev, alpha);
+            // Until a row sees a key (m = -inf) its output row is zero (or
+            // not yet written): nothing to rescale.
+            if (alpha != T(1) && m[r] != neg_inf<T>()) scale_row(o + r * Ev, Ev, alpha);
             l[r] = l[r] * alpha + sum;
             m[r] = m_new;
             if (dropout) {  // l sums the weights before dropout: lse is dropout-free
@@ -130,8 +138,10 @@ void forward_typed(const ForwardArgs& a) {
           gemm_rm(false, false, r1 - r0, Ev, width, T(1),
                   as_storage(s, tile_s ? tile_s + r0 * kFwdBlockK : nullptr, r1 - r0, width,
                              kFwdBlockK),
-                  kFwdBlockK, v + j0 * p.v.stride_row, p.v.stride_row, T(1), o + r0 * Ev, Ev);
+                  kFwdBlockK, v + j0 * p.v.stride_row, p.v.stride_row, T(o_written ? 1 : 0),
+                  o + r0 * Ev, Ev);
         }
+        o_written = true;
       }
       // Rule for a row with no visible key (l = 0): output zeros, lse = -inf.
       // A NaN or +inf score made l NaN: the row's output and lse are NaN.

@@ -113,6 +113,37 @@ inline T nan_max(T a, T b) {
   return std::isnan(a) || a > b ? a : b;
 }
 
+// The lanes' max (NaN if any lane is NaN) and sum. On AVX-512 float a
+// shuffle tree: a score row of 128 keys is only 8 vectors, and a scalar pass
+// over 16 lanes (the sum a 16-add dependency chain) cost about as much.
+template <typename T>
+inline T horizontal_max(const Vec<T>& acc) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m512 v = acc;
+    if (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0) return std::numeric_limits<T>::quiet_NaN();
+    return _mm512_reduce_max_ps(v);
+  }
+#endif
+  T lanes[Vec<T>::size()];
+  acc.store(lanes);
+  T best = lanes[0];
+  for (int64_t w = 1; w < Vec<T>::size(); ++w) best = nan_max(best, lanes[w]);
+  return best;
+}
+
+template <typename T>
+inline T horizontal_sum(const Vec<T>& acc) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) return _mm512_reduce_add_ps(acc);
+#endif
+  T lanes[Vec<T>::size()];
+  acc.store(lanes);
+  T sum = T(0);
+  for (int64_t w = 0; w < Vec<T>::size(); ++w) sum += lanes[w];
+  return sum;
+}
+
 // Four independent accumulators (at::vec::maximum propagates NaN): one chain
 // would wait on each max's latency.
 template <typename T>
@@ -130,11 +161,7 @@ T row_max(const T* row, int64_t n) {
   V acc = at::vec::maximum(at::vec::maximum(a0, a1), at::vec::maximum(a2, a3));
   for (; c + W <= n; c += W) acc = at::vec::maximum(acc, V::loadu(row + c));
   if (c < n) acc = at::vec::maximum(acc, V::set(V(neg_inf<T>()), V::loadu(row + c, n - c), n - c));
-  T lanes[V::size()];
-  acc.store(lanes);
-  T best = lanes[0];
-  for (int64_t w = 1; w < V::size(); ++w) best = nan_max(best, lanes[w]);
-  return best;
+  return horizontal_max(acc);
 }
 
 // row[c] = exp(row[c] - ref) in place; returns the sum.
@@ -164,11 +191,7 @@ T exp_sum(T* row, int64_t n, T ref) {
     e.store(row + c, n - c);
     acc = acc + e;
   }
-  T lanes[V::size()];
-  acc.store(lanes);
-  T sum = T(0);
-  for (int64_t w = 0; w < V::size(); ++w) sum += lanes[w];
-  return sum;
+  return horizontal_sum(acc);
 }
 
 template <typename T>

@@ -7,10 +7,11 @@
 // recomputed from the saved lse; delta = rowsum(dO * O) - grad_lse comes in.
 // Deterministic: every output element has exactly one writer, no atomics.
 //
-// dK / dV kernel: CTA = (n, hk, 64 keys), 4 row groups x 16 keys. It walks the
-//   query tiles (32 rows) of every query head of its GQA group; Q / dO tiles
-//   stream through shared memory, double-buffered with cp.async. A warp
-//   computes its 16 x 32 slice of the TRANSPOSED scores, so P^T and dS^T come
+// dK / dV kernel: CTA = (n, hk, 128 keys; 64 above head dim 64), 4 row groups
+//   of two 16-key m-tiles (one above 64). It walks the query tiles (32 rows)
+//   of every query head of its GQA group; Q / dO tiles stream through shared
+//   memory, double-buffered with cp.async. A warp computes its m-tiles'
+//   16 x 32 slices of the TRANSPOSED scores, so P^T and dS^T come
 //   out as accumulators that are re-packed directly as A fragments:
 //     S^T  = K Q^T          dP^T = V dO^T
 //     P^T  = exp(S^T * scale + mask - lse)   (dropout: P_used^T = P^T * z)
@@ -39,21 +40,25 @@ namespace pydl {
 namespace attention_cuda {
 namespace tc {
 
-// kDqMTiles: 16-row m-tiles per warp in the dQ kernel, two at head dims up
-// to 128 as in the forward (each K / V fragment feeds both), with 32-key
-// tiles to keep the S and dP accumulators in registers; one at 256.
-template <int kHeadDim_, int kDqMTiles_ = (kHeadDim_ <= 128 ? 2 : 1)>
+// kMTiles_: 16-row m-tiles per warp, two by default where the accumulators
+// fit (as in the forward, each B fragment read from shared memory then feeds
+// both): the dQ kernel at head dims up to 128 (with 32-key tiles to keep the
+// S and dP accumulators in registers), the dK / dV kernel at head dim 64
+// (its dK + dV accumulators of 32 keys x 128 columns would not fit at 128).
+// PYDL_ATTENTION_TC_MTILES=1 selects one m-tile in both (the A/B switch).
+template <int kHeadDim_, int kMTiles_ = (kHeadDim_ <= 128 ? 2 : 1)>
 struct BackwardTraits {
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kDqMTiles = kDqMTiles_;
+  static constexpr int kDqMTiles = kMTiles_;
+  static constexpr int kDkdvMTiles = kHeadDim == 64 ? kMTiles_ : 1;
   static constexpr int kSplit = kHeadDim > 128 ? 2 : 1;  // warps per 16-row group
   static constexpr int kAccCols = kHeadDim / kSplit;     // accumulator columns per warp
-  static constexpr int kGroups = 4;                      // 16-row groups per CTA
+  static constexpr int kGroups = 4;                      // row groups per CTA
   static constexpr int kWarps = kGroups * kSplit;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kPitch = kHeadDim + 8;
-  // dK / dV kernel: 64 keys per CTA, query tiles of 32 rows.
-  static constexpr int kKeys = 16 * kGroups;
+  // dK / dV kernel: 16 x kDkdvMTiles keys per row group, query tiles of 32 rows.
+  static constexpr int kKeys = 16 * kDkdvMTiles * kGroups;
   static constexpr int kQueryTile = 32;
   static constexpr int kDkdvSmemBytes = (2 * kKeys + 4 * kQueryTile) * kPitch * 2;  // K, V, 2 x (Q, dO)
   // dQ kernel: 16 x kDqMTiles query rows per row group, key tiles of 64 (32
@@ -103,7 +108,7 @@ __device__ __forceinline__ void store_acc(const float (*acc)[4], T* out, int64_t
 template <typename T, typename Tr>
 __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
   constexpr int kD = Tr::kHeadDim, kPitch = Tr::kPitch, kKeys = Tr::kKeys, kQT = Tr::kQueryTile;
-  constexpr int kAcc = Tr::kAccCols;
+  constexpr int kAcc = Tr::kAccCols, kMT = Tr::kDkdvMTiles;
   const Problem& p = a.p;
   PYDL_DYNAMIC_SMEM(unsigned char, smem_raw);
   T* Ks = reinterpret_cast<T*>(smem_raw);
@@ -114,15 +119,16 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
   const int nhk = blockIdx.x, n = nhk / p.heads_kv, hk = nhk % p.heads_kv;
   const int j0 = blockIdx.y * kKeys, keys_here = min(kKeys, p.len_kv - j0);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  // 16-row group (its keys) and which accumulator columns [half * kAcc, + kAcc) this warp owns.
+  // Row group rg (its keys) and which accumulator columns [half * kAcc, + kAcc) this warp owns.
   const int rg = warp / Tr::kSplit, half = warp % Tr::kSplit;
   const float scale = static_cast<float>(p.scale), keep_scale = static_cast<float>(p.keep_scale);
   const uint64_t seed = p.dropout ? static_cast<uint64_t>(*p.seed) : 0;
   const float* lse = static_cast<const float*>(a.lse);
   const float* delta = static_cast<const float*>(a.delta);
   float* grad_scores = static_cast<float*>(a.grad_scores);
-  // This lane's two keys (fragment rows g, g + 8 of its group's 16).
-  const int key[2] = {j0 + rg * 16 + g, j0 + rg * 16 + g + 8};
+  // Row group rg's m-tile mt: keys (rg * kMT + mt) * 16 .. + 16 of the CTA's;
+  // this lane holds fragment rows g and g + 8 of each.
+  const int r0 = rg * kMT * 16;
 
   load_tile_async<Tr>(Ks, static_cast<const T*>(p.k) + n * p.sk.n + hk * p.sk.h +
                                              j0 * p.sk.row,
@@ -152,9 +158,12 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
   if (n_tiles > 0) load_q_tile(0, 0);
   cp_async_commit();
 
-  float dk[kAcc / 8][4], dv[kAcc / 8][4];
-  zero_acc<kAcc / 8>(dk);
-  zero_acc<kAcc / 8>(dv);
+  float dk[kMT][kAcc / 8][4], dv[kMT][kAcc / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+    zero_acc<kAcc / 8>(dk[mt]);
+    zero_acc<kAcc / 8>(dv[mt]);
+  }
   for (int tile = 0; tile < n_tiles; ++tile) {
     const int buf = tile & 1;
     if (tile + 1 < n_tiles) {
@@ -173,53 +182,70 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
     const T* mhead = p.mask ? static_cast<const T*>(p.mask) + n * p.smask.n + h * p.smask.h
                             : nullptr;
 
-    float st[kQT / 8][4], dpt[kQT / 8][4];  // S^T, dP^T: 16 keys x 32 queries
-    zero_acc<kQT / 8>(st);
-    zero_acc<kQT / 8>(dpt);
-    mma_abt<T, kD, kQT / 8, kPitch>(&st, Ks + rg * 16 * kPitch, Qb, lane);
-    mma_abt<T, kD, kQT / 8, kPitch>(&dpt, Vs + rg * 16 * kPitch, dOb, lane);
+    float st[kMT][kQT / 8][4], dpt[kMT][kQT / 8][4];  // S^T, dP^T: 16 keys x 32 queries each
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      zero_acc<kQT / 8>(st[mt]);
+      zero_acc<kQT / 8>(dpt[mt]);
+    }
+    mma_abt<T, kD, kQT / 8, kPitch, kMT>(st, Ks + r0 * kPitch, Qb, lane);
+    mma_abt<T, kD, kQT / 8, kPitch, kMT>(dpt, Vs + r0 * kPitch, dOb, lane);
 #pragma unroll
     for (int nt = 0; nt < kQT / 8; ++nt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int kj = key[e >> 1], qi = i0 + nt * 8 + 2 * t + (e & 1);
-        const bool visible = sees_key(p, qi, kj);
+      for (int qc = 0; qc < 2; ++qc) {  // this lane's query columns 2t, 2t + 1
+        // The query row's lse and delta, read once for all of the lane's keys.
+        const int qi = i0 + nt * 8 + 2 * t + qc;
         const float row_lse = qi < p.len_q ? lse[nh * p.len_q + qi] : neg_inf<float>();
-        float prob = 0.f, ds = 0.f;
-        if (visible && row_lse != neg_inf<float>()) {
-          float x = st[nt][e] * scale;
-          if (mhead) x += to_acc(mhead[qi * p.smask.row + kj * p.smask.col]);
-          prob = exp2f((x - row_lse) * kLog2e);
-          float dp = dpt[nt][e];
-          float used = prob;
-          if (p.dropout) {
-            // used stays in [0, 1] for the half-precision dV mma; dV is scaled
-            // by 1 / (1 - p) when stored.
-            const bool kept = kept_at(p, seed, static_cast<uint64_t>(nh * p.len_q + qi), kj);
-            dp = kept ? dp * keep_scale : 0.f;
-            used = kept ? prob : 0.f;
+        const float row_delta = qi < p.len_q ? delta[nh * p.len_q + qi] : 0.f;
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+          for (int rr = 0; rr < 2; ++rr) {
+            const int e = 2 * rr + qc, kj = j0 + r0 + mt * 16 + g + 8 * rr;
+            float prob = 0.f, ds = 0.f;
+            if (sees_key(p, qi, kj) && row_lse != neg_inf<float>()) {
+              float x = st[mt][nt][e] * scale;
+              if (mhead) x += to_acc(mhead[qi * p.smask.row + kj * p.smask.col]);
+              prob = exp2f((x - row_lse) * kLog2e);
+              float dp = dpt[mt][nt][e];
+              float used = prob;
+              if (p.dropout) {
+                // used stays in [0, 1] for the half-precision dV mma; dV is
+                // scaled by 1 / (1 - p) when stored.
+                const bool kept = kept_at(p, seed, static_cast<uint64_t>(nh * p.len_q + qi), kj);
+                dp = kept ? dp * keep_scale : 0.f;
+                used = kept ? prob : 0.f;
+              }
+              ds = prob * (dp - row_delta);
+              prob = used;
+              if (grad_scores && half == 0) {
+                grad_scores[(nh * p.len_q + qi) * p.len_kv + kj] = ds;
+              }
+            }
+            st[mt][nt][e] = prob;  // P_used^T
+            dpt[mt][nt][e] = ds;   // dS^T
           }
-          ds = prob * (dp - delta[nh * p.len_q + qi]);
-          prob = used;
-          if (grad_scores && half == 0) grad_scores[(nh * p.len_q + qi) * p.len_kv + kj] = ds;
         }
-        st[nt][e] = prob;  // P_used^T
-        dpt[nt][e] = ds;   // dS^T
       }
     }
-    mma_xb<T, kAcc, kQT / 8, kPitch>(&dv, &st, dOb + half * kAcc, lane);
-    mma_xb<T, kAcc, kQT / 8, kPitch>(&dk, &dpt, Qb + half * kAcc, lane);
+    mma_xb<T, kAcc, kQT / 8, kPitch, kMT>(dv, st, dOb + half * kAcc, lane);
+    mma_xb<T, kAcc, kQT / 8, kPitch, kMT>(dk, dpt, Qb + half * kAcc, lane);
     __syncthreads();  // this buffer is refilled two tiles on
   }
   cp_async_wait<0>();  // with no tile, the first group (K, V) is still in flight
   const int64_t key_row0 = static_cast<int64_t>(nhk) * p.len_kv + j0;
-  if (a.grad_k) {
-    store_acc<T, kAcc>(dk, static_cast<T*>(a.grad_k) + key_row0 * p.dim_qk + half * kAcc,
-                       p.dim_qk, rg * 16, keys_here, p.dim_qk - half * kAcc, scale, lane);
-  }
-  if (a.grad_v) {
-    store_acc<T, kAcc>(dv, static_cast<T*>(a.grad_v) + key_row0 * p.dim_v + half * kAcc,
-                       p.dim_v, rg * 16, keys_here, p.dim_v - half * kAcc, keep_scale, lane);
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+    if (a.grad_k) {
+      store_acc<T, kAcc>(dk[mt], static_cast<T*>(a.grad_k) + key_row0 * p.dim_qk + half * kAcc,
+                         p.dim_qk, r0 + mt * 16, keys_here, p.dim_qk - half * kAcc, scale, lane);
+    }
+    if (a.grad_v) {
+      store_acc<T, kAcc>(dv[mt], static_cast<T*>(a.grad_v) + key_row0 * p.dim_v + half * kAcc,
+                         p.dim_v, r0 + mt * 16, keys_here, p.dim_v - half * kAcc, keep_scale,
+                         lane);
+    }
   }
 }
 
@@ -349,12 +375,19 @@ __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
 }
 
 template <typename T, typename Tr>
-void launch_dq(const BackwardArgs& a, cudaStream_t stream) {
+void launch_backward_kernels(const BackwardArgs& a, cudaStream_t stream) {
   // launch_backward checks the default traits' shared memory against the card.
-  static_assert(Tr::kDqSmemBytes <= BackwardTraits<Tr::kHeadDim>::kDqSmemBytes,
+  static_assert(Tr::kDqSmemBytes <= BackwardTraits<Tr::kHeadDim>::kDqSmemBytes &&
+                    Tr::kDkdvSmemBytes <= BackwardTraits<Tr::kHeadDim>::kDkdvSmemBytes,
                 "the A/B variant may not need more shared memory than the default");
-  launch_over_rows(dq_kernel<T, Tr>, int64_t(a.p.batch) * a.p.heads_q, a.p.len_q, Tr::kRows,
-                   Tr::kThreads, Tr::kDqSmemBytes, "L", a, stream);
+  if (a.grad_k || a.grad_v || a.grad_scores) {
+    launch_over_rows(dkdv_kernel<T, Tr>, int64_t(a.p.batch) * a.p.heads_kv, a.p.len_kv,
+                     Tr::kKeys, Tr::kThreads, Tr::kDkdvSmemBytes, "S", a, stream);
+  }
+  if (a.grad_q) {
+    launch_over_rows(dq_kernel<T, Tr>, int64_t(a.p.batch) * a.p.heads_q, a.p.len_q, Tr::kRows,
+                     Tr::kThreads, Tr::kDqSmemBytes, "L", a, stream);
+  }
 }
 
 template <typename T, int kHeadDim>
@@ -364,18 +397,9 @@ void launch_backward(const BackwardArgs& a, cudaStream_t stream) {
   // allow 99 KB; head dims 128 and 256 need more) takes the CUDA-core kernels.
   const int optin = max_smem_optin();
   if (Tr::kDkdvSmemBytes > optin || Tr::kDqSmemBytes > optin) return simt_backward<T>(a, stream);
-  if (a.grad_k || a.grad_v || a.grad_scores) {
-    launch_over_rows(dkdv_kernel<T, Tr>, int64_t(a.p.batch) * a.p.heads_kv, a.p.len_kv,
-                     Tr::kKeys, Tr::kThreads, Tr::kDkdvSmemBytes, "S", a, stream);
-  }
-  if (a.grad_q) {
-    // PYDL_ATTENTION_TC_MTILES=1: one m-tile per warp here too (the A/B switch).
-    if (one_m_tile_requested()) {
-      launch_dq<T, BackwardTraits<kHeadDim, 1>>(a, stream);
-    } else {
-      launch_dq<T, Tr>(a, stream);
-    }
-  }
+  // PYDL_ATTENTION_TC_MTILES=1: one m-tile per warp here too (the A/B switch).
+  if (one_m_tile_requested()) return launch_backward_kernels<T, BackwardTraits<kHeadDim, 1>>(a, stream);
+  launch_backward_kernels<T, Tr>(a, stream);
 }
 
 }  // namespace tc
