@@ -9,6 +9,7 @@ Policy (DESIGN.md, "Backends and fallback"):
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -109,9 +110,25 @@ def functorch_transform_active() -> bool:
     return torch._C._functorch.maybe_current_level() is not None
 
 
+# pydl's CUDA kernels use cp.async, ldmatrix and bf16 mma (sm_80+), and the
+# build targets sm_80 / sm_90 (+ PTX): an older card has no image to run.
+CUDA_MIN_CAPABILITY = (8, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_device_supported(index: int) -> bool:
+    """Whether CUDA device ``index`` can run pydl's CUDA kernels."""
+    return tuple(torch.cuda.get_device_capability(index)) >= CUDA_MIN_CAPABILITY
+
+
 def use_pydl(family: str, tensor: torch.Tensor) -> bool:
     """Whether this call should run pydl's kernel; raises under PYDL_STRICT=1 otherwise."""
     backend, reason = explain(family, tensor.device.type, tensor.dtype)
+    if backend == PYDL and tensor.is_cuda and not cuda_device_supported(
+            tensor.device.index if tensor.device.index is not None else torch.cuda.current_device()):
+        backend, reason = TORCH, (
+            f"pydl's CUDA kernels need compute capability "
+            f"{'.'.join(map(str, CUDA_MIN_CAPABILITY))} or newer")
     if backend == PYDL and functorch_transform_active():
         backend, reason = TORCH, "a torch.func transform is active (pydl's ops have no functorch rules)"
     if backend == PYDL:

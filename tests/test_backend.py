@@ -45,6 +45,33 @@ def test_unverified_cuda_is_opt_in(monkeypatch):
     assert _backend.explain("conv2d", "cuda", torch.bfloat16)[0] == "pydl"
 
 
+@pytest.mark.parametrize("capability, runs_pydl", [((7, 5), False), ((8, 0), True),
+                                                     ((9, 0), True)])
+def test_cuda_cards_before_sm80_take_torchs_ops(capability, runs_pydl, monkeypatch):
+    # pydl's CUDA kernels need sm_80+ (cp.async, bf16 mma) and the build has
+    # no image for older cards: a T4 or V100 gets torch's op (PYDL_STRICT=1
+    # says why) instead of "no kernel image is available".
+    if not _ext.loaded():
+        pytest.skip("extension not loaded")
+    import types
+
+    monkeypatch.setitem(_ext._state, "build", dict(_ext._state["build"], cuda="1"))
+    monkeypatch.setenv("PYDL_EXPERIMENTAL_CUDA", "1")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    _backend.cuda_device_supported.cache_clear()
+    try:
+        tensor = types.SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16,
+                                       is_cuda=True)
+        monkeypatch.delenv("PYDL_STRICT", raising=False)
+        assert _backend.use_pydl("attention", tensor) == runs_pydl
+        if not runs_pydl:
+            monkeypatch.setenv("PYDL_STRICT", "1")
+            with pytest.raises(_backend.FallbackError, match="compute capability 8.0"):
+                _backend.use_pydl("attention", tensor)
+    finally:
+        _backend.cuda_device_supported.cache_clear()
+
+
 def _run(code, **env):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PYDL_")}
     full_env.update(env)

@@ -51,10 +51,7 @@ T row_dot(const T* a, const T* b, int64_t n) {
   }
   acc = acc + acc1;
   for (; c + V::size() <= n; c += V::size()) acc = at::vec::fmadd(V::loadu(a + c), V::loadu(b + c), acc);
-  T lanes[V::size()];
-  acc.store(lanes);
-  T sum = T(0);
-  for (int64_t w = 0; w < V::size(); ++w) sum += lanes[w];
+  T sum = horizontal_sum(acc);
   for (; c < n; ++c) sum += a[c] * b[c];
   return sum;
 }

@@ -425,10 +425,12 @@ LaunchPlan plan_launch(Kernel kernel, int hidden, int batch) {
   const int blocks = div_up(hidden, units);
   const size_t smem = Shape::smem_bytes(units, hidden, batch);
   if (!Shape::fits(units, hidden) || smem > size_t(smem_optin)) return plans[key] = LaunchPlan{};
-  // Grant what this plan needs (the opt-in cap includes the kernel's static
-  // shared memory, e.g. 1 KB for the grid barrier on sm_90, so asking for the
-  // whole cap fails). The grant per kernel and device only ever grows, so a
-  // smaller one can never lower it under another thread's launch.
+  // Grant what this plan needs, not the whole opt-in cap: the grant plus
+  // the kernel's static shared memory must stay within the cap, and the
+  // sm_90 cubins list 1 KB of it (cuobjdump's SHARED:1024, whatever it is
+  // for), so asking for the cap could fail. The grant per kernel and device
+  // only ever grows, so a smaller one can never lower it under another
+  // thread's launch.
   static std::map<std::pair<const void*, int>, size_t> granted;
   size_t& grant = granted[{reinterpret_cast<const void*>(kernel), device}];
   if (smem > grant) {
