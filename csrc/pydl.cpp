@@ -1,4 +1,5 @@
-// Every pydl op schema, in one place. Kernels register per backend in
+// The pydl op library: the schemas (op_schemas.h, with what each op does)
+// and a few build facts. Kernels register per backend in
 // csrc/<family>/*_cpu.cpp and *_cuda.cu; Python entry points live in
 // pydl/ops/<family>.py.
 #include <Python.h>
@@ -8,6 +9,7 @@
 
 #include "attention/cpu/tile_gemm.h"
 #include "common/build_info.h"
+#include "op_schemas.h"
 #include "conv/cpu/conv2d_cpu_kernel.h"
 
 // A stub module init: the library registers its ops with the dispatcher when
@@ -29,91 +31,19 @@ TORCH_LIBRARY(pydl, m) {
   // Whether libtorch exports MKL's bf16 GEMM (the CPU bf16 attention tiles need it).
   m.def("cpu_bf16_gemm_available() -> bool", &pydl::attention_cpu::bf16_gemm_available);
 
-  // out = act(conv2d(input, weight) + bias + residual); act in
-  // {none, relu, gelu, gelu_tanh, silu}.
-  m.def(
-      "conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
-      "int[2] dilation, int groups, str activation, Tensor? residual) -> Tensor");
-  // Gradients of conv2d: (grad_input, grad_weight, grad_bias, grad_residual).
-  // `out` is the forward's output (enough for relu); smooth activations
-  // recompute the pre-activation. output_mask selects which grads are computed.
-  m.def(
-      "conv2d_backward(Tensor grad_out, Tensor input, Tensor weight, Tensor? bias, "
-      "Tensor? residual, Tensor out, int[2] stride, int[2] padding, int[2] dilation, "
-      "int groups, str activation, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(pydl::schema::kConv2d);
+  m.def(pydl::schema::kConv2dBackward);
 
-  // One LSTM step, torch.nn.LSTMCell's layout and gate order (i, f, g, o):
-  // (hy, cy, workspace); the workspace (activated gates, (B, 4H)) feeds the backward.
-  m.def(
-      "lstm_cell(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-      "Tensor? b_hh) -> (Tensor, Tensor, Tensor)");
-  // Gradients (input, hx, cx, w_ih, w_hh, bias); bias's is shared by b_ih and b_hh.
-  m.def(
-      "lstm_cell_backward(Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, Tensor cx, "
-      "Tensor cy, Tensor workspace, Tensor w_ih, Tensor w_hh, bool[6] output_mask) -> "
-      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(pydl::schema::kLstmCell);
+  m.def(pydl::schema::kLstmCellBackward);
 
-  // One LSTM layer, one direction, whole sequence, in PackedSequence's layout:
-  // input (N, I) = the rows of step 0, step 1, ...; batch_sizes (T,) int64 on
-  // the CPU, non-increasing (a padded (T, B, I) batch: [B] * T). reverse runs
-  // each sequence from its own last step. Optional projection w_hr (P, H).
-  // (output (N, P), hy (B, P), cy (B, H), gates, cells, hidden_pre): the last
-  // three (activated gates, cell states, pre-projection h or empty) feed the backward.
-  m.def(
-      "lstm_layer(Tensor input, Tensor batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, "
-      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) -> "
-      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // A multi-layer, (bi)directional LSTM as torch's _VF.lstm, over lstm_layer
-  // (composite: its autograd is lstm_layer's). input: a padded batch (T, B, I)
-  // time-major with batch_sizes None, or packed rows (N, I) with batch_sizes.
-  // weights: (w_ih, w_hh, b_ih, b_hh, w_hr) per layer and direction, None
-  // where absent; hx/cx (L*D, B, *), or None for zeros (padded only). Dropout
-  // between layers when train. (output (T, B, D*P) or (N, D*P), h_n, c_n).
-  m.def(
-      "lstm(Tensor input, Tensor? batch_sizes, Tensor? hx, Tensor? cx, Tensor?[] weights, "
-      "int num_layers, float dropout, bool train, bool bidirectional) -> "
-      "(Tensor, Tensor, Tensor)");
-  // Gradients (input, hx, cx, w_ih, w_hh, bias, w_hr); bias's is shared by b_ih and b_hh.
-  m.def(
-      "lstm_layer_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, "
-      "Tensor batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
-      "Tensor output, Tensor gates, Tensor cells, Tensor hidden_pre, bool reverse, "
-      "bool[7] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(pydl::schema::kLstmLayer);
+  m.def(pydl::schema::kLstm);
+  m.def(pydl::schema::kLstmLayerBackward);
 
-  // Fused attention, (N, H, L, E) layout: out = softmax(scale * q k^T + mask) v
-  // with optional causal masking (top-left, or bottom-right alignment),
-  // grouped-query heads (Hq a multiple of Hk) and dropout keyed by
-  // dropout_seed; returns (out, lse), lse the log-sum-exp of each score row.
-  m.def(
-      "attention(Tensor query, Tensor key, Tensor value, Tensor? attn_mask, "
-      "Tensor? dropout_seed, float dropout_p, bool is_causal, bool causal_bottom_right, "
-      "float scale) -> (Tensor, Tensor)");
-  // Gradients (query, key, value, attn_mask) from the saved out and lse;
-  // grad_lse is the gradient flowing into lse (None when lse was unused).
-  m.def(
-      "attention_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, "
-      "Tensor? attn_mask, Tensor? dropout_seed, Tensor out, Tensor lse, Tensor? grad_lse, "
-      "float dropout_p, bool is_causal, bool causal_bottom_right, float scale, "
-      "bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
-  // The same attention when the caller also wants the weights (after
-  // dropout): (out, weights, lse), weights (N, L, S) averaged over the heads
-  // when average_heads, else (N, Hq, L, S). MultiheadAttention's need_weights.
-  m.def(
-      "attention_with_weights(Tensor query, Tensor key, Tensor value, Tensor? attn_mask, "
-      "Tensor? dropout_seed, float dropout_p, bool is_causal, bool causal_bottom_right, "
-      "float scale, bool average_heads) -> (Tensor, Tensor, Tensor)");
-  // Gradients (query, key, value, attn_mask) from those of out and weights
-  // (either may be None).
-  m.def(
-      "attention_with_weights_backward(Tensor? grad_out, Tensor? grad_weights, Tensor query, "
-      "Tensor key, Tensor value, Tensor? attn_mask, Tensor? dropout_seed, Tensor lse, "
-      "float dropout_p, bool is_causal, bool causal_bottom_right, float scale, "
-      "bool average_heads, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
-  // The dropout keep decisions the attention kernels make for dropout_seed
-  // (dropout_philox.h): bool (batch, heads, query_len, key_len) on the seed's
-  // device, True where a weight survives (and is scaled by 1 / (1 - p)). For
-  // rebuilding dropped-out weights outside a fused kernel, e.g. from its lse.
-  m.def(
-      "attention_dropout_keep(Tensor dropout_seed, int batch, int heads, int query_len, "
-      "int key_len, float dropout_p) -> Tensor");
+  m.def(pydl::schema::kAttention);
+  m.def(pydl::schema::kAttentionBackward);
+  m.def(pydl::schema::kAttentionWithWeights);
+  m.def(pydl::schema::kAttentionWithWeightsBackward);
+  m.def(pydl::schema::kAttentionDropoutKeep);
 }

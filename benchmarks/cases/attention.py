@@ -16,6 +16,12 @@ cuDNN backends (one provider each; a backend that refuses the case is left
 out); plus float32 rows against the efficient backend (torch's only fused
 fp32 kernel).
 
+Decoding rows (KV cache): one query row (a generated token) or 16 (a
+draft of speculative decoding, bottom-right causal: query i sees keys up to
+S - 16 + i; torch's side takes that as an explicit boolean mask, as a torch
+user would write it) against S = 1024 / 4096 cached keys, B1 x 8 heads:
+memory-bound, so the per-call overhead shows.
+
 Module rows: pydl.nn.TransformerEncoderLayer vs torch's (same weights,
 d_ff = 4 x embed, dropout 0.1 in training; torch's inference fast path on),
 and pydl.nn.MultiheadAttention vs torch.nn.MultiheadAttention (same
@@ -150,6 +156,48 @@ def _case(length, dim, causal, train, cfg, dropout=0.0):
     return make_providers
 
 
+# (query rows, cached keys, head dim) of the decoding rows.
+DECODE_SIZES = ((1, 1024, 64), (1, 4096, 128), (16, 1024, 64))
+
+
+def _decode_case(rows, keys, dim, cfg):
+    def make_providers():
+        opts = {"device": cfg.device, "dtype": cfg.dtype}
+        q = torch.randn(BATCH, HEADS, rows, dim, **opts)
+        k, v = (torch.randn(BATCH, HEADS, keys, dim, **opts) for _ in range(2))
+        causal = rows > 1
+        # bottom-right: query i sees keys j <= i + keys - rows
+        visible = torch.ones(rows, keys, dtype=torch.bool, device=cfg.device).tril(keys - rows)
+
+        def ours():
+            return scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                                causal_alignment="bottom_right")
+
+        def theirs():
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=visible if causal else None)
+
+        return {"pydl": ours, "torch": theirs}
+
+    return make_providers
+
+
+def _decode_cases(cfg) -> list[Case]:
+    elem = torch.empty((), dtype=cfg.dtype).element_size()
+    out = []
+    for rows, keys, dim in DECODE_SIZES:
+        out.append(Case(
+            name=f"attention/decode/L{rows}_S{keys}_d{dim}",
+            family=FAMILY,
+            shape=f"B{BATCH} H{HEADS} L{rows} S{keys} d{dim}"
+                  + (" bottom-right causal" if rows > 1 else ""),
+            flops=4 * BATCH * HEADS * rows * keys * dim,
+            bytes=elem * BATCH * HEADS * (2 * keys + 2 * rows) * dim,
+            make_providers=_decode_case(rows, keys, dim, cfg),
+            tags={"train": False, "causal": rows > 1, "head_dim": dim, "length": keys},
+        ))
+    return out
+
+
 def _mha_case(batch, length, embed, heads, train, cfg, need_weights=False, dropout=0.0):
     def make_providers():
         opts = {"device": cfg.device, "dtype": cfg.dtype}
@@ -281,4 +329,4 @@ def cases(cfg) -> list[Case]:
         make_providers=_case(length, dim, False, True, cfg, dropout=0.1),
         tags={"train": True, "causal": False, "head_dim": dim, "length": length, "random": True},
     ))
-    return out + _mha_cases(cfg) + _encoder_layer_cases(cfg)
+    return out + _decode_cases(cfg) + _mha_cases(cfg) + _encoder_layer_cases(cfg)

@@ -50,55 +50,56 @@ def _heads(t: torch.Tensor) -> int:
 
 def _plan(query, key, value, attn_mask, dropout_p, enable_gqa, causal_alignment):
     """Validates the arguments; returns (batch dims, query heads, output batch dims)."""
-    if query.dim() < 2 or key.dim() < 2 or value.dim() < 2:
-        _fail("query, key and value need at least 2 dims (L, E), got "
-              f"{query.dim()}, {key.dim()}, {value.dim()}")
+    q_dim, k_dim, v_dim = query.dim(), key.dim(), value.dim()
+    if q_dim < 2 or k_dim < 2 or v_dim < 2:
+        _fail(f"query, key and value need at least 2 dims (L, E), got {q_dim}, {k_dim}, {v_dim}")
     if not (query.dtype == key.dtype == value.dtype) or not query.is_floating_point():
         _fail("query, key and value must share one floating-point dtype, got "
               f"{query.dtype}, {key.dtype}, {value.dtype}")
     if not (query.device == key.device == value.device):
         _fail(f"query, key and value must be on one device, got {query.device}, "
               f"{key.device}, {value.device}")
-    if key.shape[-1] != query.shape[-1]:
-        _fail(f"key head dim {key.shape[-1]} differs from query head dim {query.shape[-1]}")
-    if value.shape[-2] != key.shape[-2] or value.shape[:-2] != key.shape[:-2]:
-        _fail(f"value of shape {tuple(value.shape)} does not match key of shape "
-              f"{tuple(key.shape)} (all but the last dim must agree)")
+    q_shape, k_shape, v_shape = query.shape, key.shape, value.shape
+    if k_shape[-1] != q_shape[-1]:
+        _fail(f"key head dim {k_shape[-1]} differs from query head dim {q_shape[-1]}")
+    if v_shape[:-1] != k_shape[:-1]:
+        _fail(f"value of shape {tuple(v_shape)} does not match key of shape "
+              f"{tuple(k_shape)} (all but the last dim must agree)")
     if causal_alignment not in CAUSAL_ALIGNMENTS:
         _fail(f"causal_alignment must be one of {CAUSAL_ALIGNMENTS}, got {causal_alignment!r}")
     if not 0.0 <= dropout_p <= 1.0:
         _fail(f"dropout_p must be in [0, 1], got {dropout_p}")
-    hq, hk = _heads(query), _heads(key)
+    hq = q_shape[-3] if q_dim >= 3 else 1
+    hk = k_shape[-3] if k_dim >= 3 else 1
     # Key/value without heads (hk = 0) give query rows that see no key, as in torch.
     if enable_gqa:
-        if query.dim() < 3 or key.dim() < 3 or (hk != 0 and hq % hk != 0):
+        if q_dim < 3 or k_dim < 3 or (hk != 0 and hq % hk != 0):
             _fail(f"enable_gqa needs (..., heads, L, E) inputs with query heads ({hq}) a "
                   f"multiple of key/value heads ({hk})")
     elif hq != hk and hk not in (0, 1) and hq != 1:
         _fail(f"query has {hq} heads and key/value {hk}: they must match or broadcast "
               "(set enable_gqa=True for grouped-query attention)")
-    batch = tuple(query.shape[:-3])
-    if tuple(key.shape[:-3]) != batch:
+    batch = tuple(q_shape[:-3])
+    if tuple(k_shape[:-3]) != batch:
         try:
-            batch = tuple(torch.broadcast_shapes(batch, tuple(key.shape[:-3])))
+            batch = tuple(torch.broadcast_shapes(batch, tuple(k_shape[:-3])))
         except RuntimeError:
-            _fail(f"batch dims of query {tuple(query.shape[:-3])} and key/value "
-                  f"{tuple(key.shape[:-3])} do not broadcast")
+            _fail(f"batch dims of query {tuple(q_shape[:-3])} and key/value "
+                  f"{tuple(k_shape[:-3])} do not broadcast")
     heads = hq if enable_gqa or hk in (0, 1) or hq == hk else hk  # (else hq == 1)
-    has_heads = max(query.dim(), key.dim()) >= 3
-    out_batch = batch + ((heads,) if has_heads else ())
+    out_batch = batch + ((heads,) if max(q_dim, k_dim) >= 3 else ())
     if attn_mask is not None:
         if attn_mask.dtype not in (torch.bool, query.dtype, torch.float32):
             _fail(f"attn_mask must be bool or the query's dtype ({query.dtype}), or float32; "
                   f"got {attn_mask.dtype}")
         if attn_mask.device != query.device:
             _fail(f"attn_mask is on {attn_mask.device}, query on {query.device}")
-        full = out_batch + (query.shape[-2], key.shape[-2])
+        full = out_batch + (q_shape[-2], k_shape[-2])
         shape = tuple(attn_mask.shape)
         ok = len(shape) <= len(full) and all(
             m in (1, f) for m, f in zip(reversed(shape), reversed(full)))
         if not ok:
-            _fail(f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to {full}")
+            _fail(f"attn_mask of shape {shape} does not broadcast to {full}")
     return batch, heads, out_batch
 
 
@@ -206,9 +207,12 @@ def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
             or not _backend.use_pydl("attention", query) or not _kernel_serves(query, value)):
         return _fallback(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                          causal_alignment, return_lse, out_batch)
-    q = _as_4d(query, batch, heads)
-    k = _as_4d(key, batch, _heads(key))
-    v = _as_4d(value, batch, _heads(value))
+    if query.dim() == key.dim() == 4 and len(batch) == 1 and query.shape[1] == heads \
+            and query.shape[0] == key.shape[0]:
+        q, k, v = query, key, value  # (N, H, L, E) already: the common call, kept cheap
+    else:
+        q, k, v = (_as_4d(query, batch, heads), _as_4d(key, batch, _heads(key)),
+                   _as_4d(value, batch, _heads(value)))
     mask = attn_mask
     if mask is not None and mask.is_floating_point() and mask.dtype != query.dtype:
         mask = mask.to(query.dtype)  # CUDA, float32 mask with half queries: the kernels' type
@@ -222,10 +226,9 @@ def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
             if dropout_p > 0.0 else None)
     out, lse = torch.ops.pydl.attention(q, k, v, mask, seed, float(dropout_p), bool(is_causal),
                                         causal_alignment == "bottom_right", float(scale))
-    out = out.reshape(*out_batch, L, value.shape[-1])
-    if return_lse:
-        return out, lse.reshape(*out_batch, L)
-    return out
+    if len(out_batch) != 2:  # (else out is (batch, heads, L, Ev) already)
+        out, lse = out.reshape(*out_batch, L, value.shape[-1]), lse.reshape(*out_batch, L)
+    return (out, lse) if return_lse else out
 
 
 def _needs_extras(query, key, attn_mask, is_causal, causal_alignment, return_lse) -> bool:

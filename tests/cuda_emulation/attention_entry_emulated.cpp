@@ -6,6 +6,8 @@
 
 #include <torch/library.h>
 
+#include "op_schemas.h"
+
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> attention_emulated(
@@ -62,18 +64,9 @@ TORCH_LIBRARY(pydl_emulated, m) {
   m.def("launch_count() -> int", &launch_count);
   m.def("mma_count() -> int", &mma_count);
   m.def("smem_wavefronts() -> (int, int)", &smem_wavefronts);
-  m.def(
-      "attention(Tensor query, Tensor key, Tensor value, Tensor? attn_mask, "
-      "Tensor? dropout_seed, float dropout_p, bool is_causal, bool causal_bottom_right, "
-      "float scale) -> (Tensor, Tensor)");
-  m.def(
-      "attention_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, "
-      "Tensor? attn_mask, Tensor? dropout_seed, Tensor out, Tensor lse, Tensor? grad_lse, "
-      "float dropout_p, bool is_causal, bool causal_bottom_right, float scale, "
-      "bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "attention_dropout_keep(Tensor dropout_seed, int batch, int heads, int query_len, "
-      "int key_len, float dropout_p) -> Tensor");
+  m.def(pydl::schema::kAttention);
+  m.def(pydl::schema::kAttentionBackward);
+  m.def(pydl::schema::kAttentionDropoutKeep);
 }
 
 TORCH_LIBRARY_IMPL(pydl_emulated, CPU, m) {

@@ -6,23 +6,13 @@
 
 #include <torch/library.h>
 
+#include "op_schemas.h"
+
 TORCH_LIBRARY_FRAGMENT(pydl_emulated, m) {
-  m.def(
-      "lstm_cell(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-      "Tensor? b_hh) -> (Tensor, Tensor, Tensor)");
-  m.def(
-      "lstm_cell_backward(Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, Tensor cx, "
-      "Tensor cy, Tensor workspace, Tensor w_ih, Tensor w_hh, bool[6] output_mask) -> "
-      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "lstm_layer(Tensor input, Tensor batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, "
-      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) -> "
-      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "lstm_layer_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, "
-      "Tensor batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
-      "Tensor output, Tensor gates, Tensor cells, Tensor hidden_pre, bool reverse, "
-      "bool[7] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(pydl::schema::kLstmCell);
+  m.def(pydl::schema::kLstmCellBackward);
+  m.def(pydl::schema::kLstmLayer);
+  m.def(pydl::schema::kLstmLayerBackward);
 }
 
 TORCH_LIBRARY_IMPL(pydl_emulated, CPU, m) {
