@@ -223,6 +223,28 @@ def test_op_errors_come_from_cpp():
 
 
 @needs_extension
+def test_gradients_only_where_asked_and_no_double_backward():
+    # The op's autograd (C++): each gradient only for the tensors that
+    # require it (bias absent, residual present: the edges shift), no graph
+    # under no_grad, and a second-order gradient refused loudly.
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(2, 4, 4, 3, dtype=torch.float64, requires_grad=True)
+    out = pydl.ops.conv2d(x, w, None, activation="gelu", residual=r)
+    g_w, g_r = torch.autograd.grad(out.square().sum(), (w, r), retain_graph=True)
+    ref = torch_conv2d(x, w, None, [1, 1], [0, 0], [1, 1], 1, "gelu", r)
+    want_w, want_r = torch.autograd.grad(ref.square().sum(), (w, r))
+    assert_close_rel(g_w, want_w, torch.float64, "grad_weight")
+    assert_close_rel(g_r, want_r, torch.float64, "grad_residual")
+    assert g_w.grad_fn is None
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(out.square().sum(), w, create_graph=True)
+    with torch.no_grad():
+        assert pydl.ops.conv2d(x, w, None, residual=r).grad_fn is None
+
+
+@needs_extension
 @pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[3], CONFIGS[8]])
 @pytest.mark.parametrize("activation", ["none", "relu", "gelu"])
 def test_opcheck(cfg, activation):

@@ -2,7 +2,7 @@
 
 Calls ``torch.ops.pydl.conv2d`` when pydl's kernel serves the call (see
 pydl/_backend.py), otherwise torch's conv2d followed by the same epilogue.
-Registers the op's fake kernel (torch.compile / export) and its autograd.
+Registers the op's fake kernel (torch.compile / export); its autograd is in C++.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def torch_conv2d(input, weight, bias, stride, padding, dilation, groups, activat
 
 
 def _register() -> None:
-    """Fake kernel and autograd for torch.ops.pydl.conv2d (only when the extension loaded)."""
+    """Fake kernels for torch.ops.pydl.conv2d (only when the extension loaded)."""
 
     @torch.library.register_fake("pydl::conv2d")
     def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, activation, residual):
@@ -138,21 +138,7 @@ def _register() -> None:
             torch.empty_like(grad_out) if output_mask[3] else None,
         )
 
-    def setup_context(ctx, inputs, output):
-        input, weight, bias, stride, padding, dilation, groups, activation, residual = inputs
-        ctx.save_for_backward(input, weight, bias, residual, output)
-        ctx.config = (stride, padding, dilation, groups, activation)
-
-    def backward(ctx, grad_out):
-        input, weight, bias, residual, out = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        mask = [need[0], need[1], bias is not None and need[2], residual is not None and need[8]]
-        grad_input, grad_weight, grad_bias, grad_residual = torch.ops.pydl.conv2d_backward(
-            grad_out, input, weight, bias, residual, out, *ctx.config, mask
-        )
-        return grad_input, grad_weight, grad_bias, None, None, None, None, None, grad_residual
-
-    torch.library.register_autograd("pydl::conv2d", backward, setup_context=setup_context)
+    # Autograd: csrc/conv/conv2d_autograd.cpp (in C++: no Python per call).
 
 
 if _ext.loaded():
