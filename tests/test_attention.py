@@ -357,6 +357,12 @@ def test_second_order_and_forward_mode_gradients_are_refused():
         dual = fwAD.make_dual(q.detach(), torch.ones_like(q))
         with pytest.raises(RuntimeError):
             sdpa(dual, k.detach(), v.detach())
+    # The op with the weights too; its lse output gets no gradient edge.
+    out, weights, lse = torch.ops.pydl.attention_with_weights(q, k, v, None, None, 0.0, False,
+                                                              False, 8 ** -0.5, True)
+    assert not lse.requires_grad and lse.grad_fn is None
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(weights.pow(2).sum(), k, create_graph=True)
 
 
 @needs_extension

@@ -1,7 +1,7 @@
-// Autograd for pydl::attention in C++ (every backend): the forward calls the
-// op below autograd and saves what its backward op needs; the backward calls
-// pydl::attention_backward. Fake kernels, torch.compile and opcheck see the
-// same two ops as before.
+// Autograd for pydl::attention and pydl::attention_with_weights in C++
+// (every backend): the forward calls the op below autograd and saves what
+// its backward op needs; the backward calls the *_backward op. Fake kernels,
+// torch.compile and opcheck see the same ops as before.
 //
 // Why C++: registered from Python (torch.library.register_autograd), every
 // call of the op paid the Python autograd bridge, no_grad included: about
@@ -31,6 +31,15 @@ using AttentionBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::T
     const at::Tensor&, const std::optional<at::Tensor>&, double, bool, bool, double,
     std::array<bool, 4>);
 
+using WeightsFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, double, bool, bool, double, bool);
+using WeightsBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, const at::Tensor&, double, bool, bool, double, bool,
+    std::array<bool, 4>);
+
 const c10::TypedOperatorHandle<AttentionFn>& attention_op() {
   static const auto op = find_op<AttentionFn>("pydl::attention");
   return op;
@@ -38,6 +47,16 @@ const c10::TypedOperatorHandle<AttentionFn>& attention_op() {
 
 const c10::TypedOperatorHandle<AttentionBackwardFn>& attention_backward_op() {
   static const auto op = find_op<AttentionBackwardFn>("pydl::attention_backward");
+  return op;
+}
+
+const c10::TypedOperatorHandle<WeightsFn>& weights_op() {
+  static const auto op = find_op<WeightsFn>("pydl::attention_with_weights");
+  return op;
+}
+
+const c10::TypedOperatorHandle<WeightsBackwardFn>& weights_backward_op() {
+  static const auto op = find_op<WeightsBackwardFn>("pydl::attention_with_weights_backward");
   return op;
 }
 
@@ -88,6 +107,56 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
   }
 };
 
+// Forward arguments: those of AttentionFunction plus average_heads. Outputs:
+// out and weights; the lse (saved for the backward) is returned beside the
+// Function, not by it, so it gets no gradient edge, as a non-differentiable
+// output, without mark_non_differentiable (which compiled autograd does not
+// support).
+class WeightsFunction : public torch::autograd::Function<WeightsFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& query,
+                               const at::Tensor& key, const at::Tensor& value,
+                               const std::optional<at::Tensor>& attn_mask,
+                               const std::optional<at::Tensor>& dropout_seed, double dropout_p,
+                               bool is_causal, bool bottom_right, double scale,
+                               bool average_heads, at::Tensor* lse_out) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [out, weights, lse] = weights_op().call(query, key, value, attn_mask, dropout_seed,
+                                                 dropout_p, is_causal, bottom_right, scale,
+                                                 average_heads);
+    ctx->save_for_backward({query, key, value, present(attn_mask) ? *attn_mask : at::Tensor(),
+                            present(dropout_seed) ? *dropout_seed : at::Tensor(), lse});
+    ctx->saved_data["dropout_p"] = dropout_p;
+    ctx->saved_data["is_causal"] = is_causal;
+    ctx->saved_data["bottom_right"] = bottom_right;
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["average_heads"] = average_heads;
+    ctx->set_materialize_grads(false);  // either output's gradient may be None
+    *lse_out = lse;
+    return {out, weights};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor& mask = saved[3];
+    const bool mask_grad = mask.defined() && mask.scalar_type() != at::kBool &&
+                           ctx->needs_input_grad(3);
+    const std::array<bool, 4> wanted{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                     ctx->needs_input_grad(2), mask_grad};
+    auto [g_q, g_k, g_v, g_mask] = weights_backward_op().call(
+        optional_of(grads[0]), optional_of(grads[1]), saved[0], saved[1], saved[2],
+        optional_of(mask), optional_of(saved[4]), saved[5],
+        ctx->saved_data["dropout_p"].toDouble(), ctx->saved_data["is_causal"].toBool(),
+        ctx->saved_data["bottom_right"].toBool(), ctx->saved_data["scale"].toDouble(),
+        ctx->saved_data["average_heads"].toBool(), wanted);
+    // One gradient per forward argument (none for the seed, the scalars and
+    // the lse pointer).
+    return {g_q,          g_k,          g_v,          mask_grad ? g_mask : at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 std::tuple<at::Tensor, at::Tensor> attention_autograd(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& dropout_seed,
@@ -118,10 +187,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_au
                                       output_mask);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_with_weights_autograd(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& dropout_seed,
+    double dropout_p, bool is_causal, bool bottom_right, double scale, bool average_heads) {
+  if (!needs_function({&query, &key, &value}, {&attn_mask})) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return weights_op().call(query, key, value, attn_mask, dropout_seed, dropout_p, is_causal,
+                             bottom_right, scale, average_heads);
+  }
+  at::Tensor lse;
+  variable_list out = WeightsFunction::apply(query, key, value, attn_mask, dropout_seed,
+                                             dropout_p, is_causal, bottom_right, scale,
+                                             average_heads, &lse);
+  return {out[0], out[1], lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_with_weights_backward_autograd(
+    const std::optional<at::Tensor>& grad_out, const std::optional<at::Tensor>& grad_weights,
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& dropout_seed,
+    const at::Tensor& lse, double dropout_p, bool is_causal, bool bottom_right, double scale,
+    bool average_heads, std::array<bool, 4> output_mask) {
+  const at::Tensor g_out = present(grad_out) ? *grad_out : at::Tensor();
+  const at::Tensor g_weights = present(grad_weights) ? *grad_weights : at::Tensor();
+  const at::Tensor mask = present(attn_mask) ? *attn_mask : at::Tensor();
+  refuse_double_backward("pydl.attention_with_weights",
+                         requires_grad({&g_out, &g_weights, &query, &key, &value, &mask, &lse}));
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return weights_backward_op().call(grad_out, grad_weights, query, key, value, attn_mask,
+                                    dropout_seed, lse, dropout_p, is_causal, bottom_right, scale,
+                                    average_heads, output_mask);
+}
+
 }  // namespace
 }  // namespace pydl
 
 TORCH_LIBRARY_IMPL(pydl, Autograd, m) {
   m.impl("attention", &pydl::attention_autograd);
   m.impl("attention_backward", &pydl::attention_backward_autograd);
+  m.impl("attention_with_weights", &pydl::attention_with_weights_autograd);
+  m.impl("attention_with_weights_backward", &pydl::attention_with_weights_backward_autograd);
 }

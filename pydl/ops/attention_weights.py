@@ -213,7 +213,7 @@ def _composed(query, key, value, attn_mask, dropout_p, is_causal, scale, average
 
 
 def _register() -> None:
-    """Fake kernels and autograd for torch.ops.pydl.attention_with_weights."""
+    """Fake kernels for torch.ops.pydl.attention_with_weights (its autograd is in C++)."""
 
     @torch.library.register_fake("pydl::attention_with_weights")
     def _fake(query, key, value, attn_mask, dropout_seed, dropout_p, is_causal,
@@ -234,25 +234,7 @@ def _register() -> None:
                        output_mask):
         return input_grad_fakes(query, key, value, attn_mask, output_mask)
 
-    def setup_context(ctx, inputs, output):
-        (query, key, value, attn_mask, dropout_seed, dropout_p, is_causal, bottom_right, scale,
-         average_heads) = inputs
-        _, _, lse = output
-        ctx.mark_non_differentiable(lse)
-        ctx.save_for_backward(query, key, value, attn_mask, dropout_seed, lse)
-        ctx.flags = (dropout_p, is_causal, bottom_right, scale, average_heads)
-
-    def backward(ctx, grad_out, grad_weights, _grad_lse):
-        query, key, value, attn_mask, dropout_seed, lse = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        mask_grad = bool(need[3]) and attn_mask is not None and attn_mask.dtype != torch.bool
-        g_q, g_k, g_v, g_mask = torch.ops.pydl.attention_with_weights_backward(
-            grad_out, grad_weights, query, key, value, attn_mask, dropout_seed, lse, *ctx.flags,
-            [need[0], need[1], need[2], mask_grad])
-        return g_q, g_k, g_v, g_mask, None, None, None, None, None, None
-
-    torch.library.register_autograd("pydl::attention_with_weights", backward,
-                                    setup_context=setup_context)
+    # Autograd: csrc/attention/attention_autograd.cpp.
 
 
 if _ext.loaded():
