@@ -9,7 +9,6 @@ Policy (DESIGN.md, "Backends and fallback"):
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -115,17 +114,27 @@ def functorch_transform_active() -> bool:
 CUDA_MIN_CAPABILITY = (8, 0)
 
 
-@functools.lru_cache(maxsize=None)
-def cuda_device_supported(index: int) -> bool:
-    """Whether CUDA device ``index`` can run pydl's CUDA kernels."""
-    return tuple(torch.cuda.get_device_capability(index)) >= CUDA_MIN_CAPABILITY
+_CUDA_SUPPORTED: dict[int, bool] = {}  # per device index (a dict: Dynamo traces through it quietly)
+
+
+def cuda_device_supported(index: int | None) -> bool:
+    """Whether CUDA device ``index`` can run pydl's CUDA kernels. True where
+    no driver answers (fake CUDA tensors traced on a machine without a GPU:
+    the fake kernels need no image)."""
+    if not torch.cuda.is_available():
+        return True
+    if index is None:
+        index = torch.cuda.current_device()
+    if index not in _CUDA_SUPPORTED:
+        _CUDA_SUPPORTED[index] = (tuple(torch.cuda.get_device_capability(index))
+                                  >= CUDA_MIN_CAPABILITY)
+    return _CUDA_SUPPORTED[index]
 
 
 def use_pydl(family: str, tensor: torch.Tensor) -> bool:
     """Whether this call should run pydl's kernel; raises under PYDL_STRICT=1 otherwise."""
     backend, reason = explain(family, tensor.device.type, tensor.dtype)
-    if backend == PYDL and tensor.is_cuda and not cuda_device_supported(
-            tensor.device.index if tensor.device.index is not None else torch.cuda.current_device()):
+    if backend == PYDL and tensor.is_cuda and not cuda_device_supported(tensor.device.index):
         backend, reason = TORCH, (
             f"pydl's CUDA kernels need compute capability "
             f"{'.'.join(map(str, CUDA_MIN_CAPABILITY))} or newer")

@@ -5,7 +5,9 @@ PYDL_ATTENTION_TC_MTILES=1, read per call), beside torch's flash backend.
 bf16, batch x heads = 16 x 16, sequence 1k and 4k, causal and not, and B2 H8.
 Prints one line per case with TFLOP/s (4 b h L S d, causal half) and the
 ratios, and each layout's largest difference from flash's output; then
-forward + backward for two cases (the dQ kernel has the same two layouts).
+forward + backward for two cases (the switch covers the backward too: the
+dQ kernel's two layouts at head dims 64 / 128, and at head dim 64 the dK / dV
+kernel's 128-key CTAs of two 16-key m-tiles per warp against 64-key ones).
 scripts/gpu_check.sh runs it. Timing: CUDA events around 10 back-to-back
 calls, median of 10.
 """

@@ -57,19 +57,23 @@ def test_cuda_cards_before_sm80_take_torchs_ops(capability, runs_pydl, monkeypat
 
     monkeypatch.setitem(_ext._state, "build", dict(_ext._state["build"], cuda="1"))
     monkeypatch.setenv("PYDL_EXPERIMENTAL_CUDA", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
-    _backend.cuda_device_supported.cache_clear()
-    try:
-        tensor = types.SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16,
-                                       is_cuda=True)
-        monkeypatch.delenv("PYDL_STRICT", raising=False)
-        assert _backend.use_pydl("attention", tensor) == runs_pydl
-        if not runs_pydl:
-            monkeypatch.setenv("PYDL_STRICT", "1")
-            with pytest.raises(_backend.FallbackError, match="compute capability 8.0"):
-                _backend.use_pydl("attention", tensor)
-    finally:
-        _backend.cuda_device_supported.cache_clear()
+    monkeypatch.setattr(_backend, "_CUDA_SUPPORTED", {})
+    tensor = types.SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16,
+                                   is_cuda=True)
+    monkeypatch.delenv("PYDL_STRICT", raising=False)
+    assert _backend.use_pydl("attention", tensor) == runs_pydl
+    if not runs_pydl:
+        monkeypatch.setenv("PYDL_STRICT", "1")
+        with pytest.raises(_backend.FallbackError, match="compute capability 8.0"):
+            _backend.use_pydl("attention", tensor)
+    # No driver (fake CUDA tensors traced on a CPU-only machine): no query,
+    # the fake kernels need no image.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(_backend, "_CUDA_SUPPORTED", {})
+    monkeypatch.delenv("PYDL_STRICT", raising=False)
+    assert _backend.use_pydl("attention", tensor)
 
 
 def _run(code, **env):

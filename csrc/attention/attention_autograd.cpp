@@ -60,10 +60,6 @@ const c10::TypedOperatorHandle<WeightsBackwardFn>& weights_backward_op() {
   return op;
 }
 
-std::optional<at::Tensor> optional_of(const at::Tensor& t) {
-  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
-}
-
 // Forward arguments: query, key, value, attn_mask?, dropout_seed?,
 // dropout_p, is_causal, causal_bottom_right, scale. Outputs: out and lse,
 // both differentiable (lse's gradient reaches q, k and a float mask).

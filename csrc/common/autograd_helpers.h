@@ -15,6 +15,12 @@ namespace autograd_helpers {
 
 inline bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
+// A saved tensor (undefined where the optional argument was absent) as the
+// optional argument again.
+inline std::optional<at::Tensor> optional_of(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
 inline at::Tensor or_zeros(const at::Tensor& grad, const at::Tensor& like) {
   return grad.defined() ? grad : at::zeros_like(like);
 }

@@ -43,10 +43,6 @@ const c10::TypedOperatorHandle<Conv2dBackwardFn>& conv2d_backward_op() {
   return op;
 }
 
-std::optional<at::Tensor> optional_of(const at::Tensor& t) {
-  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
-}
-
 // Forward arguments: input, weight, bias?, stride, padding, dilation, groups,
 // activation, residual?. One output.
 class Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
