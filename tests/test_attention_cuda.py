@@ -531,14 +531,19 @@ def test_nan_key_makes_its_head_nan(dtype):
     assert dq[0, 1].isnan().all() and torch.isfinite(dq[0, 0]).all()
 
 
+# Head dim 64 with GQA, a mask, causal and 1000 keys: the dK / dV kernel's
+# 128-key CTAs, several of them, the last one short.
+D64_MANY_KEYS = (1, 4, 2, 300, 1000, 64, 64, "float", "top_left")
+
+
 @pytest.mark.parametrize("tiles", ["1", "2"])
-@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[5], CASES[8], CASES[11]],
-                         ids=case_id)
+@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[5], CASES[8], CASES[11],
+                                  D64_MANY_KEYS], ids=case_id)
 def test_m_tile_layouts_match_reference(case, tiles, monkeypatch):
-    """Both layouts of the tensor-core forward and dQ kernels (two m16 tiles
-    per warp, the default at head dims 64 / 128, and one with
-    PYDL_ATTENTION_TC_MTILES=1): output and gradients against the reference,
-    bf16, within twice the reference's own bf16 error."""
+    """Both layouts of the tensor-core kernels (two m16 tiles per warp, the
+    default: forward and dQ at head dims 64 / 128, dK / dV at 64; one with
+    PYDL_ATTENTION_TC_MTILES=1): output and gradients against the
+    reference, bf16, within twice the reference's own bf16 error."""
     monkeypatch.setenv("PYDL_ATTENTION_TC_MTILES", tiles)
     dtype = torch.bfloat16
     (out, got), (exact_out, exact), (low_out, theirs) = _ours_against_reference(case, dtype)
