@@ -340,6 +340,41 @@ def test_opcheck(variant):
 
 
 @needs_extension
+def test_plain_calls_take_the_short_path_with_the_same_results(monkeypatch):
+    # (N, H, L, E) float inputs without mask / dropout / lse go straight to the
+    # op (pydl.ops.attention._plain_call); the general path must give the very
+    # same output and gradients, and everything else must still take it.
+    from pydl.ops import attention as entry
+
+    torch.manual_seed(13)
+    q = torch.randn(2, 3, 5, 16, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(2, 3, 7, 16, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    results = []
+    for short in (True, False):
+        with monkeypatch.context() as m:
+            if short:  # the general path's planning must not run
+                m.setattr(entry, "_plan", lambda *a: pytest.fail("general path taken"))
+            else:
+                m.setattr(entry, "_plain_call", lambda *a: None)
+            for causal, alignment in ((False, "top_left"), (True, "bottom_right")):
+                out = sdpa(q, k, v, is_causal=causal, causal_alignment=alignment, scale=0.3)
+                results.append((out, *torch.autograd.grad(out.sum(), (q, k, v))))
+    for a, b in zip(results[:2], results[2:]):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+    with monkeypatch.context() as m:
+        m.setattr(entry, "_plan", lambda *a: pytest.fail("general path taken"))
+        sdpa(q.float(), k.float(), v.float())
+        for call in (lambda: sdpa(q, k, v, attn_mask=torch.ones(5, 7, dtype=torch.bool)),
+                     lambda: sdpa(q[0], k[0], v[0]),  # 3-D
+                     lambda: sdpa(q, k[:, :1], v[:, :1]),  # broadcast heads
+                     lambda: sdpa(q, k, v, return_lse=True),
+                     lambda: sdpa(q, k, v.float())):  # mixed dtypes: the general path's error
+            with pytest.raises(BaseException, match="general path taken"):
+                call()
+
+
+@needs_extension
 def test_second_order_and_forward_mode_gradients_are_refused():
     # The op's autograd (C++) has no double backward and no jvp: both fail
     # loudly, never give zeros or drop a tangent in silence.

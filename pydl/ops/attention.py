@@ -38,6 +38,9 @@ import torch.nn.functional as F
 from pydl import _backend, _ext, reference
 
 CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
+# torch.ops.pydl.attention's overload, looked up once in _register (through
+# the op packet the lookup costs ~2 us a call); None without the extension.
+_ATTENTION_OP = None
 
 
 def _fail(message: str):
@@ -126,6 +129,10 @@ def scaled_dot_product_attention(
 ):
     """``softmax(query @ key^T * scale + mask) @ value``, torch's SDPA semantics;
     returns ``out`` or, with ``return_lse``, ``(out, lse)``. See the module doc."""
+    if attn_mask is None and dropout_p == 0.0 and not return_lse:
+        out = _plain_call(query, key, value, is_causal, scale, causal_alignment)
+        if out is not None:
+            return out
     query, key, value, attn_mask = _autocast(query, key, value, attn_mask)
     batch, heads, out_batch = _plan(query, key, value, attn_mask, dropout_p, enable_gqa,
                                     causal_alignment)
@@ -162,6 +169,33 @@ def scaled_dot_product_attention(
     if query.dtype == dtype:
         return result
     return (result[0].to(dtype), result[1]) if return_lse else result.to(dtype)
+
+
+def _plain_call(query, key, value, is_causal, scale, causal_alignment):
+    """The most common call, (N, H, L, E) float32 / float64 inputs of one
+    device and head count, no mask, no dropout, no lse, autocast off, straight
+    to the op; None for anything else, which takes the general path. Every
+    check below is one the general path makes, so both reach the op with the
+    same arguments; this one skips the planning for broadcast, GQA and masks
+    (~6 us of Python per call, most of a one-row decoding step's overhead)."""
+    if not (query.dim() == key.dim() == value.dim() == 4
+            and query.dtype == key.dtype == value.dtype
+            and query.dtype in (torch.float32, torch.float64)
+            and query.device == key.device == value.device
+            and causal_alignment in CAUSAL_ALIGNMENTS):
+        return None
+    q_shape, k_shape = query.shape, key.shape
+    E = q_shape[3]
+    if not (q_shape[:2] == k_shape[:2] and k_shape[:3] == value.shape[:3] and E == k_shape[3]
+            and q_shape[1] > 0 and E > 0):
+        return None
+    if (torch.is_autocast_enabled(query.device.type) or not _backend.use_pydl("attention", query)
+            or not _kernel_serves(query, value)):
+        return None
+    if scale is None:
+        scale = 1.0 / math.sqrt(E)
+    return _ATTENTION_OP(query, key, value, None, None, 0.0, bool(is_causal),
+                         causal_alignment == "bottom_right", float(scale))[0]
 
 
 def _autocast(query, key, value, attn_mask):
@@ -224,8 +258,8 @@ def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
     # torch.manual_seed reproduces the dropout pattern.
     seed = (torch.randint(0, 2**62, (1,), dtype=torch.int64, device=query.device)
             if dropout_p > 0.0 else None)
-    out, lse = torch.ops.pydl.attention(q, k, v, mask, seed, float(dropout_p), bool(is_causal),
-                                        causal_alignment == "bottom_right", float(scale))
+    out, lse = _ATTENTION_OP(q, k, v, mask, seed, float(dropout_p), bool(is_causal),
+                             causal_alignment == "bottom_right", float(scale))
     if len(out_batch) != 2:  # (else out is (batch, heads, L, Ev) already)
         out, lse = out.reshape(*out_batch, L, value.shape[-1]), lse.reshape(*out_batch, L)
     return (out, lse) if return_lse else out
@@ -317,6 +351,8 @@ def input_grad_fakes(query, key, value, attn_mask, output_mask):
 
 def _register() -> None:
     """Fake kernels for torch.ops.pydl.attention (extension loaded only)."""
+    global _ATTENTION_OP
+    _ATTENTION_OP = torch.ops.pydl.attention.default
 
     @torch.library.register_fake("pydl::attention")
     def _attention_fake(query, key, value, attn_mask, dropout_seed, dropout_p, is_causal,
