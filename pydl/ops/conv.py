@@ -19,9 +19,6 @@ from pydl import _backend, _ext
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
 
 IntOrPair = Union[int, Sequence[int]]
-# torch.ops.pydl.conv2d's overload, looked up once in _register (through the
-# op packet the lookup costs ~2 us a call); None without the extension.
-_CONV2D_OP = None
 
 
 def _pair(value: IntOrPair, name: str) -> list[int]:
@@ -105,8 +102,9 @@ def conv2d(
         bias = bias.to(dtype) if bias is not None else None
         residual = residual.to(dtype) if residual is not None else None
     if _backend.use_pydl("conv2d", input):
-        return _CONV2D_OP(input, weight, bias, stride, padding, dilation, groups, activation,
-                          residual)
+        return torch.ops.pydl.conv2d(
+            input, weight, bias, stride, padding, dilation, groups, activation, residual
+        )
     return torch_conv2d(input, weight, bias, stride, padding, dilation, groups, activation, residual)
 
 
@@ -120,8 +118,6 @@ def torch_conv2d(input, weight, bias, stride, padding, dilation, groups, activat
 
 def _register() -> None:
     """Fake kernels for torch.ops.pydl.conv2d (only when the extension loaded)."""
-    global _CONV2D_OP
-    _CONV2D_OP = torch.ops.pydl.conv2d.default
 
     @torch.library.register_fake("pydl::conv2d")
     def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, activation, residual):
