@@ -142,6 +142,17 @@ def test_persistent_kernel_sizes(emu, sms, B, H, persistent_runs, monkeypatch):
     assert launches == ((1, 1) if persistent_runs else (3, 3)), f"{launches} launches"
 
 
+def test_persistent_kernels_plan_for_the_largest_step_not_hx(emu, monkeypatch):
+    """hx / cx may have more rows than the first step (batch_sizes[0]): the
+    extra rows never run and keep their state. The kernels plan shared memory
+    and scratch for the steps' rows: 2 rows of H 64 with an hx of 2000 rows
+    (as many rows of shared memory, 500+ KB, would not fit) still take them."""
+    args = _layer_args(3, 2000, 8, 64, lengths=[3, 2] + [0] * 1998)
+    assert int(args[1][0]) == 2 and args[2].shape[0] == 2000
+    launches = _compare(emu, args, torch.float32, True, monkeypatch)
+    assert launches == (1, 1), f"{launches} launches"
+
+
 @pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "cublas_loop"])
 def test_results_do_not_depend_on_thread_order(emu, persistent, monkeypatch):
     """The persistent kernels' blocks share h (forward) and the gate gradients
@@ -195,7 +206,7 @@ def test_cell_forward_and_backward(emu, dtype):
                                   "lstm_layer_backward", "attention", "attention_backward",
                                   "attention_dropout_keep"])
 def test_emulated_ops_mirror_pydls_schemas(emu, name):
-    """The emulated ops repeat pydl's schemas (csrc/pydl.cpp): they must not drift apart."""
+    """The emulated ops take pydl's schemas (both from csrc/op_schemas.h): they must not drift apart."""
     ours = getattr(torch.ops.pydl, name).default._schema
     emulated = getattr(torch.ops.pydl_emulated, name).default._schema
     assert [(a.name, str(a.type)) for a in ours.arguments] == \

@@ -191,7 +191,10 @@ void fill_layer(PersistentLayer& layer, StorageType storage, const StepSchedule&
                 const LstmLayerShape& s, const at::Tensor& table, const at::Tensor& w_hh) {
   layer.dtype = storage;
   layer.steps = static_cast<int>(plan.count());
-  layer.batch = static_cast<int>(s.batch);
+  // Plan, shared memory and scratch for the largest step's rows
+  // (batch_sizes[0]), not hx's: rows beyond it never run and keep hx (hy is
+  // hx's clone), so an hx with more rows costs nothing.
+  layer.batch = static_cast<int>(plan.max_rows());
   layer.hidden = static_cast<int>(s.hidden);
   layer.reverse = plan.reverse();
   layer.step_rows = table.const_data_ptr<int>();
@@ -207,11 +210,12 @@ bool try_persistent_forward(const StepSchedule& plan, const LstmLayerShape& s,
                             const at::Tensor& hy, const at::Tensor& cy) {
   const std::optional<StorageType> storage = persistent_storage(plan, s, gates.scalar_type());
   if (!storage) return false;
+  const int64_t rows = plan.max_rows();  // see fill_layer
   const int blocks =
-      persistent_forward_blocks(*storage, static_cast<int>(s.hidden), static_cast<int>(s.batch));
+      persistent_forward_blocks(*storage, static_cast<int>(s.hidden), static_cast<int>(rows));
   if (blocks == 0) return false;
   const at::Tensor table = device_step_table(plan, gates);
-  at::Tensor scratch = at::empty({3, s.batch, s.hidden}, gates.options().dtype(at::kFloat));
+  at::Tensor scratch = at::empty({3, rows, s.hidden}, gates.options().dtype(at::kFloat));
   PersistentForwardArgs args{};
   fill_layer(args, *storage, plan, s, table, w_hh);
   args.gates = gates.mutable_data_ptr();
@@ -222,7 +226,7 @@ bool try_persistent_forward(const StepSchedule& plan, const LstmLayerShape& s,
   args.hy = hy.mutable_data_ptr();
   args.cy = cy.mutable_data_ptr();
   args.h_buffers = scratch.mutable_data_ptr<float>();
-  args.c_state = scratch.mutable_data_ptr<float>() + 2 * s.batch * s.hidden;
+  args.c_state = scratch.mutable_data_ptr<float>() + 2 * rows * s.hidden;
   return persistent_forward(args, blocks, current_stream());
 }
 
@@ -236,12 +240,13 @@ bool try_persistent_backward(const StepSchedule& plan, const LstmLayerShape& s,
                              const at::Tensor& dc) {
   const std::optional<StorageType> storage = persistent_storage(plan, s, gates.scalar_type());
   if (!storage) return false;
+  const int64_t rows = plan.max_rows();  // see fill_layer
   const int blocks =
-      persistent_backward_blocks(*storage, static_cast<int>(s.hidden), static_cast<int>(s.batch));
+      persistent_backward_blocks(*storage, static_cast<int>(s.hidden), static_cast<int>(rows));
   if (blocks == 0) return false;
   const at::Tensor table = device_step_table(plan, gates);
   // Each block's share of dh_prev per step, double buffered.
-  at::Tensor shares = at::empty({2, blocks, s.batch, s.hidden}, gates.options().dtype(at::kFloat));
+  at::Tensor shares = at::empty({2, blocks, rows, s.hidden}, gates.options().dtype(at::kFloat));
   // The state gradients in float between steps (as the forward keeps h and
   // c): dh / dc themselves when float (they are the caller's private copies).
   const bool is_float = dh.scalar_type() == at::kFloat;

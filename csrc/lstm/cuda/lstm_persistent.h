@@ -18,7 +18,7 @@ enum class StorageType { Float, Half, BFloat16 };
 // What both kernels take: the layer's shape, its steps and w_hh.
 struct PersistentLayer {
   StorageType dtype;
-  int steps, batch, hidden;       // T, B (rows of the states), H (= P: no projection)
+  int steps, batch, hidden;       // T, rows of the largest step (batch_sizes[0]), H (= P)
   bool reverse;
   const int* step_rows;           // device [T]: rows of each step (non-increasing)
   const int* step_offsets;        // device [T]: first packed row of each step
