@@ -192,8 +192,9 @@ if [[ $STEPS == *" tests"* || $STEPS == "tests"* ]]; then
     timeout -k 5 "$(capped 60 5)" "$PYTHON" scripts/attention_smoke.py 2>&1 | tail -n 20 | tee -a "$report"
     step_result "attention smoke" "${PIPESTATUS[0]}" "$start"
   fi
-  # The tensor-core forward's and dQ kernel's two layouts (two m-tiles per
-  # warp, the default, against one) beside torch's flash backend: decides the default.
+  # The tensor-core kernels' two layouts (two m-tiles per warp, the default,
+  # against one: forward, dQ, and dK / dV at head dim 64) beside torch's flash
+  # backend: decides the default.
   if has_budget "attention tc A/B"; then
     start=$SECONDS
     timeout -k 5 "$(capped 60 5)" "$PYTHON" scripts/attention_tc_ab.py 2>&1 | tail -n 14 | tee -a "$report"

@@ -430,7 +430,6 @@ def test_tensor_core_ldmatrix_is_free_of_bank_conflicts(emu, dtype, head_dim):
     assert actual == ideal, f"bank conflicts: {actual} wavefronts for {ideal} ldmatrix phases"
 
 
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_nan_score_makes_its_rows_nan(emu, dtype):
     """A NaN in k makes every score of its head NaN: that head's output and

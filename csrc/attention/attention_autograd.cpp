@@ -60,6 +60,31 @@ const c10::TypedOperatorHandle<WeightsBackwardFn>& weights_backward_op() {
   return op;
 }
 
+// The op's scalar arguments, saved by both Functions for their backward op.
+struct Flags {
+  double dropout_p;
+  bool is_causal, bottom_right;
+  double scale;
+
+  void save(AutogradContext* ctx) const {
+    ctx->saved_data["dropout_p"] = dropout_p;
+    ctx->saved_data["is_causal"] = is_causal;
+    ctx->saved_data["bottom_right"] = bottom_right;
+    ctx->saved_data["scale"] = scale;
+  }
+  static Flags load(AutogradContext* ctx) {
+    return {ctx->saved_data["dropout_p"].toDouble(), ctx->saved_data["is_causal"].toBool(),
+            ctx->saved_data["bottom_right"].toBool(), ctx->saved_data["scale"].toDouble()};
+  }
+};
+
+// The backward op's output_mask: query, key, value (edges 0-2) and a float
+// mask's gradient (edge 3, which exists only when the mask was given).
+std::array<bool, 4> wanted_grads(AutogradContext* ctx, const at::Tensor& mask) {
+  return {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
+          mask.defined() && mask.scalar_type() != at::kBool && ctx->needs_input_grad(3)};
+}
+
 // Forward arguments: query, key, value, attn_mask?, dropout_seed?,
 // dropout_p, is_causal, causal_bottom_right, scale. Outputs: out and lse,
 // both differentiable (lse's gradient reaches q, k and a float mask).
@@ -73,12 +98,9 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, lse] = attention_op().call(query, key, value, attn_mask, dropout_seed, dropout_p,
                                           is_causal, bottom_right, scale);
-    ctx->save_for_backward({query, key, value, present(attn_mask) ? *attn_mask : at::Tensor(),
-                            present(dropout_seed) ? *dropout_seed : at::Tensor(), out, lse});
-    ctx->saved_data["dropout_p"] = dropout_p;
-    ctx->saved_data["is_causal"] = is_causal;
-    ctx->saved_data["bottom_right"] = bottom_right;
-    ctx->saved_data["scale"] = scale;
+    ctx->save_for_backward({query, key, value, tensor_or_undefined(attn_mask),
+                            tensor_or_undefined(dropout_seed), out, lse});
+    Flags{dropout_p, is_causal, bottom_right, scale}.save(ctx);
     ctx->set_materialize_grads(false);  // grad_lse stays None when lse was unused
     return {out, lse};
   }
@@ -86,18 +108,14 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor &mask = saved[3], &out = saved[5];
-    // Edges: query 0, key 1, value 2, then the mask's (3) when it was given.
-    const bool mask_grad = mask.defined() && mask.scalar_type() != at::kBool &&
-                           ctx->needs_input_grad(3);
-    const std::array<bool, 4> wanted{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                     ctx->needs_input_grad(2), mask_grad};
+    const std::array<bool, 4> wanted = wanted_grads(ctx, mask);
+    const Flags f = Flags::load(ctx);
     auto [g_q, g_k, g_v, g_mask] = attention_backward_op().call(
         or_zeros(grads[0], out), saved[0], saved[1], saved[2], optional_of(mask),
-        optional_of(saved[4]), out, saved[6], optional_of(grads[1]),
-        ctx->saved_data["dropout_p"].toDouble(), ctx->saved_data["is_causal"].toBool(),
-        ctx->saved_data["bottom_right"].toBool(), ctx->saved_data["scale"].toDouble(), wanted);
+        optional_of(saved[4]), out, saved[6], optional_of(grads[1]), f.dropout_p, f.is_causal,
+        f.bottom_right, f.scale, wanted);
     // One gradient per forward argument (none for the seed and the scalars).
-    return {g_q,          g_k,          g_v,          mask_grad ? g_mask : at::Tensor(),
+    return {g_q,          g_k,          g_v,          wanted[3] ? g_mask : at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor()};
   }
@@ -120,12 +138,9 @@ class WeightsFunction : public torch::autograd::Function<WeightsFunction> {
     auto [out, weights, lse] = weights_op().call(query, key, value, attn_mask, dropout_seed,
                                                  dropout_p, is_causal, bottom_right, scale,
                                                  average_heads);
-    ctx->save_for_backward({query, key, value, present(attn_mask) ? *attn_mask : at::Tensor(),
-                            present(dropout_seed) ? *dropout_seed : at::Tensor(), lse});
-    ctx->saved_data["dropout_p"] = dropout_p;
-    ctx->saved_data["is_causal"] = is_causal;
-    ctx->saved_data["bottom_right"] = bottom_right;
-    ctx->saved_data["scale"] = scale;
+    ctx->save_for_backward({query, key, value, tensor_or_undefined(attn_mask),
+                            tensor_or_undefined(dropout_seed), lse});
+    Flags{dropout_p, is_causal, bottom_right, scale}.save(ctx);
     ctx->saved_data["average_heads"] = average_heads;
     ctx->set_materialize_grads(false);  // either output's gradient may be None
     *lse_out = lse;
@@ -135,19 +150,15 @@ class WeightsFunction : public torch::autograd::Function<WeightsFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor& mask = saved[3];
-    const bool mask_grad = mask.defined() && mask.scalar_type() != at::kBool &&
-                           ctx->needs_input_grad(3);
-    const std::array<bool, 4> wanted{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                     ctx->needs_input_grad(2), mask_grad};
+    const std::array<bool, 4> wanted = wanted_grads(ctx, mask);
+    const Flags f = Flags::load(ctx);
     auto [g_q, g_k, g_v, g_mask] = weights_backward_op().call(
         optional_of(grads[0]), optional_of(grads[1]), saved[0], saved[1], saved[2],
-        optional_of(mask), optional_of(saved[4]), saved[5],
-        ctx->saved_data["dropout_p"].toDouble(), ctx->saved_data["is_causal"].toBool(),
-        ctx->saved_data["bottom_right"].toBool(), ctx->saved_data["scale"].toDouble(),
-        ctx->saved_data["average_heads"].toBool(), wanted);
+        optional_of(mask), optional_of(saved[4]), saved[5], f.dropout_p, f.is_causal,
+        f.bottom_right, f.scale, ctx->saved_data["average_heads"].toBool(), wanted);
     // One gradient per forward argument (none for the seed, the scalars and
     // the lse pointer).
-    return {g_q,          g_k,          g_v,          mask_grad ? g_mask : at::Tensor(),
+    return {g_q,          g_k,          g_v,          wanted[3] ? g_mask : at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -173,8 +184,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_au
     const std::optional<at::Tensor>& dropout_seed, const at::Tensor& out, const at::Tensor& lse,
     const std::optional<at::Tensor>& grad_lse, double dropout_p, bool is_causal,
     bool bottom_right, double scale, std::array<bool, 4> output_mask) {
-  const at::Tensor mask = present(attn_mask) ? *attn_mask : at::Tensor();
-  const at::Tensor g_lse = present(grad_lse) ? *grad_lse : at::Tensor();
+  const at::Tensor mask = tensor_or_undefined(attn_mask);
+  const at::Tensor g_lse = tensor_or_undefined(grad_lse);
   refuse_double_backward("pydl.attention", requires_grad({&grad_out, &query, &key, &value, &mask,
                                                            &out, &lse, &g_lse}));
   at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -205,9 +216,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_with_weight
     const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& dropout_seed,
     const at::Tensor& lse, double dropout_p, bool is_causal, bool bottom_right, double scale,
     bool average_heads, std::array<bool, 4> output_mask) {
-  const at::Tensor g_out = present(grad_out) ? *grad_out : at::Tensor();
-  const at::Tensor g_weights = present(grad_weights) ? *grad_weights : at::Tensor();
-  const at::Tensor mask = present(attn_mask) ? *attn_mask : at::Tensor();
+  const at::Tensor g_out = tensor_or_undefined(grad_out);
+  const at::Tensor g_weights = tensor_or_undefined(grad_weights);
+  const at::Tensor mask = tensor_or_undefined(attn_mask);
   refuse_double_backward("pydl.attention_with_weights",
                          requires_grad({&g_out, &g_weights, &query, &key, &value, &mask, &lse}));
   at::AutoDispatchBelowADInplaceOrView below_autograd;

@@ -21,6 +21,12 @@ inline std::optional<at::Tensor> optional_of(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
 
+// The reverse: an optional argument as a tensor, undefined where absent
+// (what save_for_backward and the grad-mode checks take).
+inline at::Tensor tensor_or_undefined(const std::optional<at::Tensor>& t) {
+  return present(t) ? *t : at::Tensor();
+}
+
 inline at::Tensor or_zeros(const at::Tensor& grad, const at::Tensor& like) {
   return grad.defined() ? grad : at::zeros_like(like);
 }

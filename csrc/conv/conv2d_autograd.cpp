@@ -56,8 +56,8 @@ class Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor out = conv2d_op().call(input, weight, bias, stride, padding, dilation, groups,
                                       activation, residual);
-    ctx->save_for_backward({input, weight, present(bias) ? *bias : at::Tensor(),
-                            present(residual) ? *residual : at::Tensor(), out});
+    ctx->save_for_backward(
+        {input, weight, tensor_or_undefined(bias), tensor_or_undefined(residual), out});
     ctx->saved_data["stride"] = stride.vec();
     ctx->saved_data["padding"] = padding.vec();
     ctx->saved_data["dilation"] = dilation.vec();
@@ -110,8 +110,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv2d_backward_autog
     const at::Tensor& out, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation, int64_t groups, c10::string_view activation,
     std::array<bool, 4> output_mask) {
-  const at::Tensor b = present(bias) ? *bias : at::Tensor();
-  const at::Tensor r = present(residual) ? *residual : at::Tensor();
+  const at::Tensor b = tensor_or_undefined(bias);
+  const at::Tensor r = tensor_or_undefined(residual);
   refuse_double_backward("pydl.conv2d",
                          requires_grad({&grad_out, &input, &weight, &b, &r, &out}));
   at::AutoDispatchBelowADInplaceOrView below_autograd;

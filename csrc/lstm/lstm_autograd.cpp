@@ -132,7 +132,7 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, hy, cy, gates, cells, hidden_pre] =
         lstm_layer_op().call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
-    const at::Tensor projection = present(w_hr) ? *w_hr : at::Tensor();
+    const at::Tensor projection = tensor_or_undefined(w_hr);
     ctx->save_for_backward(
         {input, batch_sizes, hx, cx, w_ih, w_hh, projection, out, gates, cells, hidden_pre});
     ctx->saved_data["reverse"] = reverse;
@@ -157,12 +157,10 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
                                    ctx->needs_input_grad(3), ctx->needs_input_grad(4),
                                    ctx->needs_input_grad(5), need_b_ih || need_b_hh,
                                    needs_grad(ctx, edges[2])};
-    const std::optional<at::Tensor> projection =
-        w_hr.defined() ? std::optional<at::Tensor>(w_hr) : std::nullopt;
     auto [g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias, g_w_hr] =
         layer_backward_op().call(or_zeros(grads[0], out), or_zeros(grads[1], hx),
                                  or_zeros(grads[2], cx), input, batch_sizes, hx, cx, w_ih, w_hh,
-                                 projection, out, saved[8], saved[9], saved[10],
+                                 optional_of(w_hr), out, saved[8], saved[9], saved[10],
                                  ctx->saved_data["reverse"].toBool(), mask);
     // One gradient per forward argument (none for batch_sizes, reverse and
     // the saved-state pointer).
@@ -232,7 +230,7 @@ lstm_layer_backward_autograd(const at::Tensor& grad_output, const at::Tensor& gr
                              const at::Tensor& gates, const at::Tensor& cells,
                              const at::Tensor& hidden_pre, bool reverse,
                              std::array<bool, 7> output_mask) {
-  const at::Tensor projection = present(w_hr) ? *w_hr : at::Tensor();
+  const at::Tensor projection = tensor_or_undefined(w_hr);
   refuse_double_backward("pydl.lstm_layer",
                          requires_grad({&grad_output, &grad_hy, &grad_cy, &input, &hx, &cx,
                                         &w_ih, &w_hh, &projection, &output, &gates, &cells,

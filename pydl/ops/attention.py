@@ -238,12 +238,9 @@ def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
             or not _backend.use_pydl("attention", query) or not _kernel_serves(query, value)):
         return _fallback(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                          causal_alignment, return_lse, out_batch)
-    if query.dim() == key.dim() == 4 and len(batch) == 1 and query.shape[1] == heads \
-            and query.shape[0] == key.shape[0]:
-        q, k, v = query, key, value  # (N, H, L, E) already: the common call, kept cheap
-    else:
-        q, k, v = (_as_4d(query, batch, heads), _as_4d(key, batch, _heads(key)),
-                   _as_4d(value, batch, _heads(value)))
+    q = _as_4d(query, batch, heads)
+    k = _as_4d(key, batch, _heads(key))
+    v = _as_4d(value, batch, _heads(value))
     mask = attn_mask
     if mask is not None and mask.is_floating_point() and mask.dtype != query.dtype:
         mask = mask.to(query.dtype)  # CUDA, float32 mask with half queries: the kernels' type
