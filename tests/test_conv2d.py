@@ -277,3 +277,86 @@ def test_each_cpu_isa_build_is_correct(isa):
     result = run_with_cpu_isa(isa, code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == isa.upper()
+
+
+# Float32 dense layers with 64-channel output blocks, a kernel wider than 1x1
+# and >= 64 output pixels: the AVX-512 build runs them on the direct kernel
+# (csrc/conv/cpu/isa/direct_avx512.h), other builds on the GEMM path. Row
+# widths hit its 14-pixel blocks and every 7-pixel tail; strides, dilation,
+# uneven padding and channel counts that are no multiple of 16 on purpose.
+DIRECT_CONFIGS = [
+    (1, 64, 16, 29, 64, 3, 3, (1, 1), (1, 1), (1, 1), 1),  # rows 14 + 14 + 1
+    (2, 17, 9, 20, 128, 3, 3, (1, 1), (1, 1), (1, 1), 1),  # 14 + 6, two blocks
+    (1, 3, 30, 30, 64, 7, 7, (2, 2), (3, 3), (1, 1), 1),  # stem-like, rows 15
+    (2, 24, 12, 13, 64, 3, 5, (2, 1), (2, 0), (1, 2), 1),  # dilated, rows of 5
+    (1, 40, 19, 12, 192, 2, 2, (1, 2), (0, 1), (2, 1), 1),  # rows of 7, three blocks
+]
+
+
+def _max_rel(out, expected):
+    return ((out.double() - expected).abs().max() / expected.abs().max()).item()
+
+
+@pytest.mark.parametrize("cfg", DIRECT_CONFIGS)
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_direct_kernel_shapes_match_reference(cfg, fmt):
+    x, weight, b, conf, r = _make(cfg, torch.float32, fmt, residual=True, seed=3)
+    weight = weight.contiguous(memory_format=fmt)
+    for activation, residual, bias in (("none", None, None), ("gelu", r, b)):
+        out = pydl.ops.conv2d(x, weight, bias, activation=activation, residual=residual, **conf)
+        expected = _reference(x, weight, bias, conf, activation, residual)
+        assert out.is_contiguous(memory_format=fmt)
+        # elementwise, so one wrong pixel or channel cannot hide in a norm
+        assert _max_rel(out, expected) < 2e-6, f"{cfg} {fmt} {activation}"
+
+
+def test_direct_kernel_reads_strided_and_low_precision_inputs():
+    cfg = DIRECT_CONFIGS[1]
+    x, weight, b, conf, _ = _make(cfg, torch.float32, seed=4)
+    wide = torch.randn(x.shape[0], x.shape[1] + 5, x.shape[2], 2 * x.shape[3])
+    view = wide[:, 2 : 2 + x.shape[1], :, ::2]  # strided in C and W
+    view.copy_(x)
+    assert not view.is_contiguous()
+    out = pydl.ops.conv2d(view, weight, b, activation="relu", **conf)
+    assert _max_rel(out, _reference(x, weight, b, conf, "relu", None)) < 2e-6
+    xb, wb, bb = x.bfloat16(), weight.bfloat16(), b.bfloat16()
+    got = torch.ops.pydl.conv2d(xb, wb, bb, list(conf["stride"]), list(conf["padding"]),
+                                list(conf["dilation"]), 1, "none", None)
+    expected = _reference(xb, wb, bb, conf, "none", None)
+    torch_err = rel_error(F.conv2d(xb, wb, bb, **conf), expected)
+    assert got.dtype == torch.bfloat16
+    assert rel_error(got, expected) <= LOW_PRECISION_FACTOR * torch_err + 1e-6
+
+
+@needs_extension
+def test_direct_kernel_and_gemm_path_agree():
+    """PYDL_CONV_DIRECT=0 (read once per process) keeps the GEMM path: the
+    same layer through both paths, in two processes, agrees to float32
+    rounding and with the reference."""
+    code = (
+        "import torch, pydl\n"
+        "from pydl import reference\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "x = torch.randn(2, 32, 11, 23, generator=g).contiguous(memory_format=torch.channels_last)\n"
+        "w = torch.randn(128, 32, 3, 3, generator=g)\n"
+        "b = torch.randn(128, generator=g)\n"
+        "out = torch.ops.pydl.conv2d(x, w, b, [1, 1], [1, 1], [1, 1], 1, 'silu', None)\n"
+        "ref = reference.conv2d(x.double(), w.double(), b.double(), 1, 1, 1, 1, 'silu')\n"
+        "assert ((out.double() - ref).abs().max() / ref.abs().max()).item() < 2e-6\n"
+        "torch.save(out, __import__('sys').argv[1])\n"
+    )
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    outs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for flag in ("1", "0"):
+            path = os.path.join(tmp, f"out{flag}.pt")
+            env = dict(os.environ, PYDL_CONV_DIRECT=flag)
+            result = subprocess.run([sys.executable, "-c", code, path], env=env,
+                                    capture_output=True, text=True)
+            assert result.returncode == 0, result.stderr
+            outs.append(torch.load(path))
+    assert _max_rel(outs[0], outs[1].double()) < 2e-6

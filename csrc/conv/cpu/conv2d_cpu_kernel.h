@@ -78,6 +78,8 @@ struct ForwardArgs {
                              // or [Cout, Cin/g, kh * kw] if k_channel_major;
                              // depthwise: [kh, kw, C]
   bool k_channel_major;      // GEMM K order is (channel, tap): the NCHW weight as is
+  bool direct;               // the direct kernel (KernelTable::has_direct; float compute,
+                             // groups 1): weight in 64-channel blocks [taps][Cin][64]
   const void* bias;          // acc type [Cout] or nullptr
   const void* residual;      // dtype, strides in residual_strides, or nullptr
   int64_t residual_strides[4];
@@ -107,6 +109,7 @@ using DepthwiseBackwardFn = void (*)(const DepthwiseBackwardArgs&);
 struct KernelTable {
   ForwardFn forward;
   DepthwiseBackwardFn depthwise_backward;
+  bool has_direct;  // ForwardArgs::direct is supported (isa/direct_avx512.h)
   const char* isa;
 };
 

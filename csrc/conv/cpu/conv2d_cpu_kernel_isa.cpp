@@ -10,6 +10,8 @@
 //   gemm_tiles.h          dense/grouped convolution as implicit GEMM tiles
 //   depthwise.h           depthwise forward paths
 //   depthwise_backward.h  depthwise backward
+//   direct_avx512.h       dense convolution as a register-blocked direct kernel
+//                         (AVX512 build only)
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/BFloat16.h>
@@ -19,6 +21,10 @@
 #include <cstring>
 #include <type_traits>
 #include <vector>
+
+#if defined(CPU_CAPABILITY_AVX512)
+#include <immintrin.h>
+#endif
 
 #include "common/blas.h"
 #include "common/cpu_isa.h"
@@ -47,12 +53,25 @@ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 #include "conv/cpu/isa/depthwise.h"
 
+#if defined(CPU_CAPABILITY_AVX512)
+#include "conv/cpu/isa/direct_avx512.h"
+constexpr bool kHasDirect = true;
+#else
+constexpr bool kHasDirect = false;
+#endif
+
 template <typename scalar_t, typename acc_t>
 void forward_typed(const ForwardArgs& a) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     if (a.depthwise_direct) return depthwise_direct<acc_t>(a);
     if (a.depthwise_planes) return depthwise_planes<acc_t>(a);
   }
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (a.direct) return direct_tiles<scalar_t>(a);
+  }
+#endif
+  TORCH_CHECK(!a.direct, "pydl.conv2d (CPU): no direct kernel in this build");
   if (!a.input_is_packed && !a.input_planes) pack_input<scalar_t, acc_t>(a);
   if (a.g.is_depthwise())
     depthwise<scalar_t, acc_t>(a);
@@ -82,7 +101,7 @@ void forward(const ForwardArgs& a) {
 
 KernelTable PYDL_ISA_TABLE_FN() {
   return {&CPU_CAPABILITY::forward, &CPU_CAPABILITY::depthwise_backward,
-          C10_STRINGIZE(CPU_CAPABILITY)};
+          CPU_CAPABILITY::kHasDirect, C10_STRINGIZE(CPU_CAPABILITY)};
 }
 
 }  // namespace conv_cpu
