@@ -282,15 +282,29 @@ def test_each_cpu_isa_build_is_correct(isa):
 # Float32 dense layers with 64-channel output blocks, a kernel wider than 1x1
 # and >= 64 output pixels: the AVX-512 build runs them on the direct kernel
 # (csrc/conv/cpu/isa/direct_avx512.h), other builds on the GEMM path. Row
-# widths hit its 14-pixel blocks and every 7-pixel tail; strides, dilation,
-# uneven padding and channel counts that are no multiple of 16 on purpose.
+# widths hit its 14-pixel blocks, the 7-pixel block and tails of 1 to 6
+# pixels after each; strides, dilation, uneven padding and channel counts
+# that are no multiple of 16 on purpose.
 DIRECT_CONFIGS = [
     (1, 64, 16, 29, 64, 3, 3, (1, 1), (1, 1), (1, 1), 1),  # rows 14 + 14 + 1
     (2, 17, 9, 20, 128, 3, 3, (1, 1), (1, 1), (1, 1), 1),  # 14 + 6, two blocks
-    (1, 3, 30, 30, 64, 7, 7, (2, 2), (3, 3), (1, 1), 1),  # stem-like, rows 15
+    (1, 3, 30, 30, 64, 7, 7, (2, 2), (3, 3), (1, 1), 1),  # stem-like, rows 14 + 1
     (2, 24, 12, 13, 64, 3, 5, (2, 1), (2, 0), (1, 2), 1),  # dilated, rows of 5
     (1, 40, 19, 12, 192, 2, 2, (1, 2), (0, 1), (2, 1), 1),  # rows of 7, three blocks
+    (1, 8, 12, 11, 64, 3, 3, (1, 1), (1, 1), (1, 1), 1),  # 7 + 4
+    (2, 5, 20, 16, 64, 3, 3, (2, 1), (2, 1), (2, 1), 1),  # dilated and strided rows, 14 + 2
+    (1, 16, 9, 10, 64, 3, 3, (1, 1), (1, 0), (1, 1), 1),  # 7 + 1 (W 10, no column padding)
+    (1, 32, 8, 12, 64, 3, 3, (1, 1), (1, 1), (1, 1), 1),  # 7 + 5
+    (1, 12, 11, 17, 64, 3, 3, (1, 1), (1, 2), (1, 1), 1),  # 14 + 5
+    (1, 12, 11, 15, 64, 3, 3, (1, 1), (1, 2), (1, 1), 1),  # 14 + 3
+    (1, 12, 11, 11, 64, 3, 3, (1, 1), (1, 2), (1, 1), 1),  # 7 + 6
+    (1, 12, 16, 9, 64, 3, 3, (1, 1), (1, 1), (1, 1), 1),  # 7 + 2
+    (1, 12, 16, 10, 64, 3, 3, (1, 1), (1, 1), (1, 1), 1),  # 7 + 3
 ]
+
+
+def _direct_kernel_built():
+    return pydl._ext.loaded() and torch.ops.pydl.conv2d_cpu_isa() == "AVX512"
 
 
 def _max_rel(out, expected):
@@ -310,6 +324,7 @@ def test_direct_kernel_shapes_match_reference(cfg, fmt):
         assert _max_rel(out, expected) < 2e-6, f"{cfg} {fmt} {activation}"
 
 
+@needs_extension
 def test_direct_kernel_reads_strided_and_low_precision_inputs():
     cfg = DIRECT_CONFIGS[1]
     x, weight, b, conf, _ = _make(cfg, torch.float32, seed=4)
@@ -319,29 +334,41 @@ def test_direct_kernel_reads_strided_and_low_precision_inputs():
     assert not view.is_contiguous()
     out = pydl.ops.conv2d(view, weight, b, activation="relu", **conf)
     assert _max_rel(out, _reference(x, weight, b, conf, "relu", None)) < 2e-6
-    xb, wb, bb = x.bfloat16(), weight.bfloat16(), b.bfloat16()
-    got = torch.ops.pydl.conv2d(xb, wb, bb, list(conf["stride"]), list(conf["padding"]),
-                                list(conf["dilation"]), 1, "none", None)
-    expected = _reference(xb, wb, bb, conf, "none", None)
-    torch_err = rel_error(F.conv2d(xb, wb, bb, **conf), expected)
-    assert got.dtype == torch.bfloat16
-    assert rel_error(got, expected) <= LOW_PRECISION_FACTOR * torch_err + 1e-6
+    # channels_last storage whose pixels are further apart than C
+    padded = torch.zeros(x.shape[0], x.shape[2], x.shape[3], x.shape[1] + 3)
+    padded[..., : x.shape[1]] = x.permute(0, 2, 3, 1)
+    gapped = padded.permute(0, 3, 1, 2)[:, : x.shape[1]]
+    assert gapped.stride(1) == 1 and gapped.stride(3) == x.shape[1] + 3
+    out = pydl.ops.conv2d(gapped, weight, b, **conf)
+    assert _max_rel(out, _reference(x, weight, b, conf, "none", None)) < 2e-6
+    for low in (torch.bfloat16, torch.float16):
+        xl, wl, bl = x.to(low), weight.to(low), b.to(low)
+        got = torch.ops.pydl.conv2d(xl, wl, bl, list(conf["stride"]), list(conf["padding"]),
+                                    list(conf["dilation"]), 1, "none", None)
+        expected = _reference(xl, wl, bl, conf, "none", None)
+        torch_err = rel_error(F.conv2d(xl.float(), wl.float(), bl.float(), **conf).to(low),
+                              expected)
+        assert got.dtype == low
+        assert rel_error(got, expected) <= LOW_PRECISION_FACTOR * torch_err + 1e-6, low
 
 
-@needs_extension
+@pytest.mark.skipif(not _direct_kernel_built(), reason="the direct kernel is AVX-512 only")
 def test_direct_kernel_and_gemm_path_agree():
     """PYDL_CONV_DIRECT=0 (read once per process) keeps the GEMM path: the
     same layer through both paths, in two processes, agrees to float32
-    rounding and with the reference."""
+    rounding and with the reference. Stride 2, so the GEMM path sums the
+    taps in its phase order, the direct kernel in (row, column) order: the
+    outputs differ in their last bits, which shows the direct kernel ran
+    (at stride 1 both paths can round identically)."""
     code = (
         "import torch, pydl\n"
         "from pydl import reference\n"
         "g = torch.Generator().manual_seed(0)\n"
-        "x = torch.randn(2, 32, 11, 23, generator=g).contiguous(memory_format=torch.channels_last)\n"
+        "x = torch.randn(2, 32, 21, 45, generator=g).contiguous(memory_format=torch.channels_last)\n"
         "w = torch.randn(128, 32, 3, 3, generator=g)\n"
         "b = torch.randn(128, generator=g)\n"
-        "out = torch.ops.pydl.conv2d(x, w, b, [1, 1], [1, 1], [1, 1], 1, 'silu', None)\n"
-        "ref = reference.conv2d(x.double(), w.double(), b.double(), 1, 1, 1, 1, 'silu')\n"
+        "out = torch.ops.pydl.conv2d(x, w, b, [2, 2], [1, 1], [1, 1], 1, 'silu', None)\n"
+        "ref = reference.conv2d(x.double(), w.double(), b.double(), 2, 1, 1, 1, 'silu')\n"
         "assert ((out.double() - ref).abs().max() / ref.abs().max()).item() < 2e-6\n"
         "torch.save(out, __import__('sys').argv[1])\n"
     )
@@ -360,3 +387,4 @@ def test_direct_kernel_and_gemm_path_agree():
             assert result.returncode == 0, result.stderr
             outs.append(torch.load(path))
     assert _max_rel(outs[0], outs[1].double()) < 2e-6
+    assert not torch.equal(outs[0], outs[1])

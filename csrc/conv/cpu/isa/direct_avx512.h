@@ -18,8 +18,9 @@ constexpr int64_t kDirectBlockChannels = 64;  // output channels per weight bloc
 // acc[p][v] = sum over taps t and channels c of
 //   tap_x[t][offset + p * pixel_step + c] * w[(t * C + c) * w_step + 16 * v ...]
 // for P output pixels and NV vectors of 16 output channels, stored to
-// out[p * kDirectBlockChannels + 16 * v]. P * NV <= 28 keeps accumulators,
-// weights and a broadcast within the 32 zmm registers.
+// out[p * kDirectBlockChannels + 16 * v]. 14 x 2 needs 28 accumulators, 2
+// weights and a broadcast: 31 of the 32 zmm registers; 7 x 4 needs 33, so
+// the compiler keeps one value in memory there (the row tails only).
 template <int P, int NV>
 inline void direct_block(const float* const* tap_x, int64_t offset, int64_t pixel_step,
                          int64_t C, int64_t taps, const float* __restrict w, int64_t w_step,
