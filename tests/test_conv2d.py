@@ -300,6 +300,8 @@ DIRECT_CONFIGS = [
     (1, 12, 11, 11, 64, 3, 3, (1, 1), (1, 2), (1, 1), 1),  # 7 + 6
     (1, 12, 16, 9, 64, 3, 3, (1, 1), (1, 1), (1, 1), 1),  # 7 + 2
     (1, 12, 16, 10, 64, 3, 3, (1, 1), (1, 1), (1, 1), 1),  # 7 + 3
+    (2, 16, 7, 7, 64, 3, 3, (1, 1), (1, 1), (1, 1), 1),  # rows of 7 in pairs, across images
+    (3, 8, 13, 14, 128, 3, 3, (2, 2), (1, 1), (1, 1), 1),  # the same strided, 21 rows: one alone
 ]
 
 
@@ -332,7 +334,11 @@ def test_direct_kernel_reads_strided_and_low_precision_inputs():
     view = wide[:, 2 : 2 + x.shape[1], :, ::2]  # strided in C and W
     view.copy_(x)
     assert not view.is_contiguous()
-    out = pydl.ops.conv2d(view, weight, b, activation="relu", **conf)
+    wide_weight = torch.randn(2 * weight.shape[0], weight.shape[1] + 1, *weight.shape[2:])
+    weight_view = wide_weight[::2, 1:]  # strided in Cout and Cin
+    weight_view.copy_(weight)
+    assert not weight_view.is_contiguous()
+    out = pydl.ops.conv2d(view, weight_view, b, activation="relu", **conf)
     assert _max_rel(out, _reference(x, weight, b, conf, "relu", None)) < 2e-6
     # channels_last storage whose pixels are further apart than C
     padded = torch.zeros(x.shape[0], x.shape[2], x.shape[3], x.shape[1] + 3)

@@ -20,7 +20,8 @@ enum class WorkspaceSlot : int {
   LstmProjectionWeight = 4,  // and its packed w_hr
   LstmRecurrentWeightBlas = 5,   // the same, packed by MKL for the larger steps
   LstmProjectionWeightBlas = 6,
-  kCount = 7
+  DirectConvWeightBlock = 7,  // one 64-channel block of conv weights, re-laid out
+  kCount = 8
 };
 
 class Workspace {

@@ -50,7 +50,7 @@ void copy_strides(const at::Tensor& t, int64_t* dst) {
 // 32-channel tail, a 96-channel layer ran 0.8-0.97x of the GEMM path), and a
 // block's weights ([taps][Cin][64] floats) within ~1.2 MB so they stay in L2
 // across a thread's rows. Few output pixels do not repay the weight
-// re-layout (every call; ~N*OH*OW FLOPs per weight element).
+// re-layout (every call, block by block; ~N*OH*OW FLOPs per weight element).
 // PYDL_CONV_DIRECT=0 keeps every convolution on the GEMM path (for A/B runs).
 bool use_direct(const Conv2dGeometry& g, at::ScalarType acc) {
   static const bool enabled = [] {
@@ -61,12 +61,6 @@ bool use_direct(const Conv2dGeometry& g, at::ScalarType acc) {
   return enabled && conv_cpu::kernel_for_this_cpu().has_direct && acc == at::kFloat &&
          g.groups == 1 && taps > 1 && g.out_channels % 64 == 0 &&
          taps * g.in_channels <= 4608 && g.batch * g.out_h * g.out_w >= kDirectMinPixels;
-}
-
-// [Cout, Cin, kh, kw] -> Cout / 64 blocks of [taps][Cin][64].
-at::Tensor direct_weight(const at::Tensor& w, const Conv2dGeometry& g) {
-  const int64_t K = g.out_channels, taps = g.kernel_h * g.kernel_w;
-  return w.reshape({K / 64, 64, g.in_channels, taps}).permute({0, 3, 2, 1}).contiguous();
 }
 
 // The input already is the packed layout (no padding, no phases, no shifts).
@@ -100,7 +94,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   const bool k_channel_major = !direct && !g.is_depthwise() && taps > 1 && w.is_contiguous() &&
                                g.batch * g.out_h * g.out_w < g.out_channels;
   if (direct) {
-    packed_weight = direct_weight(w, g);
+    packed_weight = w;  // re-laid out block by block inside the kernel
   } else if (g.is_depthwise()) {
     packed_weight = w.reshape({g.out_channels, taps}).t().contiguous();
   } else if (k_channel_major) {
@@ -121,8 +115,16 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   a.p = p;
   a.dtype = input.scalar_type();
   a.act = act;
-  a.input = input.const_data_ptr();
-  copy_strides(input, a.input_strides);
+  // The direct kernel converts each input row once per 64-channel block; from
+  // channel planes that is a strided gather per block, so with several
+  // blocks the input is made channels-last once, up front.
+  const at::Tensor direct_input =
+      direct && input.stride(1) != 1 && g.out_channels > 64
+          ? input.contiguous(at::MemoryFormat::ChannelsLast)
+          : at::Tensor();
+  const at::Tensor& read_input = direct_input.defined() ? direct_input : input;
+  a.input = read_input.const_data_ptr();
+  copy_strides(read_input, a.input_strides);
   a.input_is_packed = input_is_packed(input, g, acc);
   a.input_planes = !a.input_is_packed && !g.is_depthwise() && g.is_unpadded_pointwise() &&
                    input.scalar_type() == acc && input.is_contiguous() && out.is_contiguous();
@@ -144,6 +146,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
     a.packed = Workspace::get<unsigned char>(WorkspaceSlot::PackedInput, bytes);
   }
   a.weight = packed_weight.const_data_ptr();
+  if (direct) copy_strides(packed_weight, a.weight_strides);
   a.bias = packed_bias.defined() ? packed_bias.const_data_ptr() : nullptr;
   if (residual.has_value()) {
     a.residual = residual->const_data_ptr();

@@ -79,7 +79,9 @@ struct ForwardArgs {
                              // depthwise: [kh, kw, C]
   bool k_channel_major;      // GEMM K order is (channel, tap): the NCHW weight as is
   bool direct;               // the direct kernel (KernelTable::has_direct; float compute,
-                             // groups 1): weight in 64-channel blocks [taps][Cin][64]
+                             // groups 1): weight is float [Cout, Cin, kh, kw] with
+                             // strides in weight_strides, re-laid out per block
+  int64_t weight_strides[4];
   const void* bias;          // acc type [Cout] or nullptr
   const void* residual;      // dtype, strides in residual_strides, or nullptr
   int64_t residual_strides[4];

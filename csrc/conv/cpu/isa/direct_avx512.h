@@ -21,22 +21,27 @@ constexpr int64_t kDirectBlockChannels = 64;  // output channels per weight bloc
 // out[p * kDirectBlockChannels + 16 * v]. 14 x 2 needs 28 accumulators, 2
 // weights and a broadcast: 31 of the 32 zmm registers; 7 x 4 needs 33, so
 // the compiler keeps one value in memory there (the row tails only).
-template <int P, int NV>
-inline void direct_block(const float* const* tap_x, int64_t offset, int64_t pixel_step,
-                         int64_t C, int64_t taps, const float* __restrict w, int64_t w_step,
-                         float* __restrict out) {
+// With kSplit < P the block spans two output rows: pixels [0, kSplit) read
+// through tap_x, the rest through tap_x2 (the next row's taps), from the
+// same offset on.
+template <int P, int NV, int kSplit = P>
+inline void direct_block(const float* const* tap_x, const float* const* tap_x2, int64_t offset,
+                         int64_t pixel_step, int64_t C, int64_t taps,
+                         const float* __restrict w, int64_t w_step, float* __restrict out) {
   static_assert(P * NV <= 28, "accumulators must fit the 32 zmm registers");
   __m512 acc[P][NV];
   for (int p = 0; p < P; ++p)
     for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_setzero_ps();
   for (int64_t t = 0; t < taps; ++t) {
     const float* xt = tap_x[t] + offset;
+    const float* xt2 = (kSplit < P ? tap_x2[t] + offset : xt) - kSplit * pixel_step;
     for (int64_t c = 0; c < C; ++c) {
       __m512 wv[NV];
       for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(w + 16 * v);
       w += w_step;
       for (int p = 0; p < P; ++p) {
-        const __m512 xv = _mm512_set1_ps(xt[p * pixel_step + c]);
+        const float* x = p < kSplit ? xt : xt2;
+        const __m512 xv = _mm512_set1_ps(x[p * pixel_step + c]);
         for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_fmadd_ps(xv, wv[v], acc[p][v]);
       }
     }
@@ -59,17 +64,17 @@ void direct_pixels_by_7(const DirectRow& r, const float* w, float* tile, int64_t
                         int64_t width) {
   constexpr int64_t w_step = kDirectBlockChannels;
   for (; ow + 7 <= width; ow += 7)
-    direct_block<7, 4>(r.tap_x, ow * r.pixel_step, r.pixel_step, r.C, r.taps, w, w_step,
+    direct_block<7, 4>(r.tap_x, r.tap_x, ow * r.pixel_step, r.pixel_step, r.C, r.taps, w, w_step,
                        tile + ow * kDirectBlockChannels);
   const int64_t at = ow * r.pixel_step;
   float* tr = tile + ow * kDirectBlockChannels;
   switch (width - ow) {
-    case 6: return direct_block<6, 4>(r.tap_x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
-    case 5: return direct_block<5, 4>(r.tap_x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
-    case 4: return direct_block<4, 4>(r.tap_x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
-    case 3: return direct_block<3, 4>(r.tap_x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
-    case 2: return direct_block<2, 4>(r.tap_x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
-    case 1: return direct_block<1, 4>(r.tap_x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
+    case 6: return direct_block<6, 4>(r.tap_x, r.tap_x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
+    case 5: return direct_block<5, 4>(r.tap_x, r.tap_x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
+    case 4: return direct_block<4, 4>(r.tap_x, r.tap_x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
+    case 3: return direct_block<3, 4>(r.tap_x, r.tap_x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
+    case 2: return direct_block<2, 4>(r.tap_x, r.tap_x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
+    case 1: return direct_block<1, 4>(r.tap_x, r.tap_x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
     default: return;
   }
 }
@@ -82,9 +87,18 @@ void direct_row(const DirectRow& r, const float* w, float* tile, int64_t width) 
   int64_t ow = 0;
   for (; ow + 14 <= width; ow += 14)
     for (int64_t half = 0; half < 2; ++half)
-      direct_block<14, 2>(r.tap_x, ow * r.pixel_step, r.pixel_step, r.C, r.taps, w + 32 * half,
+      direct_block<14, 2>(r.tap_x, r.tap_x, ow * r.pixel_step, r.pixel_step, r.C, r.taps, w + 32 * half,
                           kDirectBlockChannels, tile + ow * kDirectBlockChannels + 32 * half);
   direct_pixels_by_7(r, w, tile, ow, width);
+}
+
+// Two output rows of 7 pixels (ResNet's last stage) as one 14-pixel block,
+// 32 channels at a time: the 14 x 2 tile instead of 7 x 4, which spills.
+void direct_row_pair_of_7(const DirectRow& first, const DirectRow& second, const float* w,
+                          float* tile) {
+  for (int64_t half = 0; half < 2; ++half)
+    direct_block<14, 2, 7>(first.tap_x, second.tap_x, 0, first.pixel_step, first.C, first.taps,
+                           w + 32 * half, kDirectBlockChannels, tile + 32 * half);
 }
 
 // A thread's cache of zero-padded input rows, float [padded_w][C] each, so
@@ -157,11 +171,36 @@ class PaddedRows {
   std::vector<int64_t> tags_;  // n * in_h + ih held by each slot, or -1
 };
 
+// Block `block` of the weight (float [Cout, Cin, kh, kw], element strides
+// st) as [taps][Cin][64]: the layout the kernel streams. The 64 output
+// channels go innermost: sequential writes, and the 64 source lines they
+// gather from stay in L1 while the loop walks along the source's unit
+// stride (Cin for channels_last weights, the taps for NCHW ones).
+void lay_out_weight_block(const float* src, const int64_t* st, const Conv2dGeometry& g,
+                          int64_t block, float* dst) {
+  const int64_t C = g.in_channels, kw_count = g.kernel_w, taps = g.kernel_h * g.kernel_w;
+  const float* first = src + block * kDirectBlockChannels * st[0];
+  const auto copy_one = [&](int64_t t, int64_t c) {
+    const float* s = first + c * st[1] + (t / kw_count) * st[2] + (t % kw_count) * st[3];
+    float* d = dst + (t * C + c) * kDirectBlockChannels;
+    for (int64_t j = 0; j < kDirectBlockChannels; ++j) d[j] = s[j * st[0]];
+  };
+  if (st[1] == 1) {
+    for (int64_t t = 0; t < taps; ++t)
+      for (int64_t c = 0; c < C; ++c) copy_one(t, c);
+  } else {
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t t = 0; t < taps; ++t) copy_one(t, c);
+  }
+}
+
 // The whole convolution, reading the input itself (any strides, any of the
-// float-computed dtypes). Weight layout (conv2d_cpu.cpp's direct_weight):
-// Cout / 64 blocks of [taps][Cin][64]. Work items are (channel block,
-// output row), block-major so a thread's items reuse one block's weights
-// from L2.
+// float-computed dtypes) and the float weight as it is. Work items are
+// (64-channel block, group of output rows): one row, or two when rows are 7
+// pixels wide (they share the 14-pixel tile). Block-major: a thread lays out
+// each block's weights it meets (lay_out_weight_block) into its own L2-sized
+// buffer, where its rows then reuse them. (A whole-tensor re-layout before
+// the kernel wrote them through memory and cost ~17% of a 512 @7 layer.)
 template <typename scalar_t>
 void direct_tiles(const ForwardArgs& a) {
   const Conv2dGeometry& g = a.g;
@@ -169,38 +208,67 @@ void direct_tiles(const ForwardArgs& a) {
   const int64_t taps = g.kernel_h * g.kernel_w;
   const int64_t blocks = g.out_channels / kDirectBlockChannels;
   const int64_t rows = g.batch * g.out_h;
+  const int64_t group = g.out_w == 7 ? 2 : 1;
+  const int64_t groups = ceil_div(rows, group);
   const float* weight = static_cast<const float*>(a.weight);
   const Epilogue<scalar_t, float> epilogue{a};
   const bool channels_last_out = a.out_strides[1] == 1;
+  const int64_t row_tile = g.out_w * kDirectBlockChannels;
 
-  at::parallel_for(0, blocks * rows, 1, [&](int64_t begin, int64_t end) {
-    // [out_w][64] accumulators, then (NCHW outputs) their transpose [64][out_w].
-    float* tile = Workspace::get<float>(WorkspaceSlot::AccumulatorTile,
-                                        2 * g.out_w * kDirectBlockChannels);
-    float* by_channel = tile + g.out_w * kDirectBlockChannels;
-    PaddedRows<scalar_t> input_rows(
-        a, Workspace::get<float>(WorkspaceSlot::Im2colTile, PaddedRows<scalar_t>::floats_needed(g)));
-    std::vector<const float*> tap_x(taps);
-    const DirectRow r{tap_x.data(), g.stride_w * C, C, taps};
+  at::parallel_for(0, blocks * groups, 1, [&](int64_t begin, int64_t end) {
+    // [group][out_w][64] accumulators, then (NCHW outputs) one row's
+    // transpose [64][out_w].
+    float* tile = Workspace::get<float>(WorkspaceSlot::AccumulatorTile, (group + 1) * row_tile);
+    float* by_channel = tile + group * row_tile;
+    // One row cache per row of a group: the two rows of a pair may come from
+    // different images, whose input rows would share slots.
+    const int64_t cache_floats = PaddedRows<scalar_t>::floats_needed(g);
+    float* cache = Workspace::get<float>(WorkspaceSlot::Im2colTile, group * cache_floats);
+    std::vector<PaddedRows<scalar_t>> input_rows;
+    input_rows.reserve(group);
+    for (int64_t j = 0; j < group; ++j) input_rows.emplace_back(a, cache + j * cache_floats);
+    std::vector<const float*> tap_x(group * taps);
+    float* block_weight = Workspace::get<float>(WorkspaceSlot::DirectConvWeightBlock,
+                                                taps * C * kDirectBlockChannels);
+    int64_t laid_out = -1;  // the block in block_weight
+    std::vector<DirectRow> r;
+    for (int64_t j = 0; j < group; ++j) r.push_back({&tap_x[j * taps], g.stride_w * C, C, taps});
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t block = item / rows, row = item % rows;
-      const int64_t n = row / g.out_h, oh = row % g.out_h;
-      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-        const float* x = input_rows.row(n, oh * g.stride_h - g.pad_h + kh * g.dil_h);
-        for (int64_t kw = 0; kw < g.kernel_w; ++kw) tap_x[kh * g.kernel_w + kw] = x + kw * g.dil_w * C;
+      const int64_t block = item / groups, first_row = (item % groups) * group;
+      const int64_t count = std::min(group, rows - first_row);
+      for (int64_t j = 0; j < count; ++j) {
+        const int64_t n = (first_row + j) / g.out_h, oh = (first_row + j) % g.out_h;
+        for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+          const float* x = input_rows[j].row(n, oh * g.stride_h - g.pad_h + kh * g.dil_h);
+          for (int64_t kw = 0; kw < g.kernel_w; ++kw)
+            tap_x[j * taps + kh * g.kernel_w + kw] = x + kw * g.dil_w * C;
+        }
       }
       const int64_t co0 = block * kDirectBlockChannels;
-      direct_row(r, weight + co0 * taps * C, tile, g.out_w);
-      if (channels_last_out) {
-        for (int64_t ow = 0; ow < g.out_w; ++ow)
-          epilogue(tile + ow * kDirectBlockChannels, n, oh, ow, co0, kDirectBlockChannels);
+      if (block != laid_out) {
+        lay_out_weight_block(weight, a.weight_strides, g, block, block_weight);
+        laid_out = block;
+      }
+      const float* w = block_weight;
+      if (count == 2) {
+        direct_row_pair_of_7(r[0], r[1], w, tile);
       } else {
-        // NCHW output: a run of pixels per channel, written along the row.
-        for (int64_t ow = 0; ow < g.out_w; ++ow)
+        direct_row(r[0], w, tile, g.out_w);
+      }
+      for (int64_t j = 0; j < count; ++j) {
+        const int64_t n = (first_row + j) / g.out_h, oh = (first_row + j) % g.out_h;
+        const float* row_acc = tile + j * row_tile;
+        if (channels_last_out) {
+          for (int64_t ow = 0; ow < g.out_w; ++ow)
+            epilogue(row_acc + ow * kDirectBlockChannels, n, oh, ow, co0, kDirectBlockChannels);
+        } else {
+          // NCHW output: a run of pixels per channel, written along the row.
+          for (int64_t ow = 0; ow < g.out_w; ++ow)
+            for (int64_t co = 0; co < kDirectBlockChannels; ++co)
+              by_channel[co * g.out_w + ow] = row_acc[ow * kDirectBlockChannels + co];
           for (int64_t co = 0; co < kDirectBlockChannels; ++co)
-            by_channel[co * g.out_w + ow] = tile[ow * kDirectBlockChannels + co];
-        for (int64_t co = 0; co < kDirectBlockChannels; ++co)
-          epilogue.channel_run(by_channel + co * g.out_w, n, oh, 0, co0 + co, g.out_w);
+            epilogue.channel_run(by_channel + co * g.out_w, n, oh, 0, co0 + co, g.out_w);
+        }
       }
     }
   });
