@@ -34,14 +34,14 @@ inline void direct_block(const float* const* tap_x, const float* const* tap_x2, 
     for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_setzero_ps();
   for (int64_t t = 0; t < taps; ++t) {
     const float* xt = tap_x[t] + offset;
-    const float* xt2 = (kSplit < P ? tap_x2[t] + offset : xt) - kSplit * pixel_step;
+    const float* xt2 = kSplit < P ? tap_x2[t] + offset : xt;
     for (int64_t c = 0; c < C; ++c) {
       __m512 wv[NV];
       for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(w + 16 * v);
       w += w_step;
       for (int p = 0; p < P; ++p) {
-        const float* x = p < kSplit ? xt : xt2;
-        const __m512 xv = _mm512_set1_ps(x[p * pixel_step + c]);
+        const float* x = p < kSplit ? xt + p * pixel_step : xt2 + (p - kSplit) * pixel_step;
+        const __m512 xv = _mm512_set1_ps(x[c]);
         for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_fmadd_ps(xv, wv[v], acc[p][v]);
       }
     }
@@ -172,25 +172,29 @@ class PaddedRows {
 };
 
 // Block `block` of the weight (float [Cout, Cin, kh, kw], element strides
-// st) as [taps][Cin][64]: the layout the kernel streams. The 64 output
-// channels go innermost: sequential writes, and the 64 source lines they
-// gather from stay in L1 while the loop walks along the source's unit
-// stride (Cin for channels_last weights, the taps for NCHW ones).
+// st) as [taps][Cin][64]: the layout the kernel streams. 16 output channels
+// at a time go innermost: one cache line written per (tap, channel), from 16
+// source lines that stay in L1 while the loop walks along the source's unit
+// stride (Cin for channels_last weights, the taps for NCHW ones). All 64 at
+// once would be 64 lines a power-of-two-ish stride apart (e.g. 18 KB for
+// 512 x 3 x 3), too many for their few L1 sets.
 void lay_out_weight_block(const float* src, const int64_t* st, const Conv2dGeometry& g,
                           int64_t block, float* dst) {
   const int64_t C = g.in_channels, kw_count = g.kernel_w, taps = g.kernel_h * g.kernel_w;
-  const float* first = src + block * kDirectBlockChannels * st[0];
-  const auto copy_one = [&](int64_t t, int64_t c) {
-    const float* s = first + c * st[1] + (t / kw_count) * st[2] + (t % kw_count) * st[3];
-    float* d = dst + (t * C + c) * kDirectBlockChannels;
-    for (int64_t j = 0; j < kDirectBlockChannels; ++j) d[j] = s[j * st[0]];
-  };
-  if (st[1] == 1) {
-    for (int64_t t = 0; t < taps; ++t)
-      for (int64_t c = 0; c < C; ++c) copy_one(t, c);
-  } else {
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t t = 0; t < taps; ++t) copy_one(t, c);
+  for (int64_t j0 = 0; j0 < kDirectBlockChannels; j0 += 16) {
+    const float* first = src + (block * kDirectBlockChannels + j0) * st[0];
+    const auto copy_16 = [&](int64_t t, int64_t c) {
+      const float* s = first + c * st[1] + (t / kw_count) * st[2] + (t % kw_count) * st[3];
+      float* d = dst + (t * C + c) * kDirectBlockChannels + j0;
+      for (int64_t j = 0; j < 16; ++j) d[j] = s[j * st[0]];
+    };
+    if (st[1] == 1) {
+      for (int64_t t = 0; t < taps; ++t)
+        for (int64_t c = 0; c < C; ++c) copy_16(t, c);
+    } else {
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t t = 0; t < taps; ++t) copy_16(t, c);
+    }
   }
 }
 
@@ -220,8 +224,9 @@ void direct_tiles(const ForwardArgs& a) {
     // transpose [64][out_w].
     float* tile = Workspace::get<float>(WorkspaceSlot::AccumulatorTile, (group + 1) * row_tile);
     float* by_channel = tile + group * row_tile;
-    // One row cache per row of a group: the two rows of a pair may come from
-    // different images, whose input rows would share slots.
+    // One row cache per row of a group: a cache holds the input rows of one
+    // output row (two rows of a pair need stride_h more, and may come from
+    // different images).
     const int64_t cache_floats = PaddedRows<scalar_t>::floats_needed(g);
     float* cache = Workspace::get<float>(WorkspaceSlot::Im2colTile, group * cache_floats);
     std::vector<PaddedRows<scalar_t>> input_rows;
