@@ -394,3 +394,19 @@ def test_direct_kernel_and_gemm_path_agree():
             outs.append(torch.load(path))
     assert _max_rel(outs[0], outs[1].double()) < 2e-6
     assert not torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("cfg", [DIRECT_CONFIGS[0], DIRECT_CONFIGS[3], DIRECT_CONFIGS[6]])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_float32_gradients_of_direct_kernel_shapes(cfg, fmt):
+    """Stride-1 layers take their input gradient as a convolution with the
+    flipped, transposed weight (64 input channels: the direct kernel again)."""
+    x, weight, b, conf, r = _make(cfg, torch.float32, fmt, residual=True, seed=5)
+    leaves = [t.requires_grad_() for t in (x, weight, b, r)]
+    out = pydl.ops.conv2d(x, weight, b, activation="silu", residual=r, **conf)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, leaves, grad)
+    want = torch.autograd.grad(_reference(x, weight, b, conf, "silu", r), leaves, grad.double())
+    assert got[0].is_contiguous(memory_format=fmt)
+    for name, g_got, g_want in zip(["x", "weight", "bias", "residual"], got, want):
+        assert _max_rel(g_got, g_want) < 2e-5, f"grad {name} {cfg}"

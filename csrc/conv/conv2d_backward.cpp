@@ -10,6 +10,8 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <array>
+
 #include "common/activation.h"
 #include "conv/conv2d_shape.h"
 #include "conv/cpu/conv2d_cpu_kernel.h"
@@ -77,6 +79,29 @@ at::Tensor unpack_phases(const at::Tensor& buffer, const Conv2dGeometry& g,
       .reshape({g.batch, g.in_channels, p.grid_h * sh, p.grid_w * sw})
       .narrow(2, g.pad_h, g.in_h)
       .narrow(3, g.pad_w, g.in_w);
+}
+
+// A stride-1 dense convolution's input gradient is itself a convolution:
+// of the output gradient with the weight flipped in space and transposed
+// in channels, padded by dil * (k - 1) - pad (so that padding must not
+// exceed dil * (k - 1)). On the CPU that runs through pydl's forward
+// kernels (the direct kernel for 64-channel blocks) instead of one GEMM per
+// tap over a packed grid: 3x3 64 @56, 1.3 -> ~0.7 ms.
+bool takes_transposed_conv(const at::Tensor& input, const Conv2dGeometry& g) {
+  return input.is_cpu() && g.groups == 1 && g.stride_h == 1 && g.stride_w == 1 &&
+         g.kernel_h * g.kernel_w > 1 && g.pad_h <= g.dil_h * (g.kernel_h - 1) &&
+         g.pad_w <= g.dil_w * (g.kernel_w - 1);
+}
+
+at::Tensor input_grad_by_conv(const at::Tensor& gz, const at::Tensor& input,
+                              const at::Tensor& weight, const Conv2dGeometry& g,
+                              at::IntArrayRef dilation) {
+  const at::Tensor flipped = weight.flip({2, 3}).transpose(0, 1);  // [C, K, kh, kw]
+  const std::array<int64_t, 2> unit{1, 1};
+  const std::array<int64_t, 2> pad{g.dil_h * (g.kernel_h - 1) - g.pad_h,
+                                   g.dil_w * (g.kernel_w - 1) - g.pad_w};
+  return call_conv2d(gz.to(input.scalar_type()), flipped, std::nullopt, unit, pad, dilation, 1,
+                     "none", std::nullopt);
 }
 
 }  // namespace
@@ -187,6 +212,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     return {grad_input, grad_weight, grad_bias, grad_residual};
   }
 
+  if (output_mask[0] && takes_transposed_conv(input, g)) {
+    grad_input = input_grad_by_conv(gz, input, weight, g, dilation).contiguous(fmt);
+    if (!output_mask[1]) return {grad_input, grad_weight, grad_bias, grad_residual};
+  }
+
   const conv_cpu::PackedGeometry p = conv_cpu::packed_geometry(g);
   const int64_t G = g.groups, Cg = g.in_per_group(), Kg = g.out_per_group();
   const int64_t K = g.out_channels, C = g.in_channels;
@@ -222,7 +252,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
                       .contiguous(weight.suggest_memory_format());
   }
 
-  if (output_mask[0]) {
+  if (output_mask[0] && !grad_input.defined()) {
     const int64_t phases = g.stride_h * g.stride_w;
     const int64_t max_shift = (g.dil_h * (g.kernel_h - 1) / g.stride_h) * p.grid_w +
                               g.dil_w * (g.kernel_w - 1) / g.stride_w;
