@@ -396,13 +396,32 @@ def test_direct_kernel_and_gemm_path_agree():
     assert not torch.equal(outs[0], outs[1])
 
 
-@pytest.mark.parametrize("cfg", [DIRECT_CONFIGS[0], DIRECT_CONFIGS[3], DIRECT_CONFIGS[6]])
+# Stride-1 dense layers with 64 input channels: their input gradient is a
+# convolution with the flipped, transposed weight, padded by dil*(k-1) - pad
+# (here different from pad), and runs on the direct kernel too.
+DX_BY_CONV_CONFIGS = [
+    DIRECT_CONFIGS[0],
+    (1, 64, 9, 10, 64, 3, 3, (1, 1), (1, 0), (1, 1), 1),  # gradient padding (1, 2)
+    (1, 64, 12, 13, 64, 3, 3, (1, 1), (0, 0), (2, 2), 1),  # dilated: (4, 4)
+    (2, 64, 9, 11, 64, 3, 5, (1, 1), (2, 1), (1, 2), 1),  # 3 x 5, uneven: (0, 7)
+]
+
+
+@pytest.mark.parametrize("cfg", DX_BY_CONV_CONFIGS + [DIRECT_CONFIGS[3]])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
-def test_float32_gradients_of_direct_kernel_shapes(cfg, fmt):
-    """Stride-1 layers take their input gradient as a convolution with the
-    flipped, transposed weight (64 input channels: the direct kernel again)."""
+@pytest.mark.parametrize("only_input", [False, True])
+def test_float32_gradients_of_direct_kernel_shapes(cfg, fmt, only_input):
     x, weight, b, conf, r = _make(cfg, torch.float32, fmt, residual=True, seed=5)
     leaves = [t.requires_grad_() for t in (x, weight, b, r)]
+    if only_input:
+        out = pydl.ops.conv2d(x, weight.detach(), None, activation="relu", **conf)
+        grad = torch.randn_like(out)
+        (got,) = torch.autograd.grad(out, [x], grad)
+        expected = _reference(x, weight.detach(), None, conf, "relu", None)
+        (want,) = torch.autograd.grad(expected, [x], grad.double())
+        assert got.is_contiguous(memory_format=fmt)
+        assert _max_rel(got, want) < 2e-5, f"grad x only {cfg}"
+        return
     out = pydl.ops.conv2d(x, weight, b, activation="silu", residual=r, **conf)
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, leaves, grad)

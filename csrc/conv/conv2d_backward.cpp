@@ -1,4 +1,6 @@
-// conv2d backward with ATen ops only, so CPU (MKL) and CUDA (cuBLAS) share it.
+// conv2d backward with ATen ops, so CPU (MKL) and CUDA (cuBLAS) share it; on
+// the CPU, a stride-1 dense layer's input gradient is a pydl conv2d call
+// (input_grad_by_conv below), and depthwise layers have their own kernel.
 //
 // With the input phase-packed (cpu/conv2d_cpu_kernel.h), tap (r, s) of the
 // forward is  Z[q] += X[q + off(r, s)] * W_rs  over output-grid rows q, so
