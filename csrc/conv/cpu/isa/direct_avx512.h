@@ -8,9 +8,10 @@
 // into an im2col tile before MKL sees them, and MKL's small-N tiles run below
 // its peak; on ResNet's 3x3 layers that left pydl at 0.72-0.83x of oneDNN.
 // Here a block of output pixels of one row keeps its outputs in 28 zmm
-// accumulators (14 pixels x 32 channels) and walks (tap, input channel) once: per step 2 weight vectors and 14 broadcast input values
-// feed 28 FMAs, read from a thread's cache of zero-padded input rows
-// (PaddedRows below), with no im2col or packed copy of the whole input.
+// accumulators (14 pixels x 32 channels) and walks (tap, input channel)
+// once: per step 2 weight vectors and 14 broadcast input values feed 28
+// FMAs, read from a thread's cache of zero-padded input rows (PaddedRows
+// below), with no im2col or packed copy of the whole input.
 #pragma once
 
 constexpr int64_t kDirectBlockChannels = 64;  // output channels per weight block
@@ -68,13 +69,14 @@ void direct_pixels_by_7(const DirectRow& r, const float* w, float* tile, int64_t
                        tile + ow * kDirectBlockChannels);
   const int64_t at = ow * r.pixel_step;
   float* tr = tile + ow * kDirectBlockChannels;
+  const auto* x = r.tap_x;
   switch (width - ow) {
-    case 6: return direct_block<6, 4>(r.tap_x, r.tap_x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
-    case 5: return direct_block<5, 4>(r.tap_x, r.tap_x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
-    case 4: return direct_block<4, 4>(r.tap_x, r.tap_x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
-    case 3: return direct_block<3, 4>(r.tap_x, r.tap_x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
-    case 2: return direct_block<2, 4>(r.tap_x, r.tap_x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
-    case 1: return direct_block<1, 4>(r.tap_x, r.tap_x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
+    case 6: return direct_block<6, 4>(x, x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
+    case 5: return direct_block<5, 4>(x, x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
+    case 4: return direct_block<4, 4>(x, x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
+    case 3: return direct_block<3, 4>(x, x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
+    case 2: return direct_block<2, 4>(x, x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
+    case 1: return direct_block<1, 4>(x, x, at, r.pixel_step, r.C, r.taps, w, w_step, tr);
     default: return;
   }
 }
@@ -87,8 +89,9 @@ void direct_row(const DirectRow& r, const float* w, float* tile, int64_t width) 
   int64_t ow = 0;
   for (; ow + 14 <= width; ow += 14)
     for (int64_t half = 0; half < 2; ++half)
-      direct_block<14, 2>(r.tap_x, r.tap_x, ow * r.pixel_step, r.pixel_step, r.C, r.taps, w + 32 * half,
-                          kDirectBlockChannels, tile + ow * kDirectBlockChannels + 32 * half);
+      direct_block<14, 2>(r.tap_x, r.tap_x, ow * r.pixel_step, r.pixel_step, r.C, r.taps,
+                          w + 32 * half, kDirectBlockChannels,
+                          tile + ow * kDirectBlockChannels + 32 * half);
   direct_pixels_by_7(r, w, tile, ow, width);
 }
 
