@@ -1,6 +1,8 @@
 """pydl conv2d (functional and op) against the float64 reference and torch's conv2d."""
 
+import os
 import random
+import tempfile
 
 import pytest
 import torch
@@ -376,20 +378,13 @@ def test_direct_kernel_and_gemm_path_agree():
         "out = torch.ops.pydl.conv2d(x, w, b, [2, 2], [1, 1], [1, 1], 1, 'silu', None)\n"
         "ref = reference.conv2d(x.double(), w.double(), b.double(), 2, 1, 1, 1, 'silu')\n"
         "assert ((out.double() - ref).abs().max() / ref.abs().max()).item() < 2e-6\n"
-        "torch.save(out, __import__('sys').argv[1])\n"
+        "torch.save(out, __import__('os').environ['PYDL_TEST_OUT'])\n"
     )
-    import os
-    import subprocess
-    import sys
-    import tempfile
-
     outs = []
     with tempfile.TemporaryDirectory() as tmp:
         for flag in ("1", "0"):
             path = os.path.join(tmp, f"out{flag}.pt")
-            env = dict(os.environ, PYDL_CONV_DIRECT=flag)
-            result = subprocess.run([sys.executable, "-c", code, path], env=env,
-                                    capture_output=True, text=True)
+            result = run_with_cpu_isa("avx512", code, PYDL_CONV_DIRECT=flag, PYDL_TEST_OUT=path)
             assert result.returncode == 0, result.stderr
             outs.append(torch.load(path))
     assert _max_rel(outs[0], outs[1].double()) < 2e-6
