@@ -17,6 +17,7 @@
 # 30 s is given back): PYDL_COMMIT=<hash> STEPS=bench BUDGET=200 bash scripts/gpu_check.sh
 #   STEPS="tests" bash scripts/gpu_check.sh      # a subset of: build tests cputests bench
 #   BENCH_ONLY="attention/ lstm/"                # families benchmarked, one process each
+#   FAMILIES="attention other"                   # families tested (of: lstm attention other)
 # $OUT gets at most 8 files (the device tool's limit): report.md, build.log,
 # gpu_tests.log, bench.log, bench.tar.gz (the CSV/PNG files) and, with
 # cputests, cpu_tests.log. The tests run one process per family (attention,
@@ -26,9 +27,12 @@
 # PASS / FAIL / TIMEOUT / SKIPPED with its elapsed seconds.
 cd "$(dirname "$0")/.."
 export PYDL_SKIP_PIP=1 PYDL_CUDA=1 PYTHONUNBUFFERED=1
+# pydl is not installed there: scripts/*.py import it from the repo root.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-$PWD/gpu_check_out}
 mkdir -p "$OUT"
 STEPS=${STEPS:-"build tests bench"}
+FAMILIES=${FAMILIES:-"lstm attention other"}  # whose gpu tests the tests step runs
 BUDGET=${BUDGET:-540}
 MIN_STEP_S=${MIN_STEP_S:-30}
 report="$OUT/report.md"
@@ -79,8 +83,12 @@ set +e
 # (Never tried on that image: the build falls back to the default once.)
 # The script sets no CFLAGS (setup.py adds -fopenmp/-std itself), so these
 # three are all it overrides.
+# The image exports CXX=/opt/gcc/bin/g++ itself (seen 2026-11-27: the build
+# took it, and the crash came back), so a preset CXX is overridden too, unless
+# PYDL_KEEP_CXX=1.
 overrides=""
-if [ -x /usr/bin/g++ ] && [ -z "${CXX:-}" ]; then
+image_cxx=${CXX:-}
+if [ -x /usr/bin/g++ ] && [ -z "${PYDL_KEEP_CXX:-}" ] && [ "${CXX:-}" != /usr/bin/g++ ]; then
   export CC=/usr/bin/gcc CXX=/usr/bin/g++ LDSHARED="/usr/bin/g++ -shared"
   overrides="CC CXX LDSHARED"
 fi
@@ -91,6 +99,7 @@ fi
     || echo "nvidia-smi failed"
   # The toolchain, before building: what a failed build is read against.
   echo "g++: $(g++ --version 2>&1 | head -n 1)"
+  [ -n "$image_cxx" ] && echo "image's CXX=$image_cxx: $("$image_cxx" --version 2>&1 | head -n 1)"
   [ -n "${CXX:-}" ] && echo "CXX=$CXX: $("$CXX" --version 2>&1 | head -n 1)"
   echo "nvcc: $(nvcc --version 2>&1 | tail -n 1)"
   echo "CUDA_HOME=${CUDA_HOME:-unset}"
@@ -118,6 +127,7 @@ if [[ $STEPS == *build* ]]; then
     # beats no build at all; the nm check below flags it).
     if [ "$rc" -ne 0 ] && [ -n "${CC:-}${CXX:-}${LDSHARED:-}" ] && has_budget "build attempt 2"; then
       unset CC CXX LDSHARED $overrides
+      [ -n "$image_cxx" ] && export CXX=$image_cxx
       build_once 2 "default compiler, overrides unset" \
         && step_line "build: attempt 2 (default compiler) succeeded"
     elif [ "$rc" -eq 0 ]; then
@@ -160,7 +170,9 @@ if has_budget "bad input raises"; then
   rc=${PIPESTATUS[0]}
   step_result "bad input raises" "$rc" "$start"
 fi
-if [ "$rc" -ne 0 ] && command -v cuda-gdb > /dev/null && has_budget "bad input backtrace"; then
+# (BACKTRACE=0 skips it: up to 120 s of a short rerun's budget.)
+if [ "$rc" -ne 0 ] && [ "${BACKTRACE:-1}" != 0 ] && command -v cuda-gdb > /dev/null \
+    && has_budget "bad input backtrace"; then
   echo "bad input crashed; backtrace:" | tee -a "$report"
   timeout -k 5 "$(capped 120 5)" cuda-gdb -batch -ex run -ex bt --args "$PYTHON" -c "$bad_input" 2>&1 \
     | grep -E "^#|signal" | head -n 25 | tee -a "$report"
@@ -184,10 +196,10 @@ if [[ $STEPS == *" tests"* || $STEPS == "tests"* ]]; then
   : > "$OUT/gpu_tests.log"
   # The LSTM family runs last and a slow build starves it: its persistent,
   # stream and graph tests first, briefly (the full run below stays).
-  has_budget "lstm quick gpu tests" && capped_pytest "$(capped 45 15)" "lstm quick gpu tests" \
+  [[ $FAMILIES == *lstm* ]] && has_budget "lstm quick gpu tests" && capped_pytest "$(capped 45 15)" "lstm quick gpu tests" \
     tests/test_lstm_cuda.py -m gpu -k "persistent or stream or graph"
   # Attention: one line of errors per CUDA kernel path, before the full tests.
-  if has_budget "attention smoke"; then
+  if [[ $FAMILIES == *attention* ]] && has_budget "attention smoke"; then
     start=$SECONDS
     timeout -k 5 "$(capped 60 5)" "$PYTHON" scripts/attention_smoke.py 2>&1 | tail -n 20 | tee -a "$report"
     step_result "attention smoke" "${PIPESTATUS[0]}" "$start"
@@ -195,20 +207,25 @@ if [[ $STEPS == *" tests"* || $STEPS == "tests"* ]]; then
   # The tensor-core kernels' two layouts (two m-tiles per warp, the default,
   # against one: forward, dQ, and dK / dV at head dim 64) beside torch's flash
   # backend: decides the default.
-  if has_budget "attention tc A/B"; then
+  if [[ $FAMILIES == *attention* ]] && has_budget "attention tc A/B"; then
     start=$SECONDS
     timeout -k 5 "$(capped 60 5)" "$PYTHON" scripts/attention_tc_ab.py 2>&1 | tail -n 14 | tee -a "$report"
     step_result "attention tc A/B" "${PIPESTATUS[0]}" "$start"
   fi
   # One process per family (a device fault poisons its process's CUDA context).
   # Attention has ~160 tests, LSTM ~65; conv2d was verified on an H200.
-  has_budget "attention gpu tests" && capped_pytest "$(capped "${ATTENTION_TEST_TIMEOUT:-150}" 15)" \
+  # Every half case of this test failed on an H200 (2026-11-27) and a later
+  # crash lost the messages: first on its own, its tracebacks short.
+  [[ $FAMILIES == *attention* ]] && has_budget "attention forward tests" && capped_pytest \
+    "$(capped 40 15)" "attention forward tests" tests/test_attention_cuda.py -m gpu --tb=short \
+    -k "forward_matches_reference and (float16 or bfloat16)"
+  [[ $FAMILIES == *attention* ]] && has_budget "attention gpu tests" && capped_pytest "$(capped "${ATTENTION_TEST_TIMEOUT:-150}" 15)" \
     "attention gpu tests" tests/test_attention_cuda.py -m gpu
-  has_budget "lstm gpu tests" && capped_pytest "$(capped "${LSTM_TEST_TIMEOUT:-80}" 15)" \
+  [[ $FAMILIES == *lstm* ]] && has_budget "lstm gpu tests" && capped_pytest "$(capped "${LSTM_TEST_TIMEOUT:-80}" 15)" \
     "lstm gpu tests" tests/test_lstm_cuda.py -m gpu
   # conv2d passed on an H200 (2026-11-26) except its bad-argument tests (the
   # crash fixed by building with the system g++): those, plus the models'.
-  has_budget "conv bad-argument + model gpu tests" && capped_pytest "$(capped "${OTHER_TEST_TIMEOUT:-45}" 15)" \
+  [[ $FAMILIES == *other* ]] && has_budget "conv bad-argument + model gpu tests" && capped_pytest "$(capped "${OTHER_TEST_TIMEOUT:-45}" 15)" \
     "conv bad-argument + model gpu tests" \
     tests/test_conv2d_cuda.py tests/test_models.py -m gpu -k "bad_arguments or registered or models"
   grep -E "^(FAILED|ERROR)" "$OUT/gpu_tests.log" | head -n 25 | tee -a "$report"

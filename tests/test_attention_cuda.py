@@ -138,10 +138,16 @@ def test_forward_matches_reference(case, dtype):
     hidden = torch.isneginf(exact_lse)
     assert torch.equal(torch.isneginf(lse), hidden), "lse = -inf exactly on rows that see no key"
     assert (out[hidden] == 0).all(), "rows that see no key must be zeros"
-    # lse of rounded inputs (and rounded mask) against the unrounded float64 one
-    lse_tol = {torch.float16: 3e-3, torch.bfloat16: 1e-2}.get(dtype, RTOL[dtype])
+    # The lse against float64 on the same rounded inputs (and rounded mask), as
+    # the CPU and emulator tests: the half kernels compute it in float32, so
+    # only float32 arithmetic separates the two (~1e-7 on the CPU kernels).
+    if dtype in LOW:
+        rounded = [None if t is None else t.to(torch.float64) if t.is_floating_point() else t
+                   for t in (qc, kc, vc, mc)]
+        _, exact_lse = reference.scaled_dot_product_attention(*rounded, return_lse=True, **kw)
+    lse_tol = 1e-4 if dtype in LOW else RTOL[dtype]
     err = rel_error(lse[~hidden], exact_lse[~hidden])
-    assert err <= lse_tol, f"lse: relative error {err:.3e}"
+    assert err <= lse_tol, f"lse ({dtype}): relative error {err:.3e} > {lse_tol:.1e}"
 
 
 @pytest.mark.parametrize("backend", ["flash", "efficient", "cudnn", "math"])
