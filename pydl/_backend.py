@@ -148,3 +148,15 @@ def use_pydl(family: str, tensor: torch.Tensor) -> bool:
             f"to torch: {reason}"
         )
     return False
+
+
+def verified_cuda_serves(family: str, tensor: torch.Tensor) -> bool:
+    """Whether pydl's CUDA kernel for ``family`` passed the `gpu` tests
+    (pydl/_verified.py, default or not) and can run ``tensor``'s call: for
+    calls torch's op cannot serve, where the alternative is a slow reference
+    path rather than torch's faster kernel."""
+    if not tensor.is_cuda or family not in VERIFIED_CUDA:
+        return False
+    if not (_ext.loaded() and _ext.built_with_cuda()) or functorch_transform_active():
+        return False
+    return tensor.dtype in SUPPORTED[family]["cuda"] and cuda_device_supported(tensor.device.index)

@@ -1,13 +1,18 @@
 """A/B of the tensor-core attention forward's two layouts on a GPU, in one
-process: two m16 tiles per warp (128-row CTAs, 32-key tiles: the default at
-head dims 64 / 128) against one (64-row CTAs, 64-key tiles:
-PYDL_ATTENTION_TC_MTILES=1, read per call), beside torch's flash backend.
+process: two m16 tiles per warp (128-row CTAs, 32-key tiles: the forward's
+default at head dims 64 / 128; PYDL_ATTENTION_TC_MTILES=2) against one
+(64-row CTAs, 64-key tiles: PYDL_ATTENTION_TC_MTILES=1; the switch is read
+per call), beside torch's flash backend.
 bf16, batch x heads = 16 x 16, sequence 1k and 4k, causal and not, and B2 H8.
 Prints one line per case with TFLOP/s (4 b h L S d, causal half) and the
 ratios, and each layout's largest difference from flash's output; then
 forward + backward for two cases (the switch covers the backward too: the
 dQ kernel's two layouts at head dims 64 / 128, and at head dim 64 the dK / dV
-kernel's 128-key CTAs of two 16-key m-tiles per warp against 64-key ones).
+kernel's 128-key CTAs of two 16-key m-tiles per warp against 64-key ones;
+the backward's default is two at head dim 128, one at 64).
+First run (H200, 2026-11-27): forward two/one 1.11-1.20x at head dim 128,
+0.98-1.02x at 64; the backward (forward + backward less the forward) two/one
+about 1.0x at 128 and 0.77x at 64, hence the backward's default.
 scripts/gpu_check.sh runs it. Timing: CUDA events around 10 back-to-back
 calls, median of 10.
 """

@@ -546,13 +546,37 @@ D64_MANY_KEYS = (1, 4, 2, 300, 1000, 64, 64, "float", "top_left")
 @pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[5], CASES[8], CASES[11],
                                   D64_MANY_KEYS], ids=case_id)
 def test_m_tile_layouts_match_reference(case, tiles, monkeypatch):
-    """Both layouts of the tensor-core kernels (two m16 tiles per warp, the
-    default: forward and dQ at head dims 64 / 128, dK / dV at 64; one with
-    PYDL_ATTENTION_TC_MTILES=1): output and gradients against the
-    reference, bf16, within twice the reference's own bf16 error."""
+    """Both layouts of the tensor-core kernels, forced by
+    PYDL_ATTENTION_TC_MTILES (two m16 tiles per warp: forward and dQ at head
+    dims 64 / 128, dK / dV at 64; one: 64-row CTAs; the defaults are two in
+    the forward, two in the backward at 128 only): output and gradients
+    against the reference, bf16, within twice the reference's own bf16 error."""
     monkeypatch.setenv("PYDL_ATTENTION_TC_MTILES", tiles)
     dtype = torch.bfloat16
     (out, got), (exact_out, exact), (low_out, theirs) = _ours_against_reference(case, dtype)
     _check(out, exact_out, dtype, "out", low_out)
     for name, a, e, t in zip(["dq", "dk", "dv"], got, exact, theirs):
         _check(a, e, dtype, name, t)
+
+
+def test_default_routing_without_opt_in(monkeypatch):
+    """Without PYDL_EXPERIMENTAL_CUDA, torch's SDPA runs plain calls (it is
+    faster) and pydl's verified kernel the calls SDPA cannot express (lse,
+    bottom-right causal, causal + mask), not the O(L x S) reference."""
+    import pydl.ops.attention as attention_ops
+
+    monkeypatch.delenv("PYDL_EXPERIMENTAL_CUDA")
+    monkeypatch.delenv("PYDL_STRICT")
+    fallbacks = []
+    real = attention_ops._fallback
+    monkeypatch.setattr(attention_ops, "_fallback",
+                        lambda *a, **k: fallbacks.append(a[-3:]) or real(*a, **k))
+    q, k, v = (torch.randn(2, 4, 100, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    out, lse = sdpa(q, k, v, return_lse=True)
+    sdpa(q[:, :, :40], k, v, is_causal=True, causal_alignment="bottom_right")
+    assert fallbacks == []
+    exact, exact_lse = reference.scaled_dot_product_attention(
+        q.double(), k.double(), v.double(), return_lse=True)
+    assert rel_error(out, exact) <= 1e-2 and rel_error(lse, exact_lse) <= 1e-4
+    sdpa(q, k, v)
+    assert len(fallbacks) == 1  # the plain call: torch's SDPA

@@ -160,3 +160,78 @@ def test_jit_trace_of_lstm_runs(monkeypatch):
         monkeypatch.setenv("PYDL_STRICT", "1")
         with pytest.raises(pydl.FallbackError, match="jit.trace"):
             torch.jit.trace(module, (x,), check_trace=False)
+
+
+def _cuda_stand_in(dtype=torch.bfloat16, shape=(2, 4, 100, 64)):
+    """What the routing reads of a CUDA tensor, on a machine without a GPU."""
+    import types
+
+    return types.SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype, is_cuda=True,
+                                 shape=torch.Size(shape))
+
+
+@pytest.fixture
+def cuda_build(monkeypatch):
+    """A loaded extension that says it has CUDA kernels; no opt-in, not strict."""
+    if not _ext.loaded():
+        pytest.skip("extension not loaded")
+    monkeypatch.setitem(_ext._state, "build", dict(_ext._state["build"], cuda="1"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # no capability query
+    monkeypatch.setattr(_backend, "_CUDA_SUPPORTED", {})
+    for name in ("PYDL_EXPERIMENTAL_CUDA", "PYDL_STRICT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_verified_cuda_families_follow_their_default(cuda_build):
+    for family, verified in pydl._verified.VERIFIED_CUDA.items():
+        backend, reason = _backend.explain(family, "cuda", torch.bfloat16)
+        assert backend == ("pydl" if verified.default else "torch"), (family, reason)
+        assert verified.card in reason
+
+
+def test_lstm_default_on_cuda_is_pydl_only_where_it_beat_cudnn(cuda_build, monkeypatch):
+    from torch.nn.utils.rnn import pack_sequence
+
+    from pydl.nn.rnn import _cudnn_is_faster
+
+    if not pydl._verified.VERIFIED_CUDA["lstm"].default:
+        pytest.skip("pydl's CUDA LSTM is not the default")
+    data = _cuda_stand_in()
+    model = pydl.nn.LSTM(4, 32)
+    for batch, cudnn in ((1, False), (16, False), (17, True)):
+        assert _cudnn_is_faster(model, torch.empty(3, batch, 4), data) == cudnn, batch
+    assert not _cudnn_is_faster(model, torch.empty(3, 4), data)  # unbatched: batch 1
+    batch_first = pydl.nn.LSTM(4, 32, batch_first=True)
+    assert _cudnn_is_faster(batch_first, torch.empty(17, 3, 4), data)
+    assert not _cudnn_is_faster(batch_first, torch.empty(3, 17, 4), data)
+    packed = pack_sequence([torch.empty(n, 4) for n in [5] * 17])
+    assert _cudnn_is_faster(model, packed, data)
+    assert not _cudnn_is_faster(model, pack_sequence([torch.empty(5, 4)] * 3), data)
+    # what the persistent kernel does not serve, or was not measured
+    assert _cudnn_is_faster(pydl.nn.LSTM(4, 32, proj_size=8), torch.empty(3, 2, 4), data)
+    assert _cudnn_is_faster(model, torch.empty(3, 2, 4), _cuda_stand_in(torch.float64))
+    assert _cudnn_is_faster(pydl.nn.LSTM(4, 2048), torch.empty(3, 2, 4), data)
+    # the CPU, and the opt-in, run pydl's kernel on every call it serves
+    assert not _cudnn_is_faster(model, torch.empty(3, 64, 4), torch.empty(0))
+    monkeypatch.setenv("PYDL_EXPERIMENTAL_CUDA", "1")
+    assert not _cudnn_is_faster(model, torch.empty(3, 64, 4), data)
+
+
+def test_attention_on_cuda_uses_the_verified_kernel_only_for_what_sdpa_cannot_do(
+        cuda_build, monkeypatch):
+    from pydl.ops.attention import _use_kernel
+
+    verified = pydl._verified.VERIFIED_CUDA.get("attention")
+    if verified is None or verified.default:
+        pytest.skip("pydl's CUDA attention is unverified or the default")
+    q, k = _cuda_stand_in(), _cuda_stand_in()
+    assert _backend.verified_cuda_serves("attention", q)
+    assert _use_kernel(q, k, None, False, "top_left", True)  # return_lse
+    assert _use_kernel(_cuda_stand_in(shape=(2, 4, 40, 64)), k, None, True, "bottom_right", False)
+    assert _use_kernel(q, k, torch.zeros(100, 100), True, "top_left", False)  # causal + mask
+    assert not _use_kernel(q, k, None, True, "top_left", False)  # torch's SDPA
+    assert not _use_kernel(q, k, torch.zeros(100, 100), False, "top_left", False)
+    # not on the CPU path's terms, nor for an unverified family or unbuilt kernels
+    assert not _backend.verified_cuda_serves("attention", torch.empty(2, 4, 100, 64))
+    monkeypatch.delitem(pydl._verified.VERIFIED_CUDA, "attention")
+    assert not _use_kernel(q, k, None, False, "top_left", True)

@@ -470,10 +470,11 @@ def _check_forward(case, dtype, out, lse):
 @pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[8], CASES[13], CASES[5], CASES[14]],
                          ids=case_id)
 def test_tensor_core_m_tile_layouts(emu, case, dtype, monkeypatch):
-    """Two m16 tiles per warp (head dims 64 / 128: the forward's and the dQ
+    """Both layouts, forced by the A/B switch PYDL_ATTENTION_TC_MTILES: two
+    m16 tiles per warp (head dims 64 / 128: the forward's and the dQ
     kernel's 128-row CTAs with 32-key tiles; head dim 64: the dK / dV
-    kernel's 128-key CTAs); the A/B switch PYDL_ATTENTION_TC_MTILES=1 runs
-    one everywhere (64-row CTAs, 64-key tiles). Both match the reference
+    kernel's 128-key CTAs) and one everywhere (64-row CTAs, 64-key tiles;
+    the backward's default at head dim 64). Both match the reference
     (output, dq, dk, dv); with dropout both keep the same weights (the keep
     rule depends on (row, key) only)."""
     q, k, v, mask = case_inputs(case)

@@ -256,3 +256,24 @@ def test_lstm_cell_under_autocast_casts_like_torch(dtype):
             assert a.dtype == b.dtype == (torch.float16 if dtype == torch.float32 else dtype)
             assert torch.allclose(a.double(), b.double(), atol=1e-2 if dtype == torch.float32
                                   else 1e-10)
+
+
+@pytest.mark.parametrize("batch, pydl_runs", [(8, True), (16, True), (17, False)])
+def test_default_routing_without_opt_in(batch, pydl_runs, monkeypatch):
+    """Without PYDL_EXPERIMENTAL_CUDA, pydl.nn.LSTM runs pydl's persistent
+    kernel up to batch 16 and torch's (cuDNN) above (pydl/nn/rnn.py);
+    LSTMCell runs torch's cell (pydl/ops/lstm.py)."""
+    monkeypatch.delenv("PYDL_EXPERIMENTAL_CUDA")
+    monkeypatch.delenv("PYDL_STRICT")
+    ours, _, _ = _models(torch.float32, input_size=16, hidden_size=64)
+    x = torch.randn(5, batch, 16, device="cuda")
+    with torch.no_grad():
+        names = _kernels_run(lambda: ours(x))
+    if pydl_runs:
+        assert any("persistent_forward_kernel" in n for n in names), names
+    else:
+        assert not any("pydl" in n for n in names), names
+    cell = pydl.nn.LSTMCell(16, 64).cuda()
+    with torch.no_grad():
+        names = _kernels_run(lambda: cell(x[0]))
+    assert not any("pydl" in n for n in names), names

@@ -17,6 +17,30 @@ from pydl import _backend
 from pydl.ops.lstm import lstm, lstm_cell
 
 
+# pydl's CUDA LSTM beat cuDNN where its persistent kernel runs (batch <= 16,
+# no projection, not float64; measured up to hidden 1024): 1.4-6x on an H200
+# (bf16, 2026-11-27). Above that batch its cuBLAS loop ran 0.5-0.7x cuDNN, so
+# by default (not under PYDL_EXPERIMENTAL_CUDA=1, which runs pydl's kernel on
+# every call it serves) the other calls run torch's LSTM: a choice of the
+# faster kernel, not a fallback (PYDL_STRICT=1 does not object).
+CUDA_DEFAULT_MAX_BATCH = 16
+CUDA_DEFAULT_MAX_HIDDEN = 1024
+
+
+def _cudnn_is_faster(module: torch.nn.LSTM, input, data: torch.Tensor) -> bool:
+    """Whether this CUDA call runs torch's LSTM by default (see above)."""
+    if not data.is_cuda or _backend.experimental_cuda():
+        return False
+    if (module.proj_size > 0 or data.dtype == torch.float64
+            or module.hidden_size > CUDA_DEFAULT_MAX_HIDDEN):
+        return True
+    if isinstance(input, PackedSequence):
+        batch = int(input.batch_sizes[0]) if input.batch_sizes.numel() > 0 else 0
+    else:
+        batch = 1 if input.dim() < 3 else input.shape[0 if module.batch_first else 1]
+    return batch > CUDA_DEFAULT_MAX_BATCH
+
+
 class LSTM(torch.nn.LSTM):
     def forward(self, input, hx=None):
         packed = isinstance(input, PackedSequence)
@@ -24,7 +48,7 @@ class LSTM(torch.nn.LSTM):
         if torch.is_autocast_enabled(data.device.type) and data.dtype != torch.float64:
             # the dtype the kernel will see
             data = data.new_empty(0, dtype=torch.get_autocast_dtype(data.device.type))
-        if not _backend.use_pydl("lstm", data):
+        if not _backend.use_pydl("lstm", data) or _cudnn_is_faster(self, input, data):
             return super().forward(input, hx)
         if torch.jit.is_tracing():  # the tracer cannot record pydl::lstm's Tensor?[] weights
             if _backend.strict():

@@ -235,7 +235,8 @@ def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
     L, S = query.shape[-2], key.shape[-2]
     if (_torch_is_faster(query, key, value, attn_mask, dropout_p, is_causal, causal_alignment,
                          return_lse)
-            or not _backend.use_pydl("attention", query) or not _kernel_serves(query, value)):
+            or not _use_kernel(query, key, attn_mask, is_causal, causal_alignment, return_lse)
+            or not _kernel_serves(query, value)):
         return _fallback(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                          causal_alignment, return_lse, out_batch)
     q = _as_4d(query, batch, heads)
@@ -257,6 +258,18 @@ def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
     if len(out_batch) != 2:  # (else out is (batch, heads, L, Ev) already)
         out, lse = out.reshape(*out_batch, L, value.shape[-1]), lse.reshape(*out_batch, L)
     return (out, lse) if return_lse else out
+
+
+def _use_kernel(query, key, attn_mask, is_causal, causal_alignment, return_lse) -> bool:
+    """The backend policy (_backend.use_pydl), plus: on CUDA, where pydl's
+    kernels passed the `gpu` tests but torch's SDPA stays the default (it is
+    faster), a call SDPA cannot express runs pydl's kernel, not the O(L x S)
+    reference of _fallback."""
+    if (query.is_cuda and _needs_extras(query, key, attn_mask, is_causal, causal_alignment,
+                                        return_lse)
+            and _backend.verified_cuda_serves("attention", query)):
+        return True
+    return _backend.use_pydl("attention", query)
 
 
 def _needs_extras(query, key, attn_mask, is_causal, causal_alignment, return_lse) -> bool:

@@ -40,13 +40,17 @@ namespace pydl {
 namespace attention_cuda {
 namespace tc {
 
-// kMTiles_: 16-row m-tiles per warp, two by default where the accumulators
+// kMTiles_: 16-row m-tiles per warp. Two are possible where the accumulators
 // fit (as in the forward, each B fragment read from shared memory then feeds
 // both): the dQ kernel at head dims up to 128 (with 32-key tiles to keep the
 // S and dP accumulators in registers), the dK / dV kernel at head dim 64
 // (its dK + dV accumulators of 32 keys x 128 columns would not fit at 128).
-// PYDL_ATTENTION_TC_MTILES=1 selects one m-tile in both (the A/B switch).
-template <int kHeadDim_, int kMTiles_ = (kHeadDim_ <= 128 ? 2 : 1)>
+// The default is two at head dim 128 only. Measured on an H200 (bf16,
+// 2026-11-27, scripts/attention_tc_ab.py; the backward's share of forward +
+// backward): at head dim 64 (causal, L 4096) one ran the backward 1.3x faster
+// than two; at 128 (full, L 4096) the two were within 1%.
+// PYDL_ATTENTION_TC_MTILES=1 / 2 forces one / two (the A/B switch).
+template <int kHeadDim_, int kMTiles_ = (kHeadDim_ == 128 ? 2 : 1)>
 struct BackwardTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kDqMTiles = kMTiles_;
@@ -374,12 +378,12 @@ __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
   }
 }
 
+// Launches the backward kernels with traits Tr; false (nothing launched)
+// when their tiles need more shared memory than the card allows.
 template <typename T, typename Tr>
-void launch_backward_kernels(const BackwardArgs& a, cudaStream_t stream) {
-  // launch_backward checks the default traits' shared memory against the card.
-  static_assert(Tr::kDqSmemBytes <= BackwardTraits<Tr::kHeadDim>::kDqSmemBytes &&
-                    Tr::kDkdvSmemBytes <= BackwardTraits<Tr::kHeadDim>::kDkdvSmemBytes,
-                "the A/B variant may not need more shared memory than the default");
+bool try_launch_backward(const BackwardArgs& a, cudaStream_t stream) {
+  const int optin = max_smem_optin();
+  if (Tr::kDkdvSmemBytes > optin || Tr::kDqSmemBytes > optin) return false;
   if (a.grad_k || a.grad_v || a.grad_scores) {
     launch_over_rows(dkdv_kernel<T, Tr>, int64_t(a.p.batch) * a.p.heads_kv, a.p.len_kv,
                      Tr::kKeys, Tr::kThreads, Tr::kDkdvSmemBytes, "S", a, stream);
@@ -388,18 +392,22 @@ void launch_backward_kernels(const BackwardArgs& a, cudaStream_t stream) {
     launch_over_rows(dq_kernel<T, Tr>, int64_t(a.p.batch) * a.p.heads_q, a.p.len_q, Tr::kRows,
                      Tr::kThreads, Tr::kDqSmemBytes, "L", a, stream);
   }
+  return true;
 }
 
+// The default layout (BackwardTraits above) unless PYDL_ATTENTION_TC_MTILES
+// asks for the other; the CUDA-core kernels where the card's opt-in shared
+// memory is short of the tiles (sm_86 / sm_89 allow 99 KB; head dims 128 and
+// 256 need more).
 template <typename T, int kHeadDim>
 void launch_backward(const BackwardArgs& a, cudaStream_t stream) {
-  using Tr = BackwardTraits<kHeadDim>;
-  // A card with less opt-in shared memory than these tiles need (sm_86 / sm_89
-  // allow 99 KB; head dims 128 and 256 need more) takes the CUDA-core kernels.
-  const int optin = max_smem_optin();
-  if (Tr::kDkdvSmemBytes > optin || Tr::kDqSmemBytes > optin) return simt_backward<T>(a, stream);
-  // PYDL_ATTENTION_TC_MTILES=1: one m-tile per warp here too (the A/B switch).
-  if (one_m_tile_requested()) return launch_backward_kernels<T, BackwardTraits<kHeadDim, 1>>(a, stream);
-  launch_backward_kernels<T, Tr>(a, stream);
+  const int requested = requested_m_tiles();
+  if constexpr (kHeadDim <= 128) {
+    const bool two = requested == 2 || (requested == 0 && BackwardTraits<kHeadDim>::kDqMTiles == 2);
+    if (two && try_launch_backward<T, BackwardTraits<kHeadDim, 2>>(a, stream)) return;
+  }
+  if (try_launch_backward<T, BackwardTraits<kHeadDim, 1>>(a, stream)) return;
+  simt_backward<T>(a, stream);
 }
 
 }  // namespace tc

@@ -256,12 +256,15 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
   }
 }
 
-// PYDL_ATTENTION_TC_MTILES=1: one m-tile per warp at every head dim (the
-// 64-row CTAs used before two m-tiles), read per call: the A/B switch for
-// measuring the two layouts on a GPU in one process.
-inline bool one_m_tile_requested() {
+// PYDL_ATTENTION_TC_MTILES=1 or 2: one or two m-tiles per warp in every
+// tensor-core kernel that has both layouts (forward and dQ at head dims 64 /
+// 128, dK / dV at 64), read per call: the A/B switch for measuring the
+// layouts on a GPU in one process (scripts/attention_tc_ab.py). 0 (unset or
+// anything else): each kernel's default.
+inline int requested_m_tiles() {
   const char* env = std::getenv("PYDL_ATTENTION_TC_MTILES");
-  return env != nullptr && std::strcmp(env, "1") == 0;
+  if (env == nullptr) return 0;
+  return std::strcmp(env, "1") == 0 ? 1 : std::strcmp(env, "2") == 0 ? 2 : 0;
 }
 
 // Launches with traits Tr; false (nothing launched) when the tiles need more
@@ -274,13 +277,14 @@ bool try_launch_forward(const ForwardArgs& a, cudaStream_t stream) {
   return true;
 }
 
-// Two m-tiles per warp unless PYDL_ATTENTION_TC_MTILES=1 asks for one; the
+// Two m-tiles per warp unless PYDL_ATTENTION_TC_MTILES=1 asks for one (on an
+// H200, bf16, 2026-11-27: 1.11-1.20x one at head dim 128, within 2% at 64); the
 // CUDA-core kernel where the card's opt-in shared memory is short of the
 // tiles (d 64 / 128: 36 / 68 KB with two m-tiles, 45 / 85 KB with one; d 256:
 // 99 KB, all sm_86 / sm_89 allow).
 template <typename T, int kHeadDim>
 void launch_forward(const ForwardArgs& a, cudaStream_t stream) {
-  if (!one_m_tile_requested() && try_launch_forward<T, ForwardTraits<kHeadDim>>(a, stream)) return;
+  if (requested_m_tiles() != 1 && try_launch_forward<T, ForwardTraits<kHeadDim>>(a, stream)) return;
   if (try_launch_forward<T, ForwardTraits<kHeadDim, 1>>(a, stream)) return;
   simt_forward<T>(a, stream);
 }
