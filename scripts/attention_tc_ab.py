@@ -13,7 +13,9 @@ the backward's default is two at head dim 128, one at 64).
 First run (H200, 2026-11-27): forward two/one 1.11-1.20x at head dim 128,
 0.98-1.02x at 64; the backward (forward + backward less the forward) two/one
 about 1.0x at 128 and 0.77x at 64, hence the backward's default.
-scripts/gpu_check.sh runs it. Timing: CUDA events around 10 back-to-back
+Each forward line also times the whole-tile softmax
+(PYDL_ATTENTION_TC_WHOLE_TILES=1, two m-tiles; attention_tc_forward.cuh),
+opt-in until these lines show it faster. scripts/gpu_check.sh runs it. Timing: CUDA events around 10 back-to-back
 calls, median of 10.
 """
 
@@ -47,9 +49,11 @@ def median_ms(fn, reps=10, calls=10):
     return statistics.median(times)
 
 
-def pydl_with(tiles, q, k, v, causal):
-    """(ms per call, output) with PYDL_ATTENTION_TC_MTILES=tiles."""
+def pydl_with(tiles, q, k, v, causal, whole="0"):
+    """(ms per call, output) with PYDL_ATTENTION_TC_MTILES=tiles and
+    PYDL_ATTENTION_TC_WHOLE_TILES=whole."""
     os.environ["PYDL_ATTENTION_TC_MTILES"] = tiles
+    os.environ["PYDL_ATTENTION_TC_WHOLE_TILES"] = whole
     return median_ms(lambda: sdpa(q, k, v, is_causal=causal)), sdpa(q, k, v, is_causal=causal)
 
 
@@ -65,19 +69,21 @@ def main():
         flops = 4 * B * H * L * L * d / (2 if causal else 1)
         two, out_two = pydl_with("2", q, k, v, causal)
         one, out_one = pydl_with("1", q, k, v, causal)
+        whole, out_whole = pydl_with("2", q, k, v, causal, whole="1")
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             def run_flash(q=q, k=k, v=v, causal=causal):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
             flash, out_flash = median_ms(run_flash), run_flash()
         # A wrong but fast layout must show: each output against flash's.
-        diff_two, diff_one = ((out.float() - out_flash.float()).abs().max().item()
-                              for out in (out_two, out_one))
-        tf_two, tf_one, tf_flash = (flops / ms / 1e9 for ms in (two, one, flash))
+        diff_two, diff_one, diff_whole = ((out.float() - out_flash.float()).abs().max().item()
+                                          for out in (out_two, out_one, out_whole))
+        tf_two, tf_one, tf_whole, tf_flash = (flops / ms / 1e9 for ms in (two, one, whole, flash))
         print(f"B{B} H{H} d{d} L{L} {'causal' if causal else 'full  '}: two m-tiles "
-              f"{tf_two:6.1f} TFLOP/s, one {tf_one:6.1f}, flash {tf_flash:6.1f}; "
-              f"two/one {one / two:.2f}x, two/flash {flash / two:.2f}x; "
-              f"max|out - flash| {diff_two:.1e} / {diff_one:.1e}", flush=True)
+              f"{tf_two:6.1f} TFLOP/s, one {tf_one:6.1f}, two + whole-tile {tf_whole:6.1f}, "
+              f"flash {tf_flash:6.1f}; two/one {one / two:.2f}x, whole/two {two / whole:.2f}x, "
+              f"whole/flash {flash / whole:.2f}x; max|out - flash| {diff_two:.1e} / "
+              f"{diff_one:.1e} / {diff_whole:.1e}", flush=True)
     # Forward + backward (the dQ kernel has the same two layouts).
     for B, H, d, L, causal in [(16, 16, 128, 4096, False), (16, 16, 64, 4096, True)]:
         q, k, v = (torch.randn(B, H, L, d, device="cuda", dtype=torch.bfloat16,
@@ -89,23 +95,28 @@ def main():
             # autograd.grad, not backward: no accumulation into q.grad timed
             return torch.autograd.grad(fn(q, k, v, is_causal=causal), (q, k, v), grad)
 
+        # two / one m-tiles everywhere, then the defaults (forward two; the
+        # backward two at head dim 128, one at 64) with the whole-tile softmax
         times, dq = {}, {}
-        for tiles in ("2", "1"):
+        for name, tiles, whole in (("two", "2", "0"), ("one", "1", "0"), ("whole", "", "1")):
             os.environ["PYDL_ATTENTION_TC_MTILES"] = tiles
-            times[tiles] = median_ms(lambda: step(sdpa), reps=5, calls=3)
-            dq[tiles] = step(sdpa)[0]
+            os.environ["PYDL_ATTENTION_TC_WHOLE_TILES"] = whole
+            times[name] = median_ms(lambda: step(sdpa), reps=5, calls=3)
+            dq[name] = step(sdpa)[0]
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             run_flash = lambda: step(F.scaled_dot_product_attention)
             times["flash"], dq["flash"] = median_ms(run_flash, reps=5, calls=3), run_flash()[0]
-        two, one, flash = times["2"], times["1"], times["flash"]
-        diff_two, diff_one = ((dq[t].float() - dq["flash"].float()).abs().max().item()
-                              for t in ("2", "1"))
+        tf = {name: flops / ms / 1e9 for name, ms in times.items()}
+        diff = {name: (dq[name].float() - dq["flash"].float()).abs().max().item()
+                for name in ("two", "one", "whole")}
         print(f"fwd+bwd B{B} H{H} d{d} L{L} {'causal' if causal else 'full  '}: two m-tiles "
-              f"{flops / two / 1e9:6.1f} TFLOP/s, one {flops / one / 1e9:6.1f}, "
-              f"flash {flops / flash / 1e9:6.1f}; two/one {one / two:.2f}x, "
-              f"two/flash {flash / two:.2f}x; max|dq - flash| {diff_two:.1e} / {diff_one:.1e}",
-              flush=True)
+              f"{tf['two']:6.1f} TFLOP/s, one {tf['one']:6.1f}, defaults + whole-tile "
+              f"{tf['whole']:6.1f}, flash {tf['flash']:6.1f}; two/one "
+              f"{times['one'] / times['two']:.2f}x, whole/flash "
+              f"{times['flash'] / times['whole']:.2f}x; max|dq - flash| {diff['two']:.1e} / "
+              f"{diff['one']:.1e} / {diff['whole']:.1e}", flush=True)
     os.environ.pop("PYDL_ATTENTION_TC_MTILES")
+    os.environ.pop("PYDL_ATTENTION_TC_WHOLE_TILES")
 
 
 if __name__ == "__main__":

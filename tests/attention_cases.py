@@ -7,6 +7,8 @@ broadcast over batch and heads) | "float_h" ((Hq, 1, S))."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from conftest import RTOL, rel_error
 
@@ -61,3 +63,20 @@ def check_dropped_weights(module, x, p):
     heads = (dropped.to(v.dtype) @ v).permute(2, 0, 1, 3).reshape(L, B, E)
     expected = torch.nn.functional.linear(heads, module.out_proj.weight, module.out_proj.bias)
     assert rel_error(out, expected) <= tol, "out from the dropped-out weights"
+
+
+def rising_scores(L=70, S=300, d=64, heads=2, seed=3, device="cpu"):
+    """float64 q, k, v (batch 1) whose scores climb along the keys: about 3 per
+    32-key tile over the first 100 keys (under the forward's lazy-rescale
+    margin, 8 / log2 e = 5.5) and about 13 per tile after (over it), plus
+    N(0, 1) noise. The whole-tile softmax keeps a stale reference max in the
+    first stretch and must move it, rescaling O, in the second."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, heads, L, d, generator=g, dtype=torch.float64)
+    k = torch.randn(1, heads, S, d, generator=g, dtype=torch.float64)
+    v = torch.randn(1, heads, S, d, generator=g, dtype=torch.float64)
+    ramp = torch.cat([torch.linspace(0, 9, 100, dtype=torch.float64),
+                      torch.linspace(9, 9 + 13 * (S - 100) / 32, S - 100, dtype=torch.float64)])
+    q[..., 0] = math.sqrt(d)  # score_ij = ramp_j + noise at scale 1 / sqrt(d)
+    k[..., 0] = ramp
+    return tuple(t.to(device) for t in (q, k, v))

@@ -19,7 +19,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from attention_cases import case_id, case_inputs, check_dropped_weights, in_dtype
+from attention_cases import case_id, case_inputs, check_dropped_weights, in_dtype, rising_scores
 from conftest import LOW_PRECISION_FACTOR, RTOL, rel_error
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -580,3 +580,39 @@ def test_default_routing_without_opt_in(monkeypatch):
     assert rel_error(out, exact) <= 1e-2 and rel_error(lse, exact_lse) <= 1e-4
     sdpa(q, k, v)
     assert len(fallbacks) == 1  # the plain call: torch's SDPA
+
+
+@pytest.mark.parametrize("tiles", ["1", "2"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[5], CASES[7], CASES[8], CASES[9],
+                                  CASES[10], CASES[11], D64_MANY_KEYS], ids=case_id)
+def test_whole_tile_softmax_matches_reference(case, tiles, monkeypatch):
+    """PYDL_ATTENTION_TC_WHOLE_TILES=1 (the forward's whole-tile softmax, opt-in
+    until timed): output, lse and gradients against the reference, bf16, in
+    both m-tile layouts."""
+    monkeypatch.setenv("PYDL_ATTENTION_TC_WHOLE_TILES", "1")
+    monkeypatch.setenv("PYDL_ATTENTION_TC_MTILES", tiles)
+    dtype = torch.bfloat16
+    (out, got), (exact_out, exact), (low_out, theirs) = _ours_against_reference(case, dtype)
+    _check(out, exact_out, dtype, "out", low_out)
+    for name, a, e, t in zip(["dq", "dk", "dv", "dmask"], got, exact, theirs):
+        _check(a, e, dtype, name, t)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_whole_tile_softmax_lazy_rescale(causal, monkeypatch):
+    """Scores that climb along the keys: the stale reference max of the
+    whole-tile softmax still gives the reference's output and lse."""
+    q, k, v = rising_scores(L=200, S=900, device="cuda")
+    exact = reference.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    for dtype in LOW:
+        qc, kc, vc = (t.to(dtype) for t in (q, k, v))
+        rounded = [t.double() for t in (qc, kc, vc)]
+        _, rounded_lse = reference.scaled_dot_product_attention(*rounded, is_causal=causal,
+                                                                return_lse=True)
+        monkeypatch.setenv("PYDL_ATTENTION_TC_WHOLE_TILES", "0")
+        general = sdpa(qc, kc, vc, is_causal=causal)
+        monkeypatch.setenv("PYDL_ATTENTION_TC_WHOLE_TILES", "1")
+        out, lse = sdpa(qc, kc, vc, is_causal=causal, return_lse=True)
+        _check(out, exact, dtype, "out", general)
+        seen = ~torch.isinf(rounded_lse)
+        assert rel_error(lse[seen], rounded_lse[seen]) <= 1e-4

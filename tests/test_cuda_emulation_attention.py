@@ -20,7 +20,7 @@ import math
 import emulated_cuda
 import pytest
 import torch
-from attention_cases import case_id, case_inputs, in_dtype
+from attention_cases import case_id, case_inputs, in_dtype, rising_scores
 from conftest import LOW_PRECISION_FACTOR, RTOL, rel_error
 
 from pydl import _ext, reference
@@ -527,3 +527,69 @@ def test_head_dim_128_forward_fits_99_kb_in_both_layouts(emu, dtype, tiles, monk
     with emulated_cuda.emulated_device(max_smem_optin=99 * 1024):
         out, lse = _forward_on_tensor_cores(emu, case, dtype)
     _check_forward(case, dtype, out, lse)
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[5], CASES[7], CASES[8], CASES[13],
+                                  CASES[14], CASES[16]], ids=case_id)
+def test_whole_tile_softmax(emu, case, dtype, monkeypatch):
+    """PYDL_ATTENTION_TC_WHOLE_TILES=1: the forward's whole-tile softmax
+    (tiles every row sees whole skip the visibility tests; ex2.approx; O
+    rescaled lazily) in both m-tile layouts: output and lse against the
+    reference, gradients through its lse; with dropout it keeps the general
+    path's weights."""
+    q, k, v, mask = case_inputs(case)
+    g = torch.Generator().manual_seed(9)
+    grad_out = torch.randn(case[0], case[1], case[3], case[6], generator=g, dtype=torch.float64)
+
+    def input_grads(qkv):
+        leaves = [t.detach().requires_grad_() for t in qkv]
+        out = _reference(case, *leaves, in_dtype(mask, leaves[0].dtype))[0]
+        return torch.autograd.grad((out.double() * grad_out).sum(), leaves)
+
+    exact = input_grads((q, k, v))
+    low = input_grads([in_dtype(t, dtype) for t in (q, k, v)])
+    rounded = [None if t is None else in_dtype(t, dtype).to(t.dtype) for t in (q, k, v, mask)]
+    _, rounded_lse = _reference(case, *rounded)
+    monkeypatch.setenv("PYDL_ATTENTION_TC_WHOLE_TILES", "1")
+    for tiles in ("1", "2"):
+        monkeypatch.setenv("PYDL_ATTENTION_TC_MTILES", tiles)
+        out, lse = _forward_on_tensor_cores(emu, case, dtype)
+        _check_forward(case, dtype, out, lse)
+        assert rel_error(_finite_lse(lse), _finite_lse(rounded_lse)) <= 1e-5
+        args = _op_args(case, *[in_dtype(t, dtype) for t in (q, k, v, mask)])
+        got = emu.attention_backward(grad_out.to(dtype), *args[:5], out, lse, None, *args[5:],
+                                     [True, True, True, False])[:3]
+        for name, a, e, t in zip(["dq", "dk", "dv"], got, exact, low):
+            _check(a, e, dtype, f"{name} ({tiles} m-tiles)", t)
+    # Dropout: the general path's keep pattern (V = identity).
+    S, E = case[4], case[5]
+    padded = (S + 7) // 8 * 8
+    eye_case = (*case[:5], E, padded, None, case[8])
+    eye = torch.eye(S, padded, dtype=torch.float64).expand(*k.shape[:-1], padded)
+    args = _op_args(eye_case, in_dtype(q, dtype), in_dtype(k, dtype), eye.to(dtype), None,
+                    seed=4, p=0.3)
+    kept = []
+    for whole in ("0", "1"):
+        monkeypatch.setenv("PYDL_ATTENTION_TC_WHOLE_TILES", whole)
+        kept.append(emu.attention(*args)[0][..., :S] != 0)
+    assert torch.equal(kept[0], kept[1])
+    assert kept[1].any(), "no weight kept"
+
+
+def test_whole_tile_softmax_lazy_rescale(emu, monkeypatch):
+    """Scores that climb along the keys by less than the lazy-rescale margin
+    in some tiles and by far more in others: the stale reference max still
+    gives the reference's output and lse."""
+    L, S, d = 70, 300, 64
+    q, k, v = rising_scores(L, S, d)
+    case = (1, 2, 2, L, S, d, d, None, None)
+    exact_out, _ = _reference(case, q, k, v, None)
+    monkeypatch.setenv("PYDL_ATTENTION_TC_WHOLE_TILES", "1")
+    for dtype in LOW:
+        qc, kc, vc = (t.to(dtype) for t in (q, k, v))
+        out, lse = emu.attention(*_op_args(case, qc, kc, vc, None))
+        low_out, _ = _low_precision_reference(case, dtype, q, k, v, None)
+        _check(out, exact_out, dtype, "out", low_out)
+        _, rounded_lse = _reference(case, qc.double(), kc.double(), vc.double(), None)
+        assert rel_error(lse, rounded_lse) <= 1e-5

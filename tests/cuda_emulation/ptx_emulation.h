@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 
@@ -103,6 +104,13 @@ inline void mma_16816<__half>(float c[4], const uint32_t a[4], uint32_t b0, uint
 template <>
 inline void mma_16816<__nv_bfloat16>(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
   detail::mma(emulation::MmaInput::BFloat16, c, a, b0, b1);
+}
+
+// ex2.approx.ftz.f32: 2^x with results below 2^-126 flushed to 0 (the
+// approximation's last-ulp error is not modelled).
+inline float exp2_approx(float x) {
+  const float y = std::exp2(x);
+  return y < 0x1p-126f ? 0.f : y;
 }
 
 }  // namespace tc

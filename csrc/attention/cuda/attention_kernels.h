@@ -47,6 +47,8 @@ struct ForwardArgs {
   Problem p;
   void* out;  // (N, Hq, L, Ev) contiguous, storage dtype
   void* lse;  // (N, Hq, L) contiguous, accumulator dtype (float; double for double)
+  // Tensor-core forward only: the whole-tile softmax (attention_tc_forward.cuh).
+  bool whole_tiles = false;
 };
 
 struct BackwardArgs {

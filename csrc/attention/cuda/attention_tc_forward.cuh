@@ -39,6 +39,20 @@ namespace tc {
 
 constexpr float kLog2e = 1.4426950408889634f;
 
+// Whole-tile softmax (ForwardArgs::whole_tiles, PYDL_ATTENTION_TC_WHOLE_TILES=1,
+// opt-in until timed on a GPU). Per score the general path tests the key's
+// visibility (length, causal limit, mask) and computes exp2f with its range
+// handling around the SFU's ex2: about 18 instructions, next to 4 mma per
+// 32 scores of a thread. Whole-tile mode, on tiles no row sees only in part,
+// does a multiply, a max, one FFMA and one ex2.approx. It also rescales O
+// lazily: the row's reference max m moves only when a tile's max passes it
+// by kLazyRescale (2^8 in weight), so the 32-128 multiplies of O per m-tile
+// and tile are skipped almost always. The sums stay exact in float: O and
+// l share the stale reference, O / l is unchanged, lse = m + log l still
+// holds, and P <= 2^8 loses nothing in the fp16 / bf16 PV mma (their ranges
+// reach 6.5e4 and 3e38).
+constexpr float kLazyRescale = 8.f / kLog2e;
+
 // kMTiles: 16-row m-tiles per warp. Two (a 128-row CTA) for head dims up to
 // 128, as FlashAttention-2 does: each K / V fragment loaded from shared
 // memory then feeds two mma instead of one, which cuts the ldmatrix traffic
@@ -149,6 +163,12 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
     const T* Kb = Ks + buf * kBN * kPitch;
     const T* Vb = Vs + buf * kBN * kPitch;
 
+    // Whole-tile mode: a tile every row of the CTA sees whole (no mask, all
+    // its keys exist and lie within the causal limit of the CTA's first
+    // row): all tiles but the last one or two of a row.
+    const bool whole = a.whole_tiles && p.mask == nullptr && j0 + kBN <= p.len_kv &&
+                       (!p.causal || j0 + kBN - 1 <= i0 + p.causal_offset);
+
     // S = Q K^T for this warp's kMT x 16 rows x kBN keys: each K fragment
     // feeds the warp's kMT m-tiles.
     float s[kMT][kBN / 8][4];
@@ -161,24 +181,41 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
 
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
-      // Scale, mask, hide invisible keys; the tile's row maxima.
+      // Scale, mask, hide invisible keys; the tile's row maxima. A tile every
+      // row sees whole needs only the scale.
       float tile_max[2] = {neg_inf<float>(), neg_inf<float>()};
+      if (whole) {
 #pragma unroll
-      for (int nt = 0; nt < kBN / 8; ++nt) {
+        for (int nt = 0; nt < kBN / 8; ++nt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int rr = e >> 1, col = j0 + nt * 8 + 2 * t + (e & 1);
-          const bool visible = sees_key(p, row[mt][rr], col);
-          float x = s[mt][nt][e] * scale;
-          if (mask_row[mt][rr] && visible) x += to_acc(mask_row[mt][rr][col * p.smask.col]);
-          s[mt][nt][e] = visible ? x : neg_inf<float>();
-          tile_max[rr] = fmaxf(tile_max[rr], s[mt][nt][e]);
+          for (int e = 0; e < 4; ++e) {
+            s[mt][nt][e] *= scale;
+            tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[mt][nt][e]);
+          }
+        }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < kBN / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int rr = e >> 1, col = j0 + nt * 8 + 2 * t + (e & 1);
+            const bool visible = sees_key(p, row[mt][rr], col);
+            float x = s[mt][nt][e] * scale;
+            if (mask_row[mt][rr] && visible) x += to_acc(mask_row[mt][rr][col * p.smask.col]);
+            s[mt][nt][e] = visible ? x : neg_inf<float>();
+            tile_max[rr] = fmaxf(tile_max[rr], s[mt][nt][e]);
+          }
         }
       }
       float alpha[2], ref[2];
 #pragma unroll
       for (int rr = 0; rr < 2; ++rr) {
-        const float m_new = fmaxf(m[mt][rr], quad_max(tile_max[rr]));
+        const float seen = quad_max(tile_max[rr]);
+        // Whole-tile mode moves the reference max only when a score would
+        // weigh more than 2^8 against it (see kLazyRescale).
+        const float m_new = !a.whole_tiles ? fmaxf(m[mt][rr], seen)
+                            : seen > m[mt][rr] + kLazyRescale ? seen
+                                                               : m[mt][rr];
         // A row that has seen only hidden keys keeps m = -inf: exponentiate
         // against 0 then, so it stays zeros instead of NaN.
         ref[rr] = m_new == neg_inf<float>() ? 0.f : m_new;
@@ -186,12 +223,14 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
         m[mt][rr] = m_new;
         l[mt][rr] *= alpha[rr];
       }
+      const float ref_log2[2] = {ref[0] * kLog2e, ref[1] * kLog2e};
 #pragma unroll
       for (int nt = 0; nt < kBN / 8; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int rr = e >> 1;
-          s[mt][nt][e] = exp2f((s[mt][nt][e] - ref[rr]) * kLog2e);
+          s[mt][nt][e] = a.whole_tiles ? exp2_approx(fmaf(s[mt][nt][e], kLog2e, -ref_log2[rr]))
+                                       : exp2f((s[mt][nt][e] - ref[rr]) * kLog2e);
           l[mt][rr] += s[mt][nt][e];  // before dropout: the lse is dropout-free
         }
         if (p.dropout) {
@@ -212,12 +251,14 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
           }
         }
       }
+      if (!a.whole_tiles || alpha[0] != 1.f || alpha[1] != 1.f) {  // (whole-tile mode: rarely)
 #pragma unroll
-      for (int nt = 0; nt < kD / 8; ++nt) {
-        o[mt][nt][0] *= alpha[0];
-        o[mt][nt][1] *= alpha[0];
-        o[mt][nt][2] *= alpha[1];
-        o[mt][nt][3] *= alpha[1];
+        for (int nt = 0; nt < kD / 8; ++nt) {
+          o[mt][nt][0] *= alpha[0];
+          o[mt][nt][1] *= alpha[0];
+          o[mt][nt][2] *= alpha[1];
+          o[mt][nt][3] *= alpha[1];
+        }
       }
     }
 
@@ -261,6 +302,14 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
 // 128, dK / dV at 64), read per call: the A/B switch for measuring the
 // layouts on a GPU in one process (scripts/attention_tc_ab.py). 0 (unset or
 // anything else): each kernel's default.
+// PYDL_ATTENTION_TC_WHOLE_TILES=1: the whole-tile softmax (see kLazyRescale),
+// read per call, so scripts/attention_tc_ab.py can time it against the
+// general path in one process.
+inline bool whole_tiles_requested() {
+  const char* env = std::getenv("PYDL_ATTENTION_TC_WHOLE_TILES");
+  return env != nullptr && std::strcmp(env, "1") == 0;
+}
+
 inline int requested_m_tiles() {
   const char* env = std::getenv("PYDL_ATTENTION_TC_MTILES");
   if (env == nullptr) return 0;
@@ -283,7 +332,9 @@ bool try_launch_forward(const ForwardArgs& a, cudaStream_t stream) {
 // tiles (d 64 / 128: 36 / 68 KB with two m-tiles, 45 / 85 KB with one; d 256:
 // 99 KB, all sm_86 / sm_89 allow).
 template <typename T, int kHeadDim>
-void launch_forward(const ForwardArgs& a, cudaStream_t stream) {
+void launch_forward(const ForwardArgs& args, cudaStream_t stream) {
+  ForwardArgs a = args;
+  a.whole_tiles = whole_tiles_requested();
   if (requested_m_tiles() != 1 && try_launch_forward<T, ForwardTraits<kHeadDim>>(a, stream)) return;
   if (try_launch_forward<T, ForwardTraits<kHeadDim, 1>>(a, stream)) return;
   simt_forward<T>(a, stream);

@@ -80,6 +80,15 @@ __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float c[4], const uint3
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+
+// 2^x on the SFU alone (ex2.approx.ftz: about 2 ulp, results below 2^-126
+// flushed to 0, 2^-inf = 0), without exp2f's range handling around it: the
+// whole-tile softmax of the forward (see softmax_whole_tile).
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
 #endif  // PYDL_CUDA_EMULATION
 
 // Two floats rounded to T, packed as one register (lo in the low half).
