@@ -586,7 +586,7 @@ def test_default_routing_without_opt_in(monkeypatch):
 @pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[5], CASES[7], CASES[8], CASES[9],
                                   CASES[10], CASES[11], D64_MANY_KEYS], ids=case_id)
 def test_whole_tile_softmax_matches_reference(case, tiles, monkeypatch):
-    """PYDL_ATTENTION_TC_WHOLE_TILES=1 (the forward's whole-tile softmax, opt-in
+    """PYDL_ATTENTION_TC_WHOLE_TILES=1 (the whole-tile softmax, forward and backward, opt-in
     until timed): output, lse and gradients against the reference, bf16, in
     both m-tile layouts."""
     monkeypatch.setenv("PYDL_ATTENTION_TC_WHOLE_TILES", "1")

@@ -60,6 +60,8 @@ struct BackwardArgs {
   void* grad_k;          // (N, Hk, S, E) contiguous, storage dtype, or nullptr
   void* grad_v;          // (N, Hk, S, Ev) contiguous, storage dtype, or nullptr
   void* grad_scores;     // (N, Hq, L, S) contiguous zeroed, accumulator dtype, or nullptr
+  // Tensor-core backward only: the whole-tile softmax (attention_tc_forward.cuh).
+  bool whole_tiles = false;
 };
 
 // delta[r] = sum_c grad_out[r, c] * out[r, c] - grad_lse[r] (grad_lse may be

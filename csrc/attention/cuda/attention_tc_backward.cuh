@@ -86,6 +86,25 @@ __device__ __forceinline__ bool kept_at(const Problem& p, uint64_t seed, uint64_
   return attention_dropout::is_kept(words, static_cast<uint64_t>(col), p.keep_threshold);
 }
 
+// Dropout of one weight in the dK / dV pass: dp scaled by 1 / (1 - p) and
+// the weight kept in `used`, or both zeroed.
+__device__ __forceinline__ void drop_weight(const Problem& p, uint64_t seed, uint64_t head_row,
+                                            int col, float keep_scale, float& dp, float& used) {
+  const bool kept = kept_at(p, seed, head_row, col);
+  dp = kept ? dp * keep_scale : 0.f;
+  used = kept ? used : 0.f;
+}
+
+// Whole-tile mode (BackwardArgs::whole_tiles, as the forward's: see
+// kLazyRescale): a tile no score of which is hidden, masked or recorded
+// (grad_scores) recomputes P = 2^(s * scale * log2 e - lse * log2 e) by one
+// FFMA and one ex2.approx, without the per-score visibility tests. A query
+// row past L (or one that saw no key) has lse = -inf: its base is +inf, so
+// its weights come out 0, as the general path's.
+__device__ __forceinline__ float whole_tile_base(float row_lse) {
+  return row_lse == -INFINITY ? INFINITY : row_lse * kLog2e;
+}
+
 // Writes rows x kD accumulators (this lane's fragment rows r0 + g, r0 + g + 8)
 // times `factor` to out (row-major, `cols` valid columns, `rows` valid rows).
 template <typename T, int kD>
@@ -194,6 +213,14 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
     }
     mma_abt<T, kD, kQT / 8, kPitch, kMT>(st, Ks + r0 * kPitch, Qb, lane);
     mma_abt<T, kD, kQT / 8, kPitch, kMT>(dpt, Vs + r0 * kPitch, dOb, lane);
+    // Whole-tile mode: every query of the tile sees every key of the CTA
+    // (query rows past L only read lse = -inf). One m-tile per warp only: at
+    // two (255 registers) its second copy of the score loop spilled (16 bytes
+    // at head dim 64, sm_90).
+    const bool whole = kMT == 1 && a.whole_tiles && mhead == nullptr && grad_scores == nullptr &&
+                       j0 + kKeys <= p.len_kv &&
+                       (!p.causal || j0 + kKeys - 1 <= i0 + p.causal_offset);
+    const float scale_log2 = scale * kLog2e;
 #pragma unroll
     for (int nt = 0; nt < kQT / 8; ++nt) {
 #pragma unroll
@@ -202,6 +229,25 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
         const int qi = i0 + nt * 8 + 2 * t + qc;
         const float row_lse = qi < p.len_q ? lse[nh * p.len_q + qi] : neg_inf<float>();
         const float row_delta = qi < p.len_q ? delta[nh * p.len_q + qi] : 0.f;
+        if (whole) {
+          const float base = whole_tile_base(row_lse);
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+            for (int rr = 0; rr < 2; ++rr) {
+              const int e = 2 * rr + qc;
+              const float prob = exp2_approx(fmaf(st[mt][nt][e], scale_log2, -base));
+              float dp = dpt[mt][nt][e], used = prob;
+              if (p.dropout) {
+                drop_weight(p, seed, static_cast<uint64_t>(nh * p.len_q + qi),
+                            j0 + r0 + mt * 16 + g + 8 * rr, keep_scale, dp, used);
+              }
+              st[mt][nt][e] = used;                       // P_used^T
+              dpt[mt][nt][e] = prob * (dp - row_delta);  // dS^T
+            }
+          }
+          continue;
+        }
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
@@ -217,9 +263,8 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
               if (p.dropout) {
                 // used stays in [0, 1] for the half-precision dV mma; dV is
                 // scaled by 1 / (1 - p) when stored.
-                const bool kept = kept_at(p, seed, static_cast<uint64_t>(nh * p.len_q + qi), kj);
-                dp = kept ? dp * keep_scale : 0.f;
-                used = kept ? prob : 0.f;
+                drop_weight(p, seed, static_cast<uint64_t>(nh * p.len_q + qi), kj, keep_scale, dp,
+                            used);
               }
               ds = prob * (dp - row_delta);
               prob = used;
@@ -336,30 +381,58 @@ __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
     }
     mma_abt<T, kD, kBN / 8, kPitch, kMT>(s, Qs + r0 * kPitch, Kb, lane);
     mma_abt<T, kD, kBN / 8, kPitch, kMT>(dp, dOs + r0 * kPitch, Vb, lane);
+    // Whole-tile mode: every row of the CTA sees every key of the tile (rows
+    // past L only read lse = -inf). One m-tile per warp only, as in dkdv_kernel
+    // (two at head dim 128 spilled 72 bytes on sm_90).
+    const bool whole = kMT == 1 && a.whole_tiles && p.mask == nullptr && j0 + kBN <= p.len_kv &&
+                       (!p.causal || j0 + kBN - 1 <= i0 + p.causal_offset);
+    if (whole) {
+      const float scale_log2 = scale * kLog2e;
 #pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) {
+      for (int mt = 0; mt < kMT; ++mt) {
+        const float base[2] = {whole_tile_base(row_lse[mt][0]), whole_tile_base(row_lse[mt][1])};
 #pragma unroll
-      for (int nt = 0; nt < kBN / 8; ++nt) {
+        for (int nt = 0; nt < kBN / 8; ++nt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int rr = e >> 1, col = j0 + nt * 8 + 2 * t + (e & 1);
-          // sees_key() spelled out: through the call this kernel, at 254
-          // registers, spilled 8 bytes on sm_90.
-          const bool visible = row[mt][rr] < p.len_q && col < p.len_kv &&
-                               (!p.causal || col <= row[mt][rr] + p.causal_offset);
-          float ds = 0.f;
-          if (visible && row_lse[mt][rr] != neg_inf<float>()) {
-            float x = s[mt][nt][e] * scale;
-            if (mask_row[mt][rr]) x += to_acc(mask_row[mt][rr][col * p.smask.col]);
-            const float prob = exp2f((x - row_lse[mt][rr]) * kLog2e);
+          for (int e = 0; e < 4; ++e) {
+            const int rr = e >> 1;
+            const float prob = exp2_approx(fmaf(s[mt][nt][e], scale_log2, -base[rr]));
             float d = dp[mt][nt][e];
             if (p.dropout) {
-              d = kept_at(p, seed, static_cast<uint64_t>(nh) * p.len_q + row[mt][rr], col)
+              d = kept_at(p, seed, static_cast<uint64_t>(nh) * p.len_q + row[mt][rr],
+                          j0 + nt * 8 + 2 * t + (e & 1))
                       ? d * keep_scale : 0.f;
             }
-            ds = prob * (d - row_delta[mt][rr]);
+            s[mt][nt][e] = prob * (d - row_delta[mt][rr]);
           }
-          s[mt][nt][e] = ds;
+        }
+      }
+    } else {
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+        for (int nt = 0; nt < kBN / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int rr = e >> 1, col = j0 + nt * 8 + 2 * t + (e & 1);
+            // sees_key() spelled out: through the call this kernel, at 254
+            // registers, spilled 8 bytes on sm_90.
+            const bool visible = row[mt][rr] < p.len_q && col < p.len_kv &&
+                                 (!p.causal || col <= row[mt][rr] + p.causal_offset);
+            float ds = 0.f;
+            if (visible && row_lse[mt][rr] != neg_inf<float>()) {
+              float x = s[mt][nt][e] * scale;
+              if (mask_row[mt][rr]) x += to_acc(mask_row[mt][rr][col * p.smask.col]);
+              const float prob = exp2f((x - row_lse[mt][rr]) * kLog2e);
+              float d = dp[mt][nt][e];
+              if (p.dropout) {
+                d = kept_at(p, seed, static_cast<uint64_t>(nh) * p.len_q + row[mt][rr], col)
+                        ? d * keep_scale : 0.f;
+              }
+              ds = prob * (d - row_delta[mt][rr]);
+            }
+            s[mt][nt][e] = ds;
+          }
         }
       }
     }
@@ -400,7 +473,9 @@ bool try_launch_backward(const BackwardArgs& a, cudaStream_t stream) {
 // memory is short of the tiles (sm_86 / sm_89 allow 99 KB; head dims 128 and
 // 256 need more).
 template <typename T, int kHeadDim>
-void launch_backward(const BackwardArgs& a, cudaStream_t stream) {
+void launch_backward(const BackwardArgs& args, cudaStream_t stream) {
+  BackwardArgs a = args;
+  a.whole_tiles = whole_tiles_requested();
   const int requested = requested_m_tiles();
   if constexpr (kHeadDim <= 128) {
     const bool two = requested == 2 || (requested == 0 && BackwardTraits<kHeadDim>::kDqMTiles == 2);

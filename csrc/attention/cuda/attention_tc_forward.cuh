@@ -50,7 +50,10 @@ constexpr float kLog2e = 1.4426950408889634f;
 // and tile are skipped almost always. The sums stay exact in float: O and
 // l share the stale reference, O / l is unchanged, lse = m + log l still
 // holds, and P <= 2^8 loses nothing in the fp16 / bf16 PV mma (their ranges
-// reach 6.5e4 and 3e38).
+// reach 6.5e4 and 3e38). The backward's dK / dV and dQ kernels take the same
+// switch where they run one m-tile per warp (the backward's default at head
+// dims 64 and 256): on whole tiles they recompute P with one FFMA and one
+// ex2.approx, without the visibility tests (attention_tc_backward.cuh).
 constexpr float kLazyRescale = 8.f / kLog2e;
 
 // kMTiles: 16-row m-tiles per warp. Two (a 128-row CTA) for head dims up to
