@@ -38,8 +38,9 @@ VERIFIED_CUDA: dict[str, Verification] = {
     # 16 hidden 1024 1.41x, 2-layer bidirectional training at batch 16 2.05x;
     # batch 32-64 0.51-0.67x; one cell step 0.72-3.2x. So by default
     # pydl.nn.LSTM runs pydl's kernel where the persistent kernel serves
-    # (batch <= 16, no projection, not float64: pydl/nn/rnn.py) and torch's
-    # LSTM otherwise; LSTMCell runs torch's (pydl/ops/lstm.py).
+    # (batch <= 16, no projection, not float64, hidden <= min(1024, 8 x SMs):
+    # pydl/nn/rnn.py) and torch's LSTM otherwise; LSTMCell runs torch's
+    # (pydl/ops/lstm.py).
     "lstm": Verification(
         card="NVIDIA H200",
         torch="2.11.0+cu130",
@@ -53,9 +54,9 @@ VERIFIED_CUDA: dict[str, Verification] = {
     # the CPU kernel's, CUDA graphs, opcheck, torch.compile). Quick benchmarks,
     # bf16 / fp16: forward 0.30-0.43x torch's flash backend, forward + backward
     # 0.22-0.42x; float32 0.06-0.21x torch's efficient backend. torch's SDPA
-    # stays the default; calls it cannot express (return_lse, bottom-right
-    # causal, causal + mask) run pydl's kernel instead of the O(L x S)
-    # reference (pydl/ops/attention.py).
+    # stays the default; fp16 / bf16 calls it cannot express (return_lse,
+    # bottom-right causal, causal + mask) run pydl's kernel instead of the
+    # O(L x S) reference (pydl/ops/attention.py).
     "attention": Verification(
         card="NVIDIA H200",
         torch="2.11.0+cu130",
@@ -63,6 +64,6 @@ VERIFIED_CUDA: dict[str, Verification] = {
         commit="257995b",
         default=False,
         note="0.30-0.43x torch's flash forward (bf16/fp16); torch's SDPA stays the default "
-             "except for calls it cannot express",
+             "except for fp16 / bf16 calls it cannot express",
     ),
 }

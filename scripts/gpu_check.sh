@@ -125,7 +125,7 @@ if [[ $STEPS == *build* ]]; then
     build_once 1 "${CXX:-default compiler}"; rc=$?
     # Retry with the image's own compiler (the static-libstdc++ risk above
     # beats no build at all; the nm check below flags it).
-    if [ "$rc" -ne 0 ] && [ -n "${CC:-}${CXX:-}${LDSHARED:-}" ] && has_budget "build attempt 2"; then
+    if [ "$rc" -ne 0 ] && [ -n "$overrides" ] && has_budget "build attempt 2"; then
       unset CC CXX LDSHARED $overrides
       [ -n "$image_cxx" ] && export CXX=$image_cxx
       build_once 2 "default compiler, overrides unset" \
@@ -204,12 +204,12 @@ if [[ $STEPS == *" tests"* || $STEPS == "tests"* ]]; then
     timeout -k 5 "$(capped 60 5)" "$PYTHON" scripts/attention_smoke.py 2>&1 | tail -n 20 | tee -a "$report"
     step_result "attention smoke" "${PIPESTATUS[0]}" "$start"
   fi
-  # The tensor-core kernels' two layouts (two m-tiles per warp, the default,
-  # against one: forward, dQ, and dK / dV at head dim 64) beside torch's flash
-  # backend: decides the default.
+  # The tensor-core kernels' two layouts (two m-tiles per warp against one:
+  # forward, dQ, and dK / dV at head dim 64) and the opt-in whole-tile
+  # softmax, beside torch's flash backend: decides the defaults.
   if [[ $FAMILIES == *attention* ]] && has_budget "attention tc A/B"; then
     start=$SECONDS
-    timeout -k 5 "$(capped 60 5)" "$PYTHON" scripts/attention_tc_ab.py 2>&1 | tail -n 14 | tee -a "$report"
+    timeout -k 5 "$(capped 90 5)" "$PYTHON" scripts/attention_tc_ab.py 2>&1 | tail -n 14 | tee -a "$report"
     step_result "attention tc A/B" "${PIPESTATUS[0]}" "$start"
   fi
   # One process per family (a device fault poisons its process's CUDA context).
@@ -220,7 +220,8 @@ if [[ $STEPS == *" tests"* || $STEPS == "tests"* ]]; then
     "$(capped 40 15)" "attention forward tests" tests/test_attention_cuda.py -m gpu --tb=short \
     -k "forward_matches_reference and (float16 or bfloat16)"
   [[ $FAMILIES == *attention* ]] && has_budget "attention gpu tests" && capped_pytest "$(capped "${ATTENTION_TEST_TIMEOUT:-150}" 15)" \
-    "attention gpu tests" tests/test_attention_cuda.py -m gpu
+    "attention gpu tests" tests/test_attention_cuda.py -m gpu \
+    -k "not (forward_matches_reference and (float16 or bfloat16))"
   [[ $FAMILIES == *lstm* ]] && has_budget "lstm gpu tests" && capped_pytest "$(capped "${LSTM_TEST_TIMEOUT:-80}" 15)" \
     "lstm gpu tests" tests/test_lstm_cuda.py -m gpu
   # conv2d passed on an H200 (2026-11-26) except its bad-argument tests (the

@@ -192,10 +192,13 @@ def test_verified_cuda_families_follow_their_default(cuda_build):
 def test_lstm_default_on_cuda_is_pydl_only_where_it_beat_cudnn(cuda_build, monkeypatch):
     from torch.nn.utils.rnn import pack_sequence
 
+    from pydl.nn import rnn
     from pydl.nn.rnn import _cudnn_is_faster
 
     if not pydl._verified.VERIFIED_CUDA["lstm"].default:
         pytest.skip("pydl's CUDA LSTM is not the default")
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setitem(rnn._SM_COUNT, 0, 132)  # an H100 / H200
     data = _cuda_stand_in()
     model = pydl.nn.LSTM(4, 32)
     for batch, cudnn in ((1, False), (16, False), (17, True)):
@@ -211,6 +214,16 @@ def test_lstm_default_on_cuda_is_pydl_only_where_it_beat_cudnn(cuda_build, monke
     assert _cudnn_is_faster(pydl.nn.LSTM(4, 32, proj_size=8), torch.empty(3, 2, 4), data)
     assert _cudnn_is_faster(model, torch.empty(3, 2, 4), _cuda_stand_in(torch.float64))
     assert _cudnn_is_faster(pydl.nn.LSTM(4, 2048), torch.empty(3, 2, 4), data)
+    assert not _cudnn_is_faster(pydl.nn.LSTM(4, 1024), torch.empty(3, 2, 4), data)
+    monkeypatch.setitem(rnn._SM_COUNT, 0, 108)  # an A100: 864 units at most
+    assert _cudnn_is_faster(pydl.nn.LSTM(4, 1024), torch.empty(3, 2, 4), data)
+    assert not _cudnn_is_faster(pydl.nn.LSTM(4, 864), torch.empty(3, 2, 4), data)
+    monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "0")
+    assert _cudnn_is_faster(model, torch.empty(3, 2, 4), data)
+    monkeypatch.delenv("PYDL_LSTM_PERSISTENT")
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert _cudnn_is_faster(model, torch.empty(3, 2, 4), data)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     # the CPU, and the opt-in, run pydl's kernel on every call it serves
     assert not _cudnn_is_faster(model, torch.empty(3, 64, 4), torch.empty(0))
     monkeypatch.setenv("PYDL_EXPERIMENTAL_CUDA", "1")
@@ -231,6 +244,8 @@ def test_attention_on_cuda_uses_the_verified_kernel_only_for_what_sdpa_cannot_do
     assert _use_kernel(q, k, torch.zeros(100, 100), True, "top_left", False)  # causal + mask
     assert not _use_kernel(q, k, None, True, "top_left", False)  # torch's SDPA
     assert not _use_kernel(q, k, torch.zeros(100, 100), False, "top_left", False)
+    # float32: the reference (cuBLAS) rather than the CUDA-core kernel
+    assert not _use_kernel(_cuda_stand_in(torch.float32), k, None, False, "top_left", True)
     # not on the CPU path's terms, nor for an unverified family or unbuilt kernels
     assert not _backend.verified_cuda_serves("attention", torch.empty(2, 4, 100, 64))
     monkeypatch.delitem(pydl._verified.VERIFIED_CUDA, "attention")

@@ -466,6 +466,43 @@ def _check_forward(case, dtype, out, lse):
     assert torch.equal(torch.isinf(lse), torch.isinf(exact_lse))
 
 
+def _reference_grads(case, dtype, q, k, v, mask):
+    """A grad_out and the float64 reference's (dq, dk, dv) for it, on the
+    exact inputs and on the inputs rounded to `dtype` (the yardstick)."""
+    g = torch.Generator().manual_seed(9)
+    grad_out = torch.randn(case[0], case[1], case[3], case[6], generator=g, dtype=torch.float64)
+
+    def input_grads(qkv):
+        leaves = [t.detach().requires_grad_() for t in qkv]
+        out = _reference(case, *leaves, in_dtype(mask, leaves[0].dtype))[0]
+        return torch.autograd.grad((out.double() * grad_out).sum(), leaves)
+
+    return grad_out, input_grads((q, k, v)), input_grads([in_dtype(t, dtype) for t in (q, k, v)])
+
+
+def _check_tc_backward(emu, case, dtype, inputs, out, lse, grads, what):
+    """The emulated backward's dq, dk, dv (from this forward's out and lse)
+    against _reference_grads' `grads`."""
+    grad_out, exact, low = grads
+    args = _op_args(case, *[in_dtype(t, dtype) for t in inputs])
+    got = emu.attention_backward(grad_out.to(dtype), *args[:5], out, lse, None, *args[5:],
+                                 [True, True, True, False])[:3]
+    for name, a, e, t in zip(["dq", "dk", "dv"], got, exact, low):
+        _check(a, e, dtype, f"{name} ({what})", t)
+
+
+def _identity_value_args(case, dtype):
+    """The case's op arguments with dropout (p 0.3, seed 4) and V = identity
+    (padded to a multiple of 8 columns, for the tensor cores): the output's
+    first S columns are the dropped-out weights."""
+    q, k, _, _ = case_inputs(case)
+    S, E = case[4], case[5]
+    padded = (S + 7) // 8 * 8
+    eye = torch.eye(S, padded, dtype=torch.float64).expand(*k.shape[:-1], padded)
+    return _op_args((*case[:5], E, padded, None, case[8]), in_dtype(q, dtype),
+                    in_dtype(k, dtype), eye.to(dtype), None, seed=4, p=0.3)
+
+
 @pytest.mark.parametrize("dtype", LOW, ids=str)
 @pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[8], CASES[13], CASES[5], CASES[14]],
                          ids=case_id)
@@ -477,40 +514,18 @@ def test_tensor_core_m_tile_layouts(emu, case, dtype, monkeypatch):
     the backward's default at head dim 64). Both match the reference
     (output, dq, dk, dv); with dropout both keep the same weights (the keep
     rule depends on (row, key) only)."""
-    q, k, v, mask = case_inputs(case)
-    g = torch.Generator().manual_seed(9)
-    grad_out = torch.randn(case[0], case[1], case[3], case[6], generator=g, dtype=torch.float64)
-
-    def input_grads(qkv):
-        leaves = [t.detach().requires_grad_() for t in qkv]
-        out = _reference(case, *leaves, in_dtype(mask, leaves[0].dtype))[0]
-        return torch.autograd.grad((out.double() * grad_out).sum(), leaves)
-
-    exact = input_grads((q, k, v))
-    low = input_grads([in_dtype(t, dtype) for t in (q, k, v)])
+    inputs = case_inputs(case)
+    grads = _reference_grads(case, dtype, *inputs)
     for tiles in ("1", "2"):
         monkeypatch.setenv("PYDL_ATTENTION_TC_MTILES", tiles)
         out, lse = _forward_on_tensor_cores(emu, case, dtype)
         _check_forward(case, dtype, out, lse)
-        args = _op_args(case, *[in_dtype(t, dtype) for t in (q, k, v, mask)])
-        got = emu.attention_backward(grad_out.to(dtype), *args[:5], out, lse, None, *args[5:],
-                                     [True, True, True, False])[:3]
-        for name, a, e, t in zip(["dq", "dk", "dv"], got, exact, low):
-            _check(a, e, dtype, f"{name} ({tiles} m-tiles)", t)
-    # V = identity (padded to a multiple of 8 columns, for the tensor cores):
-    # the output's first S columns are the dropped-out weights.
-    S, E = case[4], case[5]
-    padded = (S + 7) // 8 * 8
-    eye_case = (*case[:5], E, padded, None, case[8])
+        _check_tc_backward(emu, case, dtype, inputs, out, lse, grads, f"{tiles} m-tiles")
     dropped = []
     for tiles in ("1", "2"):
         monkeypatch.setenv("PYDL_ATTENTION_TC_MTILES", tiles)
-        q, k, _, _ = case_inputs(case)
-        eye = torch.eye(S, padded, dtype=torch.float64).expand(*k.shape[:-1], padded)
-        args = _op_args(eye_case, in_dtype(q, dtype), in_dtype(k, dtype), eye.to(dtype), None,
-                        seed=4, p=0.3)
         before = emu.mma_count()
-        dropped.append(emu.attention(*args)[0][..., :S] != 0)
+        dropped.append(emu.attention(*_identity_value_args(case, dtype))[0][..., :case[4]] != 0)
         assert emu.mma_count() > before, "not on the tensor cores"
     assert torch.equal(dropped[0], dropped[1])
     assert dropped[0].any(), "no weight kept"
@@ -529,27 +544,28 @@ def test_head_dim_128_forward_fits_99_kb_in_both_layouts(emu, dtype, tiles, monk
     _check_forward(case, dtype, out, lse)
 
 
+# Bottom-right causal with S - L = 62 (offset = 30 mod 32 and 62 mod 64): the
+# last key tile a CTA takes whole ends exactly on its first row's causal limit
+# in every kernel, so an off-by-one in a whole-tile condition shows.
+WHOLE_TILE_EDGES = [
+    (1, 4, 2, 100, 162, 64, 64, None, "bottom_right"),  # and GQA
+    (1, 2, 2, 90, 152, 128, 128, None, "bottom_right"),
+    (1, 2, 2, 134, 100, 64, 64, None, "bottom_right"),  # L > S: offset -34
+]
+
+
 @pytest.mark.parametrize("dtype", LOW, ids=str)
 @pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[5], CASES[7], CASES[8], CASES[13],
-                                  CASES[14], CASES[16]], ids=case_id)
+                                  CASES[14], CASES[16]] + WHOLE_TILE_EDGES, ids=case_id)
 def test_whole_tile_softmax(emu, case, dtype, monkeypatch):
-    """PYDL_ATTENTION_TC_WHOLE_TILES=1: the forward's whole-tile softmax
-    (tiles every row sees whole skip the visibility tests; ex2.approx; O
-    rescaled lazily) in both m-tile layouts: output and lse against the
+    """PYDL_ATTENTION_TC_WHOLE_TILES=1: the whole-tile softmax (tiles no
+    score of which is hidden skip the visibility tests; ex2.approx; the
+    forward rescales O lazily) in both m-tile layouts: output and lse against the
     reference, gradients through its lse; with dropout it keeps the general
     path's weights."""
-    q, k, v, mask = case_inputs(case)
-    g = torch.Generator().manual_seed(9)
-    grad_out = torch.randn(case[0], case[1], case[3], case[6], generator=g, dtype=torch.float64)
-
-    def input_grads(qkv):
-        leaves = [t.detach().requires_grad_() for t in qkv]
-        out = _reference(case, *leaves, in_dtype(mask, leaves[0].dtype))[0]
-        return torch.autograd.grad((out.double() * grad_out).sum(), leaves)
-
-    exact = input_grads((q, k, v))
-    low = input_grads([in_dtype(t, dtype) for t in (q, k, v)])
-    rounded = [None if t is None else in_dtype(t, dtype).to(t.dtype) for t in (q, k, v, mask)]
+    inputs = case_inputs(case)
+    grads = _reference_grads(case, dtype, *inputs)
+    rounded = [None if t is None else in_dtype(t, dtype).to(t.dtype) for t in inputs]
     _, rounded_lse = _reference(case, *rounded)
     monkeypatch.setenv("PYDL_ATTENTION_TC_WHOLE_TILES", "1")
     for tiles in ("1", "2"):
@@ -557,24 +573,26 @@ def test_whole_tile_softmax(emu, case, dtype, monkeypatch):
         out, lse = _forward_on_tensor_cores(emu, case, dtype)
         _check_forward(case, dtype, out, lse)
         assert rel_error(_finite_lse(lse), _finite_lse(rounded_lse)) <= 1e-5
-        args = _op_args(case, *[in_dtype(t, dtype) for t in (q, k, v, mask)])
-        got = emu.attention_backward(grad_out.to(dtype), *args[:5], out, lse, None, *args[5:],
-                                     [True, True, True, False])[:3]
-        for name, a, e, t in zip(["dq", "dk", "dv"], got, exact, low):
-            _check(a, e, dtype, f"{name} ({tiles} m-tiles)", t)
-    # Dropout: the general path's keep pattern (V = identity).
-    S, E = case[4], case[5]
-    padded = (S + 7) // 8 * 8
-    eye_case = (*case[:5], E, padded, None, case[8])
-    eye = torch.eye(S, padded, dtype=torch.float64).expand(*k.shape[:-1], padded)
-    args = _op_args(eye_case, in_dtype(q, dtype), in_dtype(k, dtype), eye.to(dtype), None,
-                    seed=4, p=0.3)
+        _check_tc_backward(emu, case, dtype, inputs, out, lse, grads, f"{tiles} m-tiles")
     kept = []
     for whole in ("0", "1"):
         monkeypatch.setenv("PYDL_ATTENTION_TC_WHOLE_TILES", whole)
-        kept.append(emu.attention(*args)[0][..., :S] != 0)
+        kept.append(emu.attention(*_identity_value_args(case, dtype))[0][..., :case[4]] != 0)
     assert torch.equal(kept[0], kept[1])
     assert kept[1].any(), "no weight kept"
+    # The backward with dropout (default m-tiles: whole tiles in both kernels
+    # at head dim 64) gives the general path's gradients for the same forward.
+    monkeypatch.delenv("PYDL_ATTENTION_TC_MTILES")
+    args = _op_args(case, *[in_dtype(t, dtype) for t in inputs], seed=4, p=0.3)
+    out, lse = emu.attention(*args)
+    grad_out = grads[0].to(dtype)
+    per_mode = []
+    for whole in ("0", "1"):
+        monkeypatch.setenv("PYDL_ATTENTION_TC_WHOLE_TILES", whole)
+        per_mode.append(emu.attention_backward(grad_out, *args[:5], out, lse, None, *args[5:],
+                                               [True, True, True, False])[:3])
+    for name, general, whole in zip(["dq", "dk", "dv"], *per_mode):
+        assert rel_error(whole, general.double()) <= 1e-2, f"{name} with dropout"
 
 
 def test_whole_tile_softmax_lazy_rescale(emu, monkeypatch):

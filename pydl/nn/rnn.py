@@ -10,29 +10,47 @@ own forward.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
 from pydl import _backend
 from pydl.ops.lstm import lstm, lstm_cell
 
-
 # pydl's CUDA LSTM beat cuDNN where its persistent kernel runs (batch <= 16,
 # no projection, not float64; measured up to hidden 1024): 1.4-6x on an H200
-# (bf16, 2026-11-27). Above that batch its cuBLAS loop ran 0.5-0.7x cuDNN, so
-# by default (not under PYDL_EXPERIMENTAL_CUDA=1, which runs pydl's kernel on
-# every call it serves) the other calls run torch's LSTM: a choice of the
-# faster kernel, not a fallback (PYDL_STRICT=1 does not object).
+# (bf16, 2026-11-27). Elsewhere its cuBLAS loop runs, 0.5-0.7x cuDNN, so by
+# default (not under PYDL_EXPERIMENTAL_CUDA=1, which runs pydl's kernel on
+# every call it serves) those calls run torch's LSTM: a choice of the faster
+# kernel, not a fallback (PYDL_STRICT=1 does not object).
 CUDA_DEFAULT_MAX_BATCH = 16
 CUDA_DEFAULT_MAX_HIDDEN = 1024
+# The persistent kernel runs one block per SM with at most 8 hidden units each
+# (csrc/lstm/cuda/lstm_persistent.cu, kMaxUnits).
+PERSISTENT_UNITS_PER_SM = 8
+_SM_COUNT: dict[int, int] = {}  # per device index
+
+
+def _persistent_hidden_limit(device: torch.device) -> int:
+    """The largest hidden size the persistent kernel takes on `device` (and
+    that was measured)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return min(CUDA_DEFAULT_MAX_HIDDEN, PERSISTENT_UNITS_PER_SM * _SM_COUNT[index])
 
 
 def _cudnn_is_faster(module: torch.nn.LSTM, input, data: torch.Tensor) -> bool:
-    """Whether this CUDA call runs torch's LSTM by default (see above)."""
+    """Whether this CUDA call runs torch's LSTM by default (see above): what
+    the persistent kernel does not take (a projection, float64, more rows or
+    hidden units than it serves, CUDA-graph capture, PYDL_LSTM_PERSISTENT=0)."""
     if not data.is_cuda or _backend.experimental_cuda():
         return False
     if (module.proj_size > 0 or data.dtype == torch.float64
-            or module.hidden_size > CUDA_DEFAULT_MAX_HIDDEN):
+            or module.hidden_size > _persistent_hidden_limit(data.device)
+            or os.environ.get("PYDL_LSTM_PERSISTENT") == "0"
+            or torch.cuda.is_current_stream_capturing()):
         return True
     if isinstance(input, PackedSequence):
         batch = int(input.batch_sizes[0]) if input.batch_sizes.numel() > 0 else 0

@@ -186,8 +186,11 @@ def _plain_call(query, key, value, is_causal, scale, causal_alignment):
     if not (q_shape[:2] == k_shape[:2] and k_shape[:3] == value.shape[:3] and E == k_shape[3]
             and q_shape[1] > 0 and E > 0):
         return None
-    if (torch.is_autocast_enabled(query.device.type) or not _backend.use_pydl("attention", query)
-            or not _kernel_serves(query, value)):
+    if torch.is_autocast_enabled(query.device.type):
+        return None
+    if query.is_cuda and _needs_extras(query, key, None, is_causal, causal_alignment, False):
+        return None  # CUDA bottom-right causal: _use_kernel's rule, not use_pydl's alone
+    if not _backend.use_pydl("attention", query) or not _kernel_serves(query, value):
         return None
     if scale is None:
         scale = 1.0 / math.sqrt(E)
@@ -263,10 +266,12 @@ def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
 def _use_kernel(query, key, attn_mask, is_causal, causal_alignment, return_lse) -> bool:
     """The backend policy (_backend.use_pydl), plus: on CUDA, where pydl's
     kernels passed the `gpu` tests but torch's SDPA stays the default (it is
-    faster), a call SDPA cannot express runs pydl's kernel, not the O(L x S)
-    reference of _fallback."""
-    if (query.is_cuda and _needs_extras(query, key, attn_mask, is_causal, causal_alignment,
-                                        return_lse)
+    faster), an fp16 / bf16 call SDPA cannot express runs pydl's tensor-core
+    kernel, not the O(L x S) reference of _fallback. (float32 / float64 calls
+    keep the reference: pydl's CUDA-core kernel ran 0.06-0.21x torch's
+    efficient backend, and the reference is cuBLAS matmuls.)"""
+    if (query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)
+            and _needs_extras(query, key, attn_mask, is_causal, causal_alignment, return_lse)
             and _backend.verified_cuda_serves("attention", query)):
         return True
     return _backend.use_pydl("attention", query)

@@ -50,10 +50,11 @@ constexpr float kLog2e = 1.4426950408889634f;
 // and tile are skipped almost always. The sums stay exact in float: O and
 // l share the stale reference, O / l is unchanged, lse = m + log l still
 // holds, and P <= 2^8 loses nothing in the fp16 / bf16 PV mma (their ranges
-// reach 6.5e4 and 3e38). The backward's dK / dV and dQ kernels take the same
-// switch where they run one m-tile per warp (the backward's default at head
-// dims 64 and 256): on whole tiles they recompute P with one FFMA and one
-// ex2.approx, without the visibility tests (attention_tc_backward.cuh).
+// reach 6.5e4 and 3e38). The backward takes the same switch where its
+// kernels run one m-tile per warp (dK / dV at every head dim but with
+// PYDL_ATTENTION_TC_MTILES=2; dQ at head dims 64 and 256, or 128 with
+// PYDL_ATTENTION_TC_MTILES=1): on whole tiles they recompute P with one FFMA
+// and one ex2.approx, without the visibility tests (attention_tc_backward.cuh).
 constexpr float kLazyRescale = 8.f / kLog2e;
 
 // kMTiles: 16-row m-tiles per warp. Two (a 128-row CTA) for head dims up to
@@ -168,7 +169,7 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
 
     // Whole-tile mode: a tile every row of the CTA sees whole (no mask, all
     // its keys exist and lie within the causal limit of the CTA's first
-    // row): all tiles but the last one or two of a row.
+    // row): all but the tiles on the causal diagonal or at the end of the keys.
     const bool whole = a.whole_tiles && p.mask == nullptr && j0 + kBN <= p.len_kv &&
                        (!p.causal || j0 + kBN - 1 <= i0 + p.causal_offset);
 
@@ -247,8 +248,9 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
                                           static_cast<uint64_t>(col) >> 2);
             const bool lo = attention_dropout::is_kept(words, col, p.keep_threshold);
             const bool hi = attention_dropout::is_kept(words, col + 1, p.keep_threshold);
-            // P stays in [0, 1] for the half-precision PV mma (P / (1 - p)
-            // overflows fp16 when p is near 1); the epilogue applies 1 / (1 - p).
+            // P stays in [0, 1] ([0, 2^8] in whole-tile mode) for the
+            // half-precision PV mma (P / (1 - p) overflows fp16 when p is near
+            // 1); the epilogue applies 1 / (1 - p).
             s[mt][nt][2 * rr] = lo ? s[mt][nt][2 * rr] : 0.f;
             s[mt][nt][2 * rr + 1] = hi ? s[mt][nt][2 * rr + 1] : 0.f;
           }

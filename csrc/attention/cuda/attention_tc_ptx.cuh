@@ -83,7 +83,8 @@ __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float c[4], const uint3
 
 // 2^x on the SFU alone (ex2.approx.ftz: about 2 ulp, results below 2^-126
 // flushed to 0, 2^-inf = 0), without exp2f's range handling around it: the
-// whole-tile softmax of the forward (see softmax_whole_tile).
+// whole-tile mode of the forward and backward (see kLazyRescale in
+// attention_tc_forward.cuh).
 __device__ __forceinline__ float exp2_approx(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
