@@ -223,6 +223,12 @@ def test_lstm_default_on_cuda_is_pydl_only_where_it_beat_cudnn(cuda_build, monke
     monkeypatch.delenv("PYDL_LSTM_PERSISTENT")
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     assert _cudnn_is_faster(model, torch.empty(3, 2, 4), data)
+    # traced by torch.compile: no device queries, the measured bound only
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not _cudnn_is_faster(pydl.nn.LSTM(4, 1024), torch.empty(3, 2, 4), data)
+    assert _cudnn_is_faster(pydl.nn.LSTM(4, 2048), torch.empty(3, 2, 4), data)
+    assert _cudnn_is_faster(model, torch.empty(3, 17, 4), data)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     # the CPU, and the opt-in, run pydl's kernel on every call it serves
     assert not _cudnn_is_faster(model, torch.empty(3, 64, 4), torch.empty(0))

@@ -47,8 +47,14 @@ def _cudnn_is_faster(module: torch.nn.LSTM, input, data: torch.Tensor) -> bool:
     hidden units than it serves, CUDA-graph capture, PYDL_LSTM_PERSISTENT=0)."""
     if not data.is_cuda or _backend.experimental_cuda():
         return False
-    if (module.proj_size > 0 or data.dtype == torch.float64
-            or module.hidden_size > _persistent_hidden_limit(data.device)
+    if module.proj_size > 0 or data.dtype == torch.float64:
+        return True
+    if torch.compiler.is_compiling():
+        # Traced: no device queries in the graph (the SM count, capture state
+        # and environment are the run's, not the trace's); the measured bound.
+        if module.hidden_size > CUDA_DEFAULT_MAX_HIDDEN:
+            return True
+    elif (module.hidden_size > _persistent_hidden_limit(data.device)
             or os.environ.get("PYDL_LSTM_PERSISTENT") == "0"
             or torch.cuda.is_current_stream_capturing()):
         return True
