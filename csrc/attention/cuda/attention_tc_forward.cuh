@@ -302,11 +302,6 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
   }
 }
 
-// PYDL_ATTENTION_TC_MTILES=1 or 2: one or two m-tiles per warp in every
-// tensor-core kernel that has both layouts (forward and dQ at head dims 64 /
-// 128, dK / dV at 64), read per call: the A/B switch for measuring the
-// layouts on a GPU in one process (scripts/attention_tc_ab.py). 0 (unset or
-// anything else): each kernel's default.
 // PYDL_ATTENTION_TC_WHOLE_TILES=1: the whole-tile softmax (see kLazyRescale),
 // read per call, so scripts/attention_tc_ab.py can time it against the
 // general path in one process.
@@ -315,6 +310,11 @@ inline bool whole_tiles_requested() {
   return env != nullptr && std::strcmp(env, "1") == 0;
 }
 
+// PYDL_ATTENTION_TC_MTILES=1 or 2: one or two m-tiles per warp in every
+// tensor-core kernel that has both layouts (forward and dQ at head dims 64 /
+// 128, dK / dV at 64), read per call: the A/B switch for measuring the
+// layouts on a GPU in one process (scripts/attention_tc_ab.py). 0 (unset or
+// anything else): each kernel's default.
 inline int requested_m_tiles() {
   const char* env = std::getenv("PYDL_ATTENTION_TC_MTILES");
   if (env == nullptr) return 0;
