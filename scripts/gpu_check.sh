@@ -18,6 +18,7 @@
 #   STEPS="tests" bash scripts/gpu_check.sh      # a subset of: build tests cputests bench
 #   BENCH_ONLY="attention/ lstm/"                # families benchmarked, one process each
 #   FAMILIES="attention other"                   # families tested (of: lstm attention other)
+#   LSTM_DTYPES="float32 float16"                # extra LSTM benchmark dtypes ("" for none)
 # $OUT gets at most 8 files (the device tool's limit): report.md, build.log,
 # gpu_tests.log, bench.log, bench.tar.gz (the CSV/PNG files) and, with
 # cputests, cpu_tests.log. The tests run one process per family (attention,
@@ -254,6 +255,18 @@ if [[ $STEPS == *bench* ]]; then
     step_result "bench $family" $? "$start"
   done
   grep -E "geomean|^(attention|lstm)/" "$OUT/bench.log" | head -n 80 >> "$report"
+  # Issue 4 asks for the LSTM's float32 and fp16 rows beside bf16's (LSTM_DTYPES="" skips).
+  for dtype in ${LSTM_DTYPES-float32 float16}; do
+    has_budget "bench lstm/ $dtype" || continue
+    start=$SECONDS
+    echo "== lstm/ $dtype" >> "$OUT/bench.log"
+    PYDL_EXPERIMENTAL_CUDA=1 timeout -s INT -k 10 "$(capped "${BENCH_TIMEOUT:-100}" 10)" "$PYTHON" \
+      -m benchmarks --device cuda --quick --only lstm/ --dtype "$dtype" \
+      --out "/tmp/pydl_bench/$dtype" > "$OUT/bench_lstm_$dtype.log" 2>&1
+    step_result "bench lstm/ $dtype" $? "$start"
+    { echo "### lstm/ $dtype"; grep -E "geomean|^lstm/" "$OUT/bench_lstm_$dtype.log"; } >> "$report"
+    cat "$OUT/bench_lstm_$dtype.log" >> "$OUT/bench.log" && rm -f "$OUT/bench_lstm_$dtype.log"
+  done
   tar -czf "$OUT/bench.tar.gz" -C /tmp pydl_bench 2>/dev/null
 fi
 printf '## summary\n%s' "$summary" >> "$report"
