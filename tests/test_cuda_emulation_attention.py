@@ -554,7 +554,10 @@ WHOLE_TILE_EDGES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", LOW, ids=str)
+# bf16 only: the whole-tile logic does not depend on the storage type (the
+# lazy-rescale test below runs fp16 too, whose range P must fit); the CI's
+# time goes to cases instead.
+@pytest.mark.parametrize("dtype", [torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[5], CASES[7], CASES[8], CASES[13],
                                   CASES[14], CASES[16]] + WHOLE_TILE_EDGES, ids=case_id)
 def test_whole_tile_softmax(emu, case, dtype, monkeypatch):
