@@ -45,6 +45,14 @@ def test_unverified_cuda_is_opt_in(monkeypatch):
     assert _backend.explain("conv2d", "cuda", torch.bfloat16)[0] == "pydl"
 
 
+def _cuda_stand_in(dtype=torch.bfloat16, shape=(2, 4, 100, 64)):
+    """What the routing reads of a CUDA tensor, on a machine without a GPU."""
+    import types
+
+    return types.SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype, is_cuda=True,
+                                 shape=torch.Size(shape))
+
+
 @pytest.mark.parametrize("capability, runs_pydl", [((7, 5), False), ((8, 0), True),
                                                      ((9, 0), True)])
 def test_cuda_cards_before_sm80_take_torchs_ops(capability, runs_pydl, monkeypatch):
@@ -53,15 +61,12 @@ def test_cuda_cards_before_sm80_take_torchs_ops(capability, runs_pydl, monkeypat
     # says why) instead of "no kernel image is available".
     if not _ext.loaded():
         pytest.skip("extension not loaded")
-    import types
-
     monkeypatch.setitem(_ext._state, "build", dict(_ext._state["build"], cuda="1"))
     monkeypatch.setenv("PYDL_EXPERIMENTAL_CUDA", "1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
     monkeypatch.setattr(_backend, "_CUDA_SUPPORTED", {})
-    tensor = types.SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16,
-                                   is_cuda=True)
+    tensor = _cuda_stand_in()
     monkeypatch.delenv("PYDL_STRICT", raising=False)
     assert _backend.use_pydl("attention", tensor) == runs_pydl
     if not runs_pydl:
@@ -160,14 +165,6 @@ def test_jit_trace_of_lstm_runs(monkeypatch):
         monkeypatch.setenv("PYDL_STRICT", "1")
         with pytest.raises(pydl.FallbackError, match="jit.trace"):
             torch.jit.trace(module, (x,), check_trace=False)
-
-
-def _cuda_stand_in(dtype=torch.bfloat16, shape=(2, 4, 100, 64)):
-    """What the routing reads of a CUDA tensor, on a machine without a GPU."""
-    import types
-
-    return types.SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype, is_cuda=True,
-                                 shape=torch.Size(shape))
 
 
 @pytest.fixture
