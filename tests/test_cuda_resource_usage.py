@@ -35,7 +35,7 @@ KNOWN_STACK = [
     (r"tc14forward_kernel.*ForwardTraitsILi64ELi2E", 8,
      ("tensor-core forward at head dim 64 with two m-tiles (168 registers): since the "
       "whole-tile softmax, one loop-invariant value (the key-tile count) on the stack, "
-      "read once per key tile (sm_80 and sm_90)")),
+      "read once per key tile (sm_80; none on sm_90)")),
     (r"4simt(11dkdv|9dq)_kernel", 32,
      "CUDA-core backward (float32/64 and odd head dims): 8-32 bytes, not yet looked into"),
     (r"conv2d_depthwise_kernel", 8, "depthwise conv with its epilogue: 8 bytes"),

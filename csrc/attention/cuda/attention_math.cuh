@@ -26,6 +26,14 @@ __device__ __forceinline__ int block_key_end(const Problem& p, int i0, int rows)
   return p.causal ? max(0, min(p.len_kv, i0 + rows + p.causal_offset)) : p.len_kv;
 }
 
+// Whether rows i0 and later see every key of [j0, j0 + keys): all of them
+// exist and, causal, the last is within row i0's limit (so within every later
+// row's). The tensor-core kernels' whole-tile test; rows past L are theirs to
+// handle (never stored, or lse = -inf).
+__device__ __forceinline__ bool sees_whole_key_tile(const Problem& p, int i0, int j0, int keys) {
+  return j0 + keys <= p.len_kv && (!p.causal || j0 + keys - 1 <= i0 + p.causal_offset);
+}
+
 // Accurate exp / log (not the fast intrinsics): the float path promises
 // float32 accuracy, and exp(-inf) must be exactly 0.
 __device__ __forceinline__ float exp_acc(float x) { return expf(x); }

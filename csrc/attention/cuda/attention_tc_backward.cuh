@@ -218,8 +218,7 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
     // two (255 registers) its second copy of the score loop spilled (16 bytes
     // at head dim 64, sm_90).
     const bool whole = kMT == 1 && a.whole_tiles && mhead == nullptr && grad_scores == nullptr &&
-                       j0 + kKeys <= p.len_kv &&
-                       (!p.causal || j0 + kKeys - 1 <= i0 + p.causal_offset);
+                       sees_whole_key_tile(p, i0, j0, kKeys);
     const float scale_log2 = scale * kLog2e;
 #pragma unroll
     for (int nt = 0; nt < kQT / 8; ++nt) {
@@ -384,8 +383,8 @@ __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
     // Whole-tile mode: every row of the CTA sees every key of the tile (rows
     // past L only read lse = -inf). One m-tile per warp only, as in dkdv_kernel
     // (two at head dim 128 spilled 72 bytes on sm_90).
-    const bool whole = kMT == 1 && a.whole_tiles && p.mask == nullptr && j0 + kBN <= p.len_kv &&
-                       (!p.causal || j0 + kBN - 1 <= i0 + p.causal_offset);
+    const bool whole =
+        kMT == 1 && a.whole_tiles && p.mask == nullptr && sees_whole_key_tile(p, i0, j0, kBN);
     if (whole) {
       const float scale_log2 = scale * kLog2e;
 #pragma unroll

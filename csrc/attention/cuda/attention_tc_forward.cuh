@@ -170,8 +170,7 @@ __global__ void __launch_bounds__(Tr::kThreads) forward_kernel(ForwardArgs a) {
     // Whole-tile mode: a tile every row of the CTA sees whole (no mask, all
     // its keys exist and lie within the causal limit of the CTA's first
     // row): all but the tiles on the causal diagonal or at the end of the keys.
-    const bool whole = a.whole_tiles && p.mask == nullptr && j0 + kBN <= p.len_kv &&
-                       (!p.causal || j0 + kBN - 1 <= i0 + p.causal_offset);
+    const bool whole = a.whole_tiles && p.mask == nullptr && sees_whole_key_tile(p, i0, j0, kBN);
 
     // S = Q K^T for this warp's kMT x 16 rows x kBN keys: each K fragment
     // feeds the warp's kMT m-tiles.
