@@ -7,6 +7,8 @@ float64 (themselves checked against torch.nn.LSTM and the reference).
 
 from __future__ import annotations
 
+import collections
+
 import emulated_cuda
 import pytest
 import torch
@@ -94,6 +96,10 @@ LAYER_CASES = [
     (4, 2, 8, 24, None, True, 12),  # proj_size: the cuBLAS loop only
     (3, 1, 4, 130, None, False, 0),
     (6, 4, 8, 24, [6, 4, 4, 2], True, 12),  # proj_size on a packed, reversed batch
+    # hx rows past batch_sizes[0] (no step runs them: hy / cy keep hx / cx),
+    # both directions
+    (4, 5, 8, 24, [4, 2, 0, 0, 0], False, 0),
+    (4, 5, 8, 24, [4, 4, 1, 0, 0], True, 0),
 ]
 
 
@@ -177,6 +183,44 @@ def test_results_do_not_depend_on_thread_order(emu, persistent, monkeypatch):
                 assert torch.equal(a, b), name
             else:
                 assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
+
+
+def _aten_calls(fn):
+    """How often each ATen op ran on the host inside fn."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return collections.Counter(e.name for e in prof.events())
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reversed"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_cublas_loop_issues_no_copies_per_step(emu, packed, reverse, monkeypatch):
+    """On a GPU the cuBLAS loop at batch 64 is bound by host time per ATen
+    call, not by the GPU. Per step it may issue the recurrent GEMM (two where
+    a reversed packed step starts sequences) and the pointwise kernel each
+    way, and copies only per change of length (the final states, the
+    previous h for w_hh's gradient): the op counts of the same batch over 4
+    and 12 steps differ by the GEMMs of the 8 extra steps alone. The same
+    code runs on the GPU (at::addmm_ / mm_out there call cuBLAS)."""
+    monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "0")
+
+    def calls(T):
+        lengths = [T, T, T - 1, 2, 2, 1] if packed else None
+        args = _cast(_layer_args(T, 6, 8, 16, lengths, reverse), torch.float32)
+        return _aten_calls(lambda: _forward_backward(emu, args))
+
+    short, long = calls(4), calls(12)
+    extra = {name: long[name] - short[name] for name in set(long) | set(short)
+             if long[name] != short[name]}
+    gemms = sum(extra.pop(name, 0) for name in ("aten::addmm_", "aten::mm"))
+    # forward + backward: one GEMM per extra step each way
+    assert gemms == 2 * 8, extra
+    assert extra.get("aten::copy_", 0) == 0, extra
+    heavy = {name: n for name, n in extra.items()
+             if name not in ("aten::narrow", "aten::slice", "aten::as_strided", "aten::t",
+                             "aten::transpose", "aten::empty", "aten::resize_",
+                             "aten::resolve_conj")}  # views and what the GEMMs do inside
+    assert not heavy, heavy
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

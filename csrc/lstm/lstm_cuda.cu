@@ -25,6 +25,7 @@
 #include "lstm/cuda/lstm_pointwise.cuh"
 #include "lstm/lstm_checks.h"
 #include "lstm/lstm_gradients.h"
+#include "lstm/lstm_row_copies.h"
 #include "lstm/lstm_steps.h"
 
 namespace pydl {
@@ -55,10 +56,18 @@ dim3 grid_for(int64_t elements, int threads) {
 
 constexpr int kThreads = 256;
 
+// The previous cell states of a step's `rows` rows: rows below `split` from
+// c_prev, the others from c_rest (see PreviousCells); either may be undefined
+// when it supplies no row.
+template <typename T>
+PreviousCells previous_cells(int64_t split, const at::Tensor& c_prev, const at::Tensor& c_rest) {
+  return {split, ptr_or_null<T>(c_prev), ptr_or_null<T>(c_rest)};
+}
+
 // Pointwise forward over `rows` rows: gates activated in place.
 void launch_forward(int64_t rows, int64_t hidden, const at::Tensor& gates, const at::Tensor& b_ih,
-                    const at::Tensor& b_hh, const at::Tensor& cx, const at::Tensor& hy,
-                    const at::Tensor& cy) {
+                    const at::Tensor& b_hh, int64_t split, const at::Tensor& c_prev,
+                    const at::Tensor& c_rest, const at::Tensor& hy, const at::Tensor& cy) {
   if (rows == 0 || hidden == 0) return;
   const auto stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(),
@@ -67,16 +76,17 @@ void launch_forward(int64_t rows, int64_t hidden, const at::Tensor& gates, const
     auto kernel = cell_forward_kernel<scalar_t, Acc>;
     PYDL_LAUNCH_KERNEL(kernel, grid_for(rows * hidden, kThreads), kThreads, 0, stream,
         rows, hidden, gates.mutable_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(b_ih),
-        ptr_or_null<scalar_t>(b_hh), cx.const_data_ptr<scalar_t>(),
+        ptr_or_null<scalar_t>(b_hh), previous_cells<scalar_t>(split, c_prev, c_rest),
         hy.mutable_data_ptr<scalar_t>(), cy.mutable_data_ptr<scalar_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void launch_backward(int64_t rows, int64_t hidden, const at::Tensor& grad_hy,
-                     const at::Tensor& grad_h_extra, const at::Tensor& grad_cy,
-                     const at::Tensor& cx, const at::Tensor& cy, const at::Tensor& workspace,
-                     const at::Tensor& grad_gates, const at::Tensor& grad_cx) {
+                     const at::Tensor& grad_h_extra, const at::Tensor& grad_cy, int64_t split,
+                     const at::Tensor& c_prev, const at::Tensor& c_rest, const at::Tensor& cy,
+                     const at::Tensor& workspace, const at::Tensor& grad_gates,
+                     const at::Tensor& grad_cx) {
   if (rows == 0 || hidden == 0) return;
   const auto stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_gates.scalar_type(),
@@ -85,7 +95,7 @@ void launch_backward(int64_t rows, int64_t hidden, const at::Tensor& grad_hy,
     auto kernel = cell_backward_kernel<scalar_t, Acc>;
     PYDL_LAUNCH_KERNEL(kernel, grid_for(rows * hidden, kThreads), kThreads, 0, stream,
         rows, hidden, grad_hy.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(grad_h_extra),
-        grad_cy.const_data_ptr<scalar_t>(), cx.const_data_ptr<scalar_t>(),
+        grad_cy.const_data_ptr<scalar_t>(), previous_cells<scalar_t>(split, c_prev, c_rest),
         cy.const_data_ptr<scalar_t>(), workspace.const_data_ptr<scalar_t>(),
         grad_gates.mutable_data_ptr<scalar_t>(), grad_cx.mutable_data_ptr<scalar_t>());
   });
@@ -109,7 +119,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_cuda(
   at::Tensor hy = at::empty({s.batch, s.hidden}, input.options());
   at::Tensor cy = at::empty({s.batch, s.hidden}, input.options());
   launch_forward(s.batch, s.hidden, gates, defined_contiguous(b_ih), defined_contiguous(b_hh),
-                 cx.contiguous(), hy, cy);
+                 s.batch, cx.contiguous(), at::Tensor(), hy, cy);
   return {hy, cy, gates};
 }
 
@@ -125,20 +135,38 @@ lstm_cell_backward_cuda(const at::Tensor& grad_hy, const at::Tensor& grad_cy,
   at::Tensor dgates = at::empty({s.batch, 4 * s.hidden}, input.options());
   at::Tensor dcx = at::empty({s.batch, s.hidden}, input.options());
   launch_backward(s.batch, s.hidden, grad_hy.contiguous(), at::Tensor(), grad_cy.contiguous(),
-                  cx.contiguous(), cy.contiguous(), workspace.contiguous(), dgates, dcx);
+                  s.batch, cx.contiguous(), at::Tensor(), cy.contiguous(), workspace.contiguous(),
+                  dgates, dcx);
   return lstm_cell_gemm_grads(dgates, dcx, input, hx, w_ih, w_hh, output_mask);
 }
 
 // ---- the layer -----------------------------------------------------------------
 
-// dst (rows of step t, width) = the previous step's rows of `all`, then the
-// initial state's for rows that start at step t.
-void gather_previous(const StepSchedule& steps, int64_t t, const at::Tensor& all,
-                     const at::Tensor& initial, const at::Tensor& dst) {
-  const PreviousStep p = steps.previous(t);
-  if (p.rows > 0) dst.narrow(0, 0, p.rows).copy_(all.narrow(0, p.offset, p.rows));
-  const int64_t rest = steps.rows(t) - p.rows;
-  if (rest > 0) dst.narrow(0, p.rows, rest).copy_(initial.narrow(0, p.rows, rest));
+// Every row's previous state into `copies` (a buffer laid out like the
+// steps' rows): the previous step's rows of `all`, or the initial state's
+// for rows that start at their step. Visited in step order, so a padded
+// batch takes two copies whichever the direction.
+void add_previous_rows(const StepSchedule& plan, const at::Tensor& all, const at::Tensor& initial,
+                       RowCopies& copies) {
+  for (int64_t t = 0; t < plan.count(); ++t) {
+    const PreviousStep p = plan.previous(t);
+    copies.add(plan.offset(t), all, p.offset, p.rows);
+    copies.add(plan.offset(t) + p.rows, initial, p.rows, plan.rows(t) - p.rows);
+  }
+}
+
+// Each sequence's state after its last step, from `all` (the steps' rows)
+// into `copies` (batch rows; rows no step runs are left alone). Forward, rows
+// [rows(t + 1), rows(t)) end at step t; reversed, every row ends at step 0.
+void add_final_rows(const StepSchedule& plan, const at::Tensor& all, RowCopies& copies) {
+  if (plan.reverse()) {
+    if (plan.count() > 0) copies.add(0, all, plan.offset(0), plan.rows(0));
+    return;
+  }
+  for (int64_t t = plan.count() - 1; t >= 0; --t) {
+    const int64_t continuing = t + 1 < plan.count() ? plan.rows(t + 1) : 0;
+    copies.add(continuing, all, plan.offset(t) + continuing, plan.rows(t) - continuing);
+  }
 }
 
 // The persistent kernel serves small batches without a projection; above this
@@ -290,27 +318,44 @@ lstm_layer_cuda(const at::Tensor& input, const at::Tensor& batch_sizes, const at
   at::Tensor output = at::empty({s.rows, s.out}, opts);
   at::Tensor cells = at::empty({s.rows, s.hidden}, opts);
   at::Tensor hidden_pre = at::empty({proj.defined() ? s.rows : 0, s.hidden}, opts);
-  at::Tensor hy = hx.contiguous().clone();
-  at::Tensor cy = cx.contiguous().clone();
+  const at::Tensor h0 = hx.contiguous(), c0 = cx.contiguous();
+  at::Tensor hy = h0.clone();  // rows past the first step's never run and keep h0 / c0
+  at::Tensor cy = c0.clone();
   const StepSchedule plan(batch_sizes, reverse);
-  if (try_persistent_forward(plan, s, w_hh.contiguous(), gates, hx.contiguous(), cx.contiguous(),
-                             output, cells, hy, cy)) {
+  if (try_persistent_forward(plan, s, w_hh.contiguous(), gates, h0, c0, output, cells, hy, cy)) {
     return {output, hy, cy, gates, cells, hidden_pre};
   }
+  // Per step: h_prev W_hh^T into the step's gate rows and the pointwise
+  // kernel, both reading the previous state where the previous step left it
+  // (its output and cell rows) or, for rows that start at this step, in h0 /
+  // c0: no per-step copies (host time per ATen call, not GPU time, bounds
+  // this loop at batch 64).
   const at::Tensor whh_t = w_hh.t();
   for (int64_t i = 0; i < plan.count(); ++i) {
     const int64_t t = plan.forward_step(i), rows = plan.rows(t), off = plan.offset(t);
     if (rows == 0) continue;
+    const PreviousStep prev = plan.previous(t);
+    const int64_t starting = rows - prev.rows;  // sequences that start here (reversed, packed)
     at::Tensor g = gates.narrow(0, off, rows);
-    g.addmm_(hy.narrow(0, 0, rows), whh_t);
+    if (prev.rows > 0) {
+      g.narrow(0, 0, prev.rows).addmm_(output.narrow(0, prev.offset, prev.rows), whh_t);
+    }
+    if (starting > 0) {
+      g.narrow(0, prev.rows, starting).addmm_(h0.narrow(0, prev.rows, starting), whh_t);
+    }
     at::Tensor out_rows = output.narrow(0, off, rows);
     const at::Tensor h_cell = proj.defined() ? hidden_pre.narrow(0, off, rows) : out_rows;
-    launch_forward(rows, s.hidden, g, at::Tensor(), at::Tensor(), cy.narrow(0, 0, rows), h_cell,
+    const at::Tensor c_prev =
+        prev.rows > 0 ? cells.narrow(0, prev.offset, prev.rows) : at::Tensor();
+    launch_forward(rows, s.hidden, g, at::Tensor(), at::Tensor(), prev.rows, c_prev, c0, h_cell,
                    cells.narrow(0, off, rows));
     if (proj.defined()) at::mm_out(out_rows, h_cell, proj.t());
-    hy.narrow(0, 0, rows).copy_(out_rows);
-    cy.narrow(0, 0, rows).copy_(cells.narrow(0, off, rows));
   }
+  RowCopies final_h(hy), final_c(cy);
+  add_final_rows(plan, output, final_h);
+  add_final_rows(plan, cells, final_c);
+  final_h.run();
+  final_c.run();
   return {output, hy, cy, gates, cells, hidden_pre};
 }
 
@@ -336,7 +381,6 @@ lstm_layer_backward_cuda(const at::Tensor& grad_output, const at::Tensor& grad_h
   at::Tensor dh = grad_hy.contiguous().clone();
   at::Tensor dc = grad_cy.contiguous().clone();
   at::Tensor dh_total = at::empty({proj.defined() ? s.rows : 0, s.out}, opts);
-  at::Tensor c_prev = at::empty({s.batch, s.hidden}, opts);
   at::Tensor h_pre_grad = at::empty({proj.defined() ? s.batch : 0, s.hidden}, opts);
   const StepSchedule plan(batch_sizes, reverse);
   // (A projection never takes it: persistent_storage refuses out != hidden.)
@@ -346,15 +390,6 @@ lstm_layer_backward_cuda(const at::Tensor& grad_output, const at::Tensor& grad_h
     const int64_t t = plan.forward_step(i), rows = plan.rows(t), off = plan.offset(t);
     if (rows == 0) continue;
     const PreviousStep prev = plan.previous(t);
-    at::Tensor cp;
-    if (prev.rows == rows) {
-      cp = cs.narrow(0, prev.offset, rows);
-    } else if (prev.rows == 0) {
-      cp = c0.narrow(0, 0, rows);
-    } else {
-      cp = c_prev.narrow(0, 0, rows);
-      gather_previous(plan, t, cs, c0, cp);
-    }
     at::Tensor grad_h = dh.narrow(0, 0, rows);
     at::Tensor grad_h_extra = go.narrow(0, off, rows);
     if (proj.defined()) {
@@ -366,19 +401,18 @@ lstm_layer_backward_cuda(const at::Tensor& grad_output, const at::Tensor& grad_h
     }
     const at::Tensor dg = dgates.narrow(0, off, rows);
     const at::Tensor dc_rows = dc.narrow(0, 0, rows);
-    launch_backward(rows, s.hidden, grad_h, grad_h_extra, dc_rows, cp, cs.narrow(0, off, rows),
-                    ws.narrow(0, off, rows), dg, dc_rows);
+    const at::Tensor c_prev = prev.rows > 0 ? cs.narrow(0, prev.offset, prev.rows) : at::Tensor();
+    launch_backward(rows, s.hidden, grad_h, grad_h_extra, dc_rows, prev.rows, c_prev, c0,
+                    cs.narrow(0, off, rows), ws.narrow(0, off, rows), dg, dc_rows);
     at::Tensor dh_rows = dh.narrow(0, 0, rows);
     at::mm_out(dh_rows, dg, w_hh);
   }
   at::Tensor h_prev;  // (N, P): each step's h_prev, for w_hh's gradient
   if (output_mask[4]) {
     h_prev = at::empty({s.rows, s.out}, opts);
-    for (int64_t t = 0; t < plan.count(); ++t) {
-      if (plan.rows(t) > 0) {
-        gather_previous(plan, t, out, h0, h_prev.narrow(0, plan.offset(t), plan.rows(t)));
-      }
-    }
+    RowCopies previous(h_prev);
+    add_previous_rows(plan, out, h0, previous);
+    previous.run();
   }
   return lstm_layer_gemm_grads(dgates, dh, dc, input, h_prev, w_ih, dh_total, hidden_pre,
                                proj.defined(), output_mask);
