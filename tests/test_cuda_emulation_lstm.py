@@ -148,6 +148,27 @@ def test_persistent_kernel_sizes(emu, sms, B, H, persistent_runs, monkeypatch):
     assert launches == ((1, 1) if persistent_runs else (3, 3)), f"{launches} launches"
 
 
+@pytest.mark.parametrize("limit, B, persistent_runs", [("64", 64, True), ("8", 9, False),
+                                                       ("8", 8, True)])
+def test_persistent_batch_limit_switch(emu, limit, B, persistent_runs, monkeypatch):
+    """PYDL_LSTM_PERSISTENT_MAX_BATCH moves the persistent kernels' batch
+    limit (16 by default), read per call, for the A/B against the cuBLAS
+    loop: batch 64 runs them and matches, batch 9 over a limit of 8 does not."""
+    monkeypatch.setenv("PYDL_LSTM_PERSISTENT_MAX_BATCH", limit)
+    args = _layer_args(3, B, 8, 40, lengths=[3] + [2] * (B - 1))
+    launches = _compare(emu, args, torch.float32, True, monkeypatch)
+    assert launches == ((1, 1) if persistent_runs else (3, 3)), f"{launches} launches"
+
+
+@pytest.mark.parametrize("limit", ["", "many", "-1", "16x"])
+def test_persistent_batch_limit_switch_rejects_bad_values(emu, limit, monkeypatch):
+    monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "1")
+    monkeypatch.setenv("PYDL_LSTM_PERSISTENT_MAX_BATCH", limit)
+    args = _cast(_layer_args(2, 2, 4, 8), torch.float32)
+    with pytest.raises(RuntimeError, match="PYDL_LSTM_PERSISTENT_MAX_BATCH must be a count"):
+        emu.lstm_layer(*args)
+
+
 def test_persistent_kernels_plan_for_the_largest_step_not_hx(emu, monkeypatch):
     """hx / cx may have more rows than the first step (batch_sizes[0]): the
     extra rows never run and keep their state. The kernels plan shared memory

@@ -175,6 +175,32 @@ def test_persistent_kernel_actually_runs(batch, hidden, expected, monkeypatch):
     assert ran == expected, names
 
 
+@pytest.mark.parametrize("batch, hidden", [(64, 256), (48, 512)])
+def test_persistent_kernel_past_its_default_batch(batch, hidden, monkeypatch):
+    """PYDL_LSTM_PERSISTENT_MAX_BATCH lets the persistent kernels take more
+    than 16 rows per step (the LSTM benchmarks' "pydl persistent" A/B): they
+    must run (forward and backward, by name) and match the reference on a
+    packed bidirectional batch (64 x 256 and 48 x 512 floats of h: 64 and
+    96 KB of the forward's shared memory)."""
+    monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "1")
+    monkeypatch.setenv("PYDL_LSTM_PERSISTENT_MAX_BATCH", str(batch))
+    ours, _, exact = _models(torch.float32, input_size=16, hidden_size=hidden, bidirectional=True)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(7, batch, 16, dtype=torch.float64, generator=g)
+    h0 = torch.randn(2, batch, hidden, dtype=torch.float64, generator=g)
+    c0 = torch.randn(2, batch, hidden, dtype=torch.float64, generator=g)
+    lengths = torch.randint(1, 8, (batch,), generator=g)
+    lengths[0] = 7
+    got = []
+    names = _kernels_run(lambda: got.extend(
+        _run(ours, x.float().cuda(), (h0.float().cuda(), c0.float().cuda()), lengths)))
+    assert any("persistent_forward_kernel" in n for n in names), names
+    assert any("persistent_backward_kernel" in n for n in names), names
+    want = _run(exact, x, (h0, c0), lengths)
+    for k, (a, e) in enumerate(zip(got, want)):
+        assert rel_error(a.cpu(), e) <= 2e-5, f"tensor {k}"
+
+
 def test_layer_op_gradcheck_float64_packed():
     """The cuBLAS loop (float64 never takes the persistent kernel) with more hx
     rows than batch_sizes[0], a trailing empty step, reverse and a projection."""

@@ -122,22 +122,30 @@ def _sequence_case(batch, hidden, steps, train, packed, layers, bidirectional, c
         providers = {"pydl": lambda: run(ours), "torch": lambda: run(theirs)}
         if cfg.device == "cuda" and batch <= 16:
             # The same layer without the persistent kernel: cuBLAS + pointwise per step.
-            providers["pydl loop"] = lambda: _without_persistent_kernel(lambda: run(ours))
+            providers["pydl loop"] = lambda: _with_env("PYDL_LSTM_PERSISTENT", "0",
+                                                       lambda: run(ours))
+        elif cfg.device == "cuda":
+            # The persistent kernel past its default batch limit (16), where it
+            # runs if its shared memory holds B x H: the A/B for that limit.
+            providers["pydl persistent"] = lambda: _with_env(
+                "PYDL_LSTM_PERSISTENT_MAX_BATCH", str(batch), lambda: run(ours))
         return providers
 
     return make_providers
 
 
-def _without_persistent_kernel(fn):
-    previous = os.environ.get("PYDL_LSTM_PERSISTENT")
-    os.environ["PYDL_LSTM_PERSISTENT"] = "0"
+def _with_env(name, value, fn):
+    """fn() with environment variable `name` set to `value` (pydl reads its
+    LSTM switches per call)."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
     try:
         return fn()
     finally:
         if previous is None:
-            del os.environ["PYDL_LSTM_PERSISTENT"]
+            del os.environ[name]
         else:
-            os.environ["PYDL_LSTM_PERSISTENT"] = previous
+            os.environ[name] = previous
 
 
 def _sequence_cases(cfg) -> list[Case]:

@@ -169,27 +169,39 @@ void add_final_rows(const StepSchedule& plan, const at::Tensor& all, RowCopies& 
   }
 }
 
-// The persistent kernel serves small batches without a projection; above this
-// many rows per step the cuBLAS loop has the GPU busy enough.
-// PYDL_LSTM_PERSISTENT=0 turns it off (to compare the two paths).
+// The persistent kernel serves small batches without a projection: up to
+// 16 rows per step it beat cuDNN 1.4-6x (H200, bf16); larger batches take
+// the cuBLAS loop. The kernel itself runs any batch its shared memory holds
+// (B x H floats of h per block); PYDL_LSTM_PERSISTENT_MAX_BATCH=N moves the
+// limit, read per call, so the LSTM benchmarks' "pydl persistent" rows can
+// time the two paths at batch 32-64 in one process. PYDL_LSTM_PERSISTENT=0
+// turns it off.
 constexpr int64_t kPersistentMaxBatch = 16;
 
-bool persistent_enabled() {
+int64_t persistent_max_batch() {
   const char* env = std::getenv("PYDL_LSTM_PERSISTENT");
-  return env == nullptr || std::strcmp(env, "0") != 0;
+  if (env != nullptr && std::strcmp(env, "0") == 0) return 0;
+  const char* limit = std::getenv("PYDL_LSTM_PERSISTENT_MAX_BATCH");
+  if (limit == nullptr) return kPersistentMaxBatch;
+  char* end = nullptr;
+  const long long value = std::strtoll(limit, &end, 10);
+  TORCH_CHECK(end != limit && *end == '\0' && value >= 0,
+              "pydl: PYDL_LSTM_PERSISTENT_MAX_BATCH must be a count of rows (>= 0), got '",
+              limit, "'");
+  return value;
 }
 
 // The storage type the persistent kernels would run this layer in, or
-// nothing when they may not: a projection, float64, more than
-// kPersistentMaxBatch rows per step, sizes past int, PYDL_LSTM_PERSISTENT=0,
+// nothing when they may not: a projection, float64, more rows per step than
+// persistent_max_batch() allows, sizes past int, PYDL_LSTM_PERSISTENT=0,
 // or CUDA-graph capture (the step table's copy below would be recorded with
 // the address of a pinned buffer freed right after, and a replay could read
 // whatever reuses it; the cuBLAS loop, its step sizes baked into its
 // launches, captures safely).
 std::optional<StorageType> persistent_storage(const StepSchedule& plan, const LstmLayerShape& s,
                                               at::ScalarType dtype) {
-  if (!persistent_enabled() || s.out != s.hidden || dtype == at::kDouble || plan.count() == 0 ||
-      plan.max_rows() > kPersistentMaxBatch || s.rows >= INT_MAX || s.hidden >= INT_MAX / 4 ||
+  if (s.out != s.hidden || dtype == at::kDouble || plan.max_rows() == 0 ||
+      plan.max_rows() > persistent_max_batch() || s.rows >= INT_MAX || s.hidden >= INT_MAX / 4 ||
       plan.count() >= INT_MAX) {
     return std::nullopt;
   }
