@@ -8,6 +8,7 @@
 #include <string>
 
 #include "attention/cpu/tile_gemm.h"
+#include "common/blas.h"
 #include "common/build_info.h"
 #include "op_schemas.h"
 #include "conv/cpu/conv2d_cpu_kernel.h"
@@ -28,6 +29,9 @@ TORCH_LIBRARY(pydl, m) {
   m.def("build_info() -> str", &build_info_op);
   // Which per-ISA build of the CPU conv2d loops this machine runs.
   m.def("conv2d_cpu_isa() -> str", &pydl::conv_cpu::selected_isa);
+  // Whether MKL runs its generic code on this processor (not an Intel one):
+  // then the CPU LSTM's step products all take pydl's register kernel.
+  m.def("mkl_runs_generic_code() -> bool", &pydl::mkl_runs_generic_code);
   // Whether libtorch exports MKL's bf16 GEMM (the CPU bf16 attention tiles need it).
   m.def("cpu_bf16_gemm_available() -> bool", &pydl::attention_cpu::bf16_gemm_available);
 

@@ -38,6 +38,8 @@ def info() -> Info:
     if _ext.loaded():
         try:
             build["cpu_isa"] = torch.ops.pydl.conv2d_cpu_isa()
+            # MKL's tuned kernels run on Intel processors only (csrc/common/blas.h).
+            build["mkl"] = "generic" if torch.ops.pydl.mkl_runs_generic_code() else "tuned"
         except (AttributeError, RuntimeError):
             pass
     return Info(

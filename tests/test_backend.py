@@ -21,6 +21,23 @@ def test_info_reports_every_family():
     assert "conv2d" in text and "extension:" in text
 
 
+def test_info_says_whether_mkl_runs_its_tuned_kernels():
+    """MKL gives its tuned kernels to Intel processors only; the CPU LSTM then
+    keeps its step products off MKL (csrc/common/blas.h). The cpuid check
+    must agree with the kernel's vendor string."""
+    if not _ext.loaded():
+        pytest.skip("extension not loaded")
+    try:
+        with open("/proc/cpuinfo") as f:
+            vendors = {line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")}
+    except OSError:
+        pytest.skip("no /proc/cpuinfo")
+    if len(vendors) != 1:
+        pytest.skip(f"no single x86 vendor: {vendors}")
+    expected = "tuned" if vendors == {"GenuineIntel"} else "generic"
+    assert pydl.info()["build"]["mkl"] == expected
+
+
 def test_strict_mode_raises_on_fallback(monkeypatch):
     monkeypatch.setitem(_ext._state, "loaded", False)
     monkeypatch.setitem(_ext._state, "error", "simulated missing extension")

@@ -475,6 +475,44 @@ def test_every_product_on_blas_with_size_one_dimensions():
     assert len(errors) == 3 and max(errors) < 1e-5, errors
 
 
+_EVERY_PRODUCT_ON_THE_REGISTER_KERNEL = """
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+from pydl.nn import LSTM
+torch.manual_seed(0)
+for proj in (0, 12):
+    ours = LSTM(5, 24, proj_size=proj, bidirectional=True)
+    theirs = torch.nn.LSTM(5, 24, proj_size=proj, bidirectional=True).double()
+    theirs.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
+    x = torch.randn(5, 70, 5)
+    lengths = torch.randint(1, 6, (70,))
+    lengths[0] = 5
+    results = []
+    for model, inp in ((ours, x), (theirs, x.double())):
+        inp = inp.clone().requires_grad_()
+        out = model(pack_padded_sequence(inp, lengths, enforce_sorted=False))[0].data
+        grads = torch.autograd.grad(out.square().sum(), [inp, *model.parameters()])
+        results.append([out, *grads])
+    for got, want in zip(*results):
+        print(float((got.double() - want).norm() / want.norm()))
+"""
+
+
+@needs_extension
+@pytest.mark.parametrize("isa", ["default", "avx512"])
+def test_every_product_on_the_register_kernel_past_64_rows(isa):
+    """Where MKL runs its generic code (AMD) every step product takes the
+    register kernel, however many rows (on Intel only up to 64): 70 rows,
+    packed, both directions, with and without a projection (the cuBLAS-like
+    step loop, not the fused one), forward and every gradient, forced here
+    by PYDL_LSTM_SMALL_BATCH on any processor."""
+    run = run_with_cpu_isa(isa, _EVERY_PRODUCT_ON_THE_REGISTER_KERNEL,
+                           PYDL_LSTM_SMALL_BATCH="100000")
+    assert run.returncode == 0, run.stderr[-3000:]
+    errors = [float(line) for line in run.stdout.split()]
+    assert len(errors) == 10 + 12 and max(errors) < 1e-5, errors  # output, x, weights
+
+
 @needs_extension
 @needs_mkl_packed_gemm
 def test_bidirectional_side_by_side_with_mkl_packed_products(two_threads):

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "common/blas.h"
@@ -59,15 +60,31 @@ void blas_matmul(int64_t m, int64_t n, int64_t k, const T* a, const T* b, T* c, 
 // of up to 32 rows at H256 3% faster, B64 H256 even); past that MKL's packed
 // GEMM won from about rows * k = 4096 (B16 H512 12 vs 14 ms, B64 H512 40 vs
 // 44 ms, B32 H512 training 65 vs 72 ms).
+// Those measurements were on Intel processors; where MKL runs its generic
+// code (mkl_runs_generic_code: AMD) the register kernel won at every size.
 // PYDL_LSTM_SMALL_BATCH sets one fixed limit (for measuring the switch).
 int64_t small_batch_limit(int64_t k, int64_t n, at::ScalarType dtype) {
   static const char* env = std::getenv("PYDL_LSTM_SMALL_BATCH");
   if (env) return std::atoll(env);
   const bool fits_l2 = k * n * 4 <= (int64_t{1} << 20);
-  if (dtype == at::kFloat && PackedRhs::available() && !fits_l2) {
+  if (dtype == at::kFloat && PackedRhs::available() && !fits_l2 && !mkl_runs_generic_code()) {
     return std::clamp<int64_t>(4096 / std::max<int64_t>(k, 1), 1, 64);
   }
   return 64;
+}
+
+// Rows up to which a step product runs on the register kernel rather than
+// BLAS: small_batch_limit, or any number where MKL runs its generic code.
+// On an AMD EPYC (Zen 4, 2 threads), LSTM inference against oneDNN went
+// 0.55x -> 1.15x at B16 H1024, 0.69x -> 0.92x at B64 H512 (both the fused
+// loop, under small_batch_limit's 64 rows), 0.74x -> 0.88x at B128 H512 and
+// 0.79x -> 0.91x at B256 H1024 (the step loop on the register kernel). The
+// fused loop keeps small_batch_limit.
+int64_t register_kernel_limit(int64_t k, int64_t n, at::ScalarType dtype) {
+  if (std::getenv("PYDL_LSTM_SMALL_BATCH") == nullptr && mkl_runs_generic_code()) {
+    return std::numeric_limits<int64_t>::max();
+  }
+  return small_batch_limit(k, n, dtype);
 }
 
 // Workspace slots of one operand's two packed forms.
@@ -90,7 +107,7 @@ class StepOperand {
   // this thread's workspace `slots` (a fresh multi-MB tensor per call would
   // page-fault on every touch: 250 us of a 290 us one-step call at H=256).
   StepOperand(const at::Tensor& b, const StepSchedule& steps, OperandSlots slots)
-      : k_(b.size(0)), n_(b.size(1)), small_rows_(small_batch_limit(k_, n_, b.scalar_type())) {
+      : k_(b.size(0)), n_(b.size(1)), small_rows_(register_kernel_limit(k_, n_, b.scalar_type())) {
     if (steps.max_rows() > small_rows_) {
       if (b.scalar_type() == at::kFloat && PackedRhs::available() &&
           PackedRhs::can_pack(k_, n_, b.stride(0), b.stride(1))) {
