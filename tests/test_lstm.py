@@ -449,6 +449,28 @@ def test_bidirectional_directions_side_by_side_match_torch(grad_context, batch, 
     assert not data(got).requires_grad
 
 
+@needs_extension
+@pytest.mark.parametrize("rows, input_size, in_loop", [(20, 8, True), (300, 256, False)])
+def test_fused_layer_projects_a_small_input_itself(rows, input_size, in_loop):
+    """The fused small-batch loop computes the input projection inside its
+    parallel region when the input rows fit in L2 (256 KB: here 20 x 8
+    floats), with no separate GEMM call; a larger input (300 x 256 floats)
+    keeps ATen's. Both must match the reference (the other tests cover the
+    values; this one that the path is taken)."""
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, _ = (
+        t.detach() if isinstance(t, torch.Tensor) and t.dtype != torch.long else t
+        for t in _layer_args([1] * rows, input_size=input_size, hidden=16, dtype=torch.float32))
+    args = (x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, None, False)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        got = torch.ops.pydl.lstm_layer(*args)[:3]
+    names = {e.name for e in prof.events()}
+    assert ("aten::mm" not in names) == in_loop, sorted(names)
+    want = _layer_reference(*(a.double() if isinstance(a, torch.Tensor) and a.is_floating_point()
+                               else a for a in args))
+    for a, e, what in zip(got, want, ("output", "hy", "cy")):
+        assert_close_rel(a, e, torch.float32, what)
+
+
 _EVERY_PRODUCT_ON_BLAS = """
 import torch, pydl
 from pydl.nn import LSTM

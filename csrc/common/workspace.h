@@ -21,7 +21,8 @@ enum class WorkspaceSlot : int {
   LstmRecurrentWeightBlas = 5,   // the same, packed by MKL for the larger steps
   LstmProjectionWeightBlas = 6,
   DirectConvWeightBlock = 7,  // one 64-channel block of conv weights, re-laid out
-  kCount = 8
+  LstmInputWeight = 8,        // a fused layer call's packed w_ih (lstm_layer_cpu.cpp)
+  kCount = 9
 };
 
 class Workspace {

@@ -87,6 +87,18 @@ int64_t register_kernel_limit(int64_t k, int64_t n, at::ScalarType dtype) {
   return small_batch_limit(k, n, dtype);
 }
 
+// Whether the fused loop computes the input projection itself: where the
+// input rows fit in L2 with room to spare (batch-1 sequences, a few short
+// batched ones), so each participant's pass over them for its own units
+// stays in cache. There a separate BLAS call (MKL's generic code on an AMD
+// EPYC) took as long as 87-144 us of a 276 us B1 H128 T100 layer.
+// PYDL_LSTM_FUSED_INPUT=0 / 1 turns it off / on for any size (tests, A/B).
+bool fused_input_projection(const at::Tensor& input) {
+  static const char* env = std::getenv("PYDL_LSTM_FUSED_INPUT");
+  if (env != nullptr) return std::strcmp(env, "0") != 0;
+  return input.numel() * input.element_size() <= 256 * 1024;
+}
+
 // Workspace slots of one operand's two packed forms.
 struct OperandSlots {
   WorkspaceSlot panels, blas;
@@ -193,11 +205,14 @@ void forward_loop(const StepSchedule& steps, const LstmLayerShape& s, const Step
 // place in cy (each unit belongs to one thread): a row's c is left untouched
 // once its sequence ends, so cy ends holding every row's last c. hy takes
 // each row's h at its own last step.
+//
+// x: the input rows when the loop computes the input projection itself
+// (fused_input_projection), else undefined and gates holds it already.
 void fused_forward_loop(const StepSchedule& steps, const LstmLayerShape& s,
                         const at::Tensor& w_hh, const at::Tensor& bi, const at::Tensor& bh,
-                        const at::Tensor& gates, const at::Tensor& cells,
-                        const at::Tensor& output, const at::Tensor& h0, const at::Tensor& hy,
-                        const at::Tensor& cy) {
+                        const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& gates,
+                        const at::Tensor& cells, const at::Tensor& output, const at::Tensor& h0,
+                        const at::Tensor& hy, const at::Tensor& cy) {
   std::vector<int64_t> rows, offsets, ended_from;
   for (int64_t i = 0; i < steps.count(); ++i) {
     const int64_t t = steps.forward_step(i), n = steps.rows(t);
@@ -214,7 +229,13 @@ void fused_forward_loop(const StepSchedule& steps, const LstmLayerShape& s,
   // per call would page-fault on every touch).
   void* panels = Workspace::get<unsigned char>(
       WorkspaceSlot::LstmRecurrentWeight,
-      kernel.gate_panels_size(s.hidden, is_double) * gates.element_size());
+      kernel.gate_panels_size(s.hidden, s.hidden, is_double) * gates.element_size());
+  void* panels_ih =
+      x.defined() ? Workspace::get<unsigned char>(
+                        WorkspaceSlot::LstmInputWeight,
+                        kernel.gate_panels_size(s.hidden, s.input_size, is_double) *
+                            gates.element_size())
+                  : nullptr;
   // Both buffers start as h0 (plain copies: cheaper than Tensor::repeat).
   at::Tensor h_buffers = at::empty({2, s.batch, s.hidden}, gates.options());
   const int64_t state_bytes = s.batch * s.hidden * gates.element_size();
@@ -225,6 +246,8 @@ void fused_forward_loop(const StepSchedule& steps, const LstmLayerShape& s,
   kernel.fused_sequence(FusedSequenceArgs{
       static_cast<int64_t>(rows.size()), rows.data(), offsets.data(), ended_from.data(),
       s.batch, s.hidden, is_double, w_hh.const_data_ptr(), panels, gates.mutable_data_ptr(),
+      x.defined() ? x.const_data_ptr() : nullptr, s.rows, s.input_size,
+      x.defined() ? w_ih.const_data_ptr() : nullptr, panels_ih,
       bi.defined() ? bi.const_data_ptr() : nullptr,
       bh.defined() ? bh.const_data_ptr() : nullptr, cy.mutable_data_ptr(),
       cells.mutable_data_ptr(), output.mutable_data_ptr(), h_buffers.mutable_data_ptr(),
@@ -243,9 +266,16 @@ lstm_layer_cpu(const at::Tensor& input, const at::Tensor& batch_sizes, const at:
       check_lstm_layer_args(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
   check_lstm_cpu_dtype(input, "pydl.lstm_layer");
   const at::Tensor proj = contiguous_or_undefined(w_hr);
-  // The hoisted input projection: one GEMM for all steps. (The biases are
-  // added by the pointwise pass: no extra pass over all the gates.)
-  const at::Tensor gates = at::mm(input, w_ih.t()).contiguous();
+  const StepSchedule steps(batch_sizes, reverse);
+  const bool fused =
+      !proj.defined() &&
+      steps.max_rows() <= small_batch_limit(s.out, 4 * s.hidden, input.scalar_type());
+  // The hoisted input projection: one GEMM for all steps (the biases are
+  // added by the pointwise pass: no extra pass over all the gates), or, for a
+  // small fused layer, inside the fused loop's parallel region.
+  const bool project_in_loop = fused && fused_input_projection(input);
+  const at::Tensor gates = project_in_loop ? at::empty({s.rows, 4 * s.hidden}, input.options())
+                                           : at::mm(input, w_ih.t()).contiguous();
   const at::Tensor bi = contiguous_or_undefined(b_ih), bh = contiguous_or_undefined(b_hh);
   const auto opts = input.options();
   at::Tensor output = at::empty({s.rows, s.out}, opts);
@@ -256,9 +286,10 @@ lstm_layer_cpu(const at::Tensor& input, const at::Tensor& batch_sizes, const at:
   const at::Tensor h0 = hx.contiguous();
   at::Tensor hy = h0.clone();
   at::Tensor cy = cx.contiguous().clone();
-  const StepSchedule steps(batch_sizes, reverse);
-  if (!proj.defined() && steps.max_rows() <= small_batch_limit(s.out, 4 * s.hidden, input.scalar_type())) {
-    fused_forward_loop(steps, s, w_hh.contiguous(), bi, bh, gates, cells, output, h0, hy, cy);
+  if (fused) {
+    fused_forward_loop(steps, s, w_hh.contiguous(), bi, bh,
+                       project_in_loop ? input.contiguous() : at::Tensor(), w_ih.contiguous(),
+                       gates, cells, output, h0, hy, cy);
     return {output, hy, cy, gates, cells, hidden_pre};
   }
   const StepOperand whh_t(w_hh.t(), steps, kRecurrentSlots);

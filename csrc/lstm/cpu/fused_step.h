@@ -127,27 +127,76 @@ inline void finish_units(const FusedStep<T>& s, int64_t r, int64_t unit0, int64_
   store_part(h, s.h_next + at, valid);
 }
 
+// acc[r][q] = row r of a (kRows rows, row stride lda, k columns) times the
+// gate q columns of one unit block's panel (k x 4U, pack_gate_blocks), then
+// finish(r, acc[r]) for each row.
+template <typename T, int kRows, typename Finish>
+inline void gate_block_tile(int64_t k, const T* a, int64_t lda, const T* panel,
+                            const Finish& finish) {
+  using V = at::vec::Vectorized<T>;
+  constexpr int64_t U = units_per_block<T>();
+  V acc[kRows][4];
+  for (int r = 0; r < kRows; ++r) {
+    for (int q = 0; q < 4; ++q) acc[r][q] = V(T(0));
+  }
+  for (int64_t p = 0; p < k; ++p) {
+    V w[4];
+    for (int q = 0; q < 4; ++q) w[q] = V::loadu(panel + (p * 4 + q) * U);
+    for (int r = 0; r < kRows; ++r) {
+      const V h(a[r * lda + p]);
+      for (int q = 0; q < 4; ++q) acc[r][q] = at::vec::fmadd(h, w[q], acc[r][q]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) finish(r, acc[r]);
+}
+
+// tile.template operator()<n>(r) over `rows` rows in tiles of kFusedRows,
+// then one tile of the 1-3 rows left.
+template <typename Tile>
+inline void for_row_tiles(int64_t rows, const Tile& tile) {
+  int64_t r = 0;
+  for (; r + kFusedRows <= rows; r += kFusedRows) tile.template operator()<kFusedRows>(r);
+  switch (rows - r) {
+    case 3: tile.template operator()<3>(r); break;
+    case 2: tile.template operator()<2>(r); break;
+    case 1: tile.template operator()<1>(r); break;
+    default: break;
+  }
+}
+
 // kRows rows starting at r0, one unit block.
 template <typename T, int kRows>
 inline void fused_tile(const FusedStep<T>& s, int64_t r0, int64_t block) {
   using V = at::vec::Vectorized<T>;
   constexpr int64_t U = units_per_block<T>();
-  const T* panel = s.panels + block * s.k * 4 * U;
-  V acc[kRows][4];
-  for (int r = 0; r < kRows; ++r) {
-    for (int q = 0; q < 4; ++q) acc[r][q] = V(T(0));
-  }
-  const T* a = s.h_prev + r0 * s.k;
-  for (int64_t p = 0; p < s.k; ++p) {
-    V w[4];
-    for (int q = 0; q < 4; ++q) w[q] = V::loadu(panel + (p * 4 + q) * U);
-    for (int r = 0; r < kRows; ++r) {
-      const V h(a[r * s.k + p]);
-      for (int q = 0; q < 4; ++q) acc[r][q] = at::vec::fmadd(h, w[q], acc[r][q]);
-    }
-  }
   const int64_t unit0 = block * U, valid = std::min<int64_t>(U, s.hidden - unit0);
-  for (int r = 0; r < kRows; ++r) finish_units(s, r0 + r, unit0, valid, acc[r]);
+  gate_block_tile<T, kRows>(s.k, s.h_prev + r0 * s.k, s.k, s.panels + block * s.k * 4 * U,
+                            [&](int r, const V(&acc)[4]) {
+                              finish_units(s, r0 + r, unit0, valid, acc);
+                            });
+}
+
+// gates (rows, 4H) = x (rows, I) @ w_ih^T in the columns of unit blocks
+// [block0, block1) (all four gates of their units), from w_ih packed like
+// w_hh (pack_gate_blocks with k = I): a participant of the fused loop
+// computes the input projection of the units it owns before the time loop,
+// instead of a separate BLAS call (see FusedSequence::x).
+template <typename T>
+void project_input_blocks(const T* x, int64_t rows, int64_t input_size, int64_t hidden,
+                          const T* panels, int64_t block0, int64_t block1, T* gates) {
+  using V = at::vec::Vectorized<T>;
+  constexpr int64_t U = units_per_block<T>();
+  for (int64_t block = block0; block < block1; ++block) {
+    const T* panel = panels + block * input_size * 4 * U;
+    const int64_t unit0 = block * U, valid = std::min<int64_t>(U, hidden - unit0);
+    for_row_tiles(rows, [&]<int kRows>(int64_t r0) {
+      gate_block_tile<T, kRows>(input_size, x + r0 * input_size, input_size, panel,
+                                [&](int r, const V(&acc)[4]) {
+                                  T* g = gates + (r0 + r) * 4 * hidden + unit0;
+                                  for (int q = 0; q < 4; ++q) store_part(acc[q], g + q * hidden, valid);
+                                });
+    });
+  }
 }
 
 // One row (batch 1, the latency case): even and odd k in separate
@@ -187,14 +236,7 @@ inline void fused_block(const FusedStep<T>& s, int64_t block) {
     fused_row(s, 0, block);
     return;
   }
-  int64_t r = 0;
-  for (; r + kFusedRows <= s.rows; r += kFusedRows) fused_tile<T, kFusedRows>(s, r, block);
-  switch (s.rows - r) {
-    case 3: fused_tile<T, 3>(s, r, block); break;
-    case 2: fused_tile<T, 2>(s, r, block); break;
-    case 1: fused_tile<T, 1>(s, r, block); break;
-    default: break;
-  }
+  for_row_tiles(s.rows, [&]<int kRows>(int64_t r) { fused_tile<T, kRows>(s, r, block); });
 }
 
 // A whole sequence of fused steps (no projection). Step i reads h from
@@ -209,7 +251,15 @@ struct FusedSequence {
   int64_t batch, hidden;
   const T* w_hh;    // (4H, H) row-major
   T* panels;        // gate_panels_size(H, H): packed w_hh, filled here
-  T* gates;         // (N, 4H): input projection in, activated gates out
+  T* gates;         // (N, 4H): input projection in (or computed here), activated gates out
+  // With x (N, I), the participants compute the input projection into gates
+  // themselves, w_ih (4H, I) packed into panels_ih (gate_panels_size(H, I)).
+  // For an x that fits in L2: a separate BLAS call cost as much as a third of
+  // a batch-1 layer (MKL's generic code on an AMD EPYC, B1 H128 T100).
+  const T* x;       // (N, I) or nullptr
+  int64_t x_rows, input_size;  // N, I
+  const T* w_ih;
+  T* panels_ih;
   const T* b_ih;    // (4H) or nullptr
   const T* b_hh;    // (4H) or nullptr
   T* c_state;       // (B, H)
@@ -263,6 +313,11 @@ void fused_sequence_typed(const FusedSequence<T>& q) {
     // Several participants: each packs the panels only it reads (no barrier
     // before step 0). A single one finds them packed (below).
     if (participants > 1) pack_gate_blocks(q.w_hh, H, H, block0, block1, q.panels);
+    if (q.x != nullptr) {  // this participant's gate columns of every step
+      pack_gate_blocks(q.w_ih, H, q.input_size, block0, block1, q.panels_ih);
+      project_input_blocks(q.x, q.x_rows, q.input_size, H, q.panels_ih, block0, block1,
+                           q.gates);
+    }
     for (int64_t i = 0; i < q.steps; ++i) {
       const FusedStep<T> s = step_view(q, i);
       for (int64_t block = block0; block < block1; ++block) fused_block(s, block);

@@ -65,7 +65,11 @@ struct FusedSequenceArgs {
   bool is_double;
   const void* w_hh;    // (4H, H) row-major
   void* panels;        // gate_panels_size(H) elements: w_hh packed by the kernel
-  void* gates;         // (N, 4H): input projection in, activated gates out
+  void* gates;         // (N, 4H): input projection in (or computed from x), activated gates out
+  const void* x;       // (N, I) or nullptr: the kernel computes the input projection itself
+  int64_t x_rows, input_size;
+  const void* w_ih;    // (4H, I) row-major, with x
+  void* panels_ih;     // gate_panels_size(H, I) elements, with x: w_ih packed by the kernel
   const void* b_ih;    // (4H) or nullptr
   const void* b_hh;    // (4H) or nullptr
   void* c_state;       // (B, H): c0 in, each row's last c out
@@ -118,7 +122,7 @@ struct KernelTable {
   void (*pack)(const PackArgs&);
   void (*small_matmul)(const SmallMatmulArgs&);
   // Elements of fused_sequence's packed w_hh.
-  int64_t (*gate_panels_size)(int64_t hidden, bool is_double);
+  int64_t (*gate_panels_size)(int64_t hidden, int64_t k, bool is_double);
   void (*fused_sequence)(const FusedSequenceArgs&);
   const char* isa;
 };

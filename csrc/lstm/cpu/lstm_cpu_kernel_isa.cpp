@@ -232,9 +232,8 @@ void pack(const PackArgs& a) {
   }
 }
 
-int64_t gate_panels_size_any(int64_t hidden, bool is_double) {
-  return is_double ? gate_panels_size<double>(hidden, hidden)
-                   : gate_panels_size<float>(hidden, hidden);
+int64_t gate_panels_size_any(int64_t hidden, int64_t k, bool is_double) {
+  return is_double ? gate_panels_size<double>(hidden, k) : gate_panels_size<float>(hidden, k);
 }
 
 template <typename T>
@@ -242,7 +241,8 @@ void fused_sequence_cast(const FusedSequenceArgs& a) {
   fused_sequence_typed<T>(FusedSequence<T>{
       a.steps, a.rows, a.row_offset, a.ended_from, a.batch, a.hidden,
       static_cast<const T*>(a.w_hh), static_cast<T*>(a.panels), static_cast<T*>(a.gates),
-      static_cast<const T*>(a.b_ih), static_cast<const T*>(a.b_hh), static_cast<T*>(a.c_state),
+      static_cast<const T*>(a.x), a.x_rows, a.input_size, static_cast<const T*>(a.w_ih),
+      static_cast<T*>(a.panels_ih), static_cast<const T*>(a.b_ih), static_cast<const T*>(a.b_hh), static_cast<T*>(a.c_state),
       static_cast<T*>(a.cells), static_cast<T*>(a.output), static_cast<T*>(a.h_buffers), static_cast<T*>(a.hy)});
 }
 
