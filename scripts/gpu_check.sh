@@ -255,6 +255,11 @@ if [[ $STEPS == *bench* ]]; then
     step_result "bench $family" $? "$start"
   done
   grep -E "geomean|^(attention|lstm)/" "$OUT/bench.log" | head -n 80 >> "$report"
+  # The LSTM's path A/B rows (indented provider lines under their case):
+  # "pydl loop" (cuBLAS loop at batch <= 16), "pydl persistent" (the
+  # persistent kernels past 16 rows, PYDL_LSTM_PERSISTENT_MAX_BATCH).
+  awk '/^lstm\//{case=$1} /^ +pydl (loop|persistent) /{print case, $0}' "$OUT/bench.log" \
+    | head -n 20 >> "$report"
   # Issue 4 asks for the LSTM's float32 and fp16 rows beside bf16's (LSTM_DTYPES="" skips).
   for dtype in ${LSTM_DTYPES-float32 float16}; do
     has_budget "bench lstm/ $dtype" || continue
