@@ -22,6 +22,10 @@ PyMODINIT_FUNC PyInit__C(void) {
 
 namespace {
 std::string build_info_op() { return pydl::build_info_string(); }
+std::string mkl_code_path_op() {
+  if (MKL_Set_Num_Threads_Local == nullptr) return "none";
+  return pydl::mkl_runs_generic_code() ? "generic" : "tuned";
+}
 }  // namespace
 
 TORCH_LIBRARY(pydl, m) {
@@ -29,9 +33,10 @@ TORCH_LIBRARY(pydl, m) {
   m.def("build_info() -> str", &build_info_op);
   // Which per-ISA build of the CPU conv2d loops this machine runs.
   m.def("conv2d_cpu_isa() -> str", &pydl::conv_cpu::selected_isa);
-  // Whether MKL runs its generic code on this processor (not an Intel one):
-  // then the CPU LSTM's step products all take pydl's register kernel.
-  m.def("mkl_runs_generic_code() -> bool", &pydl::mkl_runs_generic_code);
+  // "tuned" / "generic" (MKL on a processor it gives its generic code: not
+  // an Intel one; the CPU LSTM's step products then all take pydl's register
+  // kernel) / "none" (another BLAS).
+  m.def("mkl_code_path() -> str", &mkl_code_path_op);
   // Whether libtorch exports MKL's bf16 GEMM (the CPU bf16 attention tiles need it).
   m.def("cpu_bf16_gemm_available() -> bool", &pydl::attention_cpu::bf16_gemm_available);
 

@@ -39,7 +39,7 @@ def info() -> Info:
         try:
             build["cpu_isa"] = torch.ops.pydl.conv2d_cpu_isa()
             # MKL's tuned kernels run on Intel processors only (csrc/common/blas.h).
-            build["mkl"] = "generic" if torch.ops.pydl.mkl_runs_generic_code() else "tuned"
+            build["mkl"] = torch.ops.pydl.mkl_code_path()
         except (AttributeError, RuntimeError):
             pass
     return Info(

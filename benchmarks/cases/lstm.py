@@ -124,14 +124,27 @@ def _sequence_case(batch, hidden, steps, train, packed, layers, bidirectional, c
             # The same layer without the persistent kernel: cuBLAS + pointwise per step.
             providers["pydl loop"] = lambda: _with_env("PYDL_LSTM_PERSISTENT", "0",
                                                        lambda: run(ours))
-        elif cfg.device == "cuda":
-            # The persistent kernel past its default batch limit (16), where it
-            # runs if its shared memory holds B x H: the A/B for that limit.
+        elif cfg.device == "cuda" and _persistent_fits(batch, hidden, cfg.device):
+            # The persistent kernels past their default batch limit (16): the
+            # A/B for that limit. pydl.nn.LSTM sends batches over 16 to cuDNN
+            # unless PYDL_EXPERIMENTAL_CUDA=1 (as scripts/gpu_check.sh runs).
             providers["pydl persistent"] = lambda: _with_env(
                 "PYDL_LSTM_PERSISTENT_MAX_BATCH", str(batch), lambda: run(ours))
         return providers
 
     return make_providers
+
+
+def _persistent_fits(batch, hidden, device):
+    """Whether the persistent forward's shared memory (B x H floats of h, plus
+    partial sums) can hold the batch, and pydl runs at batch > 16 at all:
+    otherwise its row would time the cuBLAS loop or cuDNN under that name."""
+    if os.environ.get("PYDL_EXPERIMENTAL_CUDA") != "1":
+        return False
+    props = torch.cuda.get_device_properties(torch.device(device))
+    # A block may opt in to its SM's shared memory less 1 KB (227 of 228 KB on Hopper).
+    smem = getattr(props, "shared_memory_per_multiprocessor", 0) - 1024
+    return batch * hidden * 4 * 1.25 <= smem
 
 
 def _with_env(name, value, fn):

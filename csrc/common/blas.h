@@ -43,9 +43,11 @@ namespace pydl {
 // tuned kernels on the processor's vendor and gives others (AMD) generic
 // ones. Measured on an AMD EPYC (Zen 4, 2 cores, torch 2.14.1's MKL 2024.2):
 // sgemm of an LSTM step (16 x 1024) @ (1024 x 4096) at 76 GFLOP/s, against
-// about 175 for pydl's register kernel and for MKL on 256 rows. False off x86.
+// about 175 for pydl's register kernel and for MKL on 256 rows. False
+// without MKL (MKL_Set_Num_Threads_Local absent) and off x86.
 inline bool mkl_runs_generic_code() {
   static const bool generic = [] {
+    if (MKL_Set_Num_Threads_Local == nullptr) return false;
 #if defined(__x86_64__) || defined(__i386__)
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
     if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return false;

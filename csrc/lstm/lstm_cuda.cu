@@ -200,8 +200,9 @@ int64_t persistent_max_batch() {
 // launches, captures safely).
 std::optional<StorageType> persistent_storage(const StepSchedule& plan, const LstmLayerShape& s,
                                               at::ScalarType dtype) {
+  const int64_t max_batch = persistent_max_batch();  // first: a bad value raises on every call
   if (s.out != s.hidden || dtype == at::kDouble || plan.max_rows() == 0 ||
-      plan.max_rows() > persistent_max_batch() || s.rows >= INT_MAX || s.hidden >= INT_MAX / 4 ||
+      plan.max_rows() > max_batch || s.rows >= INT_MAX || s.hidden >= INT_MAX / 4 ||
       plan.count() >= INT_MAX) {
     return std::nullopt;
   }

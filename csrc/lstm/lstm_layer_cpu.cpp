@@ -1,6 +1,7 @@
 // One LSTM layer in one direction over a whole (packed) sequence, on the CPU.
 //
-// Forward: the input projection of every step is one GEMM; the time loop then
+// Forward: the input projection of every step is one GEMM (for small fused
+// layers, computed inside the fused loop's parallel region); the time loop then
 // does, per step, one product for the recurrent GEMM (accumulated into that
 // step's rows of the projection) and the fused pointwise pass (which adds the
 // biases) — no ATen op, allocation or Python inside the loop.
@@ -63,9 +64,17 @@ void blas_matmul(int64_t m, int64_t n, int64_t k, const T* a, const T* b, T* c, 
 // Those measurements were on Intel processors; where MKL runs its generic
 // code (mkl_runs_generic_code: AMD) the register kernel won at every size.
 // PYDL_LSTM_SMALL_BATCH sets one fixed limit (for measuring the switch).
+// PYDL_LSTM_SMALL_BATCH's value, or -1 when unset (read once per process).
+int64_t small_batch_env() {
+  static const int64_t value = [] {
+    const char* env = std::getenv("PYDL_LSTM_SMALL_BATCH");
+    return env ? std::atoll(env) : int64_t(-1);
+  }();
+  return value;
+}
+
 int64_t small_batch_limit(int64_t k, int64_t n, at::ScalarType dtype) {
-  static const char* env = std::getenv("PYDL_LSTM_SMALL_BATCH");
-  if (env) return std::atoll(env);
+  if (small_batch_env() >= 0) return small_batch_env();
   const bool fits_l2 = k * n * 4 <= (int64_t{1} << 20);
   if (dtype == at::kFloat && PackedRhs::available() && !fits_l2 && !mkl_runs_generic_code()) {
     return std::clamp<int64_t>(4096 / std::max<int64_t>(k, 1), 1, 64);
@@ -81,7 +90,7 @@ int64_t small_batch_limit(int64_t k, int64_t n, at::ScalarType dtype) {
 // 0.79x -> 0.91x at B256 H1024 (the step loop on the register kernel). The
 // fused loop keeps small_batch_limit.
 int64_t register_kernel_limit(int64_t k, int64_t n, at::ScalarType dtype) {
-  if (std::getenv("PYDL_LSTM_SMALL_BATCH") == nullptr && mkl_runs_generic_code()) {
+  if (small_batch_env() < 0 && mkl_runs_generic_code()) {
     return std::numeric_limits<int64_t>::max();
   }
   return small_batch_limit(k, n, dtype);
@@ -90,13 +99,17 @@ int64_t register_kernel_limit(int64_t k, int64_t n, at::ScalarType dtype) {
 // Whether the fused loop computes the input projection itself: where the
 // input rows fit in L2 with room to spare (batch-1 sequences, a few short
 // batched ones), so each participant's pass over them for its own units
-// stays in cache. There a separate BLAS call (MKL's generic code on an AMD
-// EPYC) took as long as 87-144 us of a 276 us B1 H128 T100 layer.
-// PYDL_LSTM_FUSED_INPUT=0 / 1 turns it off / on for any size (tests, A/B).
-bool fused_input_projection(const at::Tensor& input) {
+// stays in cache, w_ih (packed on every call) is at most 1 MB, and there
+// are rows enough (8) to pay for that packing. There a separate BLAS call
+// (MKL's generic code on an AMD EPYC) took 87-144 us of a 276 us B1 H128
+// T100 layer. PYDL_LSTM_FUSED_INPUT=0 / 1 turns it off / on for any size
+// (tests, A/B; read once per process).
+bool fused_input_projection(const at::Tensor& input, const at::Tensor& w_ih) {
   static const char* env = std::getenv("PYDL_LSTM_FUSED_INPUT");
   if (env != nullptr) return std::strcmp(env, "0") != 0;
-  return input.numel() * input.element_size() <= 256 * 1024;
+  constexpr int64_t kInputBytes = 256 * 1024, kWeightBytes = 1024 * 1024;
+  return input.size(0) >= 8 && input.numel() * input.element_size() <= kInputBytes &&
+         w_ih.numel() * w_ih.element_size() <= kWeightBytes;
 }
 
 // Workspace slots of one operand's two packed forms.
@@ -273,7 +286,8 @@ lstm_layer_cpu(const at::Tensor& input, const at::Tensor& batch_sizes, const at:
   // The hoisted input projection: one GEMM for all steps (the biases are
   // added by the pointwise pass: no extra pass over all the gates), or, for a
   // small fused layer, inside the fused loop's parallel region.
-  const bool project_in_loop = fused && fused_input_projection(input);
+  // (Not with no input features: at::mm makes the zeros then.)
+  const bool project_in_loop = fused && s.input_size > 0 && fused_input_projection(input, w_ih);
   const at::Tensor gates = project_in_loop ? at::empty({s.rows, 4 * s.hidden}, input.options())
                                            : at::mm(input, w_ih.t()).contiguous();
   const at::Tensor bi = contiguous_or_undefined(b_ih), bh = contiguous_or_undefined(b_hh);

@@ -33,8 +33,6 @@ class RowCopies {
     blocks_.push_back({dst_row, src, src_row, rows});
   }
 
-  int64_t copies() const { return static_cast<int64_t>(blocks_.size()); }
-
   void run() const {
     for (const Block& b : blocks_) {
       dst_.narrow(0, b.dst_row, b.rows).copy_(b.src.narrow(0, b.src_row, b.rows));

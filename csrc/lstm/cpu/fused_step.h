@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/spin_barrier.h"
 #include "lstm/cpu/activations.h"
@@ -150,16 +151,18 @@ inline void gate_block_tile(int64_t k, const T* a, int64_t lda, const T* panel,
   for (int r = 0; r < kRows; ++r) finish(r, acc[r]);
 }
 
-// tile.template operator()<n>(r) over `rows` rows in tiles of kFusedRows,
-// then one tile of the 1-3 rows left.
+// tile(r, std::integral_constant<int, n>{}) over `rows` rows in tiles of
+// n = kFusedRows, then one tile of the 1-3 rows left.
 template <typename Tile>
 inline void for_row_tiles(int64_t rows, const Tile& tile) {
   int64_t r = 0;
-  for (; r + kFusedRows <= rows; r += kFusedRows) tile.template operator()<kFusedRows>(r);
+  for (; r + kFusedRows <= rows; r += kFusedRows) {
+    tile(r, std::integral_constant<int, kFusedRows>{});
+  }
   switch (rows - r) {
-    case 3: tile.template operator()<3>(r); break;
-    case 2: tile.template operator()<2>(r); break;
-    case 1: tile.template operator()<1>(r); break;
+    case 3: tile(r, std::integral_constant<int, 3>{}); break;
+    case 2: tile(r, std::integral_constant<int, 2>{}); break;
+    case 1: tile(r, std::integral_constant<int, 1>{}); break;
     default: break;
   }
 }
@@ -189,12 +192,13 @@ void project_input_blocks(const T* x, int64_t rows, int64_t input_size, int64_t 
   for (int64_t block = block0; block < block1; ++block) {
     const T* panel = panels + block * input_size * 4 * U;
     const int64_t unit0 = block * U, valid = std::min<int64_t>(U, hidden - unit0);
-    for_row_tiles(rows, [&]<int kRows>(int64_t r0) {
-      gate_block_tile<T, kRows>(input_size, x + r0 * input_size, input_size, panel,
-                                [&](int r, const V(&acc)[4]) {
-                                  T* g = gates + (r0 + r) * 4 * hidden + unit0;
-                                  for (int q = 0; q < 4; ++q) store_part(acc[q], g + q * hidden, valid);
-                                });
+    for_row_tiles(rows, [&](int64_t r0, auto tile_rows) {
+      auto store = [&](int r, const V(&acc)[4]) {
+        T* g = gates + (r0 + r) * 4 * hidden + unit0;
+        for (int q = 0; q < 4; ++q) store_part(acc[q], g + q * hidden, valid);
+      };
+      constexpr int kRows = decltype(tile_rows)::value;
+      gate_block_tile<T, kRows>(input_size, x + r0 * input_size, input_size, panel, store);
     });
   }
 }
@@ -236,7 +240,9 @@ inline void fused_block(const FusedStep<T>& s, int64_t block) {
     fused_row(s, 0, block);
     return;
   }
-  for_row_tiles(s.rows, [&]<int kRows>(int64_t r) { fused_tile<T, kRows>(s, r, block); });
+  for_row_tiles(s.rows, [&](int64_t r, auto tile_rows) {
+    fused_tile<T, decltype(tile_rows)::value>(s, r, block);
+  });
 }
 
 // A whole sequence of fused steps (no projection). Step i reads h from
@@ -313,7 +319,7 @@ void fused_sequence_typed(const FusedSequence<T>& q) {
     // Several participants: each packs the panels only it reads (no barrier
     // before step 0). A single one finds them packed (below).
     if (participants > 1) pack_gate_blocks(q.w_hh, H, H, block0, block1, q.panels);
-    if (q.x != nullptr) {  // this participant's gate columns of every step
+    if (q.x != nullptr && participants > 1) {  // its gate columns of every step
       pack_gate_blocks(q.w_ih, H, q.input_size, block0, block1, q.panels_ih);
       project_input_blocks(q.x, q.x_rows, q.input_size, H, q.panels_ih, block0, block1,
                            q.gates);
@@ -336,6 +342,15 @@ void fused_sequence_typed(const FusedSequence<T>& q) {
                      [&](int64_t b0, int64_t b1) {
                        pack_gate_blocks(q.w_hh, H, H, b0, b1, q.panels);
                      });
+    if (q.x != nullptr) {  // the input projection too, over the threads there are
+      const int64_t work_per_block = std::max<int64_t>(1, q.x_rows * q.input_size * 4 * U);
+      at::parallel_for(0, blocks, std::max<int64_t>(1, (int64_t(1) << 16) / work_per_block),
+                       [&](int64_t b0, int64_t b1) {
+                         pack_gate_blocks(q.w_ih, H, q.input_size, b0, b1, q.panels_ih);
+                         project_input_blocks(q.x, q.x_rows, q.input_size, H, q.panels_ih, b0,
+                                              b1, q.gates);
+                       });
+    }
     run(0, 1);
   } else {
     at::parallel_for(0, participants, 1, run);

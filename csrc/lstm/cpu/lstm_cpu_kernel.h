@@ -64,7 +64,7 @@ struct FusedSequenceArgs {
   int64_t batch, hidden;
   bool is_double;
   const void* w_hh;    // (4H, H) row-major
-  void* panels;        // gate_panels_size(H) elements: w_hh packed by the kernel
+  void* panels;        // gate_panels_size(H, H) elements: w_hh packed by the kernel
   void* gates;         // (N, 4H): input projection in (or computed from x), activated gates out
   const void* x;       // (N, I) or nullptr: the kernel computes the input projection itself
   int64_t x_rows, input_size;
