@@ -453,14 +453,12 @@ def test_bidirectional_directions_side_by_side_match_torch(grad_context, batch, 
     assert not data(got).requires_grad
 
 
-@needs_extension
-@pytest.mark.parametrize("rows, input_size, in_loop", [(20, 8, True), (300, 256, False)])
-def test_fused_layer_projects_a_small_input_itself(rows, input_size, in_loop):
-    """The fused small-batch loop computes the input projection inside its
-    parallel region when the input rows fit in L2 (256 KB: here 20 x 8
-    floats), with no separate GEMM call; a larger input (300 x 256 floats)
-    keeps ATen's. Both must match the reference (the other tests cover the
-    values; this one that the path is taken)."""
+_FUSED_INPUT_PROJECTION_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests_dir!r})
+from test_lstm import _layer_args, _layer_reference
+from conftest import assert_close_rel
+for rows, input_size, in_loop in ((20, 8, True), (300, 256, False)):
     x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, _ = (
         t.detach() if isinstance(t, torch.Tensor) and t.dtype != torch.long else t
         for t in _layer_args([1] * rows, input_size=input_size, hidden=16, dtype=torch.float32))
@@ -468,11 +466,26 @@ def test_fused_layer_projects_a_small_input_itself(rows, input_size, in_loop):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         got = torch.ops.pydl.lstm_layer(*args)[:3]
     names = {e.name for e in prof.events()}
-    assert ("aten::mm" not in names) == in_loop, sorted(names)
+    assert ("aten::mm" not in names) == in_loop, (rows, sorted(names))
     want = _layer_reference(*(a.double() if isinstance(a, torch.Tensor) and a.is_floating_point()
                                else a for a in args))
     for a, e, what in zip(got, want, ("output", "hy", "cy")):
         assert_close_rel(a, e, torch.float32, what)
+print("ok")
+"""
+
+
+@needs_extension
+def test_fused_layer_projects_a_small_input_itself():
+    """The fused small-batch loop computes the input projection inside its
+    parallel region when the input rows fit in L2 (256 KB: here 20 x 8
+    floats), with no separate GEMM call; a larger input (300 x 256 floats)
+    gets the separate one, here ATen's (PYDL_LSTM_REGISTER_INPUT=0: on AMD
+    it would be the register kernel, with no aten::mm either). Both match
+    the reference; what this checks is that each path is taken."""
+    script = _FUSED_INPUT_PROJECTION_SCRIPT.replace(
+        "{tests_dir!r}", repr(os.path.dirname(os.path.abspath(__file__))))
+    assert_script_ok_on_isa("default", script, PYDL_LSTM_REGISTER_INPUT="0")
 
 
 @needs_extension
@@ -489,6 +502,46 @@ def test_layer_without_input_features():
                                else a for a in args))
     for a, e, what in zip(got, want, ("output", "hy", "cy")):
         assert_close_rel(a, e, torch.float32, what)
+
+
+_INPUT_PROJECTION_ON_THE_REGISTER_KERNEL = """
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+from pydl.nn import LSTM
+torch.manual_seed(0)
+# 100 sequences of 10-16 steps: about 1300 rows of 70 features, two row
+# chunks of the projection (936 rows each); 4H = 80, a partial 64-wide
+# panel; 100 rows per step: the step loop, not the fused one.
+ours = LSTM(70, 20)
+theirs = torch.nn.LSTM(70, 20).double()
+theirs.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
+x = torch.randn(16, 100, 70)
+lengths = torch.randint(10, 17, (100,))
+lengths[0] = 16
+assert int(lengths.sum()) > 936
+results = []
+for model, inp in ((ours, x), (theirs, x.double())):
+    inp = inp.clone().requires_grad_()
+    out = model(pack_padded_sequence(inp, lengths, enforce_sorted=False))[0].data
+    grads = torch.autograd.grad(out.square().sum(), [inp, *model.parameters()])
+    results.append([out, *grads])
+for got, want in zip(*results):
+    print(float((got.double() - want).norm() / want.norm()))
+"""
+
+
+@needs_extension
+@pytest.mark.parametrize("isa", ["default", "avx512"])
+def test_input_projection_on_the_register_kernel(isa):
+    """Where MKL runs its generic code (AMD) the hoisted input projection is
+    pydl's register kernel over row chunks (PYDL_LSTM_REGISTER_INPUT=1
+    forces it on any processor): two chunks, a partial panel, a packed
+    batch, forward and every gradient against torch in float64."""
+    run = run_with_cpu_isa(isa, _INPUT_PROJECTION_ON_THE_REGISTER_KERNEL,
+                           PYDL_LSTM_REGISTER_INPUT="1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    errors = [float(line) for line in run.stdout.split()]
+    assert len(errors) == 6 and max(errors) < 1e-5, errors  # output, x, 4 weights
 
 
 _EVERY_PRODUCT_ON_BLAS = """

@@ -112,6 +112,37 @@ bool fused_input_projection(const at::Tensor& input, const at::Tensor& w_ih) {
          w_ih.numel() * w_ih.element_size() <= kWeightBytes;
 }
 
+// gates (N, 4H) = input (N, I) @ w_ih^T: ATen's GEMM, or, where MKL runs
+// its generic code, pydl's register kernel over row chunks of about 256 KB
+// (they stay in L2 while the panels of w_ih, packed once per call, stream
+// past them). PYDL_LSTM_REGISTER_INPUT=0 / 1 forces ATen / the register
+// kernel (tests, A/B; read once per process).
+at::Tensor input_projection(const at::Tensor& input, const at::Tensor& w_ih) {
+  static const char* env = std::getenv("PYDL_LSTM_REGISTER_INPUT");
+  const bool register_kernel =
+      env != nullptr ? std::strcmp(env, "0") != 0 : mkl_runs_generic_code();
+  const int64_t N = input.size(0), I = input.size(1), G = w_ih.size(0);
+  if (!register_kernel || N == 0 || I == 0 || G == 0) return at::mm(input, w_ih.t()).contiguous();
+  const KernelTable& kernel = kernel_for_this_cpu();
+  const bool is_double = input.scalar_type() == at::kDouble;
+  const at::Tensor b = w_ih.t();  // (I x 4H), any strides
+  void* packed = Workspace::get<unsigned char>(
+      WorkspaceSlot::LstmInputWeight, kernel.packed_size(I, G, is_double) * input.element_size());
+  kernel.pack(PackArgs{I, G, b.stride(0), b.stride(1), is_double, b.const_data_ptr(), packed});
+  const at::Tensor x = input.contiguous();
+  at::Tensor gates = at::empty({N, G}, input.options());
+  const int64_t elem = input.element_size();
+  const int64_t chunk = std::max<int64_t>(4, (256 * 1024) / (I * elem) / 4 * 4);
+  const auto* xs = static_cast<const unsigned char*>(x.const_data_ptr());
+  auto* gs = static_cast<unsigned char*>(gates.mutable_data_ptr());
+  for (int64_t r0 = 0; r0 < N; r0 += chunk) {
+    kernel.small_matmul(SmallMatmulArgs{std::min(chunk, N - r0), G, I, is_double,
+                                        xs + r0 * I * elem, packed, gs + r0 * G * elem,
+                                        /*accumulate=*/false});
+  }
+  return gates;
+}
+
 // Workspace slots of one operand's two packed forms.
 struct OperandSlots {
   WorkspaceSlot panels, blas;
@@ -289,7 +320,7 @@ lstm_layer_cpu(const at::Tensor& input, const at::Tensor& batch_sizes, const at:
   // (Not with no input features: at::mm makes the zeros then.)
   const bool project_in_loop = fused && s.input_size > 0 && fused_input_projection(input, w_ih);
   const at::Tensor gates = project_in_loop ? at::empty({s.rows, 4 * s.hidden}, input.options())
-                                           : at::mm(input, w_ih.t()).contiguous();
+                                           : input_projection(input, w_ih);
   const at::Tensor bi = contiguous_or_undefined(b_ih), bh = contiguous_or_undefined(b_hh);
   const auto opts = input.options();
   at::Tensor output = at::empty({s.rows, s.out}, opts);
