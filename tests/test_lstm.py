@@ -504,30 +504,38 @@ def test_layer_without_input_features():
         assert_close_rel(a, e, torch.float32, what)
 
 
-_INPUT_PROJECTION_ON_THE_REGISTER_KERNEL = """
+# Shared by the subprocess scripts below: compare() prints the relative
+# error of the output and of every gradient (input, then parameters) of
+# pydl's LSTM against torch's in float64 on a packed batch (lengths in
+# [min_length, steps]) and returns its row count.
+_COMPARE_PACKED = """
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 from pydl.nn import LSTM
+def compare(input_size, hidden, steps, batch, min_length, **kw):
+    ours = LSTM(input_size, hidden, **kw)
+    theirs = torch.nn.LSTM(input_size, hidden, **kw).double()
+    theirs.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
+    x = torch.randn(steps, batch, input_size)
+    lengths = torch.randint(min_length, steps + 1, (batch,))
+    lengths[0] = steps
+    results = []
+    for model, inp in ((ours, x), (theirs, x.double())):
+        inp = inp.clone().requires_grad_()
+        out = model(pack_padded_sequence(inp, lengths, enforce_sorted=False))[0].data
+        grads = torch.autograd.grad(out.square().sum(), [inp, *model.parameters()])
+        results.append([out, *grads])
+    for got, want in zip(*results):
+        print(float((got.double() - want).norm() / want.norm()))
+    return int(lengths.sum())
 torch.manual_seed(0)
+"""
+
 # 100 sequences of 10-16 steps: about 1300 rows of 70 features, two row
 # chunks of the projection (936 rows each); 4H = 80, a partial 64-wide
 # panel; 100 rows per step: the step loop, not the fused one.
-ours = LSTM(70, 20)
-theirs = torch.nn.LSTM(70, 20).double()
-theirs.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
-x = torch.randn(16, 100, 70)
-lengths = torch.randint(10, 17, (100,))
-lengths[0] = 16
-assert int(lengths.sum()) > 936
-results = []
-for model, inp in ((ours, x), (theirs, x.double())):
-    inp = inp.clone().requires_grad_()
-    out = model(pack_padded_sequence(inp, lengths, enforce_sorted=False))[0].data
-    grads = torch.autograd.grad(out.square().sum(), [inp, *model.parameters()])
-    results.append([out, *grads])
-for got, want in zip(*results):
-    print(float((got.double() - want).norm() / want.norm()))
-"""
+_INPUT_PROJECTION_ON_THE_REGISTER_KERNEL = (
+    _COMPARE_PACKED + "assert compare(70, 20, 16, 100, 10) > 936\n")
 
 
 @needs_extension
@@ -570,26 +578,9 @@ def test_every_product_on_blas_with_size_one_dimensions():
     assert len(errors) == 3 and max(errors) < 1e-5, errors
 
 
-_EVERY_PRODUCT_ON_THE_REGISTER_KERNEL = """
-import torch
-from torch.nn.utils.rnn import pack_padded_sequence
-from pydl.nn import LSTM
-torch.manual_seed(0)
+_EVERY_PRODUCT_ON_THE_REGISTER_KERNEL = _COMPARE_PACKED + """
 for proj in (0, 12):
-    ours = LSTM(5, 24, proj_size=proj, bidirectional=True)
-    theirs = torch.nn.LSTM(5, 24, proj_size=proj, bidirectional=True).double()
-    theirs.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
-    x = torch.randn(5, 70, 5)
-    lengths = torch.randint(1, 6, (70,))
-    lengths[0] = 5
-    results = []
-    for model, inp in ((ours, x), (theirs, x.double())):
-        inp = inp.clone().requires_grad_()
-        out = model(pack_padded_sequence(inp, lengths, enforce_sorted=False))[0].data
-        grads = torch.autograd.grad(out.square().sum(), [inp, *model.parameters()])
-        results.append([out, *grads])
-    for got, want in zip(*results):
-        print(float((got.double() - want).norm() / want.norm()))
+    compare(5, 24, 5, 70, 1, proj_size=proj, bidirectional=True)
 """
 
 
