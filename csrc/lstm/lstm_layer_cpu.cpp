@@ -51,19 +51,6 @@ void blas_matmul(int64_t m, int64_t n, int64_t k, const T* a, const T* b, T* c, 
   gemm(/*trans_a=*/false, n, m, k, T(1), b, n, a, k, accumulate ? T(1) : T(0), c, n);
 }
 
-// Up to this many rows per step a product (rows x k) @ (k x n) runs on the
-// register kernel on packed panels (small_matmul.h), whose lack of a fixed
-// cost per call wins on small products; above it MKL. Against plain sgemm
-// (float64; float32 without MKL's packed GEMM) the register kernel won up to
-// 64 rows. Against MKL's packed GEMM (float32) it still did, or drew, while
-// the operand fits in about 1 MB (this machine's L2 is 2 MB per core; LSTM
-// inference and training, 2 threads: B16 H256 5.9 vs 6.6 ms, packed batches
-// of up to 32 rows at H256 3% faster, B64 H256 even); past that MKL's packed
-// GEMM won from about rows * k = 4096 (B16 H512 12 vs 14 ms, B64 H512 40 vs
-// 44 ms, B32 H512 training 65 vs 72 ms).
-// Those measurements were on Intel processors; where MKL runs its generic
-// code (mkl_runs_generic_code: AMD) the register kernel won at every size.
-// PYDL_LSTM_SMALL_BATCH sets one fixed limit (for measuring the switch).
 // PYDL_LSTM_SMALL_BATCH's value, or -1 when unset (read once per process).
 int64_t small_batch_env() {
   static const int64_t value = [] {
@@ -73,6 +60,19 @@ int64_t small_batch_env() {
   return value;
 }
 
+// Up to this many rows per step a product (rows x k) @ (k x n) runs on the
+// register kernel on packed panels (small_matmul.h), whose lack of a fixed
+// cost per call wins on small products; above it MKL. Against plain sgemm
+// (float64; float32 without MKL's packed GEMM) the register kernel won up to
+// 64 rows. Against MKL's packed GEMM (float32) it still did, or drew, while
+// the operand fits in about 1 MB (that Xeon's L2 is 2 MB per core; LSTM
+// inference and training, 2 threads: B16 H256 5.9 vs 6.6 ms, packed batches
+// of up to 32 rows at H256 3% faster, B64 H256 even); past that MKL's packed
+// GEMM won from about rows * k = 4096 (B16 H512 12 vs 14 ms, B64 H512 40 vs
+// 44 ms, B32 H512 training 65 vs 72 ms).
+// Those measurements were on Intel processors; where MKL runs its generic
+// code (mkl_runs_generic_code: AMD) the register kernel won at every size.
+// PYDL_LSTM_SMALL_BATCH sets one fixed limit (for measuring the switch).
 int64_t small_batch_limit(int64_t k, int64_t n, at::ScalarType dtype) {
   if (small_batch_env() >= 0) return small_batch_env();
   const bool fits_l2 = k * n * 4 <= (int64_t{1} << 20);
