@@ -313,17 +313,18 @@ void fused_sequence_typed(const FusedSequence<T>& q) {
           ? std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks / grain))
           : 1;
   SpinBarrier barrier(participants);
+  // The input projection (with x) of unit blocks [b0, b1), w_ih's panels first.
+  auto project = [&](int64_t b0, int64_t b1) {
+    pack_gate_blocks(q.w_ih, H, q.input_size, b0, b1, q.panels_ih);
+    project_input_blocks(q.x, q.x_rows, q.input_size, H, q.panels_ih, b0, b1, q.gates);
+  };
   auto run = [&](int64_t id0, int64_t id1) {
     const int64_t block0 = id0 * blocks / participants, block1 = id1 * blocks / participants;
     const int64_t unit0 = block0 * U, unit1 = std::min(H, block1 * U);
     // Several participants: each packs the panels only it reads (no barrier
     // before step 0). A single one finds them packed (below).
     if (participants > 1) pack_gate_blocks(q.w_hh, H, H, block0, block1, q.panels);
-    if (q.x != nullptr && participants > 1) {  // its gate columns of every step
-      pack_gate_blocks(q.w_ih, H, q.input_size, block0, block1, q.panels_ih);
-      project_input_blocks(q.x, q.x_rows, q.input_size, H, q.panels_ih, block0, block1,
-                           q.gates);
-    }
+    if (q.x != nullptr && participants > 1) project(block0, block1);  // its gate columns
     for (int64_t i = 0; i < q.steps; ++i) {
       const FusedStep<T> s = step_view(q, i);
       for (int64_t block = block0; block < block1; ++block) fused_block(s, block);
@@ -345,11 +346,7 @@ void fused_sequence_typed(const FusedSequence<T>& q) {
     if (q.x != nullptr) {  // the input projection too, over the threads there are
       const int64_t work_per_block = std::max<int64_t>(1, q.x_rows * q.input_size * 4 * U);
       at::parallel_for(0, blocks, std::max<int64_t>(1, (int64_t(1) << 16) / work_per_block),
-                       [&](int64_t b0, int64_t b1) {
-                         pack_gate_blocks(q.w_ih, H, q.input_size, b0, b1, q.panels_ih);
-                         project_input_blocks(q.x, q.x_rows, q.input_size, H, q.panels_ih, b0,
-                                              b1, q.gates);
-                       });
+                       project);
     }
     run(0, 1);
   } else {
