@@ -9,7 +9,7 @@
 // run along the (innermost) channel dimension of the packed input. For each
 // channel vector the kernel taps' weights are loaded once per output row
 // (kept in registers when kTaps is known at compile time, e.g. 3x3).
-// Where depthwise_row puts its sums: into `acc` ([out_w][C], the generic
+// Where depthwise_pixels puts its sums: into `acc` ([out_w][C], the generic
 // epilogue runs afterwards), or, when the output is channels-last in the
 // compute type, straight into the output row with the epilogue fused.
 template <typename acc_t>
@@ -23,11 +23,41 @@ struct DepthwiseSink {
   Activation act = Activation::None;
 
   // Stores the vector of channels [c, c + V::size()) of pixel ow.
-  void store(Vec<acc_t> sum, int64_t ow, int64_t c, int64_t C) const {
+  C10_ALWAYS_INLINE void store(Vec<acc_t> sum, int64_t ow, int64_t c, int64_t C) const {
     if (out == nullptr) return sum.store(acc + ow * C + c);
     if (bias) sum = sum + Vec<acc_t>::loadu(bias + c);
     if (res) sum = sum + Vec<acc_t>::loadu(res + ow * res_px + c);
     activate<acc_t>(act, sum).store(out + ow * out_px + c);
+  }
+  // The same for no activation or ReLU, whose code is short enough to
+  // inline beside the FMA loops.
+  C10_ALWAYS_INLINE void store_light(Vec<acc_t> sum, int64_t ow, int64_t c, int64_t C) const {
+    if (out == nullptr) return sum.store(acc + ow * C + c);
+    if (bias) sum = sum + Vec<acc_t>::loadu(bias + c);
+    if (res) sum = sum + Vec<acc_t>::loadu(res + ow * res_px + c);
+    if (act == Activation::Relu) sum = at::vec::maximum(sum, Vec<acc_t>(acc_t(0)));
+    sum.store(out + ow * out_px + c);
+  }
+  bool light() const { return out == nullptr || act == Activation::None || act == Activation::Relu; }
+  // kPix pixels from ow times kVec vectors from c (sums pixel-major). The
+  // other activations are not inlined: their constants (erf, tanh) would
+  // crowd the FMA loops into spilling accumulators.
+  template <int kPix, int kVec>
+  C10_ALWAYS_INLINE void store_block(const Vec<acc_t> (&sum)[kPix * kVec], int64_t ow, int64_t c,
+                                     int64_t C) const {
+    if (!light()) return store_block_heavy<kPix, kVec>(sum, ow, c, C);
+#pragma GCC unroll 8
+    for (int p = 0; p < kPix; ++p)
+#pragma GCC unroll 8
+      for (int v = 0; v < kVec; ++v)
+        store_light(sum[p * kVec + v], ow + p, c + v * Vec<acc_t>::size(), C);
+  }
+  template <int kPix, int kVec>
+  C10_NOINLINE void store_block_heavy(const Vec<acc_t> (&sum)[kPix * kVec], int64_t ow,
+                                      int64_t c, int64_t C) const {
+    for (int p = 0; p < kPix; ++p)
+      for (int v = 0; v < kVec; ++v)
+        store(sum[p * kVec + v], ow + p, c + v * Vec<acc_t>::size(), C);
   }
   void store(acc_t sum, int64_t ow, int64_t c, int64_t C) const {
     if (out == nullptr) {
@@ -40,39 +70,201 @@ struct DepthwiseSink {
   }
 };
 
-template <typename acc_t, int kTaps>
-void depthwise_row(const acc_t* x_row, const int64_t* offs, int64_t taps, const acc_t* wt,
-                   int64_t C, int64_t out_w, const DepthwiseSink<acc_t>& sink) {
+// kPix output pixels from ow times kVec channel vectors from c: kPix * kVec
+// independent FMA chains, so the FMA latency is hidden (one pixel and one
+// vector alone is a chain of `nt` dependent FMAs). Pixel blocks share each
+// tap's weight load; channel blocks serve single pixels (borders, narrow
+// rows). Pixel p, tap k reads x + (ow + p) * step + tap_offs[k] + c.
+template <typename acc_t, int kPix, int kVec>
+C10_ALWAYS_INLINE void depthwise_block(const acc_t* x, const int64_t* tap_offs,
+                                       const int64_t* tap_ids, int64_t nt, const acc_t* wt,
+                                       int64_t C, int64_t step, int64_t ow, int64_t c,
+                                       const DepthwiseSink<acc_t>& sink) {
   using V = Vec<acc_t>;
-  int64_t c = 0;
-  for (; c + V::size() <= C; c += V::size()) {
-    if constexpr (kTaps > 0) {
-      V w[kTaps];
-      int64_t o[kTaps];
-      for (int t = 0; t < kTaps; ++t) {
-        w[t] = V::loadu(wt + t * C + c);
-        o[t] = offs[t] * C + c;
+  constexpr int kWidth = V::size();
+  const acc_t* xq = x + ow * step + c;
+  V sum[kPix * kVec];
+#pragma GCC unroll 8
+  for (int i = 0; i < kPix * kVec; ++i) sum[i] = V(acc_t(0));
+  for (int64_t k = 0; k < nt; ++k) {
+    const acc_t* wk = wt + tap_ids[k] * C + c;
+    const acc_t* xk = xq + tap_offs[k];
+    V w[kVec];
+#pragma GCC unroll 8
+    for (int v = 0; v < kVec; ++v) w[v] = V::loadu(wk + v * kWidth);
+#pragma GCC unroll 8
+    for (int p = 0; p < kPix; ++p)
+#pragma GCC unroll 8
+      for (int v = 0; v < kVec; ++v)
+        sum[p * kVec + v] = at::vec::fmadd(V::loadu(xk + p * step + v * kWidth), w[v],
+                                           sum[p * kVec + v]);
+  }
+  sink.template store_block<kPix, kVec>(sum, ow, c, C);
+}
+
+// Pixels [lo, hi) of one output row whose taps are all inside the input,
+// channels [c0, c1) in whole vectors (depthwise_channel_tail does the
+// C % V::size() rest).
+// Rows of >= 4 pixels: per channel vector, blocks of 8 pixels, then 4; a
+// last partial block of 4 moves back to end at hi, recomputing up to 3
+// pixels (same values) rather than running them as lone chains. (8
+// accumulators, a weight and an input vector fit AVX2's 16 registers.)
+// Narrower rows: pixel by pixel, blocks of 4, 2, 1 channel vectors.
+template <typename acc_t>
+void depthwise_interior(const acc_t* x, const int64_t* tap_offs, const int64_t* tap_ids,
+                        int64_t nt, const acc_t* wt, int64_t C, int64_t step, int64_t lo,
+                        int64_t hi, int64_t c0, int64_t c1, const DepthwiseSink<acc_t>& sink) {
+  constexpr int64_t kWidth = Vec<acc_t>::size();
+  auto block = [&](auto pix, auto vec, int64_t ow, int64_t c) {
+    depthwise_block<acc_t, decltype(pix)::value, decltype(vec)::value>(x, tap_offs, tap_ids, nt,
+                                                                     wt, C, step, ow, c, sink);
+  };
+  using One = std::integral_constant<int, 1>;
+  using Two = std::integral_constant<int, 2>;
+  using Four = std::integral_constant<int, 4>;
+  using Eight = std::integral_constant<int, 8>;
+  if (hi - lo >= 4) {
+    for (int64_t c = c0; c < c1; c += kWidth) {
+      int64_t ow = lo;
+      for (; ow + 8 <= hi; ow += 8) block(Eight{}, One{}, ow, c);
+      if (ow + 4 <= hi) {
+        block(Four{}, One{}, ow, c);
+        ow += 4;
       }
-      for (int64_t ow = 0; ow < out_w; ++ow) {
-        const acc_t* xq = x_row + ow * C;
-        V sum = V::loadu(xq + o[0]) * w[0];
-        for (int t = 1; t < kTaps; ++t) sum = at::vec::fmadd(V::loadu(xq + o[t]), w[t], sum);
-        sink.store(sum, ow, c, C);
-      }
-    } else {
-      for (int64_t ow = 0; ow < out_w; ++ow) {
-        const acc_t* xq = x_row + ow * C + c;
-        V sum(acc_t(0));
-        for (int64_t t = 0; t < taps; ++t)
-          sum = at::vec::fmadd(V::loadu(xq + offs[t] * C), V::loadu(wt + t * C + c), sum);
-        sink.store(sum, ow, c, C);
+      if (ow < hi) block(Four{}, One{}, hi - 4, c);
+    }
+    return;
+  }
+  for (int64_t ow = lo; ow < hi; ++ow) {
+    int64_t c = c0;
+    for (; c + 4 * kWidth <= c1; c += 4 * kWidth) block(One{}, Four{}, ow, c);
+    if (c + 2 * kWidth <= c1) {
+      block(One{}, Two{}, ow, c);
+      c += 2 * kWidth;
+    }
+    if (c < c1) block(One{}, One{}, ow, c);
+  }
+}
+
+// Keeps a loaded vector in a register. Without it GCC folds the load into
+// every FMA that uses the vector: one load per tap again.
+template <typename T>
+C10_ALWAYS_INLINE Vec<T> in_register(Vec<T> v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  std::conditional_t<std::is_same_v<T, float>, __m512, __m512d> raw = v;
+#elif defined(CPU_CAPABILITY_AVX2)
+  std::conditional_t<std::is_same_v<T, float>, __m256, __m256d> raw = v;
+#endif
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  asm("" : "+v"(raw));
+  return Vec<T>(raw);
+#else
+  return v;
+#endif
+}
+
+// One output row's kernel rows for depthwise_rows: row r, tap s of output
+// pixel ow reads x + (ow * SW + s) * C + offs[r], weighted by tap
+// taps[r] + s. Every column read must exist (interior pixels, or a padded
+// input).
+template <typename acc_t>
+struct DepthwiseRows {
+  const acc_t* x;
+  const int64_t* offs;
+  const int64_t* taps;
+  int64_t count;
+};
+
+// kPix output pixels from ow of channel vector c, the kernel's rows taken
+// whole: KW taps at consecutive input columns (dilation 1), output pixels SW
+// columns apart. Each input vector of a row is loaded once and feeds every
+// tap that reads it: (kPix - 1) * SW + KW loads for kPix * KW FMAs, where
+// depthwise_block loads once per FMA.
+template <typename acc_t, int KW, int SW, int kPix>
+C10_ALWAYS_INLINE void depthwise_row_block(const DepthwiseRows<acc_t>& rows, const acc_t* wt,
+                                           int64_t C, int64_t ow, int64_t c,
+                                           const DepthwiseSink<acc_t>& sink) {
+  using V = Vec<acc_t>;
+  constexpr int kCols = (kPix - 1) * SW + KW;
+  const acc_t* xq = rows.x + ow * SW * C + c;
+  V sum[kPix];
+#pragma GCC unroll 8
+  for (int p = 0; p < kPix; ++p) sum[p] = V(acc_t(0));
+  for (int64_t r = 0; r < rows.count; ++r) {
+    const acc_t* xr = xq + rows.offs[r];
+    const acc_t* wr = wt + rows.taps[r] * C + c;
+    V w[KW];
+#pragma GCC unroll 8
+    for (int s = 0; s < KW; ++s) w[s] = V::loadu(wr + s * C);
+#pragma GCC unroll 32
+    for (int i = 0; i < kCols; ++i) {
+      const V xi = in_register<acc_t>(V::loadu(xr + i * C));
+#pragma GCC unroll 8
+      for (int s = 0; s < KW; ++s) {
+        const int d = i - s;  // column i is tap s of pixel d / SW
+        if (d >= 0 && d % SW == 0 && d / SW < kPix)
+          sum[d / SW] = at::vec::fmadd(xi, w[s], sum[d / SW]);
       }
     }
   }
-  for (; c < C; ++c) {
-    for (int64_t ow = 0; ow < out_w; ++ow) {
+  sink.template store_block<kPix, 1>(sum, ow, c, C);
+}
+
+// Pixels [lo, hi) (at least 4), channels [c0, c1) in whole vectors, through
+// depthwise_row_block, blocked like depthwise_interior's wide rows.
+template <typename acc_t, int KW, int SW>
+void depthwise_rows(const DepthwiseRows<acc_t>& rows, const acc_t* wt, int64_t C, int64_t lo,
+                    int64_t hi, int64_t c0, int64_t c1, const DepthwiseSink<acc_t>& sink) {
+  constexpr int64_t kWidth = Vec<acc_t>::size();
+  for (int64_t c = c0; c < c1; c += kWidth) {
+    int64_t ow = lo;
+    for (; ow + 8 <= hi; ow += 8) depthwise_row_block<acc_t, KW, SW, 8>(rows, wt, C, ow, c, sink);
+    if (ow + 4 <= hi) {
+      depthwise_row_block<acc_t, KW, SW, 4>(rows, wt, C, ow, c, sink);
+      ow += 4;
+    }
+    if (ow < hi) depthwise_row_block<acc_t, KW, SW, 4>(rows, wt, C, hi - 4, c, sink);
+  }
+}
+
+// depthwise_rows for the kernel widths and column strides it is built for
+// (3, 5, 7 wide; stride 1 or 2; the caller checks dilation 1), on rows of at
+// least 4 pixels. False where it does not apply: use depthwise_interior.
+template <typename acc_t>
+bool depthwise_rows_for(int64_t kw, int64_t sw, const DepthwiseRows<acc_t>& rows,
+                        const acc_t* wt, int64_t C, int64_t lo, int64_t hi, int64_t c0,
+                        int64_t c1, const DepthwiseSink<acc_t>& sink) {
+  if (hi - lo < 4) return false;
+  auto by_width = [&](auto stride) {
+    constexpr int SW = decltype(stride)::value;
+    switch (kw) {
+      case 3:
+        depthwise_rows<acc_t, 3, SW>(rows, wt, C, lo, hi, c0, c1, sink);
+        return true;
+      case 5:
+        depthwise_rows<acc_t, 5, SW>(rows, wt, C, lo, hi, c0, c1, sink);
+        return true;
+      case 7:
+        depthwise_rows<acc_t, 7, SW>(rows, wt, C, lo, hi, c0, c1, sink);
+        return true;
+      default:
+        return false;
+    }
+  };
+  if (sw == 1) return by_width(std::integral_constant<int, 1>{});
+  if (sw == 2) return by_width(std::integral_constant<int, 2>{});
+  return false;
+}
+
+// The channels past the last whole vector, pixel by pixel (same tap layout).
+template <typename acc_t>
+void depthwise_channel_tail(const acc_t* x, const int64_t* tap_offs, const int64_t* tap_ids,
+                            int64_t nt, const acc_t* wt, int64_t C, int64_t step, int64_t lo,
+                            int64_t hi, const DepthwiseSink<acc_t>& sink) {
+  for (int64_t c = C - C % Vec<acc_t>::size(); c < C; ++c) {
+    for (int64_t ow = lo; ow < hi; ++ow) {
       acc_t sum = 0;
-      for (int64_t t = 0; t < taps; ++t) sum += x_row[(ow + offs[t]) * C + c] * wt[t * C + c];
+      for (int64_t k = 0; k < nt; ++k) sum += x[ow * step + tap_offs[k] + c] * wt[tap_ids[k] * C + c];
       sink.store(sum, ow, c, C);
     }
   }
@@ -83,8 +275,22 @@ void depthwise(const ForwardArgs& a) {
   const Conv2dGeometry& g = a.g;
   const PackedGeometry& p = a.p;
   const int64_t C = g.in_channels;
-  const std::vector<int64_t> offs = tap_offsets(a);
+  // Tap k of output pixel ow reads packed pixel ow + tap_offsets[k]; in
+  // elements here, with the weights in tap order.
+  std::vector<int64_t> offs = tap_offsets(a), ids(offs.size());
+  for (size_t k = 0; k < offs.size(); ++k) {
+    offs[k] *= C;
+    ids[k] = static_cast<int64_t>(k);
+  }
   const int64_t taps = static_cast<int64_t>(offs.size());
+  // At column stride 1 (one column phase) and dilation 1 a kernel row's taps
+  // read neighbouring packed pixels: depthwise_rows takes them whole.
+  std::vector<int64_t> row_offs, row_taps;
+  const bool rows = g.stride_w == 1 && g.dil_w == 1;
+  for (int64_t t = 0; rows && t < taps; t += g.kernel_w) {
+    row_offs.push_back(offs[t]);
+    row_taps.push_back(t);
+  }
   const acc_t* xp = static_cast<const acc_t*>(a.packed);
   const acc_t* wt = static_cast<const acc_t*>(a.weight);  // [taps][C]
   const Epilogue<scalar_t, acc_t> epilogue{a};
@@ -92,6 +298,7 @@ void depthwise(const ForwardArgs& a) {
   const int64_t* rs = a.residual_strides;
   const bool fused = std::is_same_v<scalar_t, acc_t> && os[1] == 1 &&
                      (a.residual == nullptr || rs[1] == 1);
+  const int64_t cv = C - C % Vec<acc_t>::size();  // channels in whole vectors
   at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
     DepthwiseSink<acc_t> sink;
     if (fused) {
@@ -111,37 +318,32 @@ void depthwise(const ForwardArgs& a) {
           sink.res = reinterpret_cast<const acc_t*>(static_cast<const scalar_t*>(a.residual) +
                                                     n * rs[0] + oh * rs[2]);
       }
-      if (taps == 9)
-        depthwise_row<acc_t, 9>(x_row, offs.data(), taps, wt, C, g.out_w, sink);
-      else
-        depthwise_row<acc_t, 0>(x_row, offs.data(), taps, wt, C, g.out_w, sink);
+      // The packed input carries its padding: every column exists.
+      const DepthwiseRows<acc_t> kernel_rows{x_row, row_offs.data(), row_taps.data(),
+                                             static_cast<int64_t>(row_taps.size())};
+      if (!rows ||
+          !depthwise_rows_for<acc_t>(g.kernel_w, 1, kernel_rows, wt, C, 0, g.out_w, 0, cv, sink))
+        depthwise_interior<acc_t>(x_row, offs.data(), ids.data(), taps, wt, C, C, 0, g.out_w, 0,
+                                  cv, sink);
+      depthwise_channel_tail<acc_t>(x_row, offs.data(), ids.data(), taps, wt, C, C, 0, g.out_w,
+                                    sink);
       if (!fused)
         for (int64_t ow = 0; ow < g.out_w; ++ow) epilogue(sink.acc + ow * C, n, oh, ow, 0, C);
     }
   });
 }
 
-// Interior output pixels [ow_lo, ow_hi) of one row with kTaps valid taps:
-// per channel vector, the taps' weights stay in registers along the row.
-template <typename acc_t, int kTaps>
-void depthwise_interior(const acc_t* x, const int64_t* tap_offs, const int64_t* tap_ids,
-                        const acc_t* wt, int64_t C, int64_t stride_w, int64_t ow_lo,
-                        int64_t ow_hi, const DepthwiseSink<acc_t>& sink) {
-  using V = Vec<acc_t>;
-  for (int64_t c = 0; c < C; c += V::size()) {
-    V w[kTaps];
-    for (int k = 0; k < kTaps; ++k) w[k] = V::loadu(wt + tap_ids[k] * C + c);
-    for (int64_t ow = ow_lo; ow < ow_hi; ++ow) {
-      const acc_t* xq = x + ow * stride_w * C + c;
-      V sum = V::loadu(xq + tap_offs[0]) * w[0];
-      for (int k = 1; k < kTaps; ++k) sum = at::vec::fmadd(V::loadu(xq + tap_offs[k]), w[k], sum);
-      sink.store(sum, ow, c, C);
-    }
-  }
-}
+// One output row's taps whose input row exists, offsets from the image's
+// first element: each tap alone (ids, cols, offs) and each kernel row whole
+// (row_taps: its first tap, row_offs), for depthwise_direct.
+struct DepthwiseRowTaps {
+  std::vector<int64_t> ids, cols, offs, row_taps, row_offs;
+};
 
-// Depthwise straight from a channels-last input (no repack): per output row,
-// the taps whose input row exists; interior pixels skip the column checks.
+// Depthwise straight from a channels-last input (no repack), output row by
+// output row: the interior pixels through depthwise_rows where it applies,
+// else depthwise_interior (no column checks either way); each border pixel
+// with the taps whose column exists.
 template <typename acc_t>
 void depthwise_direct(const ForwardArgs& a) {
   using V = Vec<acc_t>;
@@ -156,8 +358,26 @@ void depthwise_direct(const ForwardArgs& a) {
   const int64_t last_start = W - 1 + g.pad_w - (g.kernel_w - 1) * g.dil_w;  // of ow * stride_w
   const int64_t ow_hi =
       last_start < 0 ? ow_lo : std::max(ow_lo, std::min(g.out_w, last_start / g.stride_w + 1));
+  std::vector<DepthwiseRowTaps> row_taps(g.out_h);
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    DepthwiseRowTaps& rt = row_taps[oh];
+    for (int64_t t = 0; t < taps; ++t) {
+      const int64_t ih = oh * g.stride_h - g.pad_h + (t / g.kernel_w) * g.dil_h;
+      if (ih < 0 || ih >= g.in_h) continue;
+      const int64_t col = (t % g.kernel_w) * g.dil_w - g.pad_w;  // + ow * stride_w
+      rt.ids.push_back(t);
+      rt.cols.push_back(col);
+      rt.offs.push_back((ih * W + col) * C);
+      if (t % g.kernel_w == 0) {
+        rt.row_taps.push_back(t);
+        rt.row_offs.push_back(rt.offs.back());
+      }
+    }
+  }
+  const int64_t cv = C - C % V::size();  // channels in whole vectors
+  const int64_t step = g.stride_w * C;
   at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> tap_ids, tap_cols, tap_offs;  // valid taps of this row
+    std::vector<int64_t> edge_ids, edge_offs;  // of one border pixel
     DepthwiseSink<acc_t> sink;
     sink.out_px = os[3];
     sink.res_px = rs[3];
@@ -165,49 +385,37 @@ void depthwise_direct(const ForwardArgs& a) {
     sink.act = a.act;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / g.out_h, oh = item % g.out_h;
-      tap_ids.clear();
-      tap_cols.clear();
-      tap_offs.clear();
-      for (int64_t t = 0; t < taps; ++t) {
-        const int64_t ih = oh * g.stride_h - g.pad_h + (t / g.kernel_w) * g.dil_h;
-        if (ih < 0 || ih >= g.in_h) continue;
-        const int64_t col = (t % g.kernel_w) * g.dil_w - g.pad_w;  // + ow * stride_w
-        tap_ids.push_back(t);
-        tap_cols.push_back(col);
-        tap_offs.push_back(((n * g.in_h + ih) * W + col) * C);
-      }
+      const DepthwiseRowTaps& rt = row_taps[oh];
+      const acc_t* xn = x + n * g.in_h * W * C;
       sink.out = static_cast<acc_t*>(a.out) + n * os[0] + oh * os[2];
       if (a.residual) sink.res = static_cast<const acc_t*>(a.residual) + n * rs[0] + oh * rs[2];
-      const int64_t nt = static_cast<int64_t>(tap_ids.size());
-      auto pixel = [&](int64_t ow, bool check) {
-        const int64_t base = ow * g.stride_w;
-        int64_t c = 0;
-        for (; c + V::size() <= C; c += V::size()) {
-          V sum(acc_t(0));
-          for (int64_t k = 0; k < nt; ++k) {
-            if (check && (base + tap_cols[k] < 0 || base + tap_cols[k] >= W)) continue;
-            sum = at::vec::fmadd(V::loadu(x + tap_offs[k] + base * C + c),
-                                 V::loadu(wt + tap_ids[k] * C + c), sum);
-          }
-          sink.store(sum, ow, c, C);
-        }
-        for (; c < C; ++c) {
-          acc_t sum = 0;
-          for (int64_t k = 0; k < nt; ++k) {
-            if (check && (base + tap_cols[k] < 0 || base + tap_cols[k] >= W)) continue;
-            sum += x[tap_offs[k] + base * C + c] * wt[tap_ids[k] * C + c];
-          }
-          sink.store(sum, ow, c, C);
-        }
+      const DepthwiseRows<acc_t> kernel_rows{xn, rt.row_offs.data(), rt.row_taps.data(),
+                                             static_cast<int64_t>(rt.row_taps.size())};
+      const bool rows = g.dil_w == 1 && depthwise_rows_for<acc_t>(g.kernel_w, g.stride_w,
+                                                                  kernel_rows, wt, C, ow_lo,
+                                                                  ow_hi, 0, cv, sink);
+      auto run = [&](const std::vector<int64_t>& offs, const std::vector<int64_t>& ids,
+                     int64_t lo, int64_t hi, bool vectors_done) {
+        const int64_t nt = static_cast<int64_t>(ids.size());
+        if (!vectors_done)
+          depthwise_interior<acc_t>(xn, offs.data(), ids.data(), nt, wt, C, step, lo, hi, 0, cv,
+                                    sink);
+        depthwise_channel_tail<acc_t>(xn, offs.data(), ids.data(), nt, wt, C, step, lo, hi, sink);
       };
-      for (int64_t ow = 0; ow < ow_lo; ++ow) pixel(ow, true);
-      if (nt == 9 && C % V::size() == 0) {
-        depthwise_interior<acc_t, 9>(x, tap_offs.data(), tap_ids.data(), wt, C,
-                                     g.stride_w, ow_lo, ow_hi, sink);
-      } else {
-        for (int64_t ow = ow_lo; ow < ow_hi; ++ow) pixel(ow, false);
-      }
-      for (int64_t ow = ow_hi; ow < g.out_w; ++ow) pixel(ow, true);
+      run(rt.offs, rt.ids, ow_lo, ow_hi, rows);
+      auto border = [&](int64_t ow) {
+        edge_offs.clear();
+        edge_ids.clear();
+        for (size_t k = 0; k < rt.ids.size(); ++k) {
+          const int64_t iw = ow * g.stride_w + rt.cols[k];
+          if (iw < 0 || iw >= W) continue;
+          edge_offs.push_back(rt.offs[k]);
+          edge_ids.push_back(rt.ids[k]);
+        }
+        run(edge_offs, edge_ids, ow, ow + 1, false);
+      };
+      for (int64_t ow = 0; ow < ow_lo; ++ow) border(ow);
+      for (int64_t ow = ow_hi; ow < g.out_w; ++ow) border(ow);
     }
   });
 }
