@@ -299,14 +299,25 @@ void depthwise(const ForwardArgs& a) {
   const bool fused = std::is_same_v<scalar_t, acc_t> && os[1] == 1 &&
                      (a.residual == nullptr || rs[1] == 1);
   const int64_t cv = C - C % Vec<acc_t>::size();  // channels in whole vectors
+  // An NCHW output row (compute type, no residual): the sink writes the
+  // finished row channels-last into a buffer, and one blocked transpose
+  // (at::vec's) puts it into the channel planes. Element by element, each
+  // pixel touched a line in every plane.
+  const bool transposed = !fused && std::is_same_v<scalar_t, acc_t> && os[3] == 1 &&
+                          a.residual == nullptr;
   at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
     DepthwiseSink<acc_t> sink;
-    if (fused) {
-      sink.out_px = os[3];
+    acc_t* row_buffer = nullptr;
+    if (fused || transposed) {
+      sink.out_px = fused ? os[3] : C;
       sink.res_px = rs[3];
       sink.bias = static_cast<const acc_t*>(a.bias);
       sink.act = a.act;
-    } else {
+    }
+    if (transposed) {
+      row_buffer = Workspace::get<acc_t>(WorkspaceSlot::AccumulatorTile, g.out_w * C);
+      sink.out = row_buffer;
+    } else if (!fused) {
       sink.acc = Workspace::get<acc_t>(WorkspaceSlot::AccumulatorTile, g.out_w * C);
     }
     for (int64_t item = begin; item < end; ++item) {
@@ -327,8 +338,13 @@ void depthwise(const ForwardArgs& a) {
                                   cv, sink);
       depthwise_channel_tail<acc_t>(x_row, offs.data(), ids.data(), taps, wt, C, C, 0, g.out_w,
                                     sink);
-      if (!fused)
+      if (transposed) {
+        acc_t* out_row =
+            reinterpret_cast<acc_t*>(static_cast<scalar_t*>(a.out) + n * os[0] + oh * os[2]);
+        at::vec::transpose_mxn<acc_t>(row_buffer, C, out_row, os[1], g.out_w, C);
+      } else if (!fused) {
         for (int64_t ow = 0; ow < g.out_w; ++ow) epilogue(sink.acc + ow * C, n, oh, ow, 0, C);
+      }
     }
   });
 }

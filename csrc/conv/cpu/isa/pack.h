@@ -31,6 +31,17 @@ void pack_input(const ForwardArgs& a) {
         continue;
       }
       const scalar_t* src_row = x + n * sN + h * sH;
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        // An NCHW row at column stride 1 is a [C][W] matrix: transpose it
+        // in blocks (at::vec's AVX-512 kernel; element by element, every
+        // channel plane's line was touched for each pixel).
+        if (sW == 1 && sC != 1 && g.stride_w == 1) {
+          std::fill(dst, dst + g.pad_w * C, acc_t(0));
+          at::vec::transpose_mxn<acc_t>(src_row, sC, dst + g.pad_w * C, C, C, g.in_w);
+          std::fill(dst + (g.pad_w + g.in_w) * C, dst + p.grid_w * C, acc_t(0));
+          continue;
+        }
+      }
       for (int64_t j = 0; j < p.grid_w; ++j) {
         acc_t* d = dst + j * C;
         const int64_t w = j * g.stride_w + ph_b - g.pad_w;
