@@ -35,7 +35,7 @@ CONFIGS = [
     (2, 8, 6, 7, 16, 1, 3, (3, 2), (0, 2), (1, 3), 4),  # grouped, uneven everything
     (1, 4, 1, 9, 4, 1, 3, (1, 1), (0, 1), (1, 1), 1),  # H = 1
     (2, 6, 8, 8, 12, 3, 3, (1, 1), (1, 1), (1, 1), 6),  # depthwise multiplier 2
-    (1, 8, 5, 40, 8, 3, 3, (1, 1), (1, 1), (1, 1), 8),  # depthwise, wide rows (plane path)
+    (1, 8, 5, 100, 8, 3, 3, (1, 1), (1, 1), (1, 1), 8),  # depthwise, wide rows (plane path)
     (1, 8, 6, 53, 8, 3, 5, (2, 2), (1, 2), (1, 2), 8),  # the same, strided and dilated
 ]
 

@@ -5,7 +5,8 @@ direct kernel (whole kernel rows through depthwise_rows for 3/5/7-wide
 kernels at column stride 1 or 2 and dilation 1; depthwise_interior's pixel
 and channel blocks otherwise; border pixels; the C % vector-width tail), NCHW
 input with narrow rows the packed path (depthwise_rows at column stride 1),
-NCHW with rows of >= 24 pixels the plane path. Output rows of 1 to 17 pixels
+NCHW with rows of >= 24 pixels at column stride 2 or >= 96 pixels the plane
+path (conv2d_cpu.cpp's rule). Output rows of 1 to 17 pixels
 hit the 8- and 4-pixel blocks, the 4-block moved back to the row's end, and
 rows too narrow for either.
 """
@@ -36,7 +37,9 @@ CONFIGS = [
     (1, 16, 9, 11, 2, 2, (1, 1), (0, 0), (1, 1)),  # 2x2: depthwise_interior
     (1, 16, 8, 10, 3, 3, (3, 3), (1, 1), (1, 1)),  # stride 3: depthwise_interior
     (1, 8, 9, 12, 3, 3, (1, 1), (1, 1), (1, 1)),  # fewer channels than a vector
-    (1, 16, 6, 30, 3, 3, (1, 1), (1, 1), (1, 1)),  # NCHW rows of 30: the plane path
+    (1, 16, 6, 30, 3, 3, (1, 1), (1, 1), (1, 1)),  # NCHW rows of 30: still packed
+    (1, 16, 5, 100, 3, 3, (1, 1), (1, 1), (1, 1)),  # NCHW rows of 100: the plane path
+    (1, 16, 7, 61, 5, 5, (1, 2), (2, 2), (1, 1)),  # NCHW rows of 31 at stride 2: planes
     (1, 16, 3, 3, 3, 3, (1, 1), (0, 0), (1, 1)),  # a single output pixel
 ]
 
