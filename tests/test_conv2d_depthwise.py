@@ -11,6 +11,8 @@ hit the 8- and 4-pixel blocks, the 4-block moved back to the row's end, and
 rows too narrow for either.
 """
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -36,7 +38,9 @@ CONFIGS = [
     (1, 24, 10, 16, 3, 3, (1, 1), (2, 2), (2, 2)),  # dilated: depthwise_interior
     (1, 16, 9, 11, 2, 2, (1, 1), (0, 0), (1, 1)),  # 2x2: depthwise_interior
     (1, 16, 8, 10, 3, 3, (3, 3), (1, 1), (1, 1)),  # stride 3: depthwise_interior
-    (1, 8, 9, 12, 3, 3, (1, 1), (1, 1), (1, 1)),  # fewer channels than a vector
+    (1, 3, 9, 12, 3, 3, (1, 1), (1, 1), (1, 1)),  # fewer channels than any vector
+    (1, 16, 15, 31, 7, 7, (2, 2), (3, 3), (1, 1)),  # 7x7 stride 2
+    (1, 16, 4, 4, 3, 3, (1, 1), (3, 3), (1, 1)),  # padding past the kernel: taps-less pixels
     (1, 16, 6, 30, 3, 3, (1, 1), (1, 1), (1, 1)),  # NCHW rows of 30: still packed
     (1, 16, 5, 100, 3, 3, (1, 1), (1, 1), (1, 1)),  # NCHW rows of 100: the plane path
     (1, 16, 7, 61, 5, 5, (1, 2), (2, 2), (1, 1)),  # NCHW rows of 31 at stride 2: planes
@@ -83,13 +87,41 @@ def test_depthwise_shapes_match_reference(cfg, fmt, dtype):
 
 
 @needs_extension
-def test_depthwise_without_bias_or_residual_matches_torch():
-    x = torch.randn(2, 48, 14, 14).contiguous(memory_format=torch.channels_last)
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
+def test_depthwise_without_bias_or_residual_matches_torch(fmt):
+    x = torch.randn(2, 48, 14, 14).contiguous(memory_format=fmt)
     weight = torch.randn(48, 1, 3, 3)
     for stride in (1, 2):
         got = pydl.ops.conv2d(x, weight, None, stride, 1, 1, 48)
         want = F.conv2d(x.double(), weight.double(), None, stride, 1, 1, 48)
+        assert got.is_contiguous(memory_format=fmt)
         assert _max_rel(got, want) < 2e-6
+
+
+@needs_extension
+def test_depthwise_reads_a_channel_slice_of_an_nchw_tensor():
+    """pack_input's transpose with a channel stride that is not H * W."""
+    base = torch.randn(2, 40, 9, 13, dtype=torch.float64)
+    x = base[:, 3:35]
+    assert x.stride(1) == 9 * 13 and x.stride(0) == 40 * 9 * 13
+    weight = torch.randn(32, 1, 3, 3, dtype=torch.float64)
+    want = F.conv2d(x, weight, None, 1, 1, 1, 32)
+    assert _max_rel(pydl.ops.conv2d(x, weight, None, 1, 1, 1, 32), want) < 1e-13
+    sliced = base.float()[:, 3:35]  # a float32 view, same strides
+    assert _max_rel(pydl.ops.conv2d(sliced, weight.float(), None, 1, 1, 1, 32), want) < 2e-6
+
+
+@needs_extension
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
+def test_depthwise_bfloat16_within_twice_torch_error(fmt):
+    x = torch.randn(2, 32, 10, 10, dtype=torch.float64)
+    weight = torch.randn(32, 1, 3, 3, dtype=torch.float64)
+    want = F.conv2d(x, weight, None, 1, 1, 1, 32)
+    xb = x.bfloat16().contiguous(memory_format=fmt)
+    got = pydl.ops.conv2d(xb, weight.bfloat16(), None, 1, 1, 1, 32)
+    torch_err = _max_rel(F.conv2d(xb, weight.bfloat16(), None, 1, 1, 1, 32), want)
+    assert got.dtype == torch.bfloat16
+    assert _max_rel(got, want) <= 2 * torch_err + 1e-3
 
 
 @needs_extension
@@ -99,7 +131,7 @@ def test_depthwise_shapes_on_other_isa_builds(isa):
     default build (no register pinning)."""
     code = (
         "import torch, sys\n"
-        "sys.path.insert(0, 'tests')\n"
+        f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
         "from test_conv2d_depthwise import CONFIGS, _run, _max_rel\n"
         "for cfg in CONFIGS:\n"
         "    for fmt in (torch.channels_last, torch.contiguous_format):\n"

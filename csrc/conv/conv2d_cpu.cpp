@@ -133,15 +133,19 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                        out.is_contiguous(at::MemoryFormat::ChannelsLast) &&
                        (!residual.has_value() || residual->stride(1) == 1);
   // Plane-wise depthwise vectorizes along output rows: only worth it for wide
-  // rows. Measured (AMD EPYC, batch 8) against the packed path, which
-  // transposes rows in and out and takes kernel rows whole at column stride
-  // 1: at stride 1 the packed path won up to 56-wide rows (3x3: 64@56 1.4x,
-  // 96@28 3.6x; 5x5: 240@28 3.2x, 240@56 1.9x) and lost at 112 (32@112,
-  // 0.5x); at column stride 2 the planes won or tied (32@112 2.7x, 144@56
-  // 1.7x, 120@28 5x5 1.0x).
+  // rows. Measured (AMD EPYC, AVX-512, float, batch 8) against the packed
+  // path, which there transposes NCHW rows in and out in blocks and takes
+  // 3/5/7-wide kernel rows whole at column stride 1 and dilation 1: in that
+  // case the packed path won up to 56-wide rows (3x3: 64@56 1.4x, 96@28 3.6x;
+  // 5x5: 240@28 3.2x, 240@56 1.9x) and lost at 112 (32@112, 0.5x). At column
+  // stride 2 the planes won or tied (32@112 2.7x, 144@56 1.7x, 120@28 5x5
+  // 1.0x). Elsewhere the older rule (rows >= 24 pixels) stands.
+  const bool packed_rows_fast = kernel_for_this_cpu().isa == "AVX512" && acc == at::kFloat &&
+                                g.stride_w == 1 && g.dil_w == 1 &&
+                                (g.kernel_w == 3 || g.kernel_w == 5 || g.kernel_w == 7);
   a.depthwise_planes = g.is_depthwise() && !a.depthwise_direct && input.scalar_type() == acc &&
                        input.is_contiguous() && out.is_contiguous() && g.out_w >= 24 &&
-                       (g.stride_w != 1 || g.out_w >= 96);
+                       (!packed_rows_fast || g.out_w >= 96);
   if (a.direct) {
     a.packed = nullptr;  // reads the input through per-thread padded rows
   } else if (a.input_is_packed || a.input_planes || a.depthwise_direct || a.depthwise_planes) {

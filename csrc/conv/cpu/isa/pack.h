@@ -33,8 +33,9 @@ void pack_input(const ForwardArgs& a) {
       const scalar_t* src_row = x + n * sN + h * sH;
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
         // An NCHW row at column stride 1 is a [C][W] matrix: transpose it
-        // in blocks (at::vec's AVX-512 kernel; element by element, every
-        // channel plane's line was touched for each pixel).
+        // (at::vec's transpose, blocked for float on AVX-512, where element
+        // by element touched a line in every channel plane per pixel; an
+        // element loop elsewhere).
         if (sW == 1 && sC != 1 && g.stride_w == 1) {
           std::fill(dst, dst + g.pad_w * C, acc_t(0));
           at::vec::transpose_mxn<acc_t>(src_row, sC, dst + g.pad_w * C, C, C, g.in_w);
