@@ -114,11 +114,14 @@ def test_depthwise_reads_a_channel_slice_of_an_nchw_tensor():
 @needs_extension
 @pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
 def test_depthwise_bfloat16_within_twice_torch_error(fmt):
+    """The kernel's bf16 path (float32 compute, the generic epilogue); called
+    through the op, since pydl.ops routes CPU bf16 to torch's oneDNN."""
     x = torch.randn(2, 32, 10, 10, dtype=torch.float64)
     weight = torch.randn(32, 1, 3, 3, dtype=torch.float64)
     want = F.conv2d(x, weight, None, 1, 1, 1, 32)
     xb = x.bfloat16().contiguous(memory_format=fmt)
-    got = pydl.ops.conv2d(xb, weight.bfloat16(), None, 1, 1, 1, 32)
+    got = torch.ops.pydl.conv2d(xb, weight.bfloat16(), None, [1, 1], [1, 1], [1, 1], 32, "none",
+                                None)
     torch_err = _max_rel(F.conv2d(xb, weight.bfloat16(), None, 1, 1, 1, 32), want)
     assert got.dtype == torch.bfloat16
     assert _max_rel(got, want) <= 2 * torch_err + 1e-3
