@@ -141,8 +141,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   // stride 2 the planes won or tied (32@112 2.7x, 144@56 1.7x, 120@28 5x5
   // 1.0x). Elsewhere the older rule (rows >= 24 pixels) stands.
   const bool packed_rows_fast = kernel_for_this_cpu().isa == "AVX512" && acc == at::kFloat &&
-                                g.stride_w == 1 && g.dil_w == 1 &&
-                                (g.kernel_w == 3 || g.kernel_w == 5 || g.kernel_w == 7);
+                                g.stride_w == 1 && depthwise_rows_fit(g.kernel_w, 1, g.dil_w);
   a.depthwise_planes = g.is_depthwise() && !a.depthwise_direct && input.scalar_type() == acc &&
                        input.is_contiguous() && out.is_contiguous() && g.out_w >= 24 &&
                        (!packed_rows_fast || g.out_w >= 96);

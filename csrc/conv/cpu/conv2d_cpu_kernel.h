@@ -33,6 +33,14 @@ struct PackedGeometry {
 
 PackedGeometry packed_geometry(const Conv2dGeometry& g);
 
+// Kernel rows the depthwise kernels take whole (isa/depthwise.h,
+// depthwise_rows): 3, 5 or 7 taps wide at dilation 1, output columns 1 or 2
+// input columns apart.
+inline bool depthwise_rows_fit(int64_t kernel_w, int64_t column_step, int64_t dil_w) {
+  return dil_w == 1 && (column_step == 1 || column_step == 2) &&
+         (kernel_w == 3 || kernel_w == 5 || kernel_w == 7);
+}
+
 // Offset (in pixels, from the start of phase 0) of tap (r, s) relative to q.
 inline int64_t tap_pixel_offset(const Conv2dGeometry& g, const PackedGeometry& p, int64_t r,
                                 int64_t s) {

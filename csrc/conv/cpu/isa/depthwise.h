@@ -23,23 +23,24 @@ struct DepthwiseSink {
   const acc_t* bias = nullptr;
   Activation act = Activation::None;
 
-  // Stores the vector of channels [c, c + V::size()) of pixel ow.
+  // Stores the vector of channels [c, c + V::size()) of pixel ow. kLight:
+  // the activation is none or ReLU (light()), whose code is short enough to
+  // inline beside the FMA loops.
+  template <bool kLight = false>
   C10_ALWAYS_INLINE void store(Vec<acc_t> sum, int64_t ow, int64_t c, int64_t C) const {
     if (out == nullptr) return sum.store(acc + ow * C + c);
     if (bias) sum = sum + Vec<acc_t>::loadu(bias + c);
     if (res) sum = sum + Vec<acc_t>::loadu(res + ow * res_px + c);
-    activate<acc_t>(act, sum).store(out + ow * out_px + c);
-  }
-  // The same for no activation or ReLU, whose code is short enough to
-  // inline beside the FMA loops.
-  C10_ALWAYS_INLINE void store_light(Vec<acc_t> sum, int64_t ow, int64_t c, int64_t C) const {
-    if (out == nullptr) return sum.store(acc + ow * C + c);
-    if (bias) sum = sum + Vec<acc_t>::loadu(bias + c);
-    if (res) sum = sum + Vec<acc_t>::loadu(res + ow * res_px + c);
-    if (act == Activation::Relu) sum = at::vec::maximum(sum, Vec<acc_t>(acc_t(0)));
+    if constexpr (kLight) {
+      if (act == Activation::Relu) sum = at::vec::maximum(sum, Vec<acc_t>(acc_t(0)));
+    } else {
+      sum = activate<acc_t>(act, sum);
+    }
     sum.store(out + ow * out_px + c);
   }
-  bool light() const { return out == nullptr || act == Activation::None || act == Activation::Relu; }
+  bool light() const {
+    return out == nullptr || act == Activation::None || act == Activation::Relu;
+  }
   // kPix pixels from ow times kVec vectors from c (sums pixel-major). The
   // other activations are not inlined: their constants (erf, tanh) would
   // crowd the FMA loops into spilling accumulators.
@@ -51,7 +52,7 @@ struct DepthwiseSink {
     for (int p = 0; p < kPix; ++p)
 #pragma GCC unroll 8
       for (int v = 0; v < kVec; ++v)
-        store_light(sum[p * kVec + v], ow + p, c + v * Vec<acc_t>::size(), C);
+        store<true>(sum[p * kVec + v], ow + p, c + v * Vec<acc_t>::size(), C);
   }
   template <int kPix, int kVec>
   C10_NOINLINE void store_block_heavy(const Vec<acc_t> (&sum)[kPix * kVec], int64_t ow,
@@ -234,14 +235,15 @@ void depthwise_rows(const DepthwiseRows<acc_t>& rows, const acc_t* wt, int64_t C
   });
 }
 
-// depthwise_rows for the kernel widths and column strides it is built for
-// (3, 5, 7 wide; stride 1 or 2; the caller checks dilation 1), on rows of at
-// least 4 pixels. False where it does not apply: use depthwise_interior.
+// depthwise_rows where it is built for the kernel rows (depthwise_rows_fit:
+// 3, 5, 7 wide, column step 1 or 2, dilation 1) and the row has at least 4
+// pixels. False where it does not apply: use depthwise_interior.
 template <typename acc_t>
-bool depthwise_rows_for(int64_t kw, int64_t sw, const DepthwiseRows<acc_t>& rows,
-                        const acc_t* wt, int64_t C, int64_t lo, int64_t hi, int64_t c0,
-                        int64_t c1, const DepthwiseSink<acc_t>& sink) {
-  if (hi - lo < 4) return false;
+bool depthwise_rows_for(int64_t kw, int64_t sw, int64_t dil_w,
+                        const DepthwiseRows<acc_t>& rows, const acc_t* wt, int64_t C,
+                        int64_t lo, int64_t hi, int64_t c0, int64_t c1,
+                        const DepthwiseSink<acc_t>& sink) {
+  if (hi - lo < 4 || !depthwise_rows_fit(kw, sw, dil_w)) return false;
   auto by_width = [&](auto stride) {
     constexpr int SW = decltype(stride)::value;
     switch (kw) {
@@ -255,12 +257,11 @@ bool depthwise_rows_for(int64_t kw, int64_t sw, const DepthwiseRows<acc_t>& rows
         depthwise_rows<acc_t, 7, SW>(rows, wt, C, lo, hi, c0, c1, sink);
         return true;
       default:
-        return false;
+        return false;  // not reached: depthwise_rows_fit
     }
   };
-  if (sw == 1) return by_width(std::integral_constant<int, 1>{});
-  if (sw == 2) return by_width(std::integral_constant<int, 2>{});
-  return false;
+  return sw == 1 ? by_width(std::integral_constant<int, 1>{})
+                 : by_width(std::integral_constant<int, 2>{});
 }
 
 // The channels past the last whole vector, pixel by pixel (same tap layout).
@@ -271,7 +272,8 @@ void depthwise_channel_tail(const acc_t* x, const int64_t* tap_offs, const int64
   for (int64_t c = C - C % Vec<acc_t>::size(); c < C; ++c) {
     for (int64_t ow = lo; ow < hi; ++ow) {
       acc_t sum = 0;
-      for (int64_t k = 0; k < nt; ++k) sum += x[ow * step + tap_offs[k] + c] * wt[tap_ids[k] * C + c];
+      for (int64_t k = 0; k < nt; ++k)
+        sum += x[ow * step + tap_offs[k] + c] * wt[tap_ids[k] * C + c];
       sink.store(sum, ow, c, C);
     }
   }
@@ -293,7 +295,7 @@ void depthwise(const ForwardArgs& a) {
   // At column stride 1 (one column phase) and dilation 1 a kernel row's taps
   // read neighbouring packed pixels: depthwise_rows takes them whole.
   std::vector<int64_t> row_offs, row_taps;
-  const bool rows_apply = g.stride_w == 1 && g.dil_w == 1;
+  const bool rows_apply = g.stride_w == 1 && depthwise_rows_fit(g.kernel_w, 1, g.dil_w);
   for (int64_t t = 0; rows_apply && t < taps; t += g.kernel_w) {
     row_offs.push_back(offs[t]);
     row_taps.push_back(t);
@@ -340,7 +342,8 @@ void depthwise(const ForwardArgs& a) {
       const DepthwiseRows<acc_t> kernel_rows{x_row, row_offs.data(), row_taps.data(),
                                              static_cast<int64_t>(row_taps.size())};
       if (!rows_apply ||
-          !depthwise_rows_for<acc_t>(g.kernel_w, 1, kernel_rows, wt, C, 0, g.out_w, 0, cv, sink))
+          !depthwise_rows_for<acc_t>(g.kernel_w, 1, g.dil_w, kernel_rows, wt, C, 0, g.out_w, 0,
+                                     cv, sink))
         depthwise_interior<acc_t>(x_row, offs.data(), ids.data(), taps, wt, C, C, 0, g.out_w, 0,
                                   cv, sink);
       depthwise_channel_tail<acc_t>(x_row, offs.data(), ids.data(), taps, wt, C, C, 0, g.out_w,
@@ -417,9 +420,9 @@ void depthwise_direct(const ForwardArgs& a) {
       if (a.residual) sink.res = static_cast<const acc_t*>(a.residual) + n * rs[0] + oh * rs[2];
       const DepthwiseRows<acc_t> kernel_rows{xn, rt.row_offs.data(), rt.row_taps.data(),
                                              static_cast<int64_t>(rt.row_taps.size())};
-      const bool rows_done = g.dil_w == 1 && depthwise_rows_for<acc_t>(g.kernel_w, g.stride_w,
-                                                                  kernel_rows, wt, C, ow_lo,
-                                                                  ow_hi, 0, cv, sink);
+      const bool rows_done = depthwise_rows_for<acc_t>(g.kernel_w, g.stride_w, g.dil_w,
+                                                       kernel_rows, wt, C, ow_lo, ow_hi, 0, cv,
+                                                       sink);
       auto run = [&](const std::vector<int64_t>& offs, const std::vector<int64_t>& ids,
                      int64_t lo, int64_t hi, bool vectors_done) {
         const int64_t nt = static_cast<int64_t>(ids.size());
