@@ -1,22 +1,20 @@
-"""A/B of the tensor-core attention forward's two layouts on a GPU, in one
-process: two m16 tiles per warp (128-row CTAs, 32-key tiles: the forward's
-default at head dims 64 / 128; PYDL_ATTENTION_TC_MTILES=2) against one
-(64-row CTAs, 64-key tiles: PYDL_ATTENTION_TC_MTILES=1; the switch is read
-per call), beside torch's flash backend.
+"""A/B of the tensor-core attention kernels' variants on a GPU, in one
+process, beside torch's flash backend: the m-tile layouts (two m16 tiles per
+warp, 128-row CTAs with 32-key tiles, against one, 64-row CTAs with 64-key
+tiles: PYDL_ATTENTION_TC_MTILES=2 / 1, read per call) and the whole-tile
+softmax (PYDL_ATTENTION_TC_WHOLE_TILES=0 turns it off; attention_tc_forward.cuh).
 bf16, batch x heads = 16 x 16, sequence 1k and 4k, causal and not, and B2 H8.
-Prints one line per case with TFLOP/s (4 b h L S d, causal half) and the
-ratios, and each layout's largest difference from flash's output; then
-forward + backward for two cases (the switch covers the backward too: the
-dQ kernel's two layouts at head dims 64 / 128, and at head dim 64 the dK / dV
-kernel's 128-key CTAs of two 16-key m-tiles per warp against 64-key ones;
-the backward's default is two at head dim 128, one at 64).
-First run (H200, 2026-11-27): forward two/one 1.11-1.20x at head dim 128,
-0.98-1.02x at 64; the backward (forward + backward less the forward) two/one
-about 1.0x at 128 and 0.77x at 64, hence the backward's default.
-Each forward line also times the whole-tile softmax
-(PYDL_ATTENTION_TC_WHOLE_TILES=1, two m-tiles; attention_tc_forward.cuh),
-opt-in until these lines show it faster. scripts/gpu_check.sh runs it. Timing: CUDA events around 10 back-to-back
-calls, median of 10.
+Forward: one line per case with TFLOP/s (4 b h L S d, causal half) of the
+defaults (whole-tile softmax, two m-tiles), one m-tile, the general softmax,
+and flash, the ratios, and each variant's largest difference from flash's
+output. Then forward + backward for two cases: the defaults (the backward
+runs one m-tile), two m-tiles in both, the general softmax, flash.
+Measured (H200, bf16): 2026-11-27, general softmax: forward two/one
+1.11-1.20x at head dim 128, 0.98-1.02x at 64; backward two/one about 1.0x at
+128, 0.77x at 64. 2026-11-28: the whole-tile softmax ran the forward
+1.65-2.42x the general one, and with it the backward one m-tile 1.15x two at
+128: today's defaults. scripts/gpu_check.sh runs it. Timing: CUDA events
+around 10 back-to-back calls, median of 10.
 """
 
 import os
@@ -49,12 +47,21 @@ def median_ms(fn, reps=10, calls=10):
     return statistics.median(times)
 
 
-def pydl_with(tiles, q, k, v, causal, whole="0"):
-    """(ms per call, output) with PYDL_ATTENTION_TC_MTILES=tiles and
-    PYDL_ATTENTION_TC_WHOLE_TILES=whole."""
-    os.environ["PYDL_ATTENTION_TC_MTILES"] = tiles
-    os.environ["PYDL_ATTENTION_TC_WHOLE_TILES"] = whole
-    return median_ms(lambda: sdpa(q, k, v, is_causal=causal)), sdpa(q, k, v, is_causal=causal)
+def with_switches(tiles, whole, fn):
+    """fn() under PYDL_ATTENTION_TC_MTILES=tiles and
+    PYDL_ATTENTION_TC_WHOLE_TILES=whole ("" leaves a switch unset: the default)."""
+    for name, value in (("PYDL_ATTENTION_TC_MTILES", tiles),
+                        ("PYDL_ATTENTION_TC_WHOLE_TILES", whole)):
+        if value:
+            os.environ[name] = value
+        else:
+            os.environ.pop(name, None)
+    return fn()
+
+
+# (label, PYDL_ATTENTION_TC_MTILES, PYDL_ATTENTION_TC_WHOLE_TILES)
+FORWARD_VARIANTS = [("defaults", "", ""), ("one m-tile", "1", ""), ("general", "", "0")]
+BACKWARD_VARIANTS = [("defaults", "", ""), ("two m-tiles", "2", ""), ("general", "", "0")]
 
 
 def main():
@@ -67,24 +74,18 @@ def main():
         q, k, v = (torch.randn(B, H, L, d, device="cuda", dtype=torch.bfloat16)
                    for _ in range(3))
         flops = 4 * B * H * L * L * d / (2 if causal else 1)
-        two, out_two = pydl_with("2", q, k, v, causal)
-        one, out_one = pydl_with("1", q, k, v, causal)
-        whole, out_whole = pydl_with("2", q, k, v, causal, whole="1")
+        run = lambda: sdpa(q, k, v, is_causal=causal)  # noqa: E731
+        times, outs = {}, {}
+        for label, tiles, whole in FORWARD_VARIANTS:
+            times[label] = with_switches(tiles, whole, lambda: median_ms(run))
+            outs[label] = with_switches(tiles, whole, run)
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             def run_flash(q=q, k=k, v=v, causal=causal):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
-            flash, out_flash = median_ms(run_flash), run_flash()
-        # A wrong but fast layout must show: each output against flash's.
-        diff_two, diff_one, diff_whole = ((out.float() - out_flash.float()).abs().max().item()
-                                          for out in (out_two, out_one, out_whole))
-        tf_two, tf_one, tf_whole, tf_flash = (flops / ms / 1e9 for ms in (two, one, whole, flash))
-        print(f"B{B} H{H} d{d} L{L} {'causal' if causal else 'full  '}: two m-tiles "
-              f"{tf_two:6.1f} TFLOP/s, one {tf_one:6.1f}, two + whole-tile {tf_whole:6.1f}, "
-              f"flash {tf_flash:6.1f}; two/one {one / two:.2f}x, whole/two {two / whole:.2f}x, "
-              f"whole/flash {flash / whole:.2f}x; max|out - flash| {diff_two:.1e} / "
-              f"{diff_one:.1e} / {diff_whole:.1e}", flush=True)
-    # Forward + backward (the dQ kernel has the same two layouts).
+            times["flash"], outs["flash"] = median_ms(run_flash), run_flash()
+        report(f"B{B} H{H} d{d} L{L} {'causal' if causal else 'full  '}", flops, times, outs)
+    # Forward + backward.
     for B, H, d, L, causal in [(16, 16, 128, 4096, False), (16, 16, 64, 4096, True)]:
         q, k, v = (torch.randn(B, H, L, d, device="cuda", dtype=torch.bfloat16,
                                requires_grad=True) for _ in range(3))
@@ -93,31 +94,32 @@ def main():
 
         def step(fn, q=q, k=k, v=v, grad=grad, causal=causal):
             # autograd.grad, not backward: no accumulation into q.grad timed
-            return torch.autograd.grad(fn(q, k, v, is_causal=causal), (q, k, v), grad)
+            return torch.autograd.grad(fn(q, k, v, is_causal=causal), (q, k, v), grad)[0]
 
-        # two / one m-tiles everywhere, then the defaults (forward two; the
-        # backward two at head dim 128, one at 64) with the whole-tile softmax
-        times, dq = {}, {}
-        for name, tiles, whole in (("two", "2", "0"), ("one", "1", "0"), ("whole", "", "1"),
-                                   ("one_whole", "1", "1")):
-            os.environ["PYDL_ATTENTION_TC_MTILES"] = tiles
-            os.environ["PYDL_ATTENTION_TC_WHOLE_TILES"] = whole
-            times[name] = median_ms(lambda: step(sdpa), reps=5, calls=3)
-            dq[name] = step(sdpa)[0]
+        times, dqs = {}, {}
+        for label, tiles, whole in BACKWARD_VARIANTS:
+            times[label] = with_switches(tiles, whole,
+                                         lambda: median_ms(lambda: step(sdpa), reps=5, calls=3))
+            dqs[label] = with_switches(tiles, whole, lambda: step(sdpa))
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            run_flash = lambda: step(F.scaled_dot_product_attention)
-            times["flash"], dq["flash"] = median_ms(run_flash, reps=5, calls=3), run_flash()[0]
-        tf = {name: flops / ms / 1e9 for name, ms in times.items()}
-        diff = {name: (dq[name].float() - dq["flash"].float()).abs().max().item()
-                for name in ("two", "one", "whole", "one_whole")}
-        print(f"fwd+bwd B{B} H{H} d{d} L{L} {'causal' if causal else 'full  '}: two m-tiles "
-              f"{tf['two']:6.1f} TFLOP/s, one {tf['one']:6.1f}, defaults + whole-tile "
-              f"{tf['whole']:6.1f}, one + whole-tile {tf['one_whole']:6.1f}, flash "
-              f"{tf['flash']:6.1f}; two/one {times['one'] / times['two']:.2f}x; max|dq - flash| "
-              + " / ".join(f"{diff[n]:.1e}" for n in ("two", "one", "whole", "one_whole")),
-              flush=True)
-    os.environ.pop("PYDL_ATTENTION_TC_MTILES")
-    os.environ.pop("PYDL_ATTENTION_TC_WHOLE_TILES")
+            run_flash = lambda: step(F.scaled_dot_product_attention)  # noqa: E731
+            times["flash"], dqs["flash"] = median_ms(run_flash, reps=5, calls=3), run_flash()
+        report(f"fwd+bwd B{B} H{H} d{d} L{L} {'causal' if causal else 'full  '}", flops, times,
+               dqs)
+    with_switches("", "", lambda: None)
+
+
+def report(case, flops, times, outs):
+    """One line: TFLOP/s per variant, each against the defaults and flash
+    against the defaults, and each output's largest difference from flash's
+    (a wrong but fast variant must show)."""
+    tf = " ".join(f"{label} {flops / ms / 1e9:6.1f}" for label, ms in times.items())
+    vs = ", ".join(f"{label} {times[label] / times['defaults']:.2f}x"
+                   for label in times if label != "defaults")
+    diff = " / ".join(f"{(outs[label].float() - outs['flash'].float()).abs().max().item():.1e}"
+                      for label in outs if label != "flash")
+    print(f"{case}: TFLOP/s {tf}; time against the defaults: {vs}; max|diff from flash| {diff}",
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -124,8 +124,8 @@ class _GuardedOps:
     of its tensors and every tensor it allocates guarded too (cuda_emulator.h:
     guard_host_allocations): a kernel's access past any tensor faults."""
 
-    _SETTINGS = frozenset({"configure", "guard_host_allocations", "launch_count", "mma_count",
-                           "smem_wavefronts"})
+    _SETTINGS = frozenset({"configure", "guard_host_allocations", "launch_count", "block_count",
+                           "mma_count", "smem_wavefronts"})
 
     def __init__(self, library):
         self._library = library
@@ -151,7 +151,7 @@ def ops():
     """The emulated CUDA ops (builds them on first use): attention,
     attention_backward, lstm_cell(_backward), lstm_layer(_backward), with
     pydl's schemas, taking CPU tensors; plus configure and the counters
-    launch_count / mma_count / smem_wavefronts."""
+    launch_count / block_count / mma_count / smem_wavefronts."""
     return _GuardedOps(_library())
 
 

@@ -215,7 +215,7 @@ def test_lstm_default_on_cuda_is_pydl_only_where_it_beat_cudnn(cuda_build, monke
     if not pydl._verified.VERIFIED_CUDA["lstm"].default:
         pytest.skip("pydl's CUDA LSTM is not the default")
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
-    monkeypatch.setitem(rnn._SM_COUNT, 0, 132)  # an H100 / H200
+    monkeypatch.setitem(rnn._DEVICE, 0, (9, 0, 132))  # an H100 / H200
     data = _cuda_stand_in()
     model = pydl.nn.LSTM(4, 32)
     for batch, cudnn in ((1, False), (16, False), (17, True)):
@@ -224,15 +224,20 @@ def test_lstm_default_on_cuda_is_pydl_only_where_it_beat_cudnn(cuda_build, monke
     batch_first = pydl.nn.LSTM(4, 32, batch_first=True)
     assert _cudnn_is_faster(batch_first, torch.empty(17, 3, 4), data)
     assert not _cudnn_is_faster(batch_first, torch.empty(3, 17, 4), data)
-    packed = pack_sequence([torch.empty(n, 4) for n in [5] * 17])
+    # packed: the persistent kernel up to 32 rows at hidden <= 256
+    packed = pack_sequence([torch.empty(n, 4) for n in [5] * 33])
     assert _cudnn_is_faster(model, packed, data)
+    assert not _cudnn_is_faster(model, pack_sequence([torch.empty(5, 4)] * 32), data)
     assert not _cudnn_is_faster(model, pack_sequence([torch.empty(5, 4)] * 3), data)
+    assert _cudnn_is_faster(pydl.nn.LSTM(4, 257), pack_sequence([torch.empty(5, 4)] * 17), data)
+    assert not _cudnn_is_faster(pydl.nn.LSTM(4, 257), pack_sequence([torch.empty(5, 4)] * 16),
+                                data)
     # what the persistent kernel does not serve, or was not measured
     assert _cudnn_is_faster(pydl.nn.LSTM(4, 32, proj_size=8), torch.empty(3, 2, 4), data)
     assert _cudnn_is_faster(model, torch.empty(3, 2, 4), _cuda_stand_in(torch.float64))
     assert _cudnn_is_faster(pydl.nn.LSTM(4, 2048), torch.empty(3, 2, 4), data)
     assert not _cudnn_is_faster(pydl.nn.LSTM(4, 1024), torch.empty(3, 2, 4), data)
-    monkeypatch.setitem(rnn._SM_COUNT, 0, 108)  # an A100: 864 units at most
+    monkeypatch.setitem(rnn._DEVICE, 0, (8, 0, 108))  # an A100: 864 units at most
     assert _cudnn_is_faster(pydl.nn.LSTM(4, 1024), torch.empty(3, 2, 4), data)
     assert not _cudnn_is_faster(pydl.nn.LSTM(4, 864), torch.empty(3, 2, 4), data)
     monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "0")
@@ -242,15 +247,65 @@ def test_lstm_default_on_cuda_is_pydl_only_where_it_beat_cudnn(cuda_build, monke
     assert _cudnn_is_faster(model, torch.empty(3, 2, 4), data)
     # traced by torch.compile: no device queries, the measured bound only
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", None)  # must not be called
+    monkeypatch.delitem(rnn._DEVICE, 0)
     assert not _cudnn_is_faster(pydl.nn.LSTM(4, 1024), torch.empty(3, 2, 4), data)
     assert _cudnn_is_faster(pydl.nn.LSTM(4, 2048), torch.empty(3, 2, 4), data)
     assert _cudnn_is_faster(model, torch.empty(3, 17, 4), data)
+    fp16_persist = pydl.nn.LSTM(128, 256)
+    assert _cudnn_is_faster(fp16_persist, torch.empty(3, 8, 128), _cuda_stand_in(torch.float16))
+    assert not _cudnn_is_faster(fp16_persist, torch.empty(3, 1, 128),
+                                _cuda_stand_in(torch.float16))
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     # the CPU, and the opt-in, run pydl's kernel on every call it serves
     assert not _cudnn_is_faster(model, torch.empty(3, 64, 4), torch.empty(0))
     monkeypatch.setenv("PYDL_EXPERIMENTAL_CUDA", "1")
     assert not _cudnn_is_faster(model, torch.empty(3, 64, 4), data)
+
+
+@pytest.mark.parametrize("dtype, input_size, hidden, batch, layers, bidirectional, cudnn", [
+    # cuDNN's small-hidden persistent algorithm (hidden <= 192; float32 / fp16)
+    (torch.float32, 64, 64, 1, 1, False, True),
+    (torch.float32, 128, 128, 1, 1, True, True),
+    (torch.float16, 64, 192, 8, 2, False, True),
+    (torch.float32, 64, 193, 1, 1, False, False),
+    (torch.bfloat16, 64, 64, 1, 1, False, False),  # cuDNN ran bf16 at 23 us per step
+    # fp16 PERSIST_STATIC: one layer, one direction, sizes multiples of 128, batch % 8 == 0
+    (torch.float16, 256, 256, 8, 1, False, True),
+    (torch.float16, 1024, 1024, 16, 1, False, True),
+    (torch.float16, 256, 256, 1, 1, False, False),
+    (torch.float16, 256, 256, 12, 1, False, False),
+    (torch.float16, 200, 256, 8, 1, False, False),
+    (torch.float16, 256, 320, 8, 1, False, False),
+    (torch.float16, 256, 256, 8, 2, False, False),
+    (torch.float16, 256, 256, 8, 1, True, False),
+    (torch.float32, 256, 256, 8, 1, False, False),  # PERSIST_STATIC is fp16 only
+])
+def test_lstm_default_on_cuda_leaves_cudnns_persistent_algorithms_to_torch(
+        cuda_build, monkeypatch, dtype, input_size, hidden, batch, layers, bidirectional, cudnn):
+    """Where torch would run one of cuDNN's persistent algorithms (its
+    RNN.cpp get_algo), torch's LSTM runs: cuDNN beat pydl's kernel there on
+    an H200. Elsewhere at batch <= 16 pydl's persistent kernel runs."""
+    from pydl.nn import rnn
+    from pydl.nn.rnn import _cudnn_is_faster
+
+    if not pydl._verified.VERIFIED_CUDA["lstm"].default:
+        pytest.skip("pydl's CUDA LSTM is not the default")
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setitem(rnn._DEVICE, 0, (9, 0, 132))
+    model = pydl.nn.LSTM(input_size, hidden, num_layers=layers, bidirectional=bidirectional)
+    x = torch.empty(3, batch, input_size)
+    assert _cudnn_is_faster(model, x, _cuda_stand_in(dtype)) == cudnn
+    # packed input never takes cuDNN's persistent algorithms
+    packed = torch.nn.utils.rnn.pack_sequence([torch.empty(3, input_size)] * batch)
+    assert not _cudnn_is_faster(model, packed, _cuda_stand_in(dtype))
+    if cudnn and dtype == torch.float16 and hidden == 256:
+        # the device clause: sm_86 cards and small ones (an A30) run the standard algorithm
+        monkeypatch.setitem(rnn._DEVICE, 0, (8, 6, 132))
+        assert not _cudnn_is_faster(model, x, _cuda_stand_in(dtype))
+        monkeypatch.setitem(rnn._DEVICE, 0, (8, 0, 56))
+        assert not _cudnn_is_faster(model, x, _cuda_stand_in(dtype))
 
 
 def test_attention_on_cuda_uses_the_verified_kernel_only_for_what_sdpa_cannot_do(

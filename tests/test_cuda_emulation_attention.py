@@ -507,13 +507,15 @@ def _identity_value_args(case, dtype):
 @pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[8], CASES[13], CASES[5], CASES[14]],
                          ids=case_id)
 def test_tensor_core_m_tile_layouts(emu, case, dtype, monkeypatch):
-    """Both layouts, forced by the A/B switch PYDL_ATTENTION_TC_MTILES: two
-    m16 tiles per warp (head dims 64 / 128: the forward's and the dQ
-    kernel's 128-row CTAs with 32-key tiles; head dim 64: the dK / dV
-    kernel's 128-key CTAs) and one everywhere (64-row CTAs, 64-key tiles;
-    the backward's default at head dim 64). Both match the reference
-    (output, dq, dk, dv); with dropout both keep the same weights (the keep
-    rule depends on (row, key) only)."""
+    """Both layouts, forced by the A/B switch PYDL_ATTENTION_TC_MTILES, on the
+    general softmax (PYDL_ATTENTION_TC_WHOLE_TILES=0; test_whole_tile_softmax
+    runs the default, whole-tile one): two m16 tiles per warp (head dims 64 /
+    128: the forward's and the dQ kernel's 128-row CTAs with 32-key tiles;
+    head dim 64: the dK / dV kernel's 128-key CTAs) and one everywhere
+    (64-row CTAs, 64-key tiles; the backward's default). Both match the
+    reference (output, dq, dk, dv); with dropout both keep the same weights
+    (the keep rule depends on (row, key) only)."""
+    monkeypatch.setenv("PYDL_ATTENTION_TC_WHOLE_TILES", "0")
     inputs = case_inputs(case)
     grads = _reference_grads(case, dtype, *inputs)
     for tiles in ("1", "2"):
@@ -561,7 +563,8 @@ WHOLE_TILE_EDGES = [
 @pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[5], CASES[7], CASES[8], CASES[13],
                                   CASES[14], CASES[16]] + WHOLE_TILE_EDGES, ids=case_id)
 def test_whole_tile_softmax(emu, case, dtype, monkeypatch):
-    """PYDL_ATTENTION_TC_WHOLE_TILES=1: the whole-tile softmax (tiles no
+    """The whole-tile softmax (the default; set here with
+    PYDL_ATTENTION_TC_WHOLE_TILES=1) (tiles no
     score of which is hidden skip the visibility tests; ex2.approx; the
     forward rescales O lazily) in both m-tile layouts: output and lse against the
     reference, gradients through its lse; with dropout it keeps the general
@@ -583,8 +586,8 @@ def test_whole_tile_softmax(emu, case, dtype, monkeypatch):
         kept.append(emu.attention(*_identity_value_args(case, dtype))[0][..., :case[4]] != 0)
     assert torch.equal(kept[0], kept[1])
     assert kept[1].any(), "no weight kept"
-    # The backward with dropout (default m-tiles: whole tiles in both kernels
-    # at head dim 64) gives the general path's gradients for the same forward.
+    # The backward with dropout (default m-tiles: one, so whole tiles in both
+    # kernels) gives the general path's gradients for the same forward.
     monkeypatch.delenv("PYDL_ATTENTION_TC_MTILES")
     args = _op_args(case, *[in_dtype(t, dtype) for t in inputs], seed=4, p=0.3)
     out, lse = emu.attention(*args)

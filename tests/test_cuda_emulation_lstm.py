@@ -133,14 +133,14 @@ def test_layer_forward_and_backward(emu, case, dtype, persistent, monkeypatch):
 # units, k in 8 slices), 3 (two groups, a short one), 5 with a short last
 # block, 8 (four groups, k in 2 slices); with 32 and 64 SMs a lane holds
 # several k (forward 4 and 8 per lane, backward 1 and 2, the last slice
-# short at H 500); 16 rows (the batch limit: 4 passes of 4 rows), at H 768
-# with 52 KB of shared memory for the forward (above the 48 KB that needs
-# the kernel's attribute raised); and sizes that do not fit: 50 units per
-# block (H 400 on 8 SMs) and 17 rows.
+# short at H 500); 32 rows (the batch limit: 8 passes of 4 rows); 16 rows at
+# H 768 with 52 KB of shared memory for the forward (above the 48 KB that
+# needs the kernel's attribute raised); and sizes that do not fit: 50 units
+# per block (H 400 on 8 SMs) and 33 rows.
 @pytest.mark.parametrize("sms, B, H, persistent_runs", [
-    (8, 3, 7, True), (8, 2, 13, True), (8, 5, 20, True), (8, 2, 33, True), (8, 16, 64, True),
+    (8, 3, 7, True), (8, 2, 13, True), (8, 5, 20, True), (8, 2, 33, True), (8, 32, 64, True),
     (32, 3, 256, True), (64, 2, 500, True), (96, 16, 768, True), (8, 2, 400, False),
-    (8, 17, 40, False)])
+    (8, 33, 40, False)])
 def test_persistent_kernel_sizes(emu, sms, B, H, persistent_runs, monkeypatch):
     args = _layer_args(3, B, 8, H, lengths=[3] + [2] * (B - 1))
     with emulated_cuda.emulated_device(sm_count=sms):
@@ -148,11 +148,29 @@ def test_persistent_kernel_sizes(emu, sms, B, H, persistent_runs, monkeypatch):
     assert launches == ((1, 1) if persistent_runs else (3, 3)), f"{launches} launches"
 
 
+# (PYDL_LSTM_PERSISTENT_UNITS, H, blocks per launch) on 8 SMs: by default
+# ceil(H / 8) units per block (H 20: 3 units, 7 blocks; H 13: 2, 7; H 64: 8, 8).
+@pytest.mark.parametrize("units, H, blocks", [("8", 20, 3), ("3", 13, 5), ("5", 20, 4),
+                                              ("2", 64, 8), ("9", 20, 7), ("x", 20, 7)])
+def test_persistent_units_switch(emu, units, H, blocks, monkeypatch):
+    """PYDL_LSTM_PERSISTENT_UNITS=N (the grid A/B) gives each block at least N
+    hidden units, so fewer blocks than SMs run (H 20 with 8: blocks of 8, 8
+    and 4 units); never fewer units than the default. Still one launch each
+    way, and the reference's numbers. Values outside 1-8 leave the default."""
+    monkeypatch.setenv("PYDL_LSTM_PERSISTENT_UNITS", units)
+    args = _layer_args(3, 4, 8, H, lengths=[3, 2, 2, 1])
+    before = emu.block_count()
+    with emulated_cuda.emulated_device(sm_count=8):
+        launches = _compare(emu, args, torch.float32, True, monkeypatch)
+    assert launches == (1, 1), f"{launches} launches"
+    assert emu.block_count() - before == 2 * blocks, "blocks of the forward and backward launches"
+
+
 @pytest.mark.parametrize("limit, B, persistent_runs", [("64", 64, True), ("8", 9, False),
                                                        ("8", 8, True)])
 def test_persistent_batch_limit_switch(emu, limit, B, persistent_runs, monkeypatch):
     """PYDL_LSTM_PERSISTENT_MAX_BATCH moves the persistent kernels' batch
-    limit (16 by default), read per call, for the A/B against the cuBLAS
+    limit (32 by default), read per call, for the A/B against the cuBLAS
     loop: batch 64 runs them and matches, batch 9 over a limit of 8 does not."""
     monkeypatch.setenv("PYDL_LSTM_PERSISTENT_MAX_BATCH", limit)
     args = _layer_args(3, B, 8, 40, lengths=[3] + [2] * (B - 1))

@@ -131,10 +131,10 @@ def test_lstm_cell_matches_reference(dtype):
 # size that does not divide over the SMs (units per block 8, a last block
 # with 1); 16 rows at H 1000 (the forward's 64 KB of shared memory, above
 # 48 KB); H 1001 (8 units per block, 16 k per lane); too large (H 1500: 12
-# units per block, the cuBLAS loop); and just above its batch limit (17
+# units per block, the cuBLAS loop); and just above its batch limit (33
 # rows: the cuBLAS loop). Forward and backward, both directions.
 @pytest.mark.parametrize("batch, hidden", [(1, 256), (16, 130), (3, 640), (16, 1000), (2, 1001),
-                                           (2, 1500), (17, 96)])
+                                           (2, 1500), (33, 96)])
 def test_persistent_sizes_match_reference(batch, hidden):
     ours, _, exact = _models(torch.float32, input_size=16, hidden_size=hidden, bidirectional=True)
     g = torch.Generator().manual_seed(2)
@@ -178,7 +178,7 @@ def test_persistent_kernel_actually_runs(batch, hidden, expected, monkeypatch):
 @pytest.mark.parametrize("batch, hidden", [(64, 256), (48, 512)])
 def test_persistent_kernel_past_its_default_batch(batch, hidden, monkeypatch):
     """PYDL_LSTM_PERSISTENT_MAX_BATCH lets the persistent kernels take more
-    than 16 rows per step (the LSTM benchmarks' "pydl persistent" A/B): they
+    than 32 rows per step (the LSTM benchmarks' "pydl persistent" A/B): they
     must run (forward and backward, by name) and match the reference on a
     packed bidirectional batch (64 x 256 and 48 x 512 floats of h: 64 and
     96 KB of the forward's shared memory)."""
@@ -284,15 +284,29 @@ def test_lstm_cell_under_autocast_casts_like_torch(dtype):
                                   else 1e-10)
 
 
-@pytest.mark.parametrize("batch, pydl_runs", [(8, True), (16, True), (17, False)])
-def test_default_routing_without_opt_in(batch, pydl_runs, monkeypatch):
+@pytest.mark.parametrize("dtype, input_size, hidden, batch, packed, pydl_runs", [
+    (torch.bfloat16, 16, 64, 8, False, True),
+    (torch.bfloat16, 16, 64, 16, False, True),
+    (torch.bfloat16, 16, 64, 17, False, False),
+    (torch.float32, 16, 64, 8, False, False),     # cuDNN's small-hidden persistent algorithm
+    (torch.float32, 16, 256, 8, False, True),
+    (torch.float16, 128, 256, 8, False, False),   # cuDNN's fp16 persistent algorithm
+    (torch.float16, 128, 256, 1, False, True),
+    (torch.bfloat16, 16, 256, 32, True, True),    # packed: up to 32 rows at hidden <= 256
+    (torch.bfloat16, 16, 256, 33, True, False),
+])
+def test_default_routing_without_opt_in(dtype, input_size, hidden, batch, packed, pydl_runs,
+                                        monkeypatch):
     """Without PYDL_EXPERIMENTAL_CUDA, pydl.nn.LSTM runs pydl's persistent
-    kernel up to batch 16 and torch's (cuDNN) above (pydl/nn/rnn.py);
-    LSTMCell runs torch's cell (pydl/ops/lstm.py)."""
+    kernel where it beat cuDNN (batch <= 16, packed <= 32 at hidden <= 256,
+    not where torch runs cuDNN's persistent algorithms) and torch's elsewhere
+    (pydl/nn/rnn.py); LSTMCell runs torch's cell (pydl/ops/lstm.py)."""
     monkeypatch.delenv("PYDL_EXPERIMENTAL_CUDA")
     monkeypatch.delenv("PYDL_STRICT")
-    ours, _, _ = _models(torch.float32, input_size=16, hidden_size=64)
-    x = torch.randn(5, batch, 16, device="cuda")
+    ours = pydl.nn.LSTM(input_size, hidden).cuda().to(dtype)
+    x = torch.randn(5, batch, input_size, device="cuda", dtype=dtype)
+    if packed:
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, [5] + [3] * (batch - 1))
     with torch.no_grad():
         names = _kernels_run(lambda: ours(x))
     if pydl_runs:
@@ -301,5 +315,5 @@ def test_default_routing_without_opt_in(batch, pydl_runs, monkeypatch):
         assert not any("pydl" in n for n in names), names
     cell = pydl.nn.LSTMCell(16, 64).cuda()
     with torch.no_grad():
-        names = _kernels_run(lambda: cell(x[0]))
+        names = _kernels_run(lambda: cell(torch.randn(batch, 16, device="cuda")))
     assert not any("pydl" in n for n in names), names

@@ -67,6 +67,11 @@ def _loop_case(batch, hidden, cfg):
     return make_providers
 
 
+# The persistent kernels' default batch limit (csrc/lstm/lstm_cuda.cu,
+# kPersistentMaxBatch): up to it the "pydl loop" row times the cuBLAS loop
+# beside them, past it the "pydl persistent" row times them.
+PERSISTENT_DEFAULT_MAX_BATCH = 32
+
 # Whole sequences: (batch, hidden, steps, train, packed, layers, bidirectional);
 # input_size = hidden.
 SEQUENCES_QUICK = [
@@ -120,14 +125,14 @@ def _sequence_case(batch, hidden, steps, train, packed, layers, bidirectional, c
             return out.detach()
 
         providers = {"pydl": lambda: run(ours), "torch": lambda: run(theirs)}
-        if cfg.device == "cuda" and batch <= 16:
+        if cfg.device == "cuda" and batch <= PERSISTENT_DEFAULT_MAX_BATCH:
             # The same layer without the persistent kernel: cuBLAS + pointwise per step.
             providers["pydl loop"] = lambda: _with_env("PYDL_LSTM_PERSISTENT", "0",
                                                        lambda: run(ours))
         elif cfg.device == "cuda" and _persistent_fits(batch, hidden, cfg.device):
-            # The persistent kernels past their default batch limit (16): the
-            # A/B for that limit. pydl.nn.LSTM sends batches over 16 to cuDNN
-            # unless PYDL_EXPERIMENTAL_CUDA=1 (as scripts/gpu_check.sh runs).
+            # The persistent kernels past their default batch limit: the A/B
+            # for that limit. pydl.nn.LSTM sends such batches to cuDNN unless
+            # PYDL_EXPERIMENTAL_CUDA=1 (as scripts/gpu_check.sh runs).
             providers["pydl persistent"] = lambda: _with_env(
                 "PYDL_LSTM_PERSISTENT_MAX_BATCH", str(batch), lambda: run(ours))
         return providers
@@ -137,7 +142,7 @@ def _sequence_case(batch, hidden, steps, train, packed, layers, bidirectional, c
 
 def _persistent_fits(batch, hidden, device):
     """Whether the persistent forward's shared memory (B x H floats of h, plus
-    partial sums) can hold the batch, and pydl runs at batch > 16 at all:
+    partial sums) can hold the batch, and pydl runs past the default limit at all:
     otherwise its row would time the cuBLAS loop or cuDNN under that name."""
     if os.environ.get("PYDL_EXPERIMENTAL_CUDA") != "1":
         return False

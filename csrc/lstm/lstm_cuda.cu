@@ -170,13 +170,16 @@ void add_final_rows(const StepSchedule& plan, const at::Tensor& all, RowCopies& 
 }
 
 // The persistent kernel serves small batches without a projection: up to
-// 16 rows per step it beat cuDNN 1.4-6x (H200, bf16); larger batches take
-// the cuBLAS loop. The kernel itself runs any batch its shared memory holds
+// 32 rows per step; larger batches take the cuBLAS loop. On an H200 it ran
+// 1.2-6x cuDNN's standard algorithm at batch 1-16 (bf16, 2026-11-27/28) and a
+// packed batch of 32 (hidden 256) 2.6-3.6x faster than the cuBLAS loop, while
+// at batch 64 the loop was faster (persistent 0.6-0.86x cuDNN, loop
+// 0.96-1.01x, bf16). The kernel itself runs any batch its shared memory holds
 // (B x H floats of h per block); PYDL_LSTM_PERSISTENT_MAX_BATCH=N moves the
 // limit, read per call, so the LSTM benchmarks' "pydl persistent" rows can
-// time the two paths at batch 32-64 in one process. PYDL_LSTM_PERSISTENT=0
+// time the two paths at batch 64 in one process. PYDL_LSTM_PERSISTENT=0
 // turns it off.
-constexpr int64_t kPersistentMaxBatch = 16;
+constexpr int64_t kPersistentMaxBatch = 32;
 
 int64_t persistent_max_batch() {
   const char* env = std::getenv("PYDL_LSTM_PERSISTENT");

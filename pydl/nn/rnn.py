@@ -18,38 +18,79 @@ from torch.nn.utils.rnn import PackedSequence
 from pydl import _backend
 from pydl.ops.lstm import lstm, lstm_cell
 
-# pydl's CUDA LSTM beat cuDNN where its persistent kernel runs (batch <= 16,
-# no projection, not float64; measured up to hidden 1024): 1.4-6x on an H200
-# (bf16, 2026-11-27). Elsewhere its cuBLAS loop runs, 0.5-0.7x cuDNN, so by
-# default (not under PYDL_EXPERIMENTAL_CUDA=1, which runs pydl's kernel on
-# every call it serves) those calls run torch's LSTM: a choice of the faster
-# kernel, not a fallback (PYDL_STRICT=1 does not object).
+# Which CUDA calls run pydl's LSTM by default (not under
+# PYDL_EXPERIMENTAL_CUDA=1, which runs pydl's kernel on every call it serves):
+# those its persistent kernel takes (no projection, not float64, hidden <=
+# min(1024, 8 x SMs)) at batch <= 16, or packed at batch <= 32 with hidden <=
+# 256, unless torch would run one of cuDNN's persistent algorithms there
+# (below). Elsewhere pydl's cuBLAS loop ran 0.6-1.0x cuDNN, so those calls run
+# torch's LSTM: a choice of the faster kernel, not a fallback (PYDL_STRICT=1
+# does not object). Measured on an H200, 2026-11-28 (quick benchmarks):
+# persistent kernel over cuDNN at batch 1-16, bf16 1.2-6.4x; float32 and fp16
+# 1.2-5.6x where cuDNN runs its standard algorithm, 0.16-0.6x where it runs a
+# persistent one; packed batch 32 hidden 256 1.8-2.3x in all three dtypes.
 CUDA_DEFAULT_MAX_BATCH = 16
+CUDA_DEFAULT_MAX_PACKED_BATCH = 32
+CUDA_DEFAULT_MAX_PACKED_HIDDEN = 256
 CUDA_DEFAULT_MAX_HIDDEN = 1024
 # The persistent kernel runs one block per SM with at most 8 hidden units each
 # (csrc/lstm/cuda/lstm_persistent.cu, kMaxUnits).
 PERSISTENT_UNITS_PER_SM = 8
-_SM_COUNT: dict[int, int] = {}  # per device index
+_DEVICE: dict[int, tuple[int, int, int]] = {}  # per device index: (major, minor, SMs)
+
+
+def _device_facts(device: torch.device) -> tuple[int, int, int]:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _DEVICE:
+        props = torch.cuda.get_device_properties(index)
+        _DEVICE[index] = (props.major, props.minor, props.multi_processor_count)
+    return _DEVICE[index]
 
 
 def _persistent_hidden_limit(device: torch.device) -> int:
     """The largest hidden size the persistent kernel takes on `device` (and
     that was measured)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNT:
-        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return min(CUDA_DEFAULT_MAX_HIDDEN, PERSISTENT_UNITS_PER_SM * _SM_COUNT[index])
+    return min(CUDA_DEFAULT_MAX_HIDDEN, PERSISTENT_UNITS_PER_SM * _device_facts(device)[2])
+
+
+def _torch_runs_cudnn_persistent(module: torch.nn.LSTM, data: torch.Tensor, batch: int,
+                                 packed: bool, device_known: bool) -> bool:
+    """Whether torch's LSTM would run one of cuDNN's persistent algorithms on
+    this forward (the rule of torch's aten/src/ATen/native/cudnn/RNN.cpp,
+    get_algo, restated): then cuDNN beat pydl's kernel on the H200 (float32
+    and fp16 at hidden 64-128: 1.1-2.2 us per step against pydl's 3.7; fp16
+    at batch 8-16: 3-6x). bf16 is left out: cuDNN ran it at 23 us per step
+    even there. `device_known` False (under torch.compile tracing): assume
+    the device clause holds, which picks cuDNN."""
+    if packed or module.proj_size > 0 or data.dtype not in (torch.float32, torch.float16):
+        return False
+    if module.hidden_size <= 192:  # PERSIST_STATIC_SMALL_H (the forward's bound)
+        return True
+    if data.dtype != torch.float16:
+        return False
+    # PERSIST_STATIC: fp16, one layer, one direction, sizes multiples of 128,
+    # and on sm_80+ cards with 98+ SMs but sm_86, batch a multiple of 8 <= 128.
+    if not (module.num_layers == 1 and not module.bidirectional
+            and module.hidden_size <= 1024 and module.hidden_size % 128 == 0
+            and module.input_size % 128 == 0 and batch % 8 == 0 and batch <= 128):
+        return False
+    if not device_known:
+        return True
+    major, minor, sms = _device_facts(data.device)
+    return major >= 8 and sms >= 98 and minor != 6
 
 
 def _cudnn_is_faster(module: torch.nn.LSTM, input, data: torch.Tensor) -> bool:
     """Whether this CUDA call runs torch's LSTM by default (see above): what
     the persistent kernel does not take (a projection, float64, more rows or
-    hidden units than it serves, CUDA-graph capture, PYDL_LSTM_PERSISTENT=0)."""
+    hidden units than it serves, CUDA-graph capture, PYDL_LSTM_PERSISTENT=0),
+    and what cuDNN's persistent algorithms run faster."""
     if not data.is_cuda or _backend.experimental_cuda():
         return False
     if module.proj_size > 0 or data.dtype == torch.float64:
         return True
-    if torch.compiler.is_compiling():
+    tracing = torch.compiler.is_compiling()
+    if tracing:
         # Traced: no device queries in the graph (the SM count, capture state
         # and environment are the run's, not the trace's); the measured bound.
         if module.hidden_size > CUDA_DEFAULT_MAX_HIDDEN:
@@ -58,11 +99,16 @@ def _cudnn_is_faster(module: torch.nn.LSTM, input, data: torch.Tensor) -> bool:
             or os.environ.get("PYDL_LSTM_PERSISTENT") == "0"
             or torch.cuda.is_current_stream_capturing()):
         return True
-    if isinstance(input, PackedSequence):
+    packed = isinstance(input, PackedSequence)
+    if packed:
         batch = int(input.batch_sizes[0]) if input.batch_sizes.numel() > 0 else 0
+        if batch > CUDA_DEFAULT_MAX_BATCH:
+            return (batch > CUDA_DEFAULT_MAX_PACKED_BATCH
+                    or module.hidden_size > CUDA_DEFAULT_MAX_PACKED_HIDDEN)
     else:
         batch = 1 if input.dim() < 3 else input.shape[0 if module.batch_first else 1]
-    return batch > CUDA_DEFAULT_MAX_BATCH
+    return batch > CUDA_DEFAULT_MAX_BATCH or _torch_runs_cudnn_persistent(
+        module, data, batch, packed, device_known=not tracing)
 
 
 class LSTM(torch.nn.LSTM):

@@ -51,6 +51,7 @@ void configure(int64_t sm_count, int64_t max_smem_optin, bool warp_greedy, bool 
 void guard_host_allocations(bool on) { pydl::emulation::guard_host_allocations(on); }
 
 int64_t launch_count() { return pydl::emulation::launch_count(); }
+int64_t block_count() { return pydl::emulation::block_count(); }
 int64_t mma_count() { return pydl::emulation::mma_count(); }
 std::tuple<int64_t, int64_t> smem_wavefronts() { return pydl::emulation::smem_wavefronts(); }
 
@@ -62,6 +63,7 @@ TORCH_LIBRARY(pydl_emulated, m) {
         "bool eager_async_copies) -> ()", &configure);
   m.def("guard_host_allocations(bool on) -> ()", &guard_host_allocations);
   m.def("launch_count() -> int", &launch_count);
+  m.def("block_count() -> int", &block_count);
   m.def("mma_count() -> int", &mma_count);
   m.def("smem_wavefronts() -> (int, int)", &smem_wavefronts);
   m.def(pydl::schema::kAttention);

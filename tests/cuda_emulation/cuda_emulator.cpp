@@ -170,6 +170,7 @@ class FaultHandlers {
 };
 std::mutex g_launch_mutex;
 int64_t g_launches = 0;
+int64_t g_blocks = 0;
 int64_t g_mmas = 0;
 int64_t g_wavefronts_ideal = 0, g_wavefronts_actual = 0;
 std::map<const void*, ErasedKernel>& erased_kernels() {
@@ -428,6 +429,7 @@ DeviceConfig& device() {
 }
 
 int64_t launch_count() { return g_launches; }
+int64_t block_count() { return g_blocks; }
 int64_t mma_count() { return g_mmas; }
 void count_mma() { ++g_mmas; }
 void count_smem_wavefronts(int64_t ideal, int64_t actual) {
@@ -533,6 +535,7 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem_bytes, bool
   run.body = &body;
   g_run = &run;
   ++g_launches;
+  g_blocks += int64_t(grid.x) * grid.y * grid.z;
   const FaultHandlers handlers;
   if (sigsetjmp(g_fault_jump, 1) != 0) {  // a thread faulted: its kernel stops here
     const std::string where_text = where(*run.current);

@@ -66,9 +66,10 @@ struct DeviceConfig {
   bool eager_async_copies = false;
 };
 DeviceConfig& device();
-// Launches, and warp-level mma instructions, since the library was loaded
-// (tests check that a path really ran).
+// Launches, their blocks, and warp-level mma instructions, since the library
+// was loaded (tests check that a path really ran, and on which grid).
 int64_t launch_count();
+int64_t block_count();
 int64_t mma_count();
 void count_mma();
 // Shared-memory wavefronts of the emulated ldmatrix instructions: the

@@ -45,12 +45,13 @@ namespace tc {
 // both): the dQ kernel at head dims up to 128 (with 32-key tiles to keep the
 // S and dP accumulators in registers), the dK / dV kernel at head dim 64
 // (its dK + dV accumulators of 32 keys x 128 columns would not fit at 128).
-// The default is two at head dim 128 only. Measured on an H200 (bf16,
-// 2026-11-27, scripts/attention_tc_ab.py; the backward's share of forward +
-// backward): at head dim 64 (causal, L 4096) one ran the backward 1.3x faster
-// than two; at 128 (full, L 4096) the two were within 1%.
+// The default is one: only then do the kernels take the whole-tile softmax
+// (attention_tc_forward.cuh), and with it one m-tile ran forward + backward
+// 1.15x faster than two at head dim 128 (H200, bf16, 2026-11-28, full, L
+// 4096, scripts/attention_tc_ab.py). Without it the two were within 1% at
+// 128, and one 1.3x faster at 64 (2026-11-27).
 // PYDL_ATTENTION_TC_MTILES=1 / 2 forces one / two (the A/B switch).
-template <int kHeadDim_, int kMTiles_ = (kHeadDim_ == 128 ? 2 : 1)>
+template <int kHeadDim_, int kMTiles_ = 1>
 struct BackwardTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kDqMTiles = kMTiles_;

@@ -31,6 +31,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -397,6 +398,18 @@ struct LaunchPlan {
   size_t smem = 0;
 };
 
+// PYDL_LSTM_PERSISTENT_UNITS=N (1-8): at least N hidden units per block, so
+// fewer blocks meet at each step's grid barrier. The A/B switch
+// (scripts/lstm_persistent_ab.py) for whether a step's latency falls with the
+// block count: at batch 1 a step took 3.7 us at hidden 64, 128 and 256 alike
+// (64-128 blocks) on an H200, against cuDNN's 1.1-2.2 us at 64-128 in float32.
+// Read per call; unset or any other value: ceil(hidden / SMs), the default.
+int requested_units() {
+  const char* env = std::getenv("PYDL_LSTM_PERSISTENT_UNITS");
+  const int units = env == nullptr ? 0 : std::atoi(env);
+  return units >= 1 && units <= kMaxUnits ? units : 0;
+}
+
 // The plan depends on the kernel, the hidden size, the batch and the device
 // (its SM count and shared memory, read every call: cheap, and an emulated
 // device can change them), so it is cached: the attribute call and the
@@ -415,13 +428,15 @@ LaunchPlan plan_launch(Kernel kernel, int hidden, int batch) {
   cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device);
   cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (!cooperative || sms == 0) return {};
-  using Key = std::tuple<const void*, int, int, int, int, int>;
+  const int min_units = std::min(requested_units(), hidden);
+  using Key = std::tuple<const void*, int, int, int, int, int, int>;
   static std::mutex mutex;
   static std::map<Key, LaunchPlan> plans;
-  const Key key{reinterpret_cast<const void*>(kernel), device, sms, smem_optin, hidden, batch};
+  const Key key{reinterpret_cast<const void*>(kernel), device, sms, smem_optin, hidden, batch,
+                min_units};
   const std::lock_guard<std::mutex> lock(mutex);
   if (const auto found = plans.find(key); found != plans.end()) return found->second;
-  const int units = div_up(hidden, sms);
+  const int units = std::max(div_up(hidden, sms), min_units);
   const int blocks = div_up(hidden, units);
   const size_t smem = Shape::smem_bytes(units, hidden, batch);
   if (!Shape::fits(units, hidden) || smem > size_t(smem_optin)) return plans[key] = LaunchPlan{};

@@ -1,0 +1,84 @@
+"""A/B of the persistent LSTM kernel's grid on a GPU, in one process:
+hidden units per block (PYDL_LSTM_PERSISTENT_UNITS, read per call; the
+default is ceil(hidden / SMs), one block per SM) beside cuDNN.
+
+Question: does a step's latency fall with the block count? On an H200 (bf16
+and float32, 2026-11-28) a step took 3.7 us at batch 1 whether hidden was 64,
+128 or 256 (64-128 blocks at the grid barrier), while cuDNN's small-hidden
+persistent algorithm took 1.1-2.2 us in float32. Prints, per case, the
+microseconds per step of each grid and of cuDNN, and each grid's largest
+difference from the default grid's output (a wrong but fast grid must show).
+Inference, T 100. scripts/gpu_check.sh runs it. Timing: CUDA events around
+10 back-to-back calls, median of 10.
+"""
+
+import os
+import statistics
+
+import torch
+
+os.environ.setdefault("PYDL_EXPERIMENTAL_CUDA", "1")
+os.environ.setdefault("PYDL_STRICT", "1")  # a fallback must not be timed as pydl
+import pydl  # noqa: E402
+
+STEPS = 100
+CASES = [(1, 64), (1, 256), (8, 256), (16, 1024)]  # (batch, hidden); input = hidden
+UNITS = ["", "2", "4", "8"]  # "": the default grid
+
+
+def median_ms(fn, reps=10, calls=10):
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return statistics.median(times)
+
+
+def with_units(units, fn):
+    if units:
+        os.environ["PYDL_LSTM_PERSISTENT_UNITS"] = units
+    else:
+        os.environ.pop("PYDL_LSTM_PERSISTENT_UNITS", None)
+    try:
+        return fn()
+    finally:
+        os.environ.pop("PYDL_LSTM_PERSISTENT_UNITS", None)
+
+
+def main():
+    torch.manual_seed(0)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    print(f"{torch.cuda.get_device_name()} ({sms} SMs), torch {torch.__version__}, T {STEPS}")
+    for dtype in (torch.bfloat16, torch.float32):
+        for batch, hidden in CASES:
+            theirs = torch.nn.LSTM(hidden, hidden, device="cuda", dtype=dtype)
+            ours = pydl.nn.LSTM(hidden, hidden, device="cuda", dtype=dtype)
+            ours.load_state_dict(theirs.state_dict())
+            x = torch.randn(STEPS, batch, hidden, device="cuda", dtype=dtype)
+
+            def run(module=ours, x=x):
+                with torch.no_grad():
+                    return module(x)[0]
+
+            us, diff = {}, {}
+            base = with_units("", run)
+            for units in UNITS:
+                label = f"U{units}" if units else f"default U{-(-hidden // sms)}"
+                us[label] = with_units(units, lambda: median_ms(run)) * 1e3 / STEPS
+                diff[label] = (with_units(units, run).float() - base.float()).abs().max().item()
+            us["cuDNN"] = median_ms(lambda: run(theirs)) * 1e3 / STEPS
+            cells = ", ".join(f"{label} {t:.2f}" for label, t in us.items())
+            diffs = " / ".join(f"{d:.1e}" for d in diff.values())
+            print(f"{str(dtype)[6:]} B{batch} H{hidden}: us per step {cells}; "
+                  f"max|out - default| {diffs}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
