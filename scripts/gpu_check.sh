@@ -19,6 +19,7 @@
 #   BENCH_ONLY="attention/ lstm/"                # families benchmarked, one process each
 #   FAMILIES="attention other"                   # families tested (of: lstm attention other)
 #   LSTM_DTYPES="float32 float16"                # extra LSTM benchmark dtypes ("" for none)
+#   LSTM_QUICK=0                                 # skip the LSTM's quick tests (the full run stays)
 # $OUT gets at most 8 files (the device tool's limit): report.md, build.log,
 # gpu_tests.log, bench.log, bench.tar.gz (the CSV/PNG files) and, with
 # cputests, cpu_tests.log. The tests run one process per family (attention,
@@ -197,7 +198,7 @@ if [[ $STEPS == *" tests"* || $STEPS == "tests"* ]]; then
   : > "$OUT/gpu_tests.log"
   # The LSTM family runs last and a slow build starves it: its persistent,
   # stream and graph tests first, briefly (the full run below stays).
-  [[ $FAMILIES == *lstm* ]] && has_budget "lstm quick gpu tests" && capped_pytest "$(capped 45 15)" "lstm quick gpu tests" \
+  [[ $FAMILIES == *lstm* && ${LSTM_QUICK:-1} != 0 ]] && has_budget "lstm quick gpu tests" && capped_pytest "$(capped 45 15)" "lstm quick gpu tests" \
     tests/test_lstm_cuda.py -m gpu -k "persistent or stream or graph"
   # Attention: one line of errors per CUDA kernel path, before the full tests.
   if [[ $FAMILIES == *attention* ]] && has_budget "attention smoke"; then
