@@ -32,38 +32,48 @@ VERIFIED_CUDA: dict[str, Verification] = {
         default=False,
         note="0.46x cuDNN (geomean, bf16 NHWC); torch's cuDNN conv stays the default",
     ),
-    # 67/67 `gpu` tests passed (persistent forward / backward, cuBLAS loop,
-    # cell, packed, bidirectional, proj_size, streams, CUDA graphs). Quick bf16
-    # benchmarks against cuDNN: sequence inference at batch 1-8 3.1-6.0x, batch
-    # 16 hidden 1024 1.41x, 2-layer bidirectional training at batch 16 2.05x;
-    # batch 32-64 0.51-0.67x; one cell step 0.72-3.2x. So by default
-    # pydl.nn.LSTM runs pydl's kernel where the persistent kernel serves
-    # (batch <= 16, no projection, not float64, hidden <= min(1024, 8 x SMs):
-    # pydl/nn/rnn.py) and torch's LSTM otherwise; LSTMCell runs torch's
-    # (pydl/ops/lstm.py).
+    # 78/78 `gpu` tests passed at 5b199f4 (persistent forward / backward up to
+    # 32 rows, cuBLAS loop, cell, packed, bidirectional, proj_size, streams,
+    # CUDA graphs, the default routing per dtype); 67/67 at b3a232e. Quick
+    # benchmarks against cuDNN (2026-11-28, 8066e86): bf16 sequence inference
+    # at batch 1-8 4.5-6.4x, batch 16 hidden 1024 1.21x, 2-layer bidirectional
+    # training at batch 16 2.31x; float32 / fp16 1.2-5.6x where cuDNN runs its
+    # standard algorithm, 0.16-0.6x where torch picks a cuDNN persistent one;
+    # packed batch 32 hidden 256 (persistent kernel) 1.8-2.3x in all three
+    # dtypes; batch 64 (cuBLAS loop) bf16 0.96-1.01x, float32 0.69-0.72x; one
+    # cell step 0.5-2.7x. So by default pydl.nn.LSTM runs pydl's kernel where
+    # the persistent kernel serves and wins (pydl/nn/rnn.py: batch <= 16, or
+    # packed <= 32 at hidden <= 256; no projection, not float64, hidden <=
+    # min(1024, 8 x SMs); not where torch runs cuDNN's persistent algorithms)
+    # and torch's LSTM otherwise; LSTMCell runs torch's (pydl/ops/lstm.py).
     "lstm": Verification(
         card="NVIDIA H200",
         torch="2.11.0+cu130",
-        date="2026-11-27",
-        commit="b3a232e",
+        date="2026-11-28",
+        commit="5b199f4",
         default=True,
-        note="pydl.nn.LSTM at batch <= 16 (1.4-6x cuDNN); larger batches and LSTMCell run torch's",
+        note="pydl.nn.LSTM at batch <= 16 and packed <= 32 where cuDNN has no persistent "
+             "algorithm (1.2-6.4x cuDNN); other calls and LSTMCell run torch's",
     ),
-    # 184/184 `gpu` tests passed (tensor-core fp16/bf16 and CUDA-core kernels,
-    # masks and their gradients, causal both alignments, GQA, dropout equal to
-    # the CPU kernel's, CUDA graphs, opcheck, torch.compile). Quick benchmarks,
-    # bf16 / fp16: forward 0.30-0.43x torch's flash backend, forward + backward
-    # 0.22-0.42x; float32 0.06-0.21x torch's efficient backend. torch's SDPA
-    # stays the default; fp16 / bf16 calls it cannot express (return_lse,
-    # bottom-right causal, causal + mask) run pydl's kernel instead of the
-    # O(L x S) reference (pydl/ops/attention.py).
+    # 205/205 `gpu` tests passed at 5b199f4 with the whole-tile softmax and
+    # one m-tile in the backward as defaults (tensor-core fp16/bf16 and
+    # CUDA-core kernels, both m-tile layouts, masks and their gradients,
+    # causal both alignments, GQA, dropout equal to the CPU kernel's, CUDA
+    # graphs, opcheck, torch.compile); 184/184 at 257995b. After 5b199f4 the
+    # forward's default at head dim 64 became one m-tile (a layout those tests
+    # ran: PYDL_ATTENTION_TC_MTILES=1). scripts/attention_tc_ab.py, bf16, B16
+    # H16: forward 0.54-0.63x torch's flash backend, forward + backward
+    # 0.42-0.43x; float32 0.06-0.21x torch's efficient backend (2026-11-27).
+    # torch's SDPA stays the default; fp16 / bf16 calls it cannot express
+    # (return_lse, bottom-right causal, causal + mask) run pydl's kernel
+    # instead of the O(L x S) reference (pydl/ops/attention.py).
     "attention": Verification(
         card="NVIDIA H200",
         torch="2.11.0+cu130",
-        date="2026-11-27",
-        commit="257995b",
+        date="2026-11-28",
+        commit="5b199f4",
         default=False,
-        note="0.30-0.43x torch's flash forward (bf16/fp16); torch's SDPA stays the default "
-             "except for fp16 / bf16 calls it cannot express",
+        note="0.54-0.63x torch's flash forward, 0.42x forward + backward (bf16); torch's "
+             "SDPA stays the default except for fp16 / bf16 calls it cannot express",
     ),
 }

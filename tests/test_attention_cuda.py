@@ -549,7 +549,7 @@ def test_m_tile_layouts_match_reference(case, tiles, monkeypatch):
     """Both layouts of the tensor-core kernels, forced by
     PYDL_ATTENTION_TC_MTILES (two m16 tiles per warp: forward and dQ at head
     dims 64 / 128, dK / dV at 64; one: 64-row CTAs; the defaults are two in
-    the forward, one in the backward), on the general softmax
+    the forward at head dim 128, one elsewhere), on the general softmax
     (PYDL_ATTENTION_TC_WHOLE_TILES=0; the whole-tile test below runs the
     default): output and gradients against the reference, bf16, within twice
     the reference's own bf16 error."""

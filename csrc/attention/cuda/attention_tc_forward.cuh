@@ -64,9 +64,12 @@ constexpr float kLazyRescale = 8.f / kLog2e;
 // per mma by a third (0.56 -> 0.38 ldmatrix.x4; Q is re-read per key tile,
 // and the tiles are half as wide). At one m-tile a warp moved 640 bytes per
 // 8192 FLOP of QK^T, about what an H100 SM's shared memory delivers at
-// mma.sync's rate.
+// mma.sync's rate. That is the default at head dim 128 only: with the
+// whole-tile softmax, one m-tile ran 1.19-1.39x faster at head dim 64 and
+// two 1.01-1.25x faster at 128 (H200, bf16, 2026-11-28,
+// scripts/attention_tc_ab.py; without it two won at 128 and tied at 64).
 // Head dim 256 keeps one (its O accumulators alone take 128 registers).
-template <int kHeadDim_, int kMTiles_ = (kHeadDim_ <= 128 ? 2 : 1)>
+template <int kHeadDim_, int kMTiles_ = (kHeadDim_ == 128 ? 2 : 1)>
 struct ForwardTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kMTiles = kMTiles_;
@@ -332,16 +335,19 @@ bool try_launch_forward(const ForwardArgs& a, cudaStream_t stream) {
   return true;
 }
 
-// Two m-tiles per warp unless PYDL_ATTENTION_TC_MTILES=1 asks for one (on an
-// H200, bf16, 2026-11-27: 1.11-1.20x one at head dim 128, within 2% at 64); the
-// CUDA-core kernel where the card's opt-in shared memory is short of the
-// tiles (d 64 / 128: 36 / 68 KB with two m-tiles, 45 / 85 KB with one; d 256:
-// 99 KB, all sm_86 / sm_89 allow).
+// The default layout (ForwardTraits above) unless PYDL_ATTENTION_TC_MTILES
+// asks for the other; the CUDA-core kernel where the card's opt-in shared
+// memory is short of the tiles (d 64 / 128: 36 / 68 KB with two m-tiles,
+// 45 / 85 KB with one; d 256: 99 KB, all sm_86 / sm_89 allow).
 template <typename T, int kHeadDim>
 void launch_forward(const ForwardArgs& args, cudaStream_t stream) {
   ForwardArgs a = args;
   a.whole_tiles = whole_tiles_requested();
-  if (requested_m_tiles() != 1 && try_launch_forward<T, ForwardTraits<kHeadDim>>(a, stream)) return;
+  const int requested = requested_m_tiles();
+  if constexpr (kHeadDim <= 128) {
+    const bool two = requested == 2 || (requested == 0 && ForwardTraits<kHeadDim>::kMTiles == 2);
+    if (two && try_launch_forward<T, ForwardTraits<kHeadDim, 2>>(a, stream)) return;
+  }
   if (try_launch_forward<T, ForwardTraits<kHeadDim, 1>>(a, stream)) return;
   simt_forward<T>(a, stream);
 }
