@@ -95,9 +95,9 @@ def main():
         grad = torch.randn(B, H, L, d, device="cuda", dtype=torch.bfloat16)
         flops = 3.5 * 4 * B * H * L * L * d / (2 if causal else 1)  # forward + 2.5x backward
 
-        def step(fn, q=q, k=k, v=v, grad=grad, causal=causal):
+        def step(fn, q=q, k=k, v=v, grad=grad, causal=causal, wrt=None):
             # autograd.grad, not backward: no accumulation into q.grad timed
-            return torch.autograd.grad(fn(q, k, v, is_causal=causal), (q, k, v), grad)[0]
+            return torch.autograd.grad(fn(q, k, v, is_causal=causal), wrt or (q, k, v), grad)[0]
 
         times, dqs = {}, {}
         for label, tiles, whole in BACKWARD_VARIANTS:
@@ -109,6 +109,16 @@ def main():
             times["flash"], dqs["flash"] = median_ms(run_flash, reps=5, calls=3), run_flash()
         report(f"fwd+bwd B{B} H{H} d{d} L{L} {'causal' if causal else 'full  '}", flops, times,
                dqs)
+        # Where the backward's time goes (defaults): its dQ kernel alone
+        # (gradient of q only) and its dK / dV kernel alone (of k and v only),
+        # each with the forward; the forward alone. ms, not TFLOP/s.
+        with_switches("", "", lambda: None)
+        parts = {"forward": median_ms(lambda: sdpa(q, k, v, is_causal=causal), reps=5, calls=3),
+                 "+ dQ kernel": median_ms(lambda: step(sdpa, wrt=(q,)), reps=5, calls=3),
+                 "+ dK/dV kernel": median_ms(lambda: step(sdpa, wrt=(k, v)), reps=5, calls=3),
+                 "+ both": times["defaults"]}
+        print("  split, ms: " + ", ".join(f"{name} {ms:.3f}" for name, ms in parts.items()),
+              flush=True)
     with_switches("", "", lambda: None)
 
 

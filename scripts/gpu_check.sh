@@ -223,7 +223,7 @@ if [[ $STEPS == *" tests"* || $STEPS == "tests"* ]]; then
   # informs, they verify.
   if [[ $FAMILIES == *attention* ]] && has_budget "attention tc A/B"; then
     start=$SECONDS
-    timeout -k 5 "$(capped 90 5)" "$PYTHON" scripts/attention_tc_ab.py 2>&1 | tail -n 14 | tee -a "$report"
+    timeout -k 5 "$(capped 90 5)" "$PYTHON" scripts/attention_tc_ab.py 2>&1 | tail -n 16 | tee -a "$report"
     step_result "attention tc A/B" "${PIPESTATUS[0]}" "$start"
   fi
   # The persistent LSTM kernel's grid (hidden units per block) beside cuDNN.
