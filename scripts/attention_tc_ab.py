@@ -9,7 +9,10 @@ defaults (whole-tile softmax; two m-tiles at head dim 128, one at 64), one
 m-tile, the general softmax,
 and flash, the ratios, and each variant's largest difference from flash's
 output. Then forward + backward for two cases: the defaults (the backward
-runs one m-tile), two m-tiles in both, the general softmax, flash.
+runs one m-tile), the atomic dQ (PYDL_ATTENTION_TC_DQ_ATOMIC=1: dQ summed by
+the dK / dV kernel, no dQ kernel; opt-in until these lines show it faster),
+two m-tiles in both, the general softmax, flash; and the defaults' split
+between the dQ and dK / dV kernels.
 Measured (H200, bf16): 2026-11-27, general softmax: forward two/one
 1.11-1.20x at head dim 128, 0.98-1.02x at 64; backward two/one about 1.0x at
 128, 0.77x at 64. 2026-11-28: the whole-tile softmax ran the forward
@@ -49,11 +52,12 @@ def median_ms(fn, reps=10, calls=10):
     return statistics.median(times)
 
 
-def with_switches(tiles, whole, fn):
-    """fn() under PYDL_ATTENTION_TC_MTILES=tiles and
-    PYDL_ATTENTION_TC_WHOLE_TILES=whole ("" leaves a switch unset: the default)."""
+def with_switches(tiles, whole, fn, atomic_dq=""):
+    """fn() under PYDL_ATTENTION_TC_MTILES=tiles, PYDL_ATTENTION_TC_WHOLE_TILES=whole
+    and PYDL_ATTENTION_TC_DQ_ATOMIC=atomic_dq ("" leaves a switch unset: the default)."""
     for name, value in (("PYDL_ATTENTION_TC_MTILES", tiles),
-                        ("PYDL_ATTENTION_TC_WHOLE_TILES", whole)):
+                        ("PYDL_ATTENTION_TC_WHOLE_TILES", whole),
+                        ("PYDL_ATTENTION_TC_DQ_ATOMIC", atomic_dq)):
         if value:
             os.environ[name] = value
         else:
@@ -61,10 +65,11 @@ def with_switches(tiles, whole, fn):
     return fn()
 
 
-# (label, PYDL_ATTENTION_TC_MTILES, PYDL_ATTENTION_TC_WHOLE_TILES)
+# (label, PYDL_ATTENTION_TC_MTILES, PYDL_ATTENTION_TC_WHOLE_TILES[, PYDL_ATTENTION_TC_DQ_ATOMIC])
 FORWARD_VARIANTS = [("defaults", "", ""), ("one m-tile", "1", ""), ("two m-tiles", "2", ""),
                     ("general", "", "0")]
-BACKWARD_VARIANTS = [("defaults", "", ""), ("two m-tiles", "2", ""), ("general", "", "0")]
+BACKWARD_VARIANTS = [("defaults", "", ""), ("atomic dQ", "", "", "1"), ("two m-tiles", "2", ""),
+                     ("general", "", "0")]
 
 
 def main():
@@ -100,10 +105,11 @@ def main():
             return torch.autograd.grad(fn(q, k, v, is_causal=causal), wrt or (q, k, v), grad)[0]
 
         times, dqs = {}, {}
-        for label, tiles, whole in BACKWARD_VARIANTS:
+        for label, tiles, whole, *atomic_dq in BACKWARD_VARIANTS:
             times[label] = with_switches(tiles, whole,
-                                         lambda: median_ms(lambda: step(sdpa), reps=5, calls=3))
-            dqs[label] = with_switches(tiles, whole, lambda: step(sdpa))
+                                         lambda: median_ms(lambda: step(sdpa), reps=5, calls=3),
+                                         *atomic_dq)
+            dqs[label] = with_switches(tiles, whole, lambda: step(sdpa), *atomic_dq)
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             run_flash = lambda: step(F.scaled_dot_product_attention)  # noqa: E731
             times["flash"], dqs["flash"] = median_ms(run_flash, reps=5, calls=3), run_flash()

@@ -601,6 +601,20 @@ def test_whole_tile_softmax_matches_reference(case, tiles, monkeypatch):
         _check(a, e, dtype, name, t)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[5], CASES[9], CASES[10],
+                                  CASES[11], D64_MANY_KEYS], ids=case_id)
+def test_atomic_dq_matches_reference(case, dtype, monkeypatch):
+    """PYDL_ATTENTION_TC_DQ_ATOMIC=1 (dQ summed by the dK / dV kernel with
+    float atomics; opt-in until timed): output, lse and gradients against the
+    reference."""
+    monkeypatch.setenv("PYDL_ATTENTION_TC_DQ_ATOMIC", "1")
+    (out, got), (exact_out, exact), (low_out, theirs) = _ours_against_reference(case, dtype)
+    _check(out, exact_out, dtype, "out", low_out)
+    for name, a, e, t in zip(["dq", "dk", "dv", "dmask"], got, exact, theirs):
+        _check(a, e, dtype, name, t)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_whole_tile_softmax_lazy_rescale(causal, monkeypatch):
     """Scores that climb along the keys: the stale reference max of the

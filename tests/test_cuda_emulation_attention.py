@@ -601,6 +601,48 @@ def test_whole_tile_softmax(emu, case, dtype, monkeypatch):
         assert rel_error(whole, general.double()) <= 1e-2, f"{name} with dropout"
 
 
+# (case, dtype): plain d64; GQA + bool mask + causal (d128 / Ev 64); L > S,
+# rows that see nothing; d256 with a float mask (8 warps: split row groups);
+# GQA + float mask + causal at d96 (the 128 bucket, partly valid columns);
+# key blocks no query row sees; d200 / Ev136 (the 256 bucket).
+ATOMIC_DQ_CASES = [(CASES[0], torch.bfloat16), (CASES[4], torch.float16),
+                   (CASES[5], torch.bfloat16), (CASES[6], torch.bfloat16),
+                   (CASES[13], torch.float16), (CASES[14], torch.bfloat16),
+                   (CASES[15], torch.bfloat16)]
+
+
+@pytest.mark.parametrize("case, dtype", ATOMIC_DQ_CASES, ids=lambda x: case_id(x) if
+                         isinstance(x, tuple) else str(x))
+def test_atomic_dq(emu, case, dtype, monkeypatch):
+    """PYDL_ATTENTION_TC_DQ_ATOMIC=1: dQ summed by the dK / dV kernel (float
+    atomics, then one conversion kernel) instead of a dQ kernel: every
+    gradient against the reference; fewer mma than the two-kernel backward
+    (no recomputed S and dP), so the switch really changed the path; and with
+    dropout the two-kernel backward's gradients."""
+    inputs = case_inputs(case)
+    grads = _reference_grads(case, dtype, *inputs)
+    out, lse = _forward_on_tensor_cores(emu, case, dtype)
+    mma = {}
+    for atomic in ("0", "1"):
+        monkeypatch.setenv("PYDL_ATTENTION_TC_DQ_ATOMIC", atomic)
+        before = emu.mma_count()
+        with _schedule(case):
+            _check_tc_backward(emu, case, dtype, inputs, out, lse, grads, f"atomic dQ {atomic}")
+        mma[atomic] = emu.mma_count() - before
+    assert mma["1"] < mma["0"], f"mma: {mma}: the atomic dQ did not run"
+    args = _op_args(case, *[in_dtype(t, dtype) for t in inputs], seed=4, p=0.3)
+    monkeypatch.delenv("PYDL_ATTENTION_TC_DQ_ATOMIC")
+    out, lse = emu.attention(*args)
+    grad_out = grads[0].to(dtype)
+    per_mode = []
+    for atomic in ("0", "1"):
+        monkeypatch.setenv("PYDL_ATTENTION_TC_DQ_ATOMIC", atomic)
+        per_mode.append(emu.attention_backward(grad_out, *args[:5], out, lse, None, *args[5:],
+                                               [True, True, True, False])[:3])
+    for name, two_kernels, atomic in zip(["dq", "dk", "dv"], *per_mode):
+        assert rel_error(atomic, two_kernels.double()) <= 1e-2, f"{name} with dropout"
+
+
 def test_whole_tile_softmax_lazy_rescale(emu, monkeypatch):
     """Scores that climb along the keys by less than the lazy-rescale margin
     in some tiles and by far more in others: the stale reference max still

@@ -182,6 +182,14 @@ inline T __shfl_sync(unsigned mask, T value, int src_lane, int width = 32) {
 }
 
 inline float __expf(float x) { return std::exp(x); }
+// One OS thread runs every fiber and none is switched out inside this: the
+// read-modify-write is atomic as it is. (The order of a location's adds is
+// the schedule's, which the reordering reruns vary.)
+inline float atomicAdd(float* address, float value) {
+  const float old = *address;
+  *address = old + value;
+  return old;
+}
 using std::max;
 using std::min;
 

@@ -7,6 +7,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 namespace pydl {
 namespace attention_cuda {
@@ -62,7 +64,22 @@ struct BackwardArgs {
   void* grad_scores;     // (N, Hq, L, S) contiguous zeroed, accumulator dtype, or nullptr
   // Tensor-core backward only: the whole-tile softmax (attention_tc_forward.cuh).
   bool whole_tiles = false;
+  // Tensor-core backward only, or nullptr: (N, Hq, L, E) float, zeroed. The
+  // dK / dV kernel then also adds each query tile's dS K into it (atomics)
+  // and no dQ kernel runs (attention_tc_backward.cuh, kAtomicDq).
+  float* dq_accum = nullptr;
 };
+
+// PYDL_ATTENTION_TC_DQ_ATOMIC=1: the tensor-core backward accumulates dQ in
+// its dK / dV kernel with float atomics (FlashAttention-2's scheme) instead of
+// a second kernel that recomputes S and dP per query tile: 5 tile products of
+// the backward's 7, at the price of atomics and a result that depends on
+// their order. Opt-in A/B switch (scripts/attention_tc_ab.py) until timed on
+// a GPU; read per call.
+inline bool tc_dq_atomic_requested() {
+  const char* env = std::getenv("PYDL_ATTENTION_TC_DQ_ATOMIC");
+  return env != nullptr && std::strcmp(env, "1") == 0;
+}
 
 // delta[r] = sum_c grad_out[r, c] * out[r, c] - grad_lse[r] (grad_lse may be
 // nullptr) for `rows` contiguous rows of `dim`; grad_lse and delta in the

@@ -5,10 +5,15 @@
 // group's score tile (the QK^T and dO V^T products twice, the price of no
 // shared-memory round trip). Probabilities are
 // recomputed from the saved lse; delta = rowsum(dO * O) - grad_lse comes in.
-// Deterministic: every output element has exactly one writer, no atomics.
+// Deterministic by default: every output element has exactly one writer, no
+// atomics. (The opt-in atomic dQ, PYDL_ATTENTION_TC_DQ_ATOMIC=1, replaces the
+// dQ kernel: the dK / dV kernel also writes each query tile's dS, keys-major,
+// to shared memory and adds dQ += dS K into a float buffer with atomics,
+// FlashAttention-2's scheme; dq_from_accum_kernel scales and converts it.)
 //
-// dK / dV kernel: CTA = (n, hk, 128 keys; 64 above head dim 64), 4 row groups
-//   of two 16-key m-tiles (one above 64). It walks the query tiles (32 rows)
+// dK / dV kernel: CTA = (n, hk, 64 keys), 4 row groups of one 16-key m-tile
+//   (128 keys, two m-tiles, at head dim 64 with PYDL_ATTENTION_TC_MTILES=2;
+//   BackwardTraits). It walks the query tiles (32 rows)
 //   of every query head of its GQA group; Q / dO tiles stream through shared
 //   memory, double-buffered with cp.async. A warp computes its m-tiles'
 //   16 x 32 slices of the TRANSPOSED scores, so P^T and dS^T come
@@ -17,9 +22,10 @@
 //     P^T  = exp(S^T * scale + mask - lse)   (dropout: P_used^T = P^T * z)
 //     dS^T = P^T * (dP^T * z - delta)        (written to the mask-grad buffer if asked)
 //     dV  += P_used^T dO    dK  += dS^T Q    (dK scaled at the end)
-// dQ kernel: CTA = (n, h, 128 query rows; 64 at head dim 256), 4 row groups
-//   of two 16-row m-tiles (one at 256), walks the key tiles (32 keys; 64 with
-//   one m-tile below head dim 256) up to the causal limit, K / V
+// dQ kernel: CTA = (n, h, 64 query rows), 4 row groups of one 16-row m-tile
+//   (128 rows, two m-tiles, at head dims 64 / 128 with
+//   PYDL_ATTENTION_TC_MTILES=2), walks the key tiles (64 keys; 32 with two
+//   m-tiles or at head dim 256) up to the causal limit, K / V
 //   double-buffered:
 //     S = Q K^T, dP = dO V^T, dS = P * (dP * z - delta), dQ += dS K.
 #pragma once
@@ -66,6 +72,11 @@ struct BackwardTraits {
   static constexpr int kKeys = 16 * kDkdvMTiles * kGroups;
   static constexpr int kQueryTile = 32;
   static constexpr int kDkdvSmemBytes = (2 * kKeys + 4 * kQueryTile) * kPitch * 2;  // K, V, 2 x (Q, dO)
+  // With the atomic dQ (BackwardArgs::dq_accum): dS of a query tile, keys-major,
+  // and each warp's share of the tile's dQ columns.
+  static constexpr int kDsPitch = kQueryTile + 8;
+  static constexpr int kDkdvAtomicSmemBytes = kDkdvSmemBytes + kKeys * kDsPitch * 2;
+  static constexpr int kDqColsPerWarp = kHeadDim / kWarps;
   // dQ kernel: 16 x kDqMTiles query rows per row group, key tiles of 64 (32
   // with two m-tiles, and at head dim 256: smem).
   static constexpr int kRows = 16 * kDqMTiles * kGroups;
@@ -129,16 +140,20 @@ __device__ __forceinline__ void store_acc(const float (*acc)[4], T* out, int64_t
 
 // ----------------------------------------------------------------------------- dK / dV
 
-template <typename T, typename Tr>
+// kAtomicDq: also dQ += dS K per query tile into a.dq_accum (float atomics;
+// see tc_dq_atomic_requested), one m-tile per warp only.
+template <typename T, typename Tr, bool kAtomicDq = false>
 __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
   constexpr int kD = Tr::kHeadDim, kPitch = Tr::kPitch, kKeys = Tr::kKeys, kQT = Tr::kQueryTile;
   constexpr int kAcc = Tr::kAccCols, kMT = Tr::kDkdvMTiles;
+  static_assert(!kAtomicDq || kMT == 1, "the atomic dQ takes one m-tile per warp");
   const Problem& p = a.p;
   PYDL_DYNAMIC_SMEM(unsigned char, smem_raw);
   T* Ks = reinterpret_cast<T*>(smem_raw);
   T* Vs = Ks + kKeys * kPitch;
   T* Qs = Vs + kKeys * kPitch;  // [2][kQT][kPitch]
   T* dOs = Qs + 2 * kQT * kPitch;
+  T* dSs = dOs + 2 * kQT * kPitch;  // [kKeys][kDsPitch], kAtomicDq only
 
   const int nhk = blockIdx.x, n = nhk / p.heads_kv, hk = nhk % p.heads_kv;
   const int j0 = blockIdx.y * kKeys, keys_here = min(kKeys, p.len_kv - j0);
@@ -278,9 +293,52 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
         }
       }
     }
+    if constexpr (kAtomicDq) {
+      // dS^T to shared memory, keys-major, once per row group (both halves
+      // of a split row group hold the same dS).
+      if (half == 0) {
+#pragma unroll
+        for (int nt = 0; nt < kQT / 8; ++nt) {
+#pragma unroll
+          for (int rr = 0; rr < 2; ++rr) {
+            *reinterpret_cast<uint32_t*>(dSs + (r0 + g + 8 * rr) * Tr::kDsPitch + nt * 8 + 2 * t) =
+                pack2<T>(dpt[0][nt][2 * rr], dpt[0][nt][2 * rr + 1]);
+          }
+        }
+      }
+    }
     mma_xb<T, kAcc, kQT / 8, kPitch, kMT>(dv, st, dOb + half * kAcc, lane);
     mma_xb<T, kAcc, kQT / 8, kPitch, kMT>(dk, dpt, Qb + half * kAcc, lane);
-    __syncthreads();  // this buffer is refilled two tiles on
+    if constexpr (kAtomicDq) {
+      __syncthreads();  // every row group's dS is in dSs
+      // This warp's columns of the tile's dQ: dS (kQT queries x kKeys) K,
+      // 16 queries at a time (the accumulators of both at once spilled at
+      // head dim 128 beside dK and dV).
+      constexpr int kCols = Tr::kDqColsPerWarp;
+      const int col0 = warp * kCols;
+      float* dq_rows = a.dq_accum + (nh * p.len_q + i0) * p.dim_qk + col0;
+#pragma unroll
+      for (int mt = 0; mt < kQT / 16; ++mt) {
+        float dq[1][kCols / 8][4];
+        zero_acc<kCols / 8>(dq[0]);
+        mma_atb<T, kCols / 8, kKeys / 16, Tr::kDsPitch, kPitch, 1>(dq, dSs + mt * 16, Ks + col0,
+                                                                   lane);
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+          const int q = mt * 16 + g + 8 * rr;
+          if (i0 + q >= p.len_q) continue;
+#pragma unroll
+          for (int nt = 0; nt < kCols / 8; ++nt) {
+            const int col = nt * 8 + 2 * t;
+            if (col0 + col < p.dim_qk) {
+              atomicAdd(dq_rows + q * p.dim_qk + col, dq[0][nt][2 * rr]);
+              atomicAdd(dq_rows + q * p.dim_qk + col + 1, dq[0][nt][2 * rr + 1]);
+            }
+          }
+        }
+      }
+    }
+    __syncthreads();  // this Q / dO buffer is refilled two tiles on, dSs one tile on
   }
   cp_async_wait<0>();  // with no tile, the first group (K, V) is still in flight
   const int64_t key_row0 = static_cast<int64_t>(nhk) * p.len_kv + j0;
@@ -451,10 +509,46 @@ __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
   }
 }
 
+// dq = dq_accum * scale in T (the atomic dQ's last step).
+template <typename T>
+__global__ void __launch_bounds__(256)
+    dq_from_accum_kernel(const float* dq_accum, T* dq, int64_t n, float scale) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * 256) {
+    dq[i] = from_acc<T>(dq_accum[i] * scale);
+  }
+}
+
+// The atomic dQ (BackwardArgs::dq_accum): the dK / dV kernel with it, then
+// dq_from_accum_kernel; false (nothing launched) in the two-m-tile layout
+// (PYDL_ATTENTION_TC_MTILES=2) or where the tiles need more shared memory than
+// the card allows.
+template <typename T, typename Tr>
+bool try_launch_backward_atomic_dq(const BackwardArgs& a, cudaStream_t stream) {
+  if constexpr (Tr::kDkdvMTiles != 1 || Tr::kDqMTiles != 1) {
+    return false;
+  } else {
+    if (Tr::kDkdvAtomicSmemBytes > max_smem_optin()) return false;
+    launch_over_rows(dkdv_kernel<T, Tr, true>, int64_t(a.p.batch) * a.p.heads_kv, a.p.len_kv,
+                     Tr::kKeys, Tr::kThreads, Tr::kDkdvAtomicSmemBytes, "S", a, stream);
+    const int64_t n = int64_t(a.p.batch) * a.p.heads_q * a.p.len_q * a.p.dim_qk;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096));
+    auto kernel = dq_from_accum_kernel<T>;
+    PYDL_LAUNCH_KERNEL(kernel, blocks, 256, 0, stream, static_cast<const float*>(a.dq_accum),
+                       static_cast<T*>(a.grad_q), n, static_cast<float>(a.p.scale));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return true;
+  }
+}
+
 // Launches the backward kernels with traits Tr; false (nothing launched)
 // when their tiles need more shared memory than the card allows.
 template <typename T, typename Tr>
 bool try_launch_backward(const BackwardArgs& a, cudaStream_t stream) {
+  if (a.dq_accum != nullptr && a.grad_q != nullptr &&
+      try_launch_backward_atomic_dq<T, Tr>(a, stream)) {
+    return true;
+  }
   const int optin = max_smem_optin();
   if (Tr::kDkdvSmemBytes > optin || Tr::kDqSmemBytes > optin) return false;
   if (a.grad_k || a.grad_v || a.grad_scores) {

@@ -70,6 +70,37 @@ __device__ __forceinline__ void mma_xb(float (*acc)[kD / 8][4], const float (*x)
   }
 }
 
+// c[mt][nt] += A_mt B where A is stored transposed, row-major [k][m] at a_t
+// (k rows 0 .. 16 * kKSteps, m-tile mt the columns 16 mt .. + 16), and B
+// row-major [k][n] at b (n extent 8 * kNTiles): the "dS K" product of the dK /
+// dV kernel, whose dS sits in shared memory keys-major. ldmatrix.trans turns
+// each 8 x 8 block of A^T into the A fragment (thread (g, t) gets A[g][2t],
+// A[g][2t + 1]).
+template <typename T, int kNTiles, int kKSteps, int kPitchA, int kPitchB, int kMT>
+__device__ __forceinline__ void mma_atb(float (*c)[kNTiles][4], const T* a_t, const T* b,
+                                        int lane) {
+#pragma unroll
+  for (int kk = 0; kk < kKSteps; ++kk) {
+    uint32_t a[kMT][4];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      // matrices a0..a3: (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15)
+      ldmatrix_x4_trans(a[mt], a_t + (kk * 16 + ((lane >> 4) << 3) + (lane & 7)) * kPitchA +
+                                   mt * 16 + ((lane >> 3) & 1) * 8);
+    }
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; nt += 2) {
+      uint32_t bb[4];
+      ldmatrix_x4_trans(bb, b + (kk * 16 + (lane & 15)) * kPitchB + nt * 8 + (lane >> 4) * 8);
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        mma_16816<T>(c[mt][nt], a[mt], bb[0], bb[1]);
+        mma_16816<T>(c[mt][nt + 1], a[mt], bb[2], bb[3]);
+      }
+    }
+  }
+}
+
 }  // namespace tc
 }  // namespace attention_cuda
 }  // namespace pydl
