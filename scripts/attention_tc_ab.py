@@ -23,7 +23,6 @@ around 10 back-to-back calls, median of 10.
 """
 
 import os
-import statistics
 
 import torch
 import torch.nn.functional as F
@@ -31,25 +30,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 os.environ.setdefault("PYDL_EXPERIMENTAL_CUDA", "1")
 os.environ.setdefault("PYDL_STRICT", "1")  # a fallback must not be timed as pydl
+from gpu_timing import median_ms  # noqa: E402  (scripts/)
+
 from pydl.nn.functional import scaled_dot_product_attention as sdpa
-
-
-def median_ms(fn, reps=10, calls=10):
-    """Median over reps of the mean of `calls` back-to-back calls: the GPU stays
-    busy while the host queues the next call, so the host's per-call work
-    (planning, checks, allocation) is not timed unless it is the bottleneck."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    return statistics.median(times)
 
 
 def with_switches(tiles, whole, fn, atomic_dq=""):

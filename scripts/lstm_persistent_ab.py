@@ -13,32 +13,18 @@ Inference, T 100. scripts/gpu_check.sh runs it. Timing: CUDA events around
 """
 
 import os
-import statistics
 
 import torch
 
 os.environ.setdefault("PYDL_EXPERIMENTAL_CUDA", "1")
 os.environ.setdefault("PYDL_STRICT", "1")  # a fallback must not be timed as pydl
+from gpu_timing import median_ms  # noqa: E402  (scripts/)
+
 import pydl  # noqa: E402
 
 STEPS = 100
 CASES = [(1, 64), (1, 256), (8, 256), (16, 1024)]  # (batch, hidden); input = hidden
 UNITS = ["", "2", "4", "8"]  # "": the default grid
-
-
-def median_ms(fn, reps=10, calls=10):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    return statistics.median(times)
 
 
 def with_units(units, fn):

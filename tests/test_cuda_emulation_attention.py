@@ -589,16 +589,23 @@ def test_whole_tile_softmax(emu, case, dtype, monkeypatch):
     # The backward with dropout (default m-tiles: one, so whole tiles in both
     # kernels) gives the general path's gradients for the same forward.
     monkeypatch.delenv("PYDL_ATTENTION_TC_MTILES")
+    _dropout_backward_matches_across(emu, case, dtype, inputs, grads[0],
+                                     "PYDL_ATTENTION_TC_WHOLE_TILES", monkeypatch)
+
+
+def _dropout_backward_matches_across(emu, case, dtype, inputs, grad_out, switch, monkeypatch):
+    """One forward with dropout (p 0.3, seed 4), under the switches as they
+    are; its backward with `switch` = 0 and = 1: the same dq, dk, dv (the
+    same kept weights), within 1e-2."""
     args = _op_args(case, *[in_dtype(t, dtype) for t in inputs], seed=4, p=0.3)
     out, lse = emu.attention(*args)
-    grad_out = grads[0].to(dtype)
     per_mode = []
-    for whole in ("0", "1"):
-        monkeypatch.setenv("PYDL_ATTENTION_TC_WHOLE_TILES", whole)
-        per_mode.append(emu.attention_backward(grad_out, *args[:5], out, lse, None, *args[5:],
-                                               [True, True, True, False])[:3])
-    for name, general, whole in zip(["dq", "dk", "dv"], *per_mode):
-        assert rel_error(whole, general.double()) <= 1e-2, f"{name} with dropout"
+    for value in ("0", "1"):
+        monkeypatch.setenv(switch, value)
+        per_mode.append(emu.attention_backward(grad_out.to(dtype), *args[:5], out, lse, None,
+                                               *args[5:], [True, True, True, False])[:3])
+    for name, off, on in zip(["dq", "dk", "dv"], *per_mode):
+        assert rel_error(on, off.double()) <= 1e-2, f"{name} with dropout, {switch}"
 
 
 # (case, dtype): plain d64; GQA + bool mask + causal (d128 / Ev 64); L > S,
@@ -630,17 +637,9 @@ def test_atomic_dq(emu, case, dtype, monkeypatch):
             _check_tc_backward(emu, case, dtype, inputs, out, lse, grads, f"atomic dQ {atomic}")
         mma[atomic] = emu.mma_count() - before
     assert mma["1"] < mma["0"], f"mma: {mma}: the atomic dQ did not run"
-    args = _op_args(case, *[in_dtype(t, dtype) for t in inputs], seed=4, p=0.3)
     monkeypatch.delenv("PYDL_ATTENTION_TC_DQ_ATOMIC")
-    out, lse = emu.attention(*args)
-    grad_out = grads[0].to(dtype)
-    per_mode = []
-    for atomic in ("0", "1"):
-        monkeypatch.setenv("PYDL_ATTENTION_TC_DQ_ATOMIC", atomic)
-        per_mode.append(emu.attention_backward(grad_out, *args[:5], out, lse, None, *args[5:],
-                                               [True, True, True, False])[:3])
-    for name, two_kernels, atomic in zip(["dq", "dk", "dv"], *per_mode):
-        assert rel_error(atomic, two_kernels.double()) <= 1e-2, f"{name} with dropout"
+    _dropout_backward_matches_across(emu, case, dtype, inputs, grads[0],
+                                     "PYDL_ATTENTION_TC_DQ_ATOMIC", monkeypatch)
 
 
 def test_whole_tile_softmax_lazy_rescale(emu, monkeypatch):
