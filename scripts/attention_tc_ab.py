@@ -18,7 +18,7 @@ Measured (H200, bf16): 2026-11-27, general softmax: forward two/one
 128, 0.77x at 64. 2026-11-28: the whole-tile softmax ran the forward
 1.65-2.42x the general one, and with it one m-tile ran the forward
 1.19-1.39x faster than two at head dim 64 (two 1.01-1.25x at 128) and the
-backward 1.15x faster than two at 128: today's defaults. scripts/gpu_check.sh runs it. Timing: CUDA events
+backward 1.15-1.19x faster than two at 128: today's defaults. scripts/gpu_check.sh runs it. Timing: CUDA events
 around 10 back-to-back calls, median of 10.
 """
 

@@ -607,12 +607,32 @@ def test_whole_tile_softmax_matches_reference(case, tiles, monkeypatch):
 def test_atomic_dq_matches_reference(case, dtype, monkeypatch):
     """PYDL_ATTENTION_TC_DQ_ATOMIC=1 (dQ summed by the dK / dV kernel with
     float atomics; opt-in until timed): output, lse and gradients against the
-    reference."""
+    reference; the conversion kernel ran and no dQ kernel (where the tensor
+    cores run: head dims that are multiples of 8); under
+    torch.use_deterministic_algorithms the dQ kernel runs instead."""
     monkeypatch.setenv("PYDL_ATTENTION_TC_DQ_ATOMIC", "1")
-    (out, got), (exact_out, exact), (low_out, theirs) = _ours_against_reference(case, dtype)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        (out, got), (exact_out, exact), (low_out, theirs) = _ours_against_reference(case, dtype)
+        torch.cuda.synchronize()
+    names = [e.key for e in prof.key_averages()]
     _check(out, exact_out, dtype, "out", low_out)
     for name, a, e, t in zip(["dq", "dk", "dv", "dmask"], got, exact, theirs):
         _check(a, e, dtype, name, t)
+    if case[5] % 8 == 0 and case[6] % 8 == 0:
+        assert any("dq_from_accum_kernel" in n for n in names), names
+        assert not any("tc::dq_kernel" in n for n in names), names
+    q, k, v = (torch.randn(1, 2, 70, 64, device="cuda", dtype=dtype, requires_grad=True)
+               for _ in range(3))
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            sdpa(q, k, v).sum().backward()
+            torch.cuda.synchronize()
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    names = [e.key for e in prof.key_averages()]
+    assert not any("dq_from_accum_kernel" in n for n in names), names
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -243,6 +243,14 @@ def test_lstm_default_on_cuda_is_pydl_only_where_it_beat_cudnn(cuda_build, monke
     monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "0")
     assert _cudnn_is_faster(model, torch.empty(3, 2, 4), data)
     monkeypatch.delenv("PYDL_LSTM_PERSISTENT")
+    # the op's batch limit lowered: what it sends to the cuBLAS loop goes to cuDNN
+    monkeypatch.setenv("PYDL_LSTM_PERSISTENT_MAX_BATCH", "8")
+    assert _cudnn_is_faster(model, torch.empty(3, 9, 4), data)
+    assert _cudnn_is_faster(model, pack_sequence([torch.empty(5, 4)] * 20), data)
+    assert not _cudnn_is_faster(model, torch.empty(3, 8, 4), data)
+    monkeypatch.setenv("PYDL_LSTM_PERSISTENT_MAX_BATCH", "64")  # raised: the measured rule stays
+    assert _cudnn_is_faster(model, torch.empty(3, 17, 4), data)
+    monkeypatch.delenv("PYDL_LSTM_PERSISTENT_MAX_BATCH")
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     assert _cudnn_is_faster(model, torch.empty(3, 2, 4), data)
     # traced by torch.compile: no device queries, the measured bound only

@@ -593,6 +593,27 @@ def test_whole_tile_softmax(emu, case, dtype, monkeypatch):
                                      "PYDL_ATTENTION_TC_WHOLE_TILES", monkeypatch)
 
 
+def test_atomic_dq_yields_to_deterministic_algorithms(emu, monkeypatch):
+    """Under torch.use_deterministic_algorithms(True) the atomic dQ's switch
+    is ignored: the two-kernel backward runs (as many mma as without it)."""
+    case = CASES[0]
+    inputs = case_inputs(case)
+    grads = _reference_grads(case, torch.bfloat16, *inputs)
+    out, lse = _forward_on_tensor_cores(emu, case, torch.bfloat16)
+    mma = {}
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    for atomic, strict in (("0", False), ("1", True)):
+        monkeypatch.setenv("PYDL_ATTENTION_TC_DQ_ATOMIC", atomic)
+        torch.use_deterministic_algorithms(strict)
+        try:
+            before = emu.mma_count()
+            _check_tc_backward(emu, case, torch.bfloat16, inputs, out, lse, grads, atomic)
+            mma[atomic] = emu.mma_count() - before
+        finally:
+            torch.use_deterministic_algorithms(deterministic)
+    assert mma["1"] == mma["0"], mma
+
+
 def _dropout_backward_matches_across(emu, case, dtype, inputs, grad_out, switch, monkeypatch):
     """One forward with dropout (p 0.3, seed 4), under the switches as they
     are; its backward with `switch` = 0 and = 1: the same dq, dk, dv (the

@@ -234,8 +234,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_on_stream(
                        v = tensor_core_ready(value);
       a.p = make_problem(s, q, k, v, mask, dropout_seed, dropout_p, is_causal,
                          causal_bottom_right, scale);
-      at::Tensor dq_accum;  // the atomic dQ's float sums (PYDL_ATTENTION_TC_DQ_ATOMIC=1)
-      if (g_q.defined() && tc_dq_atomic_requested()) {
+      // The atomic dQ's float sums (PYDL_ATTENTION_TC_DQ_ATOMIC=1); never
+      // under torch.use_deterministic_algorithms (the atomics' order varies).
+      at::Tensor dq_accum;
+      if (g_q.defined() && tc_dq_atomic_requested() &&
+          !at::globalContext().deterministicAlgorithms()) {
         dq_accum = at::zeros({s.batch, s.heads_q, s.len_q, s.dim_qk},
                              query.options().dtype(at::kFloat));
         a.dq_accum = dq_accum.mutable_data_ptr<float>();

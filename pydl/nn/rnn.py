@@ -23,7 +23,7 @@ from pydl.ops.lstm import lstm, lstm_cell
 # those its persistent kernel takes (no projection, not float64, hidden <=
 # min(1024, 8 x SMs)) at batch <= 16, or packed at batch <= 32 with hidden <=
 # 256, unless torch would run one of cuDNN's persistent algorithms there
-# (below). Elsewhere pydl's cuBLAS loop ran 0.6-1.0x cuDNN, so those calls run
+# (below). Elsewhere pydl's cuBLAS loop ran 0.3-1.0x cuDNN, so those calls run
 # torch's LSTM: a choice of the faster kernel, not a fallback (PYDL_STRICT=1
 # does not object). Measured on an H200, 2026-11-28 (quick benchmarks):
 # persistent kernel over cuDNN at batch 1-16, bf16 1.2-6.4x; float32 and fp16
@@ -102,11 +102,15 @@ def _cudnn_is_faster(module: torch.nn.LSTM, input, data: torch.Tensor) -> bool:
     packed = isinstance(input, PackedSequence)
     if packed:
         batch = int(input.batch_sizes[0]) if input.batch_sizes.numel() > 0 else 0
-        if batch > CUDA_DEFAULT_MAX_BATCH:
-            return (batch > CUDA_DEFAULT_MAX_PACKED_BATCH
-                    or module.hidden_size > CUDA_DEFAULT_MAX_PACKED_HIDDEN)
     else:
         batch = 1 if input.dim() < 3 else input.shape[0 if module.batch_first else 1]
+    # The op's own limit, when lowered: batches past it would run the cuBLAS loop.
+    limit = os.environ.get("PYDL_LSTM_PERSISTENT_MAX_BATCH", "")
+    if not tracing and limit.isdigit() and batch > int(limit):
+        return True
+    if packed and batch > CUDA_DEFAULT_MAX_BATCH:
+        return (batch > CUDA_DEFAULT_MAX_PACKED_BATCH
+                or module.hidden_size > CUDA_DEFAULT_MAX_PACKED_HIDDEN)
     return batch > CUDA_DEFAULT_MAX_BATCH or _torch_runs_cudnn_persistent(
         module, data, batch, packed, device_known=not tracing)
 

@@ -51,11 +51,13 @@ namespace tc {
 // both): the dQ kernel at head dims up to 128 (with 32-key tiles to keep the
 // S and dP accumulators in registers), the dK / dV kernel at head dim 64
 // (its dK + dV accumulators of 32 keys x 128 columns would not fit at 128).
-// The default is one: only then do the kernels take the whole-tile softmax
-// (attention_tc_forward.cuh), and with it one m-tile ran forward + backward
-// 1.15x faster than two at head dim 128 (H200, bf16, 2026-11-28, full, L
-// 4096, scripts/attention_tc_ab.py). Without it the two were within 1% at
-// 128, and one 1.3x faster at 64 (2026-11-27).
+// The default is one: only kernels with one m-tile per warp take the
+// whole-tile softmax (attention_tc_forward.cuh; the dK / dV kernel has one at
+// head dims 128 / 256 even with PYDL_ATTENTION_TC_MTILES=2), and with it one
+// m-tile ran forward + backward 1.15-1.19x faster than two at head dim 128
+// (H200, bf16, 2026-11-28, two runs, full, L 4096, scripts/attention_tc_ab.py).
+// Without it the two were within 1% at 128, and one 1.3x faster at 64
+// (2026-11-27).
 // PYDL_ATTENTION_TC_MTILES=1 / 2 forces one / two (the A/B switch).
 template <int kHeadDim_, int kMTiles_ = 1>
 struct BackwardTraits {
@@ -72,8 +74,8 @@ struct BackwardTraits {
   static constexpr int kKeys = 16 * kDkdvMTiles * kGroups;
   static constexpr int kQueryTile = 32;
   static constexpr int kDkdvSmemBytes = (2 * kKeys + 4 * kQueryTile) * kPitch * 2;  // K, V, 2 x (Q, dO)
-  // With the atomic dQ (BackwardArgs::dq_accum): dS of a query tile, keys-major,
-  // and each warp's share of the tile's dQ columns.
+  // With the atomic dQ (BackwardArgs::dq_accum): shared memory for dS of a
+  // query tile, keys-major; each warp computes kDqColsPerWarp of its dQ columns.
   static constexpr int kDsPitch = kQueryTile + 8;
   static constexpr int kDkdvAtomicSmemBytes = kDkdvSmemBytes + kKeys * kDsPitch * 2;
   static constexpr int kDqColsPerWarp = kHeadDim / kWarps;

@@ -1,9 +1,9 @@
 // FlashAttention-2-style forward on tensor cores for fp16 / bf16 (float
 // accumulators, float lse).
 //
-// CTA = (n, h, 128 query rows; 64 at head dim 256), 4 warps, each warp
-// owning 32 (16) query rows, two (one) m16 tiles, for the whole pass (no
-// inter-warp reductions). The CTA walks the key tiles of
+// CTA = (n, h, 128 query rows at head dim 128; 64 at 64 and 256; see
+// ForwardTraits), 4 warps, each warp owning 32 (16) query rows, two (one)
+// m16 tiles, for the whole pass (no inter-warp reductions). The CTA walks the key tiles of
 // kBlockN keys up to the causal limit; K/V tiles stream through shared memory
 // with cp.async, double-buffered (tile t+1 loads while tile t computes). Per tile:
 //   S = Q K^T        mma m16n8k16, Q and K fragments by ldmatrix from smem
@@ -53,9 +53,11 @@ constexpr float kLog2e = 1.4426950408889634f;
 // l share the stale reference, O / l is unchanged, lse = m + log l still
 // holds, and P <= 2^8 loses nothing in the fp16 / bf16 PV mma (their ranges
 // reach 6.5e4 and 3e38). The backward takes the same switch where its
-// kernels run one m-tile per warp (their default; not with
-// PYDL_ATTENTION_TC_MTILES=2): on whole tiles they recompute P with one FFMA
-// and one ex2.approx, without the visibility tests (attention_tc_backward.cuh).
+// kernels run one m-tile per warp (their default; with
+// PYDL_ATTENTION_TC_MTILES=2 only the dK / dV kernel above head dim 64 and
+// the dQ kernel at 256 still do): on whole tiles they recompute P with one
+// FFMA and one ex2.approx, without the visibility tests
+// (attention_tc_backward.cuh).
 constexpr float kLazyRescale = 8.f / kLog2e;
 
 // kMTiles: 16-row m-tiles per warp. Two (a 128-row CTA) for head dims up to

@@ -402,8 +402,10 @@ struct LaunchPlan {
 // fewer blocks meet at each step's grid barrier. The A/B switch
 // (scripts/lstm_persistent_ab.py) for whether a step's latency falls with the
 // block count: at batch 1 a step took 3.7 us at hidden 64, 128 and 256 alike
-// (64-128 blocks) on an H200, against cuDNN's 1.1-2.2 us at 64-128 in float32.
-// Read per call; unset or any other value: ceil(hidden / SMs), the default.
+// (64-128 blocks) on an H200, against cuDNN's 1.1-2.2 us at 64-128 in
+// float32. Answered there (2026-11-28): no, 3.7-4.3 us at 8 to 128 blocks
+// alike; the default stays. Read per call; unset or any other value:
+// ceil(hidden / SMs).
 int requested_units() {
   const char* env = std::getenv("PYDL_LSTM_PERSISTENT_UNITS");
   const int units = env == nullptr ? 0 : std::atoi(env);
