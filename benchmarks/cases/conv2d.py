@@ -35,6 +35,9 @@ LAYERS = [
     ("mbv2_dw3x3_144@56_s2", 144, 144, 56, 3, 2, 1, 144),
     ("mbv2_dw3x3_384@14", 384, 384, 14, 3, 1, 1, 384),
     ("mbv2_dw3x3_960@7", 960, 960, 7, 3, 1, 1, 960),
+    # MobileNetV3's 5x5 depthwise: 72 channels leave a tail of 8 past the
+    # AVX-512 float vectors (depthwise.h, depthwise_channel_tail)
+    ("mbv3_dw5x5_72@28", 72, 72, 28, 5, 1, 2, 72),
 ]
 
 # Layers that also get a forward+backward row (batch 1).
