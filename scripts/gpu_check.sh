@@ -20,6 +20,7 @@
 #   FAMILIES="attention other"                   # families tested (of: lstm attention other)
 #   LSTM_DTYPES="float32 float16"                # extra LSTM benchmark dtypes ("" for none)
 #   LSTM_QUICK=0                                 # skip the LSTM's quick tests (the full run stays)
+#   NCU=1                                        # Nsight Compute counters of the attention kernels (ncu.txt)
 # $OUT gets at most 8 files (the device tool's limit): report.md, build.log,
 # gpu_tests.log, bench.log, bench.tar.gz (the CSV/PNG files) and, with
 # cputests, cpu_tests.log. The tests run one process per family (attention,
@@ -225,6 +226,28 @@ if [[ $STEPS == *" tests"* || $STEPS == "tests"* ]]; then
     start=$SECONDS
     timeout -k 5 "$(capped 90 5)" "$PYTHON" scripts/attention_tc_ab.py 2>&1 | tail -n 16 | tee -a "$report"
     step_result "attention tc A/B" "${PIPESTATUS[0]}" "$start"
+  fi
+  # NCU=1: Nsight Compute's counters of the attention kernels, pydl's and
+  # flash's, at one case (scripts/attention_ncu.py) into ncu.txt: what the
+  # A/B's timings cannot say (stall reasons, pipe use). --clock-control none:
+  # the device notes say to leave the clocks alone. Charts too (the stall
+  # breakdown) where this ncu knows --print-details all.
+  ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
+  if [[ ${NCU:-0} == 1 && $FAMILIES == *attention* && -n $ncu_bin ]] && has_budget "attention ncu"; then
+    start=$SECONDS
+    ncu_args=(--clock-control none -k "regex:dkdv_kernel|dq_kernel|forward_kernel|flash_" -c 10
+              --section SpeedOfLight --section Occupancy --section LaunchStats
+              --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis
+              --section MemoryWorkloadAnalysis_Tables --section InstructionStats)
+    timeout -k 5 "$(capped 120 5)" "$ncu_bin" "${ncu_args[@]}" --print-details all \
+      "$PYTHON" scripts/attention_ncu.py > "$OUT/ncu.txt" 2>&1
+    rc=$?
+    if [ "$rc" -ne 0 ] && grep -q "print-details" "$OUT/ncu.txt" && has_budget "attention ncu (plain)"; then
+      timeout -k 5 "$(capped 120 5)" "$ncu_bin" "${ncu_args[@]}" "$PYTHON" scripts/attention_ncu.py \
+        > "$OUT/ncu.txt" 2>&1
+      rc=$?
+    fi
+    step_result "attention ncu ($ncu_bin)" "$rc" "$start" "$(grep -m1 "max|grad" "$OUT/ncu.txt")"
   fi
   # The persistent LSTM kernel's grid (hidden units per block) beside cuDNN.
   if [[ $FAMILIES == *lstm* ]] && has_budget "lstm persistent A/B"; then

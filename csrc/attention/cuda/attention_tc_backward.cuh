@@ -73,7 +73,9 @@ struct BackwardTraits {
   // dK / dV kernel: 16 x kDkdvMTiles keys per row group, query tiles of 32 rows.
   static constexpr int kKeys = 16 * kDkdvMTiles * kGroups;
   static constexpr int kQueryTile = 32;
-  static constexpr int kDkdvSmemBytes = (2 * kKeys + 4 * kQueryTile) * kPitch * 2;  // K, V, 2 x (Q, dO)
+  // K, V, 2 x (Q, dO), then 2 x (lse, delta) of the query tile's rows in float.
+  static constexpr int kDkdvSmemBytes =
+      (2 * kKeys + 4 * kQueryTile) * kPitch * 2 + 4 * kQueryTile * 4;
   // With the atomic dQ (BackwardArgs::dq_accum): shared memory for dS of a
   // query tile, keys-major; each warp computes kDqColsPerWarp of its dQ columns.
   static constexpr int kDsPitch = kQueryTile + 8;
@@ -155,7 +157,9 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
   T* Vs = Ks + kKeys * kPitch;
   T* Qs = Vs + kKeys * kPitch;  // [2][kQT][kPitch]
   T* dOs = Qs + 2 * kQT * kPitch;
-  T* dSs = dOs + 2 * kQT * kPitch;  // [kKeys][kDsPitch], kAtomicDq only
+  // [2][lse, delta][kQT]: the tile's row statistics, staged (see load_stat).
+  float* stats = reinterpret_cast<float*>(dOs + 2 * kQT * kPitch);
+  T* dSs = reinterpret_cast<T*>(stats + 4 * kQT);  // [kKeys][kDsPitch], kAtomicDq only
 
   const int nhk = blockIdx.x, n = nhk / p.heads_kv, hk = nhk % p.heads_kv;
   const int j0 = blockIdx.y * kKeys, keys_here = min(kKeys, p.len_kv - j0);
@@ -196,7 +200,24 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
         static_cast<const T*>(a.grad_out) + (nh * p.len_q + i0) * p.dim_v, p.dim_v, kQT,
         min(kQT, p.len_q - i0), p.dim_v);
   };
-  if (n_tiles > 0) load_q_tile(0, 0);
+  // The lse and delta of a tile's rows (-inf and 0 past L): thread x < kQT
+  // reads row x's lse, kQT <= x < 2 kQT row x - kQT's delta. Read from global
+  // memory inside the score loop, these loads' latency stalled every tile;
+  // now each is issued a tile ahead (into a register, stored to shared memory
+  // at the tile's end, before the barrier that publishes it).
+  auto load_stat = [&](int tile) {
+    const int h = hk * p.group + tile / tiles_per_head;
+    const int i0 = (first_tile + tile % tiles_per_head) * kQT;
+    const int64_t nh = static_cast<int64_t>(n) * p.heads_q + h;
+    const int r = threadIdx.x % kQT, qi = i0 + r;
+    if (threadIdx.x < kQT) return qi < p.len_q ? lse[nh * p.len_q + qi] : neg_inf<float>();
+    return qi < p.len_q ? delta[nh * p.len_q + qi] : 0.f;
+  };
+  const bool stages_stats = threadIdx.x < 2 * kQT;
+  if (n_tiles > 0) {
+    load_q_tile(0, 0);
+    if (stages_stats) stats[threadIdx.x] = load_stat(0);
+  }
   cp_async_commit();
 
   float dk[kMT][kAcc / 8][4], dv[kMT][kAcc / 8][4];
@@ -207,6 +228,7 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
   }
   for (int tile = 0; tile < n_tiles; ++tile) {
     const int buf = tile & 1;
+    const float next_stat = stages_stats && tile + 1 < n_tiles ? load_stat(tile + 1) : 0.f;
     if (tile + 1 < n_tiles) {
       load_q_tile(tile + 1, buf ^ 1);
       cp_async_commit();
@@ -244,8 +266,8 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
       for (int qc = 0; qc < 2; ++qc) {  // this lane's query columns 2t, 2t + 1
         // The query row's lse and delta, read once for all of the lane's keys.
         const int qi = i0 + nt * 8 + 2 * t + qc;
-        const float row_lse = qi < p.len_q ? lse[nh * p.len_q + qi] : neg_inf<float>();
-        const float row_delta = qi < p.len_q ? delta[nh * p.len_q + qi] : 0.f;
+        const float row_lse = stats[buf * 2 * kQT + nt * 8 + 2 * t + qc];
+        const float row_delta = stats[buf * 2 * kQT + kQT + nt * 8 + 2 * t + qc];
         if (whole) {
           const float base = whole_tile_base(row_lse);
 #pragma unroll
@@ -333,14 +355,16 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
           for (int nt = 0; nt < kCols / 8; ++nt) {
             const int col = nt * 8 + 2 * t;
             if (col0 + col < p.dim_qk) {
-              atomicAdd(dq_rows + q * p.dim_qk + col, dq[0][nt][2 * rr]);
-              atomicAdd(dq_rows + q * p.dim_qk + col + 1, dq[0][nt][2 * rr + 1]);
+              atomic_add_pair(dq_rows + q * p.dim_qk + col, dq[0][nt][2 * rr],
+                              dq[0][nt][2 * rr + 1]);
             }
           }
         }
       }
     }
-    __syncthreads();  // this Q / dO buffer is refilled two tiles on, dSs one tile on
+    if (stages_stats && tile + 1 < n_tiles) stats[(buf ^ 1) * 2 * kQT + threadIdx.x] = next_stat;
+    __syncthreads();  // this Q / dO buffer is refilled two tiles on, dSs one tile on;
+                      // the next tile's statistics are in place
   }
   cp_async_wait<0>();  // with no tile, the first group (K, V) is still in flight
   const int64_t key_row0 = static_cast<int64_t>(nhk) * p.len_kv + j0;

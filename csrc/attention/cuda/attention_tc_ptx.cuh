@@ -92,6 +92,19 @@ __device__ __forceinline__ float exp2_approx(float x) {
 }
 #endif  // PYDL_CUDA_EMULATION
 
+// addr[0] += a, addr[1] += b atomically (each element on its own; addr
+// 8-byte aligned). On sm_90 one vector reduction (red.global.add.v2.f32)
+// instead of two: the atomic dQ issues one per accumulator pair.
+__device__ __forceinline__ void atomic_add_pair(float* addr, float a, float b) {
+#if !defined(PYDL_CUDA_EMULATION) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("red.relaxed.gpu.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(addr), "f"(a), "f"(b)
+               : "memory");
+#else
+  atomicAdd(addr, a);
+  atomicAdd(addr + 1, b);
+#endif
+}
+
 // Two floats rounded to T, packed as one register (lo in the low half).
 template <typename T>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi);
