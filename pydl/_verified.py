@@ -32,7 +32,9 @@ VERIFIED_CUDA: dict[str, Verification] = {
         default=False,
         note="0.46x cuDNN (geomean, bf16 NHWC); torch's cuDNN conv stays the default",
     ),
-    # 78/78 `gpu` tests passed at 5b199f4 (persistent forward / backward up to
+    # 78/78 `gpu` tests passed at 2f7e4aa (2026-11-28, with the routing's
+    # review fixes: a lowered PYDL_LSTM_PERSISTENT_MAX_BATCH, fp16's device
+    # clause) and at 5b199f4 (persistent forward / backward up to
     # 32 rows, cuBLAS loop, cell, packed, bidirectional, proj_size, streams,
     # CUDA graphs, the default routing per dtype); 67/67 at b3a232e. Quick
     # benchmarks against cuDNN (2026-11-28, 8066e86): bf16 sequence inference
@@ -50,20 +52,23 @@ VERIFIED_CUDA: dict[str, Verification] = {
         card="NVIDIA H200",
         torch="2.11.0+cu130",
         date="2026-11-28",
-        commit="5b199f4",
+        commit="2f7e4aa",
         default=True,
         note="pydl.nn.LSTM at batch <= 16 and packed <= 32 where cuDNN has no persistent "
              "algorithm (1.2-6.4x cuDNN); other calls and LSTMCell run torch's",
     ),
-    # 205/205 `gpu` tests passed at 5b199f4 with the whole-tile softmax and
+    # 219/219 `gpu` tests passed at 2f7e4aa (2026-11-28: the dK / dV kernel's
+    # staged lse / delta, the atomic dQ's vector reductions, the forward's
+    # one m-tile at head dim 64); 205/205 at 5b199f4 with the whole-tile softmax and
     # one m-tile in the backward as defaults (tensor-core fp16/bf16 and
     # CUDA-core kernels, both m-tile layouts, masks and their gradients,
     # causal both alignments, GQA, dropout equal to the CPU kernel's, CUDA
-    # graphs, opcheck, torch.compile); 184/184 at 257995b. After 5b199f4 the
-    # forward's default at head dim 64 became one m-tile (a layout those tests
-    # ran: PYDL_ATTENTION_TC_MTILES=1). scripts/attention_tc_ab.py, bf16, B16
-    # H16: forward 0.54-0.63x torch's flash backend, forward + backward
-    # 0.42-0.43x; float32 0.06-0.21x torch's efficient backend (2026-11-27).
+    # graphs, opcheck, torch.compile); 184/184 at 257995b. After 2f7e4aa, run
+    # on the CPU emulator only: the score loops' dropout / whole-tile tests
+    # made at compile time (same arithmetic). scripts/attention_tc_ab.py at
+    # 2f7e4aa, bf16, B16 H16: forward 0.54-0.63x torch's flash backend,
+    # forward + backward 0.46x (d128) / 0.49x (causal d64); float32
+    # 0.06-0.21x torch's efficient backend (2026-11-27).
     # torch's SDPA stays the default; fp16 / bf16 calls it cannot express
     # (return_lse, bottom-right causal, causal + mask) run pydl's kernel
     # instead of the O(L x S) reference (pydl/ops/attention.py).
@@ -71,9 +76,9 @@ VERIFIED_CUDA: dict[str, Verification] = {
         card="NVIDIA H200",
         torch="2.11.0+cu130",
         date="2026-11-28",
-        commit="5b199f4",
+        commit="2f7e4aa",
         default=False,
-        note="0.54-0.63x torch's flash forward, 0.42x forward + backward (bf16); torch's "
+        note="0.54-0.63x torch's flash forward, 0.46-0.49x forward + backward (bf16); torch's "
              "SDPA stays the default except for fp16 / bf16 calls it cannot express",
     ),
 }

@@ -10,7 +10,8 @@ m-tile, the general softmax,
 and flash, the ratios, and each variant's largest difference from flash's
 output. Then forward + backward for two cases: the defaults (the backward
 runs one m-tile), the atomic dQ (PYDL_ATTENTION_TC_DQ_ATOMIC=1: dQ summed by
-the dK / dV kernel, no dQ kernel; opt-in until these lines show it faster),
+the dK / dV kernel, no dQ kernel; opt-in: 1.07x faster at d128, 1.12x slower
+at d64 causal on 2026-11-28),
 two m-tiles in both, the general softmax, flash; and the defaults' split
 between the dQ and dK / dV kernels.
 Measured (H200, bf16): 2026-11-27, general softmax: forward two/one
@@ -18,7 +19,9 @@ Measured (H200, bf16): 2026-11-27, general softmax: forward two/one
 128, 0.77x at 64. 2026-11-28: the whole-tile softmax ran the forward
 1.65-2.42x the general one, and with it one m-tile ran the forward
 1.19-1.39x faster than two at head dim 64 (two 1.01-1.25x at 128) and the
-backward 1.15-1.19x faster than two at 128: today's defaults. scripts/gpu_check.sh runs it. Timing: CUDA events
+backward 1.15-1.19x faster than two at 128: today's defaults. Later that day
+(2f7e4aa) the dK / dV kernel's staged lse / delta took its part of the d128
+split from 32.0 to 27.6 ms: forward + backward 132 -> 143 TFLOP/s (flash 313). scripts/gpu_check.sh runs it. Timing: CUDA events
 around 10 back-to-back calls, median of 10.
 """
 

@@ -36,9 +36,14 @@ KNOWN_STACK = [
      ("tensor-core forward at head dim 64 with two m-tiles (168 registers): since the "
       "whole-tile softmax, one loop-invariant value (the key-tile count) on the stack, "
       "read once per key tile (sm_80; none on sm_90)")),
-    (r"tc11dkdv_kernel.*Lb1EE", 16,
-     "tensor-core dK / dV kernel with the atomic dQ (opt-in PYDL_ATTENTION_TC_DQ_ATOMIC): "
-     "16 bytes at head dim 64 on sm_80 (168 registers), none on sm_90; not yet timed"),
+    (r"tc14forward_kernel.*ForwardTraitsILi64ELi1E", 16,
+     ("tensor-core forward at head dim 64, one m-tile: capped at 168 registers (3 CTAs "
+      "per SM, ForwardTraits::kMinBlocks); 16 bytes, three reloads per key tile, outside "
+      "the mma and exponential loops (sm_90 SASS)")),
+    (r"tc9dq_kernel.*BackwardTraitsILi64ELi1E", 32,
+     ("tensor-core dQ kernel at head dim 64, one m-tile: capped at 168 registers (3 CTAs "
+      "per SM, BackwardTraits::kMinBlocks); 32 bytes, one reload per key tile in its "
+      "whole-tile loop (sm_90 SASS), the rest outside the loop")),
     (r"4simt(11dkdv|9dq)_kernel", 32,
      "CUDA-core backward (float32/64 and odd head dims): 8-32 bytes, not yet looked into"),
     (r"conv2d_depthwise_kernel", 8, "depthwise conv with its epilogue: 8 bytes"),

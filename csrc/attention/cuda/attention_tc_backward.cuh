@@ -32,6 +32,8 @@
 
 #include <c10/cuda/CUDAException.h>
 
+#include <type_traits>
+
 #include "attention/cuda/attention_kernels.h"
 #include "attention/cuda/attention_launch.h"
 #include "attention/cuda/attention_math.cuh"
@@ -69,6 +71,13 @@ struct BackwardTraits {
   static constexpr int kGroups = 4;                      // row groups per CTA
   static constexpr int kWarps = kGroups * kSplit;
   static constexpr int kThreads = 32 * kWarps;
+  // CTAs per SM the registers must allow: 3 (<= 168 registers) at head dim 64
+  // with one m-tile, where both kernels took 167-168 on their own until the
+  // whole-tile loops lost their dropout branches (then the dQ kernel took
+  // 232, 2 CTAs; capped, it keeps one reload per key tile on sm_90). Not the
+  // atomic dQ's dK / dV kernel: capped, it spilled inside its score loop
+  // (225-233 registers uncapped: 2 CTAs, as with its 174 before).
+  static constexpr int kMinBlocks = (kHeadDim == 64 && kMTiles_ == 1) ? 3 : 1;
   static constexpr int kPitch = kHeadDim + 8;
   // dK / dV kernel: 16 x kDkdvMTiles keys per row group, query tiles of 32 rows.
   static constexpr int kKeys = 16 * kDkdvMTiles * kGroups;
@@ -147,7 +156,8 @@ __device__ __forceinline__ void store_acc(const float (*acc)[4], T* out, int64_t
 // kAtomicDq: also dQ += dS K per query tile into a.dq_accum (float atomics;
 // see tc_dq_atomic_requested), one m-tile per warp only.
 template <typename T, typename Tr, bool kAtomicDq = false>
-__global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
+__global__ void __launch_bounds__(Tr::kThreads, kAtomicDq ? 1 : Tr::kMinBlocks)
+    dkdv_kernel(BackwardArgs a) {
   constexpr int kD = Tr::kHeadDim, kPitch = Tr::kPitch, kKeys = Tr::kKeys, kQT = Tr::kQueryTile;
   constexpr int kAcc = Tr::kAccCols, kMT = Tr::kDkdvMTiles;
   static_assert(!kAtomicDq || kMT == 1, "the atomic dQ takes one m-tile per warp");
@@ -259,60 +269,81 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
     // at head dim 64, sm_90).
     const bool whole = kMT == 1 && a.whole_tiles && mhead == nullptr && grad_scores == nullptr &&
                        sees_whole_key_tile(p, i0, j0, kKeys);
-    const float scale_log2 = scale * kLog2e;
+    const float* tile_lse = stats + buf * 2 * kQT;  // this lane's query column c: [c]
+    const float* tile_delta = tile_lse + kQT;
+    if (whole) {
+      // Dropout's test hoisted out of the score loop (a compile-time flag
+      // inside): with it inside, its Philox code and the address math the
+      // compiler hoisted above its branches doubled the loop's instructions
+      // (sm_90 SASS; the dK / dV kernel issued 6.9 instructions per mma,
+      // FlashAttention-2's backward 3.2: ncu, H200, 2026-11-28).
+      const float scale_log2 = scale * kLog2e;
+      auto whole_tile = [&](auto with_dropout) {
 #pragma unroll
-    for (int nt = 0; nt < kQT / 8; ++nt) {
+        for (int nt = 0; nt < kQT / 8; ++nt) {
 #pragma unroll
-      for (int qc = 0; qc < 2; ++qc) {  // this lane's query columns 2t, 2t + 1
-        // The query row's lse and delta, read once for all of the lane's keys.
-        const int qi = i0 + nt * 8 + 2 * t + qc;
-        const float row_lse = stats[buf * 2 * kQT + nt * 8 + 2 * t + qc];
-        const float row_delta = stats[buf * 2 * kQT + kQT + nt * 8 + 2 * t + qc];
-        if (whole) {
-          const float base = whole_tile_base(row_lse);
+          for (int qc = 0; qc < 2; ++qc) {  // this lane's query columns 2t, 2t + 1
+            const int c = nt * 8 + 2 * t + qc;
+            const float base = whole_tile_base(tile_lse[c]), row_delta = tile_delta[c];
+#pragma unroll
+            for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+              for (int rr = 0; rr < 2; ++rr) {
+                const int e = 2 * rr + qc;
+                const float prob = exp2_approx(fmaf(st[mt][nt][e], scale_log2, -base));
+                float dp = dpt[mt][nt][e], used = prob;
+                if constexpr (decltype(with_dropout)::value) {
+                  drop_weight(p, seed, static_cast<uint64_t>(nh * p.len_q + i0 + c),
+                              j0 + r0 + mt * 16 + g + 8 * rr, keep_scale, dp, used);
+                }
+                st[mt][nt][e] = used;                       // P_used^T
+                dpt[mt][nt][e] = prob * (dp - row_delta);  // dS^T
+              }
+            }
+          }
+        }
+      };
+      if (p.dropout) {
+        whole_tile(std::true_type{});
+      } else {
+        whole_tile(std::false_type{});
+      }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < kQT / 8; ++nt) {
+#pragma unroll
+        for (int qc = 0; qc < 2; ++qc) {  // this lane's query columns 2t, 2t + 1
+          // The query row's lse and delta, read once for all of the lane's keys.
+          const int qi = i0 + nt * 8 + 2 * t + qc;
+          const float row_lse = tile_lse[nt * 8 + 2 * t + qc];
+          const float row_delta = tile_delta[nt * 8 + 2 * t + qc];
 #pragma unroll
           for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
             for (int rr = 0; rr < 2; ++rr) {
-              const int e = 2 * rr + qc;
-              const float prob = exp2_approx(fmaf(st[mt][nt][e], scale_log2, -base));
-              float dp = dpt[mt][nt][e], used = prob;
-              if (p.dropout) {
-                drop_weight(p, seed, static_cast<uint64_t>(nh * p.len_q + qi),
-                            j0 + r0 + mt * 16 + g + 8 * rr, keep_scale, dp, used);
+              const int e = 2 * rr + qc, kj = j0 + r0 + mt * 16 + g + 8 * rr;
+              float prob = 0.f, ds = 0.f;
+              if (sees_key(p, qi, kj) && row_lse != neg_inf<float>()) {
+                float x = st[mt][nt][e] * scale;
+                if (mhead) x += to_acc(mhead[qi * p.smask.row + kj * p.smask.col]);
+                prob = exp2f((x - row_lse) * kLog2e);
+                float dp = dpt[mt][nt][e];
+                float used = prob;
+                if (p.dropout) {
+                  // used stays in [0, 1] for the half-precision dV mma; dV is
+                  // scaled by 1 / (1 - p) when stored.
+                  drop_weight(p, seed, static_cast<uint64_t>(nh * p.len_q + qi), kj, keep_scale,
+                              dp, used);
+                }
+                ds = prob * (dp - row_delta);
+                prob = used;
+                if (grad_scores && half == 0) {
+                  grad_scores[(nh * p.len_q + qi) * p.len_kv + kj] = ds;
+                }
               }
-              st[mt][nt][e] = used;                       // P_used^T
-              dpt[mt][nt][e] = prob * (dp - row_delta);  // dS^T
+              st[mt][nt][e] = prob;  // P_used^T
+              dpt[mt][nt][e] = ds;   // dS^T
             }
-          }
-          continue;
-        }
-#pragma unroll
-        for (int mt = 0; mt < kMT; ++mt) {
-#pragma unroll
-          for (int rr = 0; rr < 2; ++rr) {
-            const int e = 2 * rr + qc, kj = j0 + r0 + mt * 16 + g + 8 * rr;
-            float prob = 0.f, ds = 0.f;
-            if (sees_key(p, qi, kj) && row_lse != neg_inf<float>()) {
-              float x = st[mt][nt][e] * scale;
-              if (mhead) x += to_acc(mhead[qi * p.smask.row + kj * p.smask.col]);
-              prob = exp2f((x - row_lse) * kLog2e);
-              float dp = dpt[mt][nt][e];
-              float used = prob;
-              if (p.dropout) {
-                // used stays in [0, 1] for the half-precision dV mma; dV is
-                // scaled by 1 / (1 - p) when stored.
-                drop_weight(p, seed, static_cast<uint64_t>(nh * p.len_q + qi), kj, keep_scale, dp,
-                            used);
-              }
-              ds = prob * (dp - row_delta);
-              prob = used;
-              if (grad_scores && half == 0) {
-                grad_scores[(nh * p.len_q + qi) * p.len_kv + kj] = ds;
-              }
-            }
-            st[mt][nt][e] = prob;  // P_used^T
-            dpt[mt][nt][e] = ds;   // dS^T
           }
         }
       }
@@ -385,7 +416,7 @@ __global__ void __launch_bounds__(Tr::kThreads) dkdv_kernel(BackwardArgs a) {
 // ----------------------------------------------------------------------------- dQ
 
 template <typename T, typename Tr>
-__global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
+__global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) dq_kernel(BackwardArgs a) {
   constexpr int kD = Tr::kHeadDim, kPitch = Tr::kPitch, kBM = Tr::kRows, kBN = Tr::kKeyTile;
   constexpr int kAcc = Tr::kAccCols, kMT = Tr::kDqMTiles;
   const Problem& p = a.p;
@@ -471,25 +502,34 @@ __global__ void __launch_bounds__(Tr::kThreads) dq_kernel(BackwardArgs a) {
     const bool whole =
         kMT == 1 && a.whole_tiles && p.mask == nullptr && sees_whole_key_tile(p, i0, j0, kBN);
     if (whole) {
+      // Dropout's test out of the loop, as in dkdv_kernel.
       const float scale_log2 = scale * kLog2e;
+      auto whole_tile = [&](auto with_dropout) {
 #pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) {
-        const float base[2] = {whole_tile_base(row_lse[mt][0]), whole_tile_base(row_lse[mt][1])};
+        for (int mt = 0; mt < kMT; ++mt) {
+          const float base[2] = {whole_tile_base(row_lse[mt][0]),
+                                 whole_tile_base(row_lse[mt][1])};
 #pragma unroll
-        for (int nt = 0; nt < kBN / 8; ++nt) {
+          for (int nt = 0; nt < kBN / 8; ++nt) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int rr = e >> 1;
-            const float prob = exp2_approx(fmaf(s[mt][nt][e], scale_log2, -base[rr]));
-            float d = dp[mt][nt][e];
-            if (p.dropout) {
-              d = kept_at(p, seed, static_cast<uint64_t>(nh) * p.len_q + row[mt][rr],
-                          j0 + nt * 8 + 2 * t + (e & 1))
-                      ? d * keep_scale : 0.f;
+            for (int e = 0; e < 4; ++e) {
+              const int rr = e >> 1;
+              const float prob = exp2_approx(fmaf(s[mt][nt][e], scale_log2, -base[rr]));
+              float d = dp[mt][nt][e];
+              if constexpr (decltype(with_dropout)::value) {
+                d = kept_at(p, seed, static_cast<uint64_t>(nh) * p.len_q + row[mt][rr],
+                            j0 + nt * 8 + 2 * t + (e & 1))
+                        ? d * keep_scale : 0.f;
+              }
+              s[mt][nt][e] = prob * (d - row_delta[mt][rr]);
             }
-            s[mt][nt][e] = prob * (d - row_delta[mt][rr]);
           }
         }
+      };
+      if (p.dropout) {
+        whole_tile(std::true_type{});
+      } else {
+        whole_tile(std::false_type{});
       }
     } else {
 #pragma unroll
