@@ -2,6 +2,10 @@
 hidden units per block (PYDL_LSTM_PERSISTENT_UNITS, read per call; the
 default is ceil(hidden / SMs), one block per SM) beside cuDNN.
 
+Also the one-block forward (PYDL_LSTM_SINGLE_BLOCK=1, opt-in, not yet run on
+a GPU) where it serves (hidden <= 64, batch <= 8): h in shared memory, a
+__syncthreads per step instead of the grid barrier.
+
 Question: does a step's latency fall with the block count? On an H200 (bf16
 and float32, 2026-11-28) a step took 3.7 us at batch 1 whether hidden was 64,
 128 or 256 (64-128 blocks at the grid barrier), while cuDNN's small-hidden
@@ -23,19 +27,23 @@ from gpu_timing import median_ms  # noqa: E402  (scripts/)
 import pydl  # noqa: E402
 
 STEPS = 100
-CASES = [(1, 64), (1, 256), (8, 256), (16, 1024)]  # (batch, hidden); input = hidden
+CASES = [(1, 64), (8, 64), (1, 256), (8, 256), (16, 1024)]  # (batch, hidden); input = hidden
 UNITS = ["", "2", "4", "8"]  # "": the default grid
+SINGLE = "single"  # PYDL_LSTM_SINGLE_BLOCK=1: the one-block forward (hidden <= 64, batch <= 8)
 
 
 def with_units(units, fn):
-    if units:
+    """fn() under PYDL_LSTM_PERSISTENT_UNITS=units, or with the single-block
+    forward (units == SINGLE); "" leaves both unset."""
+    if units == SINGLE:
+        os.environ["PYDL_LSTM_SINGLE_BLOCK"] = "1"
+    elif units:
         os.environ["PYDL_LSTM_PERSISTENT_UNITS"] = units
-    else:
-        os.environ.pop("PYDL_LSTM_PERSISTENT_UNITS", None)
     try:
         return fn()
     finally:
         os.environ.pop("PYDL_LSTM_PERSISTENT_UNITS", None)
+        os.environ.pop("PYDL_LSTM_SINGLE_BLOCK", None)
 
 
 def main():
@@ -55,8 +63,10 @@ def main():
 
             us, diff = {}, {}
             base = with_units("", run)
-            for units in UNITS:
-                label = f"U{units}" if units else f"default U{-(-hidden // sms)}"
+            single = [SINGLE] if hidden <= 64 and batch <= 8 else []
+            for units in UNITS + single:
+                label = (f"U{units}" if units not in ("", SINGLE) else
+                         "single block" if units == SINGLE else f"default U{-(-hidden // sms)}")
                 us[label] = with_units(units, lambda: median_ms(run)) * 1e3 / STEPS
                 diff[label] = (with_units(units, run).float() - base.float()).abs().max().item()
             us["cuDNN"] = median_ms(lambda: run(theirs)) * 1e3 / STEPS

@@ -166,6 +166,47 @@ def test_persistent_units_switch(emu, units, H, blocks, monkeypatch):
     assert emu.block_count() - before == 2 * blocks, "blocks of the forward and backward launches"
 
 
+# The single-block forward (PYDL_LSTM_SINGLE_BLOCK=1): hidden <= 64, batch
+# <= 8 (the layer cases within those, all dtypes) in one block, the backward
+# the persistent kernel's as before.
+SINGLE_BLOCK_CASES = [c for c in LAYER_CASES if c[3] <= 64 and c[1] <= 8 and not c[6]] + [
+    (5, 8, 8, 64, [5, 5, 4, 3, 3, 2, 1, 1], False, 0),  # 8 rows ending at different steps
+    (4, 3, 8, 1, None, True, 0),  # one unit
+    (6, 2, 8, 57, [2, 6], True, 0),  # reversed: a row starting at a later step
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", SINGLE_BLOCK_CASES, ids=_layer_id)
+def test_single_block_forward(emu, case, dtype, monkeypatch):
+    """The forward in one block of 8 warps (8 units each, h in shared memory,
+    a __syncthreads per step), against the float64 CPU kernel, its outputs
+    (gates, cells) feeding the multi-block backward. One launch each way;
+    the forward's is one block (the multi-block one launches ceil(H / units))."""
+    T, B, I, H, lengths, reverse, proj = case
+    monkeypatch.setenv("PYDL_LSTM_SINGLE_BLOCK", "1")
+    before = emu.block_count()
+    launches = _compare(emu, _layer_args(T, B, I, H, lengths, reverse, proj), dtype, True,
+                        monkeypatch)
+    assert launches == (1, 1), f"{launches} launches"
+    backward_blocks = -(-H // -(-H // SMS))  # the multi-block plan: ceil(H / ceil(H / SMs))
+    assert emu.block_count() - before == 1 + backward_blocks, "one block forward"
+
+
+@pytest.mark.parametrize("sms, B, H", [(8, 9, 40), (16, 4, 65)])
+def test_single_block_forward_leaves_larger_layers_to_the_grid(emu, sms, B, H, monkeypatch):
+    """Past 8 rows or 64 units the switch changes nothing: the multi-block
+    kernel runs (its usual block count), with the same results."""
+    monkeypatch.setenv("PYDL_LSTM_SINGLE_BLOCK", "1")
+    args = _layer_args(3, B, 8, H, lengths=[3] + [2] * (B - 1))
+    before = emu.block_count()
+    with emulated_cuda.emulated_device(sm_count=sms):
+        launches = _compare(emu, args, torch.float32, True, monkeypatch)
+    assert launches == (1, 1), f"{launches} launches"
+    blocks = -(-H // -(-H // sms))
+    assert emu.block_count() - before == 2 * blocks
+
+
 @pytest.mark.parametrize("limit, B, persistent_runs", [("64", 64, True), ("8", 9, False),
                                                        ("8", 8, True)])
 def test_persistent_batch_limit_switch(emu, limit, B, persistent_runs, monkeypatch):
@@ -198,12 +239,15 @@ def test_persistent_kernels_plan_for_the_largest_step_not_hx(emu, monkeypatch):
     assert launches == (1, 1), f"{launches} launches"
 
 
-@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "cublas_loop"])
+@pytest.mark.parametrize("persistent", [True, False, "single_block"],
+                         ids=["persistent", "cublas_loop", "single_block"])
 def test_results_do_not_depend_on_thread_order(emu, persistent, monkeypatch):
     """The persistent kernels' blocks share h (forward) and the gate gradients
-    (backward) through global memory between grid barriers: run the threads
-    (and blocks) in other orders, no result may move by a bit."""
+    (backward) through global memory between grid barriers (the single-block
+    forward: its warps through shared memory between __syncthreads): run the
+    threads (and blocks) in other orders, no result may move by a bit."""
     monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "1" if persistent else "0")
+    monkeypatch.setenv("PYDL_LSTM_SINGLE_BLOCK", "1" if persistent == "single_block" else "0")
     args = _cast(_layer_args(6, 3, 8, 50, [6, 4, 2]), torch.float32)
     results = []
     for greedy, reverse in [(False, False), (True, False), (True, True), (False, True)]:

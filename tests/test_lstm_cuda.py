@@ -175,6 +175,35 @@ def test_persistent_kernel_actually_runs(batch, hidden, expected, monkeypatch):
     assert ran == expected, names
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("batch, hidden", [(1, 64), (8, 64), (3, 40), (5, 1)])
+def test_single_block_forward(dtype, batch, hidden, monkeypatch):
+    """PYDL_LSTM_SINGLE_BLOCK=1 (opt-in until this passes on a GPU): the
+    forward of hidden <= 64, batch <= 8 in one block, h in shared memory;
+    the persistent backward after it. By name, it ran (forward and, in
+    training, the multi-block backward); packed, bidirectional, against the
+    float64 reference."""
+    monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "1")
+    monkeypatch.setenv("PYDL_LSTM_SINGLE_BLOCK", "1")
+    ours, theirs, exact = _models(dtype, input_size=16, hidden_size=hidden, bidirectional=True)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(9, batch, 16, dtype=torch.float64, generator=g)
+    h0 = torch.randn(2, batch, hidden, dtype=torch.float64, generator=g)
+    c0 = torch.randn(2, batch, hidden, dtype=torch.float64, generator=g)
+    lengths = torch.randint(1, 10, (batch,), generator=g)
+    lengths[0] = 9
+    got = []
+    cast = lambda t: t.to("cuda", dtype)  # noqa: E731
+    names = _kernels_run(lambda: got.extend(_run(ours, cast(x), (cast(h0), cast(c0)), lengths)))
+    assert any("single_block_forward_kernel" in n for n in names), names
+    assert not any("persistent_forward_kernel" in n for n in names), names
+    assert any("persistent_backward_kernel" in n for n in names), names
+    want = _run(theirs, cast(x), (cast(h0), cast(c0)), lengths)
+    exact_results = _run(exact, x, (h0, c0), lengths)
+    for k, (a, w, e) in enumerate(zip(got, want, exact_results)):
+        _check(a.cpu().double(), w.cpu().double(), e, dtype, f"tensor {k}")
+
+
 @pytest.mark.parametrize("batch, hidden", [(64, 256), (48, 512)])
 def test_persistent_kernel_past_its_default_batch(batch, hidden, monkeypatch):
     """PYDL_LSTM_PERSISTENT_MAX_BATCH lets the persistent kernels take more

@@ -58,7 +58,9 @@ struct PersistentBackwardArgs : PersistentLayer {  // reverse: the forward's dir
 // The number of blocks the kernel runs this layer with on the current device
 // (hidden units spread over the SMs, at most 8 per block, their weights in
 // registers; a cooperative launch), or 0 when it cannot: checked before the
-// caller allocates anything for it.
+// caller allocates anything for it. 1 where the opt-in single-block forward
+// serves (PYDL_LSTM_SINGLE_BLOCK=1, hidden <= 64, batch <= 8: h in shared
+// memory, no grid barrier; it leaves h_buffers and c_state unused).
 int persistent_forward_blocks(StorageType dtype, int hidden, int batch);
 
 // Runs the layer and returns true, or returns false without launching when
