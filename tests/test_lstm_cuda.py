@@ -147,6 +147,18 @@ def test_persistent_sizes_match_reference(batch, hidden):
         assert rel_error(a.cpu(), e) <= 2e-5, f"tensor {k}"
 
 
+def _packed_inputs(T, batch, input_size, hidden, seed):
+    """float64 x (T, batch, input_size), h0 / c0 for two directions, and
+    lengths in [1, T] (the first T) for pack_padded_sequence."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, batch, input_size, dtype=torch.float64, generator=g)
+    h0 = torch.randn(2, batch, hidden, dtype=torch.float64, generator=g)
+    c0 = torch.randn(2, batch, hidden, dtype=torch.float64, generator=g)
+    lengths = torch.randint(1, T + 1, (batch,), generator=g)
+    lengths[0] = T
+    return x, h0, c0, lengths
+
+
 def _kernels_run(fn) -> list[str]:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         fn()
@@ -186,12 +198,7 @@ def test_single_block_forward(dtype, batch, hidden, monkeypatch):
     monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "1")
     monkeypatch.setenv("PYDL_LSTM_SINGLE_BLOCK", "1")
     ours, theirs, exact = _models(dtype, input_size=16, hidden_size=hidden, bidirectional=True)
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(9, batch, 16, dtype=torch.float64, generator=g)
-    h0 = torch.randn(2, batch, hidden, dtype=torch.float64, generator=g)
-    c0 = torch.randn(2, batch, hidden, dtype=torch.float64, generator=g)
-    lengths = torch.randint(1, 10, (batch,), generator=g)
-    lengths[0] = 9
+    x, h0, c0, lengths = _packed_inputs(9, batch, 16, hidden, seed=4)
     got = []
     cast = lambda t: t.to("cuda", dtype)  # noqa: E731
     names = _kernels_run(lambda: got.extend(_run(ours, cast(x), (cast(h0), cast(c0)), lengths)))
@@ -214,12 +221,7 @@ def test_persistent_kernel_past_its_default_batch(batch, hidden, monkeypatch):
     monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "1")
     monkeypatch.setenv("PYDL_LSTM_PERSISTENT_MAX_BATCH", str(batch))
     ours, _, exact = _models(torch.float32, input_size=16, hidden_size=hidden, bidirectional=True)
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(7, batch, 16, dtype=torch.float64, generator=g)
-    h0 = torch.randn(2, batch, hidden, dtype=torch.float64, generator=g)
-    c0 = torch.randn(2, batch, hidden, dtype=torch.float64, generator=g)
-    lengths = torch.randint(1, 8, (batch,), generator=g)
-    lengths[0] = 7
+    x, h0, c0, lengths = _packed_inputs(7, batch, 16, hidden, seed=3)
     got = []
     names = _kernels_run(lambda: got.extend(
         _run(ours, x.float().cuda(), (h0.float().cuda(), c0.float().cuda()), lengths)))

@@ -157,6 +157,22 @@ __device__ __forceinline__ void load_weights(float (&w)[Rows][MaxK], const T* w_
   }
 }
 
+// Step s of the forward's order (time t = s, or T - 1 - s reversed): its
+// rows, first packed row, and the rows of the steps before and after it in
+// that order: a row starts here when the previous step did not run it, and
+// ends here when the next won't.
+struct ForwardStep {
+  int rows, prev, next;
+  int64_t off;
+  __device__ ForwardStep(const PersistentLayer& a, int s) {
+    const int T_ = a.steps, t = a.reverse ? T_ - 1 - s : s;
+    rows = a.step_rows[t];
+    off = a.step_offsets[t];
+    prev = a.reverse ? (t + 1 < T_ ? a.step_rows[t + 1] : 0) : (t > 0 ? a.step_rows[t - 1] : 0);
+    next = a.reverse ? (t > 0 ? a.step_rows[t - 1] : 0) : (t + 1 < T_ ? a.step_rows[t + 1] : 0);
+  }
+};
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1)
     persistent_forward_kernel(PersistentForwardArgs a, int units_per_block) {
@@ -186,15 +202,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   T* cy = static_cast<T*>(a.cy);
 
   for (int s = 0; s < T_; ++s) {
-    const int t = a.reverse ? T_ - 1 - s : s;
-    const int rows = a.step_rows[t];
-    const int64_t off = a.step_offsets[t];
-    // Rows of the step processed before / after this one: a row starts here
-    // when the previous step did not run it, and ends here when the next won't.
-    const int prev = a.reverse ? (t + 1 < T_ ? a.step_rows[t + 1] : 0)
-                               : (t > 0 ? a.step_rows[t - 1] : 0);
-    const int next = a.reverse ? (t > 0 ? a.step_rows[t - 1] : 0)
-                               : (t + 1 < T_ ? a.step_rows[t + 1] : 0);
+    const ForwardStep step(a, s);
+    const int rows = step.rows, prev = step.prev, next = step.next;
+    const int64_t off = step.off;
     const float* h_read = a.h_buffers + int64_t(s % 2) * B * H;
     float* h_write = a.h_buffers + int64_t((s + 1) % 2) * B * H;
     for (int idx = threadIdx.x; idx < rows * H; idx += kThreads) {
@@ -300,24 +310,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   // The gate inputs (x W_ih^T + biases) of this lane's row for each batch row
   // of step s: read a step ahead, so their latency hides behind a step.
   auto load_inputs = [&](int s, float (&in)[kRows]) {
-    const int t = a.reverse ? T_ - 1 - s : s;
-    const int rows = a.step_rows[t];
-    const int64_t off = a.step_offsets[t];
+    const ForwardStep step(a, s);
 #pragma unroll
     for (int b = 0; b < kRows; ++b) {
-      in[b] = owns && b < rows ? to_acc(gates[(off + b) * 4 * H + q * H + u]) : 0.f;
+      in[b] = owns && b < step.rows ? to_acc(gates[(step.off + b) * 4 * H + q * H + u]) : 0.f;
     }
   };
   float inputs[kRows];
   load_inputs(0, inputs);
   for (int s = 0; s < T_; ++s) {
-    const int t = a.reverse ? T_ - 1 - s : s;
-    const int rows = a.step_rows[t];
-    const int64_t off = a.step_offsets[t];
-    const int prev = a.reverse ? (t + 1 < T_ ? a.step_rows[t + 1] : 0)
-                               : (t > 0 ? a.step_rows[t - 1] : 0);
-    const int next = a.reverse ? (t > 0 ? a.step_rows[t - 1] : 0)
-                               : (t + 1 < T_ ? a.step_rows[t + 1] : 0);
+    const ForwardStep step(a, s);
+    const int rows = step.rows, prev = step.prev, next = step.next;
+    const int64_t off = step.off;
     float* h_cur = h_s + (s % 2) * kRows * kH;
     float* h_next = h_s + ((s + 1) % 2) * kRows * kH;
     // Rows that start at this step take h0 (c0 is read where it is used).
