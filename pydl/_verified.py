@@ -65,8 +65,10 @@ VERIFIED_CUDA: dict[str, Verification] = {
     # causal both alignments, GQA, dropout equal to the CPU kernel's, CUDA
     # graphs, opcheck, torch.compile); 184/184 at 257995b. After 2f7e4aa, run
     # on the CPU emulator only: the score loops' dropout / whole-tile tests
-    # made at compile time (same arithmetic). scripts/attention_tc_ab.py at
-    # 2f7e4aa, bf16, B16 H16: forward 0.54-0.63x torch's flash backend,
+    # made at compile time (same arithmetic), and the head-dim-64 one-m-tile
+    # kernels capped at 168 registers (the forward and dQ kernel then keep 16
+    # / 32 bytes of stack). scripts/attention_tc_ab.py at 2f7e4aa
+    # (2026-11-28), bf16, B16 H16: forward 0.54-0.63x torch's flash backend,
     # forward + backward 0.46x (d128) / 0.49x (causal d64); float32
     # 0.06-0.21x torch's efficient backend (2026-11-27).
     # torch's SDPA stays the default; fp16 / bf16 calls it cannot express

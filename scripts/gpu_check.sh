@@ -23,7 +23,7 @@
 #   NCU=1                                        # Nsight Compute counters of the attention kernels (ncu.txt)
 # $OUT gets at most 8 files (the device tool's limit): report.md, build.log,
 # gpu_tests.log, bench.log, bench.tar.gz (the CSV/PNG files) and, with
-# cputests, cpu_tests.log. The tests run one process per family (attention,
+# cputests, cpu_tests.log; with NCU=1, ncu.txt. The tests run one process per family (attention,
 # LSTM, the rest), so a device fault in one family cannot fail the others,
 # each capped so that the script always writes its report. report.md is
 # appended line by line (a kill keeps what came before) and says, per step,
@@ -248,6 +248,8 @@ if [[ $STEPS == *" tests"* || $STEPS == "tests"* ]]; then
       rc=$?
     fi
     step_result "attention ncu ($ncu_bin)" "$rc" "$start" "$(grep -m1 "max|grad" "$OUT/ncu.txt")"
+  elif [[ ${NCU:-0} == 1 && -z $ncu_bin ]]; then
+    step_line "attention ncu: SKIPPED (no ncu on this machine)"
   fi
   # The persistent LSTM kernel's grid (hidden units per block) beside cuDNN.
   if [[ $FAMILIES == *lstm* ]] && has_budget "lstm persistent A/B"; then

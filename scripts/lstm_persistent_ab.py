@@ -35,6 +35,8 @@ SINGLE = "single"  # PYDL_LSTM_SINGLE_BLOCK=1: the one-block forward (hidden <= 
 def with_units(units, fn):
     """fn() under PYDL_LSTM_PERSISTENT_UNITS=units, or with the single-block
     forward (units == SINGLE); "" leaves both unset."""
+    os.environ.pop("PYDL_LSTM_PERSISTENT_UNITS", None)
+    os.environ.pop("PYDL_LSTM_SINGLE_BLOCK", None)
     if units == SINGLE:
         os.environ["PYDL_LSTM_SINGLE_BLOCK"] = "1"
     elif units:

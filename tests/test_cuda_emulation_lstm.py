@@ -171,7 +171,7 @@ def test_persistent_units_switch(emu, units, H, blocks, monkeypatch):
 # the persistent kernel's as before.
 SINGLE_BLOCK_CASES = [c for c in LAYER_CASES if c[3] <= 64 and c[1] <= 8 and not c[6]] + [
     (5, 8, 8, 64, [5, 5, 4, 3, 3, 2, 1, 1], False, 0),  # 8 rows ending at different steps
-    (4, 3, 8, 1, None, True, 0),  # one unit
+    (4, 3, 8, 2, None, True, 0),  # two units: warp 0 alone (H 1 would be one block either way)
     (6, 2, 8, 57, [2, 6], True, 0),  # reversed: a row starting at a later step
 ]
 
@@ -251,8 +251,11 @@ def test_results_do_not_depend_on_thread_order(emu, persistent, monkeypatch):
     args = _cast(_layer_args(6, 3, 8, 50, [6, 4, 2]), torch.float32)
     results = []
     for greedy, reverse in [(False, False), (True, False), (True, True), (False, True)]:
+        before = emu.block_count()
         with emulated_cuda.emulated_device(warp_greedy=greedy, reverse=reverse):
             results.append(_forward_backward(emu, args)[0])
+        if persistent == "single_block":  # one forward block (the grid's: 8), the backward's 8
+            assert emu.block_count() - before == 1 + 8
     # Bit for bit where only kernels computed the value; the CPU GEMMs that
     # stand in for cuBLAS (the loop's steps, the weight and input gradients)
     # may round differently with the guarded buffers' other alignment.

@@ -76,7 +76,8 @@ struct BackwardTraits {
   // whole-tile loops lost their dropout branches (then the dQ kernel took
   // 232, 2 CTAs; capped, it keeps one reload per key tile on sm_90). Not the
   // atomic dQ's dK / dV kernel: capped, it spilled inside its score loop
-  // (225-233 registers uncapped: 2 CTAs, as with its 174 before).
+  // (225-233 registers uncapped: 2 CTAs, as with its 174 before). (On an
+  // A100 three dQ CTAs would not fit its shared memory anyway: 3 x 55 KB.)
   static constexpr int kMinBlocks = (kHeadDim == 64 && kMTiles_ == 1) ? 3 : 1;
   static constexpr int kPitch = kHeadDim + 8;
   // dK / dV kernel: 16 x kDkdvMTiles keys per row group, query tiles of 32 rows.

@@ -275,11 +275,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // Single-block forward (opt-in, PYDL_LSTM_SINGLE_BLOCK=1, see
 // single_block_requested): the whole layer in one block, for hidden <= 64 and
-// batch <= 8. Warp w owns units 8w .. 8w + 8, i.e. 32 gate rows, and lane l
-// holds row l's weights at k = l and l + 32 (64 registers); h lives in shared
+// batch <= 8. Warp w owns units 8w .. 8w + 8, i.e. 32 gate rows; lane l holds
+// all 32 rows' weights at k = l and l + 32 (64 registers), and after the
+// warp's reduce-scatter the sum of row l (gate l % 4 of unit 8w + l / 4); h lives in shared
 // memory, double buffered, so a step ends at a __syncthreads instead of a
 // grid barrier and h never goes through L2. The multi-block kernel's step
-// took 3.4-4.3 us at any block count on an H200 (scripts/
+// took 3.4-4.3 us at 8 to 128 blocks on an H200 (scripts/
 // lstm_persistent_ab.py, 2026-11-28), cuDNN's float32 one 1.4 us at batch 1
 // hidden 64: the grid barrier and the L2 round trip of h, not the arithmetic.
 // Same arguments and outputs as persistent_forward_kernel (h_buffers and
