@@ -4,6 +4,8 @@
 
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "attention/cuda/attention_kernels.h"
 
 namespace pydl {
@@ -12,6 +14,19 @@ namespace attention_cuda {
 template <typename AccT>
 __device__ __forceinline__ AccT neg_inf() {
   return -static_cast<AccT>(INFINITY);
+}
+
+// fn(std::true_type{}) when flag holds, else fn(std::false_type{}): a test
+// made once, at run time, for a loop that takes its outcome as a compile-time
+// constant (the tensor-core kernels' whole-tile loops: with dropout's test
+// inside, its inline Philox code sat between their exponentials).
+template <typename Fn>
+__device__ __forceinline__ void with_static_flag(bool flag, Fn&& fn) {
+  if (flag) {
+    fn(std::true_type{});
+  } else {
+    fn(std::false_type{});
+  }
 }
 
 // Whether query row i of a head sees key j: both exist and, causal, j is at

@@ -32,8 +32,6 @@
 
 #include <c10/cuda/CUDAException.h>
 
-#include <type_traits>
-
 #include "attention/cuda/attention_kernels.h"
 #include "attention/cuda/attention_launch.h"
 #include "attention/cuda/attention_math.cuh"
@@ -198,10 +196,20 @@ __global__ void __launch_bounds__(Tr::kThreads, kAtomicDq ? 1 : Tr::kMinBlocks)
   const int first_tile = i_first / kQT;
   const int tiles_per_head = max(0, (p.len_q + kQT - 1) / kQT - first_tile);
   const int n_tiles = tiles_per_head * p.group;
-  auto load_q_tile = [&](int tile, int buf) {
+  // Query tile `tile`'s head, first row and (n, head) row index.
+  struct QueryTile {
+    int h, i0;
+    int64_t nh;
+  };
+  auto query_tile = [&](int tile) {
     const int h = hk * p.group + tile / tiles_per_head;
-    const int i0 = (first_tile + tile % tiles_per_head) * kQT;
-    const int64_t nh = static_cast<int64_t>(n) * p.heads_q + h;
+    return QueryTile{h, (first_tile + tile % tiles_per_head) * kQT,
+                     static_cast<int64_t>(n) * p.heads_q + h};
+  };
+  auto load_q_tile = [&](int tile, int buf) {
+    const QueryTile q_tile = query_tile(tile);
+    const int h = q_tile.h, i0 = q_tile.i0;
+    const int64_t nh = q_tile.nh;
     load_tile_async<Tr>(
         Qs + buf * kQT * kPitch,
         static_cast<const T*>(p.q) + n * p.sq.n + h * p.sq.h + i0 * p.sq.row, p.sq.row, kQT,
@@ -217,9 +225,9 @@ __global__ void __launch_bounds__(Tr::kThreads, kAtomicDq ? 1 : Tr::kMinBlocks)
   // now each is issued a tile ahead (into a register, stored to shared memory
   // at the tile's end, before the barrier that publishes it).
   auto load_stat = [&](int tile) {
-    const int h = hk * p.group + tile / tiles_per_head;
-    const int i0 = (first_tile + tile % tiles_per_head) * kQT;
-    const int64_t nh = static_cast<int64_t>(n) * p.heads_q + h;
+    const QueryTile q_tile = query_tile(tile);
+    const int h = q_tile.h, i0 = q_tile.i0;
+    const int64_t nh = q_tile.nh;
     const int r = threadIdx.x % kQT, qi = i0 + r;
     if (threadIdx.x < kQT) return qi < p.len_q ? lse[nh * p.len_q + qi] : neg_inf<float>();
     return qi < p.len_q ? delta[nh * p.len_q + qi] : 0.f;
@@ -248,9 +256,9 @@ __global__ void __launch_bounds__(Tr::kThreads, kAtomicDq ? 1 : Tr::kMinBlocks)
       cp_async_wait<0>();
     }
     __syncthreads();
-    const int h = hk * p.group + tile / tiles_per_head;
-    const int i0 = (first_tile + tile % tiles_per_head) * kQT;
-    const int64_t nh = static_cast<int64_t>(n) * p.heads_q + h;
+    const QueryTile q_tile = query_tile(tile);
+    const int h = q_tile.h, i0 = q_tile.i0;
+    const int64_t nh = q_tile.nh;
     const T* Qb = Qs + buf * kQT * kPitch;
     const T* dOb = dOs + buf * kQT * kPitch;
     const T* mhead = p.mask ? static_cast<const T*>(p.mask) + n * p.smask.n + h * p.smask.h
@@ -304,11 +312,7 @@ __global__ void __launch_bounds__(Tr::kThreads, kAtomicDq ? 1 : Tr::kMinBlocks)
           }
         }
       };
-      if (p.dropout) {
-        whole_tile(std::true_type{});
-      } else {
-        whole_tile(std::false_type{});
-      }
+      with_static_flag(p.dropout, whole_tile);
     } else {
 #pragma unroll
       for (int nt = 0; nt < kQT / 8; ++nt) {
@@ -527,11 +531,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) dq_kernel(Backwa
           }
         }
       };
-      if (p.dropout) {
-        whole_tile(std::true_type{});
-      } else {
-        whole_tile(std::false_type{});
-      }
+      with_static_flag(p.dropout, whole_tile);
     } else {
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {

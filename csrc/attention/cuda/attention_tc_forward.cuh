@@ -23,7 +23,6 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <type_traits>
 
 #include "attention/cuda/attention_kernels.h"
 #include "attention/cuda/attention_launch.h"
@@ -276,11 +275,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) forward_kernel(F
           }
         }
       };
-      if (a.whole_tiles && !p.dropout) {
-        exponentiate(std::true_type{});
-      } else {
-        exponentiate(std::false_type{});
-      }
+      with_static_flag(a.whole_tiles && !p.dropout, exponentiate);
       if (!a.whole_tiles || alpha[0] != 1.f || alpha[1] != 1.f) {  // (whole-tile mode: rarely)
 #pragma unroll
         for (int nt = 0; nt < kD / 8; ++nt) {
