@@ -254,7 +254,7 @@ if [[ $STEPS == *" tests"* || $STEPS == "tests"* ]]; then
   # The persistent LSTM kernel's grid (hidden units per block) beside cuDNN.
   if [[ $FAMILIES == *lstm* ]] && has_budget "lstm persistent A/B"; then
     start=$SECONDS
-    timeout -k 5 "$(capped 60 5)" "$PYTHON" scripts/lstm_persistent_ab.py 2>&1 | tail -n 12 | tee -a "$report"
+    timeout -k 5 "$(capped 90 5)" "$PYTHON" scripts/lstm_persistent_ab.py 2>&1 | tail -n 24 | tee -a "$report"
     step_result "lstm persistent A/B" "${PIPESTATUS[0]}" "$start"
   fi
   # conv2d passed on an H200 (2026-11-26) except its bad-argument tests (the

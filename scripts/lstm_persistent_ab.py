@@ -4,7 +4,11 @@ default is ceil(hidden / SMs), one block per SM) beside cuDNN.
 
 Also the one-block forward (PYDL_LSTM_SINGLE_BLOCK=1, opt-in, not yet run on
 a GPU) where it serves (hidden <= 64, batch <= 8): h in shared memory, a
-__syncthreads per step instead of the grid barrier.
+__syncthreads per step instead of the grid barrier; and the tagged exchange
+(PYDL_LSTM_TAGGED_EXCHANGE=1, opt-in, not yet run on a GPU) on the default
+grid: h passed as (value, step) words the readers poll, no grid barrier per
+step. A "training" line per case times forward + backward of the default
+grid with and without it (the backward's dh shares go the same way).
 
 Question: does a step's latency fall with the block count? On an H200 (bf16
 and float32, 2026-11-28) a step took 3.7 us at batch 1 whether hidden was 64,
@@ -30,22 +34,27 @@ STEPS = 100
 CASES = [(1, 64), (8, 64), (1, 256), (8, 256), (16, 1024)]  # (batch, hidden); input = hidden
 UNITS = ["", "2", "4", "8"]  # "": the default grid
 SINGLE = "single"  # PYDL_LSTM_SINGLE_BLOCK=1: the one-block forward (hidden <= 64, batch <= 8)
+TAGGED = "tagged"  # PYDL_LSTM_TAGGED_EXCHANGE=1 on the default grid
+SWITCHES = ("PYDL_LSTM_PERSISTENT_UNITS", "PYDL_LSTM_SINGLE_BLOCK", "PYDL_LSTM_TAGGED_EXCHANGE")
 
 
 def with_units(units, fn):
-    """fn() under PYDL_LSTM_PERSISTENT_UNITS=units, or with the single-block
-    forward (units == SINGLE); "" leaves both unset."""
-    os.environ.pop("PYDL_LSTM_PERSISTENT_UNITS", None)
-    os.environ.pop("PYDL_LSTM_SINGLE_BLOCK", None)
+    """fn() under PYDL_LSTM_PERSISTENT_UNITS=units, with the single-block
+    forward (units == SINGLE) or the tagged exchange (units == TAGGED); ""
+    leaves all three unset."""
+    for name in SWITCHES:
+        os.environ.pop(name, None)
     if units == SINGLE:
         os.environ["PYDL_LSTM_SINGLE_BLOCK"] = "1"
+    elif units == TAGGED:
+        os.environ["PYDL_LSTM_TAGGED_EXCHANGE"] = "1"
     elif units:
         os.environ["PYDL_LSTM_PERSISTENT_UNITS"] = units
     try:
         return fn()
     finally:
-        os.environ.pop("PYDL_LSTM_PERSISTENT_UNITS", None)
-        os.environ.pop("PYDL_LSTM_SINGLE_BLOCK", None)
+        for name in SWITCHES:
+            os.environ.pop(name, None)
 
 
 def main():
@@ -66,9 +75,10 @@ def main():
             us, diff = {}, {}
             base = with_units("", run)
             single = [SINGLE] if hidden <= 64 and batch <= 8 else []
-            for units in UNITS + single:
-                label = (f"U{units}" if units not in ("", SINGLE) else
-                         "single block" if units == SINGLE else f"default U{-(-hidden // sms)}")
+            for units in UNITS + single + [TAGGED]:
+                label = (f"U{units}" if units not in ("", SINGLE, TAGGED) else
+                         "single block" if units == SINGLE else
+                         "tagged" if units == TAGGED else f"default U{-(-hidden // sms)}")
                 us[label] = with_units(units, lambda: median_ms(run)) * 1e3 / STEPS
                 diff[label] = (with_units(units, run).float() - base.float()).abs().max().item()
             us["cuDNN"] = median_ms(lambda: run(theirs)) * 1e3 / STEPS
@@ -76,6 +86,26 @@ def main():
             diffs = " / ".join(f"{d:.1e}" for d in diff.values())
             print(f"{str(dtype)[6:]} B{batch} H{hidden}: us per step {cells}; "
                   f"max|out - default| {diffs}", flush=True)
+
+            xg = x.detach().clone().requires_grad_()
+
+            def train(module=ours):
+                module(xg)[0].float().square().sum().backward()
+                return xg.grad
+
+            train_us = {}
+            for units in ("", TAGGED):
+                train_us["tagged" if units else "default"] = (
+                    with_units(units, lambda: median_ms(train, reps=5)) * 1e3 / STEPS)
+            train_us["cuDNN"] = median_ms(lambda: train(theirs), reps=5) * 1e3 / STEPS
+            xg.grad = None
+            grid_grad = with_units("", train).clone()
+            xg.grad = None
+            tagged_grad = with_units(TAGGED, train)
+            gdiff = (tagged_grad.float() - grid_grad.float()).abs().max().item()
+            cells = ", ".join(f"{label} {t:.2f}" for label, t in train_us.items())
+            print(f"  training: us per step {cells}; max|dx tagged - default| {gdiff:.1e}",
+                  flush=True)
 
 
 if __name__ == "__main__":

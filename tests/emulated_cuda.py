@@ -125,7 +125,7 @@ class _GuardedOps:
     guard_host_allocations): a kernel's access past any tensor faults."""
 
     _SETTINGS = frozenset({"configure", "guard_host_allocations", "launch_count", "block_count",
-                           "mma_count", "smem_wavefronts"})
+                           "mma_count", "grid_barrier_count", "smem_wavefronts"})
 
     def __init__(self, library):
         self._library = library
@@ -151,21 +151,24 @@ def ops():
     """The emulated CUDA ops (builds them on first use): attention,
     attention_backward, lstm_cell(_backward), lstm_layer(_backward), with
     pydl's schemas, taking CPU tensors; plus configure and the counters
-    launch_count / block_count / mma_count / smem_wavefronts."""
+    launch_count / block_count / mma_count / grid_barrier_count / smem_wavefronts."""
     return _GuardedOps(_library())
 
 
 H100_SMEM = 227 * 1024
-_DEFAULT_DEVICE = (8, H100_SMEM, False, False, False)
+_DEFAULT_DEVICE = (8, H100_SMEM, False, False, False, False)
 _device_stack = [_DEFAULT_DEVICE]
 
 
 @contextlib.contextmanager
 def emulated_device(sm_count=8, max_smem_optin=H100_SMEM, warp_greedy=False, reverse=False,
-                    eager_copies=False):
+                    eager_copies=False, block_greedy=False):
     """The emulated device's shape and the scheduler's choices, for the `with`
-    body. Nests: on exit the enclosing settings come back."""
-    _device_stack.append((sm_count, max_smem_optin, warp_greedy, reverse, eager_copies))
+    body (block_greedy: each block of a cooperative launch runs as far as it
+    can before the next starts). Nests: on exit the enclosing settings come
+    back."""
+    _device_stack.append((sm_count, max_smem_optin, warp_greedy, block_greedy, reverse,
+                          eager_copies))
     ops().configure(*_device_stack[-1])
     try:
         yield

@@ -73,7 +73,10 @@ def _forward_backward(ops, args, seed=3):
 
 
 def _compare(emu, args, dtype, persistent, monkeypatch):
+    """persistent: True (grid barrier per step), "tagged" (the tagged
+    exchange, PYDL_LSTM_TAGGED_EXCHANGE=1) or False (the cuBLAS loop)."""
     monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "1" if persistent else "0")
+    monkeypatch.setenv("PYDL_LSTM_TAGGED_EXCHANGE", "1" if persistent == "tagged" else "0")
     want, _ = _forward_backward(torch.ops.pydl, args)
     got, launches = _forward_backward(emu, _cast(args, dtype))
     for name, w in want.items():
@@ -113,19 +116,26 @@ def _layer_id(case):
 SMS = 8
 
 
-@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "cublas_loop"])
+@pytest.mark.parametrize("persistent", [True, "tagged", False],
+                         ids=["persistent", "tagged", "cublas_loop"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", LAYER_CASES, ids=_layer_id)
 def test_layer_forward_and_backward(emu, case, dtype, persistent, monkeypatch):
     T, B, I, H, lengths, reverse, proj = case
+    barriers = emu.grid_barrier_count()
     launches = _compare(emu, _layer_args(T, B, I, H, lengths, reverse, proj), dtype, persistent,
                         monkeypatch)
+    barriers = emu.grid_barrier_count() - barriers
     # The persistent kernels run the forward and the backward in one launch
     # each (float64, proj_size and H above 8 units per SM never take them);
     # the cuBLAS loop launches one pointwise kernel per step each way.
     takes_persistent = persistent and dtype != torch.float64 and not proj and H <= 8 * SMS
     steps = max(lengths or [T])
     assert launches == ((1, 1) if takes_persistent else (steps, steps))
+    # A grid barrier per step each way; with the tagged exchange one per
+    # launch (after zeroing the words), none in the steps.
+    if takes_persistent:
+        assert barriers == (2 if persistent == "tagged" else 2 * steps), f"{barriers} barriers"
 
 
 # (SMs, B, H, whether the persistent kernels run). Units per block U =
@@ -137,14 +147,19 @@ def test_layer_forward_and_backward(emu, case, dtype, persistent, monkeypatch):
 # H 768 with 52 KB of shared memory for the forward (above the 48 KB that
 # needs the kernel's attribute raised); and sizes that do not fit: 50 units
 # per block (H 400 on 8 SMs) and 33 rows.
+@pytest.mark.parametrize("persistent", [True, "tagged"], ids=["persistent", "tagged"])
 @pytest.mark.parametrize("sms, B, H, persistent_runs", [
     (8, 3, 7, True), (8, 2, 13, True), (8, 5, 20, True), (8, 2, 33, True), (8, 32, 64, True),
     (32, 3, 256, True), (64, 2, 500, True), (96, 16, 768, True), (8, 2, 400, False),
     (8, 33, 40, False)])
-def test_persistent_kernel_sizes(emu, sms, B, H, persistent_runs, monkeypatch):
+def test_persistent_kernel_sizes(emu, sms, B, H, persistent_runs, persistent, monkeypatch):
+    """Also with the tagged exchange: there each thread gathers h 8 words at
+    a time (B 32 x H 64: one pass; B 16 x H 768: 6 passes, the last short)
+    and sums up to 4 blocks' shares at a time (96 blocks of 8 units: 3 per
+    thread)."""
     args = _layer_args(3, B, 8, H, lengths=[3] + [2] * (B - 1))
     with emulated_cuda.emulated_device(sm_count=sms):
-        launches = _compare(emu, args, torch.float32, True, monkeypatch)
+        launches = _compare(emu, args, torch.float32, persistent, monkeypatch)
     assert launches == ((1, 1) if persistent_runs else (3, 3)), f"{launches} launches"
 
 
@@ -239,20 +254,29 @@ def test_persistent_kernels_plan_for_the_largest_step_not_hx(emu, monkeypatch):
     assert launches == (1, 1), f"{launches} launches"
 
 
-@pytest.mark.parametrize("persistent", [True, False, "single_block"],
-                         ids=["persistent", "cublas_loop", "single_block"])
+@pytest.mark.parametrize("persistent", [True, False, "single_block", "tagged"],
+                         ids=["persistent", "cublas_loop", "single_block", "tagged"])
 def test_results_do_not_depend_on_thread_order(emu, persistent, monkeypatch):
     """The persistent kernels' blocks share h (forward) and the gate gradients
     (backward) through global memory between grid barriers (the single-block
-    forward: its warps through shared memory between __syncthreads): run the
-    threads (and blocks) in other orders, no result may move by a bit."""
+    forward: its warps through shared memory between __syncthreads; the
+    tagged exchange: as tagged words, a block a step ahead of another at
+    most): run the threads (and blocks) in other orders, no result may move
+    by a bit."""
     monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "1" if persistent else "0")
     monkeypatch.setenv("PYDL_LSTM_SINGLE_BLOCK", "1" if persistent == "single_block" else "0")
+    monkeypatch.setenv("PYDL_LSTM_TAGGED_EXCHANGE", "1" if persistent == "tagged" else "0")
     args = _cast(_layer_args(6, 3, 8, 50, [6, 4, 2]), torch.float32)
     results = []
-    for greedy, reverse in [(False, False), (True, False), (True, True), (False, True)]:
+    # Threads in lockstep or warp by warp, blocks in lockstep or each as far
+    # ahead as it can get (block_greedy: a block that overwrote a value
+    # another had yet to read would leave it waiting or wrong), each order
+    # forward and reversed.
+    orders = [{}, {"warp_greedy": True}, {"warp_greedy": True, "reverse": True},
+              {"reverse": True}, {"block_greedy": True}, {"block_greedy": True, "reverse": True}]
+    for order in orders:
         before = emu.block_count()
-        with emulated_cuda.emulated_device(warp_greedy=greedy, reverse=reverse):
+        with emulated_cuda.emulated_device(**order):
             results.append(_forward_backward(emu, args)[0])
         if persistent == "single_block":  # one forward block (the grid's: 8), the backward's 8
             assert emu.block_count() - before == 1 + 8
@@ -269,6 +293,24 @@ def test_results_do_not_depend_on_thread_order(emu, persistent, monkeypatch):
                 assert torch.equal(a, b), name
             else:
                 assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_tagged_exchange_matches_the_grid_barrier_kernels_bit_for_bit(emu, dtype, monkeypatch):
+    """The tagged exchange moves the same floats between the blocks, and each
+    block adds them in the same order: every result the kernels compute is
+    the grid-barrier kernels' to the bit (packed, 4 blocks of 5 units)."""
+    monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "1")
+    args = _cast(_layer_args(5, 4, 8, 20, [5, 4, 4, 2]), dtype)
+    results = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("PYDL_LSTM_TAGGED_EXCHANGE", mode)
+        barriers = emu.grid_barrier_count()
+        results[mode] = _forward_backward(emu, args)[0]
+        barriers = emu.grid_barrier_count() - barriers
+        assert barriers == (2 if mode == "1" else 10), f"{barriers} grid barriers"
+    for name in ("output", "hy", "cy", "d_hx", "d_cx"):
+        assert torch.equal(results["0"][name], results["1"][name]), name
 
 
 def _aten_calls(fn):

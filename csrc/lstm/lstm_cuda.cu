@@ -255,13 +255,26 @@ bool try_persistent_forward(const StepSchedule& plan, const LstmLayerShape& s,
   const std::optional<StorageType> storage = persistent_storage(plan, s, gates.scalar_type());
   if (!storage) return false;
   const int64_t rows = plan.max_rows();  // see fill_layer
-  const int blocks =
-      persistent_forward_blocks(*storage, static_cast<int>(s.hidden), static_cast<int>(rows));
+  const bool tagged = tagged_exchange_requested();  // read once: the kernel and its scratch agree
+  const int blocks = persistent_forward_blocks(*storage, static_cast<int>(s.hidden),
+                                               static_cast<int>(rows), tagged);
   if (blocks == 0) return false;
   const at::Tensor table = device_step_table(plan, gates);
-  at::Tensor scratch = at::empty({3, rows, s.hidden}, gates.options().dtype(at::kFloat));
+  // h [2, rows, H] then c [rows, H], in float; with the tagged exchange h as
+  // (value, step) words, twice the bytes.
+  const int64_t h_planes = tagged ? 4 : 2;
+  at::Tensor scratch =
+      at::empty({h_planes + 1, rows, s.hidden}, gates.options().dtype(at::kFloat));
+  float* scratch_base = scratch.mutable_data_ptr<float>();
   PersistentForwardArgs args{};
   fill_layer(args, *storage, plan, s, table, w_hh);
+  args.tagged_exchange = tagged;
+  if (tagged) {
+    args.h_words = reinterpret_cast<uint64_t*>(scratch_base);
+  } else {
+    args.h_buffers = scratch_base;
+  }
+  args.c_state = scratch_base + h_planes * rows * s.hidden;
   args.gates = gates.mutable_data_ptr();
   args.h0 = hx.const_data_ptr();
   args.c0 = cx.const_data_ptr();
@@ -269,8 +282,6 @@ bool try_persistent_forward(const StepSchedule& plan, const LstmLayerShape& s,
   args.cells = cells.mutable_data_ptr();
   args.hy = hy.mutable_data_ptr();
   args.cy = cy.mutable_data_ptr();
-  args.h_buffers = scratch.mutable_data_ptr<float>();
-  args.c_state = scratch.mutable_data_ptr<float>() + 2 * rows * s.hidden;
   return persistent_forward(args, blocks, current_stream());
 }
 
@@ -285,12 +296,15 @@ bool try_persistent_backward(const StepSchedule& plan, const LstmLayerShape& s,
   const std::optional<StorageType> storage = persistent_storage(plan, s, gates.scalar_type());
   if (!storage) return false;
   const int64_t rows = plan.max_rows();  // see fill_layer
-  const int blocks =
-      persistent_backward_blocks(*storage, static_cast<int>(s.hidden), static_cast<int>(rows));
+  const bool tagged = tagged_exchange_requested();  // read once, as in the forward
+  const int blocks = persistent_backward_blocks(*storage, static_cast<int>(s.hidden),
+                                                static_cast<int>(rows), tagged);
   if (blocks == 0) return false;
   const at::Tensor table = device_step_table(plan, gates);
-  // Each block's share of dh_prev per step, double buffered.
-  at::Tensor shares = at::empty({2, blocks, rows, s.hidden}, gates.options().dtype(at::kFloat));
+  // Each block's share of dh_prev per step, double buffered (as tagged words
+  // with the tagged exchange).
+  at::Tensor shares = at::empty({2, blocks, rows, s.hidden},
+                                gates.options().dtype(tagged ? at::kLong : at::kFloat));
   // The state gradients in float between steps (as the forward keeps h and
   // c): dh / dc themselves when float (they are the caller's private copies).
   const bool is_float = dh.scalar_type() == at::kFloat;
@@ -305,7 +319,12 @@ bool try_persistent_backward(const StepSchedule& plan, const LstmLayerShape& s,
   args.grad_gates = dgates.mutable_data_ptr();
   args.dh = dh_f.mutable_data_ptr<float>();
   args.dc = dc_f.mutable_data_ptr<float>();
-  args.dh_shares = shares.mutable_data_ptr<float>();
+  args.tagged_exchange = tagged;
+  if (tagged) {
+    args.dh_share_words = reinterpret_cast<uint64_t*>(shares.mutable_data_ptr<int64_t>());
+  } else {
+    args.dh_shares = shares.mutable_data_ptr<float>();
+  }
   if (!persistent_backward(args, blocks, current_stream())) return false;
   if (!is_float) {
     dh.copy_(dh_f);

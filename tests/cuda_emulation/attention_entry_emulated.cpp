@@ -38,12 +38,13 @@ at::Tensor attention_dropout_keep_emulated(const at::Tensor& dropout_seed, int64
                                                       key_len, dropout_p, nullptr);
 }
 
-void configure(int64_t sm_count, int64_t max_smem_optin, bool warp_greedy, bool reverse_order,
-               bool eager_async_copies) {
+void configure(int64_t sm_count, int64_t max_smem_optin, bool warp_greedy, bool block_greedy,
+               bool reverse_order, bool eager_async_copies) {
   auto& d = pydl::emulation::device();
   d.sm_count = static_cast<int>(sm_count);
   d.max_smem_optin = static_cast<int>(max_smem_optin);
   d.warp_greedy = warp_greedy;
+  d.block_greedy = block_greedy;
   d.reverse_order = reverse_order;
   d.eager_async_copies = eager_async_copies;
 }
@@ -53,18 +54,20 @@ void guard_host_allocations(bool on) { pydl::emulation::guard_host_allocations(o
 int64_t launch_count() { return pydl::emulation::launch_count(); }
 int64_t block_count() { return pydl::emulation::block_count(); }
 int64_t mma_count() { return pydl::emulation::mma_count(); }
+int64_t grid_barrier_count() { return pydl::emulation::grid_barrier_count(); }
 std::tuple<int64_t, int64_t> smem_wavefronts() { return pydl::emulation::smem_wavefronts(); }
 
 }  // namespace
 
 TORCH_LIBRARY(pydl_emulated, m) {
   m.def(
-        "configure(int sm_count, int max_smem_optin, bool warp_greedy, bool reverse_order, "
-        "bool eager_async_copies) -> ()", &configure);
+        "configure(int sm_count, int max_smem_optin, bool warp_greedy, bool block_greedy, "
+        "bool reverse_order, bool eager_async_copies) -> ()", &configure);
   m.def("guard_host_allocations(bool on) -> ()", &guard_host_allocations);
   m.def("launch_count() -> int", &launch_count);
   m.def("block_count() -> int", &block_count);
   m.def("mma_count() -> int", &mma_count);
+  m.def("grid_barrier_count() -> int", &grid_barrier_count);
   m.def("smem_wavefronts() -> (int, int)", &smem_wavefronts);
   m.def(pydl::schema::kAttention);
   m.def(pydl::schema::kAttentionBackward);

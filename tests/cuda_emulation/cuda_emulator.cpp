@@ -24,7 +24,7 @@ namespace {
 
 constexpr size_t kStackBytes = 256 * 1024;
 
-enum class Wait { None, Block, Warp, Grid, Done };
+enum class Wait { None, Block, Warp, Grid, Poll, Done };
 
 struct CopyJob {
   void* dst;
@@ -39,6 +39,7 @@ struct Fiber {
   int block_slot = 0;  // index of its block among the running blocks
   int linear = 0;      // thread index within the block
   Wait wait = Wait::None;
+  bool polling = false;  // parked at poll_wait last: its poll has not succeeded yet
   const char* warp_what = nullptr;
   std::vector<CopyJob> open_group;
   std::vector<std::vector<CopyJob>> committed;
@@ -130,6 +131,9 @@ struct Run {
   std::vector<std::unique_ptr<Fiber>> fibers;
   std::vector<Block> blocks;
   std::string error;
+  // Whether this pass changed anything: a thread ran that was not polling,
+  // or a poll succeeded (see poll_wait).
+  bool progress = false;
 };
 
 Run* g_run = nullptr;
@@ -172,6 +176,7 @@ std::mutex g_launch_mutex;
 int64_t g_launches = 0;
 int64_t g_blocks = 0;
 int64_t g_mmas = 0;
+int64_t g_grid_barriers = 0;
 int64_t g_wavefronts_ideal = 0, g_wavefronts_actual = 0;
 std::map<const void*, ErasedKernel>& erased_kernels() {
   static std::map<const void*, ErasedKernel> kernels;
@@ -203,6 +208,8 @@ std::string where(const Fiber& f) {
 
 void park(Wait wait, const char* what = nullptr) {
   Fiber& f = self();
+  if (f.polling && wait != Wait::Poll) g_run->progress = true;  // its poll succeeded
+  f.polling = wait == Wait::Poll;
   f.wait = wait;
   f.warp_what = what;
   swapcontext(&f.context, &g_run->scheduler);  // resumed only while no error is set
@@ -218,6 +225,7 @@ void fiber_main() {
     if (g_run->error.empty()) g_run->error = "unknown exception (" + where(f) + ")";
   }
   f.wait = Wait::Done;
+  g_run->progress = true;
   // returning resumes uc_link: the scheduler
 }
 
@@ -235,6 +243,7 @@ const char* wait_name(Wait w) {
     case Wait::Block: return "__syncthreads";
     case Wait::Warp: return "a warp collective";
     case Wait::Grid: return "grid.sync";
+    case Wait::Poll: return "a poll no write has satisfied";
     case Wait::Done: return "exited";
   }
   return "?";
@@ -272,30 +281,39 @@ bool open_warp(Run& run, Block& b, int w0) {
   return true;
 }
 
+// Opens block b's warp barriers and __syncthreads where all their threads
+// have arrived; reports misuse. Returns whether one opened.
+bool open_block_barriers(Run& run, Block& b) {
+  bool opened = false;
+  const int threads_per_block = static_cast<int>(b.threads.size());
+  for (int w0 = 0; w0 < threads_per_block; w0 += 32) {
+    opened = open_warp(run, b, w0) || opened;
+    if (!run.error.empty()) return false;
+  }
+  int at_block = 0, done = 0;
+  for (const Fiber* f : b.threads) {
+    at_block += f->wait == Wait::Block;
+    done += f->wait == Wait::Done;
+  }
+  if (at_block > 0 && at_block + done == threads_per_block) {
+    if (done > 0) {
+      run.error = "__syncthreads reached by " + std::to_string(at_block) + " of " +
+                  std::to_string(threads_per_block) + " threads; the others exited";
+      return false;
+    }
+    for (Fiber* f : b.threads) f->wait = Wait::None;
+    opened = true;
+  }
+  return opened;
+}
+
 // Opens every barrier whose threads have all arrived; reports misuse.
 // Returns false when nothing could be opened.
 bool open_barriers(Run& run) {
   bool opened = false;
-  const int threads_per_block = static_cast<int>(run.block.x * run.block.y * run.block.z);
   for (Block& b : run.blocks) {
-    for (int w0 = 0; w0 < threads_per_block; w0 += 32) {
-      opened = open_warp(run, b, w0) || opened;
-      if (!run.error.empty()) return false;
-    }
-    int at_block = 0, done = 0;
-    for (const Fiber* f : b.threads) {
-      at_block += f->wait == Wait::Block;
-      done += f->wait == Wait::Done;
-    }
-    if (at_block > 0 && at_block + done == threads_per_block) {
-      if (done > 0) {
-        run.error = "__syncthreads reached by " + std::to_string(at_block) + " of " +
-                    std::to_string(threads_per_block) + " threads; the others exited";
-        return false;
-      }
-      for (Fiber* f : b.threads) f->wait = Wait::None;
-      opened = true;
-    }
+    opened = open_block_barriers(run, b) || opened;
+    if (!run.error.empty()) return false;
   }
   int at_grid = 0, done = 0;
   for (const auto& f : run.fibers) {
@@ -310,6 +328,7 @@ bool open_barriers(Run& run) {
     }
     for (auto& f : run.fibers) f->wait = Wait::None;
     opened = true;
+    ++g_grid_barriers;
   }
   return opened;
 }
@@ -328,6 +347,7 @@ std::string deadlock_report(const Run& run) {
 
 // Runs `f` until it parks; returns false when the launch has failed.
 bool resume(Run& run, Fiber* f) {
+  if (!f->polling) run.progress = true;
   run.current = f;
   swapcontext(&run.scheduler, &f->context);
   run.current = nullptr;
@@ -336,12 +356,11 @@ bool resume(Run& run, Fiber* f) {
 
 // One pass over the threads in lockstep: every runnable thread runs to its
 // next barrier, warp after warp.
-bool lockstep_pass(Run& run, bool reverse, bool& any_ran) {
+bool lockstep_pass(Run& run, bool reverse) {
   const size_t n = run.fibers.size();
   for (size_t k = 0; k < n; ++k) {
     Fiber* f = run.fibers[reverse ? n - 1 - k : k].get();
     if (f->wait != Wait::None) continue;
-    any_ran = true;
     if (!resume(run, f)) return false;
   }
   return true;
@@ -350,7 +369,7 @@ bool lockstep_pass(Run& run, bool reverse, bool& any_ran) {
 // One pass warp by warp: a warp runs (through its warp collectives) until
 // all its lanes wait at a block or grid barrier, before the next warp starts:
 // warps as far apart as the block barriers allow.
-bool warp_greedy_pass(Run& run, bool reverse, bool& any_ran) {
+bool warp_greedy_pass(Run& run, bool reverse) {
   for (Block& b : run.blocks) {
     const int threads = static_cast<int>(b.threads.size());
     const int warps = (threads + 31) / 32;
@@ -361,7 +380,6 @@ bool warp_greedy_pass(Run& run, bool reverse, bool& any_ran) {
         for (int li = 0; li < lanes; ++li) {
           Fiber* f = b.threads[w0 + (reverse ? lanes - 1 - li : li)];
           if (f->wait != Wait::None) continue;
-          any_ran = true;
           if (!resume(run, f)) return false;
         }
       } while (open_warp(run, b, w0));
@@ -371,18 +389,47 @@ bool warp_greedy_pass(Run& run, bool reverse, bool& any_ran) {
   return true;
 }
 
+// One pass block by block: a block's threads run in lockstep, its own
+// barriers opening, until none of them can go on, before the next block
+// starts (DeviceConfig::block_greedy).
+bool block_greedy_pass(Run& run, bool reverse) {
+  const size_t n = run.blocks.size();
+  for (size_t k = 0; k < n; ++k) {
+    Block& b = run.blocks[reverse ? n - 1 - k : k];
+    while (true) {
+      bool ran = false;
+      for (Fiber* f : b.threads) {
+        if (f->wait != Wait::None) continue;
+        ran = true;
+        if (!resume(run, f)) return false;
+      }
+      const bool opened = open_block_barriers(run, b);
+      if (!run.error.empty()) return false;
+      if (!ran && !opened) break;
+    }
+  }
+  return true;
+}
+
 // Runs the launched blocks' threads to completion (or to the first error).
 void schedule(Run& run) {
   const DeviceConfig& config = device();
   while (true) {
-    bool any_ran = false;
-    const bool ok = config.warp_greedy ? warp_greedy_pass(run, config.reverse_order, any_ran)
-                                       : lockstep_pass(run, config.reverse_order, any_ran);
+    // Threads polling memory read it again in this pass.
+    for (const auto& f : run.fibers) {
+      if (f->wait == Wait::Poll) f->wait = Wait::None;
+    }
+    run.progress = false;
+    const bool ok = config.block_greedy  ? block_greedy_pass(run, config.reverse_order)
+                    : config.warp_greedy ? warp_greedy_pass(run, config.reverse_order)
+                                         : lockstep_pass(run, config.reverse_order);
     if (!ok) return;
     bool all_done = true;
     for (const auto& f : run.fibers) all_done = all_done && f->wait == Wait::Done;
     if (all_done) return;
-    if (!open_barriers(run) && !any_ran) {
+    // A pass in which only polls ran, and failed, changed nothing: the next
+    // would be the same.
+    if (!open_barriers(run) && !run.progress) {
       if (run.error.empty()) run.error = deadlock_report(run);
       return;
     }
@@ -431,6 +478,7 @@ DeviceConfig& device() {
 int64_t launch_count() { return g_launches; }
 int64_t block_count() { return g_blocks; }
 int64_t mma_count() { return g_mmas; }
+int64_t grid_barrier_count() { return g_grid_barriers; }
 void count_mma() { ++g_mmas; }
 void count_smem_wavefronts(int64_t ideal, int64_t actual) {
   g_wavefronts_ideal += ideal;
@@ -453,6 +501,7 @@ void sync_grid() {
   if (!g_run->cooperative) fail_here("grid.sync() in a kernel not launched cooperatively");
   park(Wait::Grid);
 }
+void poll_wait() { park(Wait::Poll); }
 void* dynamic_smem() { return g_run->blocks[self().block_slot].smem->data; }
 void require_shared(const void* p, size_t bytes, const char* what) {
   const auto* base = static_cast<const char*>(dynamic_smem());

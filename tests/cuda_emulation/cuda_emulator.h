@@ -60,17 +60,24 @@ struct DeviceConfig {
   // warp collectives included) or warp by warp (one warp to its next block
   // barrier before the next warp starts), first-to-last or last-to-first.
   bool warp_greedy = false;
+  // Or block by block: each block runs (its threads in lockstep) until none
+  // of them can go on (all at a grid barrier, a poll that failed, or done)
+  // before the next block starts: blocks as far apart as the grid barriers
+  // and the values they wait for allow (catches a block that overwrites a
+  // value another has yet to read).
+  bool block_greedy = false;
   bool reverse_order = false;
   // cp.async copies land when issued instead of at the latest wait_group that
   // covers them: catches a buffer refilled while other warps still read it.
   bool eager_async_copies = false;
 };
 DeviceConfig& device();
-// Launches, their blocks, and warp-level mma instructions, since the library
-// was loaded (tests check that a path really ran, and on which grid).
+// Launches, their blocks, warp-level mma instructions and grid barriers,
+// since the library was loaded (tests check that a path really ran, and on which grid).
 int64_t launch_count();
 int64_t block_count();
 int64_t mma_count();
+int64_t grid_barrier_count();  // grid.sync() barriers opened
 void count_mma();
 // Shared-memory wavefronts of the emulated ldmatrix instructions: the
 // conflict-free minimum and what the addresses cost (bank conflicts).
@@ -87,6 +94,13 @@ int lane_id();
 void sync_threads();
 void sync_warp(unsigned mask);
 void sync_grid();
+// A thread that polls memory for a value another thread writes (a spin loop:
+// csrc/common/cuda_tagged_word.cuh) calls this between its reads: the other
+// threads run before it reads again. When every thread left polls and no
+// poll succeeds, the launch fails as a deadlock (a value nobody writes, or
+// one a block that has not started would write: a normal launch runs its
+// blocks one after another, and a GPU need not run them together either).
+void poll_wait();
 void* dynamic_smem();
 // Throws unless [p, p + bytes) lies in the current block's shared memory.
 void require_shared(const void* p, size_t bytes, const char* what);

@@ -9,6 +9,7 @@
 
 #include "attention/cuda/attention_tc_ptx.cuh"
 #include "common/cuda_launch.cuh"
+#include "common/cuda_tagged_word.cuh"
 
 namespace {
 
@@ -73,6 +74,31 @@ __global__ void grid_sync_without_cooperative_launch(float*, int) {
   cooperative_groups::this_grid().sync();
 }
 
+// Block 1 waits for the tagged words block 0 writes (no grid barrier): right
+// in a cooperative launch, whichever block the scheduler runs first.
+// words: data + 64 (8-byte aligned: the tensor's start is 16-byte aligned).
+__global__ void tagged_handoff(float* data, int) {
+  uint64_t* words = reinterpret_cast<uint64_t*>(data + 64);
+  const unsigned t = threadIdx.x;
+  if (blockIdx.x == 0) {
+    pydl::store_relaxed_gpu(words + t, pydl::tagged_word(2.f * data[t], 1));
+  } else {
+    data[32 + t] = pydl::wait_for_tag(words + t, pydl::load_relaxed_gpu(words + t), 1);
+  }
+}
+
+// Waits for a tag nobody writes.
+__global__ void poll_never_written(float* data, int) {
+  uint64_t* words = reinterpret_cast<uint64_t*>(data + 64);
+  data[threadIdx.x] = pydl::wait_for_tag(words, pydl::load_relaxed_gpu(words), 7);
+}
+
+const bool registered = [] {
+  pydl::emulation::register_cooperative_kernel(tagged_handoff);
+  pydl::emulation::register_cooperative_kernel(poll_never_written);
+  return true;
+}();
+
 using Kernel = void (*)(float*, int);
 
 at::Tensor emulator_case(const std::string& name, const at::Tensor& buffer) {
@@ -94,8 +120,23 @@ at::Tensor emulator_case(const std::string& name, const at::Tensor& buffer) {
     kernel = grid_sync_without_cooperative_launch;
   }
   if (name == "large_smem_without_attribute") kernel = block_sum, smem = 64 * 1024;
+  // Two blocks, launched cooperatively or (the "_normal_launch" cases) not.
+  unsigned blocks = 1;
+  bool cooperative = false;
+  if (name == "tagged_handoff" || name == "tagged_handoff_normal_launch") {
+    TORCH_CHECK(n >= 64 + 2 * 32, "tagged_handoff: a buffer of 128 floats or more");
+    kernel = tagged_handoff, blocks = 2, cooperative = name == "tagged_handoff";
+  }
+  if (name == "poll_never_written") kernel = poll_never_written, blocks = 2, cooperative = true;
   TORCH_CHECK(kernel != nullptr, "no emulator case ", name);
-  PYDL_LAUNCH_KERNEL(kernel, 1, threads, smem, nullptr, p, n);
+  if (cooperative) {
+    void* args[] = {&p, const_cast<int*>(&n)};
+    TORCH_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), blocks,
+                                            threads, args, smem, nullptr) == cudaSuccess,
+                "cooperative launch refused");
+  } else {
+    PYDL_LAUNCH_KERNEL(kernel, blocks, threads, smem, nullptr, p, n);
+  }
   return data;
 }
 

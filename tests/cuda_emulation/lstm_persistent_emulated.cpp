@@ -6,12 +6,20 @@
 namespace {
 const bool registered = [] {
   using pydl::emulation::register_cooperative_kernel;
-  register_cooperative_kernel(pydl::lstm_cuda::persistent_forward_kernel<float>);
-  register_cooperative_kernel(pydl::lstm_cuda::persistent_forward_kernel<__half>);
-  register_cooperative_kernel(pydl::lstm_cuda::persistent_forward_kernel<__nv_bfloat16>);
-  register_cooperative_kernel(pydl::lstm_cuda::persistent_backward_kernel<float>);
-  register_cooperative_kernel(pydl::lstm_cuda::persistent_backward_kernel<__half>);
-  register_cooperative_kernel(pydl::lstm_cuda::persistent_backward_kernel<__nv_bfloat16>);
+  using namespace pydl::lstm_cuda;
+  register_cooperative_kernel(persistent_forward_kernel<float, false>);
+  register_cooperative_kernel(persistent_forward_kernel<__half, false>);
+  register_cooperative_kernel(persistent_forward_kernel<__nv_bfloat16, false>);
+  register_cooperative_kernel(persistent_backward_kernel<float, false>);
+  register_cooperative_kernel(persistent_backward_kernel<__half, false>);
+  register_cooperative_kernel(persistent_backward_kernel<__nv_bfloat16, false>);
+  // The tagged exchange (PYDL_LSTM_TAGGED_EXCHANGE=1).
+  register_cooperative_kernel(persistent_forward_kernel<float, true>);
+  register_cooperative_kernel(persistent_forward_kernel<__half, true>);
+  register_cooperative_kernel(persistent_forward_kernel<__nv_bfloat16, true>);
+  register_cooperative_kernel(persistent_backward_kernel<float, true>);
+  register_cooperative_kernel(persistent_backward_kernel<__half, true>);
+  register_cooperative_kernel(persistent_backward_kernel<__nv_bfloat16, true>);
   return true;
 }();
 }  // namespace

@@ -39,6 +39,7 @@
 
 #include "common/cuda_launch.cuh"
 #include "common/cuda_storage.cuh"
+#include "common/cuda_tagged_word.cuh"
 #include "lstm/cuda/lstm_persistent.h"
 
 namespace pydl {
@@ -173,7 +174,50 @@ struct ForwardStep {
   }
 };
 
+// Step s's rows of h_prev from the blocks' tagged words (kTagged): rows that
+// start at this step take h0, the others wait for the words the step before
+// wrote (tag s). Each thread issues kInFlight reads before it waits on any,
+// so their round trips through L2 overlap.
 template <typename T>
+__device__ __forceinline__ void gather_tagged_h(float* h_s, const uint64_t* words, const T* h0,
+                                                int rows, int H, int prev, int s) {
+  constexpr int kInFlight = 8;
+  const int n = rows * H;
+  for (int base = threadIdx.x; base < n; base += kInFlight * kThreads) {
+    uint64_t word[kInFlight];
+#pragma unroll
+    for (int k = 0; k < kInFlight; ++k) {
+      const int idx = base + k * kThreads;
+      word[k] = idx < n && s > 0 && idx / H < prev ? load_relaxed_gpu(words + idx) : 0;
+    }
+#pragma unroll
+    for (int k = 0; k < kInFlight; ++k) {
+      const int idx = base + k * kThreads;
+      if (idx >= n) break;
+      const bool first = s == 0 || idx / H >= prev;
+      h_s[idx] = first ? to_acc(h0[idx]) : wait_for_tag(words + idx, word[k], s);
+    }
+  }
+}
+
+// Zeroes n tagged words, spread over the grid (no stale word may carry a tag
+// a reader waits for), then the kernel's one grid barrier: no block reads a
+// word before it is zeroed.
+__device__ __forceinline__ void zero_words_then_sync(cg::grid_group& grid, uint64_t* words,
+                                                     int64_t n) {
+  for (int64_t idx = int64_t(blockIdx.x) * kThreads + threadIdx.x; idx < n;
+       idx += int64_t(gridDim.x) * kThreads) {
+    store_relaxed_gpu(words + idx, 0);
+  }
+  grid.sync();
+}
+
+// kTagged (PYDL_LSTM_TAGGED_EXCHANGE=1, see tagged_exchange_requested): the
+// blocks hand h to each other as tagged words (common/cuda_tagged_word.cuh)
+// and meet at no grid barrier after the first; a block reading step s's h
+// waits only for the words it reads. Its gate inputs for a step are also
+// read a step ahead (into registers, one (row, unit) task per thread).
+template <typename T, bool kTagged>
 __global__ void __launch_bounds__(kThreads, 1)
     persistent_forward_kernel(PersistentForwardArgs a, int units_per_block) {
   PYDL_DYNAMIC_SMEM(float, smem);
@@ -200,6 +244,21 @@ __global__ void __launch_bounds__(kThreads, 1)
   T* cells = static_cast<T*>(a.cells);
   T* hy = static_cast<T*>(a.hy);
   T* cy = static_cast<T*>(a.cy);
+  if constexpr (kTagged) zero_words_then_sync(grid, a.h_words, 2 * int64_t(B) * H);
+  // kTagged: the gate inputs of this thread's first (row, unit) task of step
+  // s, read during the step before (see load_gate_inputs).
+  float gate_in[4] = {0.f, 0.f, 0.f, 0.f};
+  auto load_gate_inputs = [&](int s, float (&in)[4]) {
+    const ForwardStep step(a, s);
+    const int task = threadIdx.x;
+    if (task < step.rows * units) {
+      const int b = task / units, j = u0 + task % units;
+      const T* g = gates + (step.off + b) * 4 * H;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) in[q] = to_acc(g[q * H + j]);
+    }
+  };
+  if constexpr (kTagged) load_gate_inputs(0, gate_in);
 
   for (int s = 0; s < T_; ++s) {
     const ForwardStep step(a, s);
@@ -207,9 +266,15 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int64_t off = step.off;
     const float* h_read = a.h_buffers + int64_t(s % 2) * B * H;
     float* h_write = a.h_buffers + int64_t((s + 1) % 2) * B * H;
-    for (int idx = threadIdx.x; idx < rows * H; idx += kThreads) {
-      const bool first = s == 0 || idx / H >= prev;
-      h_s[idx] = first ? to_acc(h0[idx]) : h_read[idx];
+    float next_gate_in[4] = {0.f, 0.f, 0.f, 0.f};
+    if constexpr (kTagged) {
+      if (s + 1 < T_) load_gate_inputs(s + 1, next_gate_in);
+      gather_tagged_h(h_s, a.h_words + int64_t(s % 2) * B * H, h0, rows, H, prev, s);
+    } else {
+      for (int idx = threadIdx.x; idx < rows * H; idx += kThreads) {
+        const bool first = s == 0 || idx / H >= prev;
+        h_s[idx] = first ? to_acc(h0[idx]) : h_read[idx];
+      }
     }
     __syncthreads();
 
@@ -249,10 +314,15 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int q = 0; q < 4; ++q) pre[q] += partial_s[(p * B + b) * gate_rows + u * 4 + q];
       }
       T* g = gates + (off + b) * 4 * H;
-      const float i = sigmoidf(pre[0] + to_acc(g[j]));
-      const float f = sigmoidf(pre[1] + to_acc(g[H + j]));
-      const float gg = tanhf(pre[2] + to_acc(g[2 * H + j]));
-      const float o = sigmoidf(pre[3] + to_acc(g[3 * H + j]));
+      float in[4];  // the gate inputs: read here, or (kTagged, first task) a step ago
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        in[q] = !kTagged || task >= kThreads ? to_acc(g[q * H + j]) : gate_in[q];
+      }
+      const float i = sigmoidf(pre[0] + in[0]);
+      const float f = sigmoidf(pre[1] + in[1]);
+      const float gg = tanhf(pre[2] + in[2]);
+      const float o = sigmoidf(pre[3] + in[3]);
       const float c_prev = first ? to_acc(c0[int64_t(b) * H + j]) : a.c_state[int64_t(b) * H + j];
       const float c = f * c_prev + i * gg;
       const float h = o * tanhf(c);
@@ -263,13 +333,28 @@ __global__ void __launch_bounds__(kThreads, 1)
       cells[(off + b) * H + j] = from_acc<T>(c);
       output[(off + b) * H + j] = from_acc<T>(h);
       a.c_state[int64_t(b) * H + j] = c;
-      h_write[int64_t(b) * H + j] = h;
+      if constexpr (kTagged) {
+        store_relaxed_gpu(a.h_words + int64_t((s + 1) % 2) * B * H + int64_t(b) * H + j,
+                          tagged_word(h, s + 1));
+      } else {
+        h_write[int64_t(b) * H + j] = h;
+      }
       if (b >= next) {
         hy[int64_t(b) * H + j] = from_acc<T>(h);
         cy[int64_t(b) * H + j] = from_acc<T>(c);
       }
     }
-    grid.sync();  // h_next complete; h_s and partial_s free again
+    if constexpr (kTagged) {
+      // No barrier: the next step's reads of h_s follow the __syncthreads
+      // after its gather (this step's reads of h_s ended at the one before
+      // the pointwise part), and its writes to partial_s the same barrier.
+      // Its words go to the other buffer: a block can be at most one step
+      // ahead of any other, as each step needs every block's h of the last.
+#pragma unroll
+      for (int q = 0; q < 4; ++q) gate_in[q] = next_gate_in[q];
+    } else {
+      grid.sync();  // h_next complete; h_s and partial_s free again
+    }
   }
 }
 
@@ -378,7 +463,34 @@ __global__ void __launch_bounds__(kThreads, 1)
 // order; rows a step does not run keep their dh / dc: grad_hy / grad_cy
 // before their last forward step comes up, the gradients of h0 / c0 after
 // their first.
-template <typename T>
+// Thread (slot, u)'s sum over the blocks slot, slot + slots, ... of their
+// tagged shares of row b, unit u0 + u (kTagged): kInFlight reads issued
+// before it waits on any; the order of the adds is the grid barrier path's.
+__device__ __forceinline__ float sum_tagged_shares(const uint64_t* words, int blocks, int slots,
+                                                   int slot, int64_t block_stride,
+                                                   int64_t offset, uint32_t tag) {
+  constexpr int kInFlight = 4;
+  float sum = 0.f;
+  for (int blk0 = slot; blk0 < blocks; blk0 += kInFlight * slots) {
+    uint64_t word[kInFlight];
+#pragma unroll
+    for (int k = 0; k < kInFlight; ++k) {
+      const int blk = blk0 + k * slots;
+      word[k] = blk < blocks ? load_relaxed_gpu(words + blk * block_stride + offset) : 0;
+    }
+#pragma unroll
+    for (int k = 0; k < kInFlight; ++k) {
+      const int blk = blk0 + k * slots;
+      if (blk < blocks) sum += wait_for_tag(words + blk * block_stride + offset, word[k], tag);
+    }
+  }
+  return sum;
+}
+
+// kTagged (PYDL_LSTM_TAGGED_EXCHANGE=1): the shares go out as tagged words
+// and each block waits only for the words of its own units, with no grid
+// barrier after the first (as in the forward).
+template <typename T, bool kTagged>
 __global__ void __launch_bounds__(kThreads, 1)
     persistent_backward_kernel(PersistentBackwardArgs a, int units_per_block) {
   PYDL_DYNAMIC_SMEM(float, smem);
@@ -400,6 +512,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const T* c0 = static_cast<const T*>(a.c0);
   const T* grad_output = static_cast<const T*>(a.grad_output);
   T* grad_gates = static_cast<T*>(a.grad_gates);
+  if constexpr (kTagged) {
+    zero_words_then_sync(grid, a.dh_share_words, 2 * int64_t(gridDim.x) * B * H);
+  }
 
   for (int s = T_ - 1; s >= 0; --s) {  // s: the step's place in the forward's order
     const int t = a.reverse ? T_ - 1 - s : s;
@@ -412,6 +527,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Double buffered: a block may write step s - 1's shares while a slower
     // one still sums step s's.
     float* shares = a.dh_shares + int64_t(s % 2) * gridDim.x * B * H;  // [blocks][B][H]
+    // kTagged: the same layout in tagged words, tagged with the steps done
+    // (a lambda used only there: the grid-barrier kernel's code stays as it was).
+    auto share_words = [&] { return a.dh_share_words + int64_t(s % 2) * gridDim.x * B * H; };
+    const uint32_t tag = static_cast<uint32_t>(T_ - s);
 
     // Pointwise backward of this block's units: one thread per (row, unit).
     for (int task = threadIdx.x; task < rows * units; task += kThreads) {
@@ -471,11 +590,18 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int j = 0; j < kBackwardMaxK; ++j) {
           const int k = k_begin + lane + 32 * j;
-          if (b0 + br < rows && j < kpl && k < H) own_share[(b0 + br) * H + k] = acc[br][j];
+          if (b0 + br < rows && j < kpl && k < H) {
+            if constexpr (kTagged) {
+              store_relaxed_gpu(share_words() + int64_t(blockIdx.x) * B * H + (b0 + br) * H + k,
+                                tagged_word(acc[br][j], tag));
+            } else {
+              own_share[(b0 + br) * H + k] = acc[br][j];
+            }
+          }
         }
       }
     }
-    grid.sync();  // every block's share of this step is written
+    if constexpr (!kTagged) grid.sync();  // every block's share of this step is written
 
     // dh_prev of this block's units: the sum of all blocks' shares, each read
     // once; thread (slot, u) sums blocks slot, slot + slots, ... in a fixed
@@ -484,8 +610,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (slot < slots && u < units) {
       for (int b = 0; b < rows; ++b) {
         float sum = 0.f;
-        for (int blk = slot; blk < int(gridDim.x); blk += slots) {
-          sum += shares[(int64_t(blk) * B + b) * H + u0 + u];
+        if constexpr (kTagged) {
+          sum = sum_tagged_shares(share_words(), gridDim.x, slots, slot, int64_t(B) * H,
+                                  int64_t(b) * H + u0 + u, tag);
+        } else {
+          for (int blk = slot; blk < int(gridDim.x); blk += slots) {
+            sum += shares[(int64_t(blk) * B + b) * H + u0 + u];
+          }
         }
         slot_s[(b * slots + slot) * units_per_block + u] = sum;
       }
@@ -620,14 +751,37 @@ int with_storage_type(StorageType dtype, Fn&& fn) {
   return 0;
 }
 
+// fn(the multi-block forward / backward kernel for the storage type, with or
+// without the tagged exchange).
+template <typename Fn>
+int with_forward_kernel(StorageType dtype, bool tagged, Fn&& fn) {
+  return with_storage_type(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    return tagged ? fn(persistent_forward_kernel<T, true>) : fn(persistent_forward_kernel<T, false>);
+  });
+}
+template <typename Fn>
+int with_backward_kernel(StorageType dtype, bool tagged, Fn&& fn) {
+  return with_storage_type(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    return tagged ? fn(persistent_backward_kernel<T, true>)
+                  : fn(persistent_backward_kernel<T, false>);
+  });
+}
+
 }  // namespace
 
-int persistent_forward_blocks(StorageType dtype, int hidden, int batch) {
+// Written and checked on the CPU emulator only (2026-11-28): opt-in.
+bool tagged_exchange_requested() {
+  const char* env = std::getenv("PYDL_LSTM_TAGGED_EXCHANGE");
+  return env != nullptr && std::strcmp(env, "1") == 0;
+}
+
+int persistent_forward_blocks(StorageType dtype, int hidden, int batch, bool tagged_exchange) {
   // (Never swallow an error some earlier kernel left behind: plan_launch's rule.)
   if (single_block_serves(hidden, batch)) return cudaPeekAtLastError() == cudaSuccess ? 1 : 0;
-  return with_storage_type(dtype, [&](auto tag) {
-    return plan_launch<ForwardShape>(persistent_forward_kernel<decltype(tag)>, hidden, batch)
-        .blocks;
+  return with_forward_kernel(dtype, tagged_exchange, [&](auto kernel) {
+    return plan_launch<ForwardShape>(kernel, hidden, batch).blocks;
   });
 }
 
@@ -642,21 +796,20 @@ bool persistent_forward(const PersistentForwardArgs& a, int blocks, cudaStream_t
       return 0;
     }) != 0;
   }
-  return with_storage_type(a.dtype, [&](auto tag) {
-    return int(launch<ForwardShape>(persistent_forward_kernel<decltype(tag)>, a, blocks, stream));
+  return with_forward_kernel(a.dtype, a.tagged_exchange, [&](auto kernel) {
+    return int(launch<ForwardShape>(kernel, a, blocks, stream));
   }) != 0;
 }
 
-int persistent_backward_blocks(StorageType dtype, int hidden, int batch) {
-  return with_storage_type(dtype, [&](auto tag) {
-    return plan_launch<BackwardShape>(persistent_backward_kernel<decltype(tag)>, hidden, batch)
-        .blocks;
+int persistent_backward_blocks(StorageType dtype, int hidden, int batch, bool tagged_exchange) {
+  return with_backward_kernel(dtype, tagged_exchange, [&](auto kernel) {
+    return plan_launch<BackwardShape>(kernel, hidden, batch).blocks;
   });
 }
 
 bool persistent_backward(const PersistentBackwardArgs& a, int blocks, cudaStream_t stream) {
-  return with_storage_type(a.dtype, [&](auto tag) {
-    return int(launch<BackwardShape>(persistent_backward_kernel<decltype(tag)>, a, blocks, stream));
+  return with_backward_kernel(a.dtype, a.tagged_exchange, [&](auto kernel) {
+    return int(launch<BackwardShape>(kernel, a, blocks, stream));
   }) != 0;
 }
 
