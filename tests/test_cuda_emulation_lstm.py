@@ -153,14 +153,19 @@ def test_layer_forward_and_backward(emu, case, dtype, persistent, monkeypatch):
     (32, 3, 256, True), (64, 2, 500, True), (96, 16, 768, True), (8, 2, 400, False),
     (8, 33, 40, False)])
 def test_persistent_kernel_sizes(emu, sms, B, H, persistent_runs, persistent, monkeypatch):
-    """Also with the tagged exchange: there each thread gathers h 8 words at
-    a time (B 32 x H 64: one pass; B 16 x H 768: 6 passes, the last short)
-    and sums up to 4 blocks' shares at a time (96 blocks of 8 units: 3 per
-    thread)."""
+    """Also with the tagged exchange, its blocks each run as far ahead as they
+    can (block_greedy): there each thread gathers h 8 words at a time (B 32 x
+    H 64: 8 words; B 16 x H 768: 48, in 6 passes) and sums up to 4 blocks'
+    shares at a time (63 blocks of 8 units at H 500: 2 per thread; 96 at H
+    768: 3)."""
     args = _layer_args(3, B, 8, H, lengths=[3] + [2] * (B - 1))
-    with emulated_cuda.emulated_device(sm_count=sms):
+    barriers = emu.grid_barrier_count()
+    with emulated_cuda.emulated_device(sm_count=sms, block_greedy=persistent == "tagged"):
         launches = _compare(emu, args, torch.float32, persistent, monkeypatch)
+    barriers = emu.grid_barrier_count() - barriers
     assert launches == ((1, 1) if persistent_runs else (3, 3)), f"{launches} launches"
+    if persistent_runs:
+        assert barriers == (2 if persistent == "tagged" else 6), f"{barriers} grid barriers"
 
 
 # (PYDL_LSTM_PERSISTENT_UNITS, H, blocks per launch) on 8 SMs: by default
@@ -267,6 +272,8 @@ def test_results_do_not_depend_on_thread_order(emu, persistent, monkeypatch):
     monkeypatch.setenv("PYDL_LSTM_SINGLE_BLOCK", "1" if persistent == "single_block" else "0")
     monkeypatch.setenv("PYDL_LSTM_TAGGED_EXCHANGE", "1" if persistent == "tagged" else "0")
     args = _cast(_layer_args(6, 3, 8, 50, [6, 4, 2]), torch.float32)
+    if persistent == "tagged":  # 2 words of h per thread to gather (8 x 64 over 256 threads)
+        args = _cast(_layer_args(5, 8, 8, 64, [5, 5, 4, 4, 3, 2, 2, 1]), torch.float32)
     results = []
     # Threads in lockstep or warp by warp, blocks in lockstep or each as far
     # ahead as it can get (block_greedy: a block that overwrote a value
@@ -275,11 +282,13 @@ def test_results_do_not_depend_on_thread_order(emu, persistent, monkeypatch):
     orders = [{}, {"warp_greedy": True}, {"warp_greedy": True, "reverse": True},
               {"reverse": True}, {"block_greedy": True}, {"block_greedy": True, "reverse": True}]
     for order in orders:
-        before = emu.block_count()
+        before, barriers = emu.block_count(), emu.grid_barrier_count()
         with emulated_cuda.emulated_device(**order):
             results.append(_forward_backward(emu, args)[0])
         if persistent == "single_block":  # one forward block (the grid's: 8), the backward's 8
             assert emu.block_count() - before == 1 + 8
+        if persistent == "tagged":  # one grid barrier per launch, none per step
+            assert emu.grid_barrier_count() - barriers == 2
     # Bit for bit where only kernels computed the value; the CPU GEMMs that
     # stand in for cuBLAS (the loop's steps, the weight and input gradients)
     # may round differently with the guarded buffers' other alignment.
@@ -299,7 +308,7 @@ def test_results_do_not_depend_on_thread_order(emu, persistent, monkeypatch):
 def test_tagged_exchange_matches_the_grid_barrier_kernels_bit_for_bit(emu, dtype, monkeypatch):
     """The tagged exchange moves the same floats between the blocks, and each
     block adds them in the same order: every result the kernels compute is
-    the grid-barrier kernels' to the bit (packed, 4 blocks of 5 units)."""
+    the grid-barrier kernels' to the bit (packed, 7 blocks of 3 units)."""
     monkeypatch.setenv("PYDL_LSTM_PERSISTENT", "1")
     args = _cast(_layer_args(5, 4, 8, 20, [5, 4, 4, 2]), dtype)
     results = {}

@@ -67,11 +67,14 @@ __device__ __forceinline__ void store_relaxed_gpu(uint64_t* p, uint64_t word) {
 // round trips overlap).
 __device__ __forceinline__ float wait_for_tag(const uint64_t* p, uint64_t word, uint32_t tag) {
   while (word_tag(word) != tag) {
-#ifdef PYDL_CUDA_EMULATION
-    ::pydl::emulation::poll_wait();  // let the writer run
-#endif
     word = load_relaxed_gpu(p);
+#ifdef PYDL_CUDA_EMULATION
+    if (word_tag(word) != tag) ::pydl::emulation::poll_wait();  // let the writer run
+#endif
   }
+#ifdef PYDL_CUDA_EMULATION
+  ::pydl::emulation::poll_done();  // a wait that ended is progress
+#endif
   return tagged_value(word);
 }
 

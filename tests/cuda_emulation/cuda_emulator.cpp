@@ -391,14 +391,16 @@ bool warp_greedy_pass(Run& run, bool reverse) {
 
 // One pass block by block: a block's threads run in lockstep, its own
 // barriers opening, until none of them can go on, before the next block
-// starts (DeviceConfig::block_greedy).
+// starts (DeviceConfig::block_greedy). The blocks in their slots' order
+// (run_grid reverses it with reverse_order: last block first), each block's
+// threads last-to-first with reverse_order.
 bool block_greedy_pass(Run& run, bool reverse) {
-  const size_t n = run.blocks.size();
-  for (size_t k = 0; k < n; ++k) {
-    Block& b = run.blocks[reverse ? n - 1 - k : k];
+  for (Block& b : run.blocks) {
+    const size_t n = b.threads.size();
     while (true) {
       bool ran = false;
-      for (Fiber* f : b.threads) {
+      for (size_t k = 0; k < n; ++k) {
+        Fiber* f = b.threads[reverse ? n - 1 - k : k];
         if (f->wait != Wait::None) continue;
         ran = true;
         if (!resume(run, f)) return false;
@@ -502,6 +504,11 @@ void sync_grid() {
   park(Wait::Grid);
 }
 void poll_wait() { park(Wait::Poll); }
+void poll_done() {
+  Fiber& f = self();
+  if (f.polling) g_run->progress = true;
+  f.polling = false;
+}
 void* dynamic_smem() { return g_run->blocks[self().block_slot].smem->data; }
 void require_shared(const void* p, size_t bytes, const char* what) {
   const auto* base = static_cast<const char*>(dynamic_smem());

@@ -64,7 +64,7 @@ struct DeviceConfig {
   // of them can go on (all at a grid barrier, a poll that failed, or done)
   // before the next block starts: blocks as far apart as the grid barriers
   // and the values they wait for allow (catches a block that overwrites a
-  // value another has yet to read).
+  // value another has yet to read). With reverse_order, the last block first.
   bool block_greedy = false;
   bool reverse_order = false;
   // cp.async copies land when issued instead of at the latest wait_group that
@@ -101,6 +101,9 @@ void sync_grid();
 // one a block that has not started would write: a normal launch runs its
 // blocks one after another, and a GPU need not run them together either).
 void poll_wait();
+// A poll that has found its value: the scheduler counts it as progress (a
+// thread may go on to poll for its next value at once).
+void poll_done();
 void* dynamic_smem();
 // Throws unless [p, p + bytes) lies in the current block's shared memory.
 void require_shared(const void* p, size_t bytes, const char* what);

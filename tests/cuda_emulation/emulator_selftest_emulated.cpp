@@ -74,22 +74,28 @@ __global__ void grid_sync_without_cooperative_launch(float*, int) {
   cooperative_groups::this_grid().sync();
 }
 
-// Block 1 waits for the tagged words block 0 writes (no grid barrier): right
-// in a cooperative launch, whichever block the scheduler runs first.
-// words: data + 64 (8-byte aligned: the tensor's start is 16-byte aligned).
+// Block 1 waits for the two tagged words per thread that block 0 writes (no
+// grid barrier), both read before it waits on either, as the LSTM kernels
+// do: right in a cooperative launch, whichever block the scheduler runs
+// first. words: data + 128 (8-byte aligned: the tensor's start is 16-byte
+// aligned); out: data[32 + t] and data[64 + t].
 __global__ void tagged_handoff(float* data, int) {
-  uint64_t* words = reinterpret_cast<uint64_t*>(data + 64);
+  uint64_t* words = reinterpret_cast<uint64_t*>(data + 128);
   const unsigned t = threadIdx.x;
   if (blockIdx.x == 0) {
     pydl::store_relaxed_gpu(words + t, pydl::tagged_word(2.f * data[t], 1));
+    pydl::store_relaxed_gpu(words + 32 + t, pydl::tagged_word(3.f * data[t], 1));
   } else {
-    data[32 + t] = pydl::wait_for_tag(words + t, pydl::load_relaxed_gpu(words + t), 1);
+    const uint64_t first = pydl::load_relaxed_gpu(words + t);
+    const uint64_t second = pydl::load_relaxed_gpu(words + 32 + t);
+    data[32 + t] = pydl::wait_for_tag(words + t, first, 1);
+    data[64 + t] = pydl::wait_for_tag(words + 32 + t, second, 1);
   }
 }
 
 // Waits for a tag nobody writes.
 __global__ void poll_never_written(float* data, int) {
-  uint64_t* words = reinterpret_cast<uint64_t*>(data + 64);
+  uint64_t* words = reinterpret_cast<uint64_t*>(data + 128);
   data[threadIdx.x] = pydl::wait_for_tag(words, pydl::load_relaxed_gpu(words), 7);
 }
 
@@ -124,7 +130,7 @@ at::Tensor emulator_case(const std::string& name, const at::Tensor& buffer) {
   unsigned blocks = 1;
   bool cooperative = false;
   if (name == "tagged_handoff" || name == "tagged_handoff_normal_launch") {
-    TORCH_CHECK(n >= 64 + 2 * 32, "tagged_handoff: a buffer of 128 floats or more");
+    TORCH_CHECK(n >= 256, "tagged_handoff: a buffer of 256 floats or more");
     kernel = tagged_handoff, blocks = 2, cooperative = name == "tagged_handoff";
   }
   if (name == "poll_never_written") kernel = poll_never_written, blocks = 2, cooperative = true;
