@@ -20,7 +20,7 @@
 #   FAMILIES="attention other"                   # families tested (of: lstm attention other)
 #   LSTM_DTYPES="float32 float16"                # extra LSTM benchmark dtypes ("" for none)
 #   LSTM_QUICK=0                                 # skip the LSTM's quick tests (the full run stays)
-#   NCU=1                                        # Nsight Compute counters of the attention kernels (ncu.txt)
+#   NCU=1                                        # Nsight Compute counters of the attention and LSTM kernels (ncu.txt)
 # $OUT gets at most 8 files (the device tool's limit): report.md, build.log,
 # gpu_tests.log, bench.log, bench.tar.gz (the CSV/PNG files) and, with
 # cputests, cpu_tests.log; with NCU=1, ncu.txt. The tests run one process per family (attention,
@@ -250,6 +250,17 @@ if [[ $STEPS == *" tests"* || $STEPS == "tests"* ]]; then
     step_result "attention ncu ($ncu_bin)" "$rc" "$start" "$(grep -m1 "max|grad" "$OUT/ncu.txt")"
   elif [[ ${NCU:-0} == 1 && -z $ncu_bin ]]; then
     step_line "attention ncu: SKIPPED (no ncu on this machine)"
+  fi
+  # NCU=1, LSTM: the persistent forward's counters, grid barrier and tagged
+  # exchange (scripts/lstm_ncu.py), appended to ncu.txt (the file limit).
+  if [[ ${NCU:-0} == 1 && $FAMILIES == *lstm* && -n $ncu_bin ]] && has_budget "lstm ncu"; then
+    start=$SECONDS
+    echo "==== lstm (scripts/lstm_ncu.py) ====" >> "$OUT/ncu.txt"
+    timeout -k 5 "$(capped 90 5)" "$ncu_bin" --clock-control none -k "regex:persistent_forward_kernel" \
+      -c 4 --section SpeedOfLight --section Occupancy --section WarpStateStats \
+      --section SchedulerStats --section MemoryWorkloadAnalysis_Tables --section InstructionStats \
+      "$PYTHON" scripts/lstm_ncu.py >> "$OUT/ncu.txt" 2>&1
+    step_result "lstm ncu" "$?" "$start" "$(grep "max|tagged" "$OUT/ncu.txt" | tr '\n' ' ')"
   fi
   # The persistent LSTM kernel's grid (hidden units per block) beside cuDNN.
   if [[ $FAMILIES == *lstm* ]] && has_budget "lstm persistent A/B"; then

@@ -177,25 +177,28 @@ struct ForwardStep {
 // Step s's rows of h_prev from the blocks' tagged words (kTagged): rows that
 // start at this step take h0, the others wait for the words the step before
 // wrote (tag s). Each thread issues kInFlight reads before it waits on any,
-// so their round trips through L2 overlap.
+// so their round trips through L2 overlap (the grid-barrier kernel's copy
+// has 16 loads in flight too).
 template <typename T>
 __device__ __forceinline__ void gather_tagged_h(float* h_s, const uint64_t* words, const T* h0,
                                                 int rows, int H, int prev, int s) {
-  constexpr int kInFlight = 8;
+  constexpr int kInFlight = 16;
   const int n = rows * H;
+  // Rows below `prev` ran the step before; h is row-major, so they are the
+  // words before polled_end (no division per word).
+  const int polled_end = s == 0 ? 0 : min(rows, prev) * H;
   for (int base = threadIdx.x; base < n; base += kInFlight * kThreads) {
     uint64_t word[kInFlight];
 #pragma unroll
     for (int k = 0; k < kInFlight; ++k) {
       const int idx = base + k * kThreads;
-      word[k] = idx < n && s > 0 && idx / H < prev ? load_relaxed_gpu(words + idx) : 0;
+      word[k] = idx < polled_end ? load_relaxed_gpu(words + idx) : 0;
     }
 #pragma unroll
     for (int k = 0; k < kInFlight; ++k) {
       const int idx = base + k * kThreads;
       if (idx >= n) break;
-      const bool first = s == 0 || idx / H >= prev;
-      h_s[idx] = first ? to_acc(h0[idx]) : wait_for_tag(words + idx, word[k], s);
+      h_s[idx] = idx >= polled_end ? to_acc(h0[idx]) : wait_for_tag(words + idx, word[k], s);
     }
   }
 }
