@@ -218,8 +218,10 @@ __device__ __forceinline__ void zero_words_then_sync(cg::grid_group& grid, uint6
 // kTagged (PYDL_LSTM_TAGGED_EXCHANGE=1, see tagged_exchange_requested): the
 // blocks hand h to each other as tagged words (common/cuda_tagged_word.cuh)
 // and meet at no grid barrier after the first; a block reading step s's h
-// waits only for the words it reads. Its gate inputs for a step are also
-// read a step ahead (into registers, one (row, unit) task per thread).
+// waits only for the words it reads. Two more cuts of a step's latency ride
+// on the same switch (one A/B for the new step): the gate inputs are read a
+// step ahead (into registers, one (row, unit) task per thread), and the
+// products load four rows of h before their FMAs (no branch between).
 template <typename T, bool kTagged>
 __global__ void __launch_bounds__(kThreads, 1)
     persistent_forward_kernel(PersistentForwardArgs a, int units_per_block) {
@@ -288,7 +290,22 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int j = 0; j < kForwardMaxK; ++j) {
         const int k = k_begin + lane + 32 * j;
-        if (j < kpl) {
+        if (j < kpl && kTagged) {
+          // The four rows' h first, then their 32 FMAs: no branch between a
+          // load and its FMAs (below, each row's test is one, and each load's
+          // latency stood exposed with 2 warps per scheduler). Rows past the
+          // step's last read its last row, into sums nobody stores.
+          float hk[kRowBlock];
+#pragma unroll
+          for (int br = 0; br < kRowBlock; ++br) {
+            hk[br] = k < H ? h_s[min(b0 + br, rows - 1) * H + k] : 0.f;
+          }
+#pragma unroll
+          for (int br = 0; br < kRowBlock; ++br) {
+#pragma unroll
+            for (int r = 0; r < kForwardRows; ++r) acc[r * kRowBlock + br] += w[r][j] * hk[br];
+          }
+        } else if (j < kpl) {
 #pragma unroll
           for (int br = 0; br < kRowBlock; ++br) {
             if (b0 + br < rows) {
