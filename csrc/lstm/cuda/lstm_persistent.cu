@@ -509,7 +509,9 @@ __device__ __forceinline__ float sum_tagged_shares(const uint64_t* words, int bl
 
 // kTagged (PYDL_LSTM_TAGGED_EXCHANGE=1): the shares go out as tagged words
 // and each block waits only for the words of its own units, with no grid
-// barrier after the first (as in the forward).
+// barrier after the first (as in the forward); the share products have no
+// branch between a load and its FMAs either (sm_90 SASS: 99 branches in the
+// kernel against 217).
 template <typename T, bool kTagged>
 __global__ void __launch_bounds__(kThreads, 1)
     persistent_backward_kernel(PersistentBackwardArgs a, int units_per_block) {
@@ -595,8 +597,12 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (r < 4 * units) {
 #pragma unroll
           for (int br = 0; br < kRowBlock; ++br) {
-            if (b0 + br < rows) {
-              const float d = dg_s[(b0 + br) * gate_rows + r];  // one address: a broadcast
+            // kTagged: no branch between the loads and their FMAs, as in the
+            // forward (rows past the step's last read its last row, into
+            // sums nobody stores).
+            if (kTagged || b0 + br < rows) {
+              const int b = kTagged ? min(b0 + br, rows - 1) : b0 + br;
+              const float d = dg_s[b * gate_rows + r];  // one address: a broadcast
 #pragma unroll
               for (int j = 0; j < kBackwardMaxK; ++j) {
                 if (j < kpl) acc[br][j] += d * w[r][j];
