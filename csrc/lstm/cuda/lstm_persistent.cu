@@ -550,7 +550,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // one still sums step s's.
     float* shares = a.dh_shares + int64_t(s % 2) * gridDim.x * B * H;  // [blocks][B][H]
     // kTagged: the same layout in tagged words, tagged with the steps done
-    // (a lambda used only there: the grid-barrier kernel's code stays as it was).
+    // (a lambda, so the grid-barrier instance never computes it).
     auto share_words = [&] { return a.dh_share_words + int64_t(s % 2) * gridDim.x * B * H; };
     const uint32_t tag = static_cast<uint32_t>(T_ - s);
 
