@@ -217,7 +217,7 @@ if [[ $STEPS == *" tests"* || $STEPS == "tests"* ]]; then
   [[ $FAMILIES == *attention* ]] && has_budget "attention gpu tests" && capped_pytest "$(capped "${ATTENTION_TEST_TIMEOUT:-150}" 15)" \
     "attention gpu tests" tests/test_attention_cuda.py -m gpu \
     -k "not (forward_matches_reference and (float16 or bfloat16))"
-  [[ $FAMILIES == *lstm* ]] && has_budget "lstm gpu tests" && capped_pytest "$(capped "${LSTM_TEST_TIMEOUT:-80}" 15)" \
+  [[ $FAMILIES == *lstm* ]] && has_budget "lstm gpu tests" && capped_pytest "$(capped "${LSTM_TEST_TIMEOUT:-100}" 15)" \
     "lstm gpu tests" tests/test_lstm_cuda.py -m gpu
   # The tensor-core kernels' variants (m-tile layouts, whole-tile softmax)
   # beside torch's flash backend: decides the defaults. After the tests: it
