@@ -380,9 +380,13 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // Single-block forward (opt-in, PYDL_LSTM_SINGLE_BLOCK=1, see
 // single_block_requested): the whole layer in one block, for hidden <= 64 and
-// batch <= 8. Warp w owns units 8w .. 8w + 8, i.e. 32 gate rows; lane l holds
-// all 32 rows' weights at k = l and l + 32 (64 registers), and after the
-// warp's reduce-scatter the sum of row l (gate l % 4 of unit 8w + l / 4); h lives in shared
+// batch <= 8. Warp w owns units 8w .. 8w + 8, i.e. 32 gate rows; lane l owns
+// row l (gate l % 4 of unit 8w + l / 4) and holds its 64 weights (64
+// registers), so a row's sum is the lane's own dot product with h, read from
+// shared memory 4 values at a time (the same address in every lane: a
+// broadcast). Lanes over k instead, as first written, took a 31-shuffle
+// reduce-scatter per batch row: ~200 instructions per row and warp in the
+// sm_90 SASS, about twice this. h lives in shared
 // memory, double buffered, so a step ends at a __syncthreads instead of a
 // grid barrier and h never goes through L2. The multi-block kernel's step
 // took 3.4-4.3 us at 8 to 128 blocks on an H200 (scripts/
@@ -402,12 +406,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* c_s = smem + 2 * kRows * kH;  // [kRows][kH]
   const int H = a.hidden, T_ = a.steps;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  // This lane's gate row: gate q of unit u (the order load_weights uses).
+  // This lane's gate row: gate q of unit u, row q * H + u of w_hh (i, f, g, o).
   const int u = 8 * warp + lane / 4, q = lane % 4;
   const bool owns = u < H;
-  float w[32][2];
-  load_weights(w, static_cast<const T*>(a.w_hh), H, 8 * warp, max(0, min(8, H - 8 * warp)), 0,
-               2, lane);
+  float w_row[kH];  // 0 past the hidden size (and for rows past it)
+  {
+    const T* w_hh_row = static_cast<const T*>(a.w_hh) + (int64_t(q) * H + (owns ? u : 0)) * H;
+#pragma unroll
+    for (int k = 0; k < kH; ++k) w_row[k] = owns && k < H ? to_acc(w_hh_row[k]) : 0.f;
+  }
   for (int idx = threadIdx.x; idx < 2 * kRows * kH; idx += kThreads) h_s[idx] = 0.f;
   __syncthreads();  // before step 0 writes h0 over it (in another thread's order)
   T* gates = static_cast<T*>(a.gates);
@@ -445,11 +452,18 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int b = 0; b < kRows; ++b) {
       if (b >= rows) break;  // block-uniform
-      const float h_lo = h_cur[b * kH + lane], h_hi = h_cur[b * kH + lane + 32];
-      float acc[32];
+      // Four partial sums: four FMA chains of 16 instead of one of 64.
+      const float4* h4 = reinterpret_cast<const float4*>(h_cur + b * kH);
+      float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-      for (int r = 0; r < 32; ++r) acc[r] = w[r][0] * h_lo + w[r][1] * h_hi;
-      const float pre = warp_reduce_scatter(acc, lane) + inputs[b];  // row `lane`'s sum
+      for (int k4 = 0; k4 < kH / 4; ++k4) {
+        const float4 hv = h4[k4];
+        acc[0] += w_row[4 * k4] * hv.x;
+        acc[1] += w_row[4 * k4 + 1] * hv.y;
+        acc[2] += w_row[4 * k4 + 2] * hv.z;
+        acc[3] += w_row[4 * k4 + 3] * hv.w;
+      }
+      const float pre = (acc[0] + acc[1]) + (acc[2] + acc[3]) + inputs[b];  // row `lane`'s sum
       const float act = q == 2 ? tanhf(pre) : sigmoidf(pre);
       // The unit's four gates meet in its first lane (every lane shuffles).
       const int base = lane & ~3;
