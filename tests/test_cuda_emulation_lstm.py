@@ -154,8 +154,8 @@ def test_layer_forward_and_backward(emu, case, dtype, persistent, monkeypatch):
     (8, 33, 40, False)])
 def test_persistent_kernel_sizes(emu, sms, B, H, persistent_runs, persistent, monkeypatch):
     """Also with the tagged exchange, its blocks each run as far ahead as they
-    can (block_greedy): there each thread gathers h 8 words at a time (B 32 x
-    H 64: 8 words; B 16 x H 768: 48, in 6 passes) and sums up to 4 blocks'
+    can (block_greedy): there each thread gathers h 16 words at a time (B 32 x
+    H 64: 8 words; B 16 x H 768: 48, in 3 passes) and sums up to 4 blocks'
     shares at a time (63 blocks of 8 units at H 500: 2 per thread; 96 at H
     768: 3)."""
     args = _layer_args(3, B, 8, H, lengths=[3] + [2] * (B - 1))

@@ -217,7 +217,7 @@ def test_tagged_exchange(dtype, batch, hidden, monkeypatch):
     """PYDL_LSTM_TAGGED_EXCHANGE=1 (opt-in until this passes on a GPU): the
     persistent kernels hand h and the dh shares to each other as (value,
     step) words with no grid barrier per step. By name, the tagged forward
-    and backward ran (16 x 512: 32 words of h per thread to gather, 8 at a
+    and backward ran (16 x 512: 32 words of h per thread to gather, 16 at a
     time); packed, bidirectional, against the float64 reference, torch's
     LSTM and the grid-barrier kernels (the same floats added in the same
     order)."""

@@ -7,8 +7,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
+
+#include "common/env_switch.h"
 
 namespace pydl {
 namespace attention_cuda {
@@ -79,10 +79,7 @@ struct BackwardArgs {
 // reductions): forward + backward 1.07x faster than the two kernels at head
 // dim 128 (full), 1.12x slower at 64 (causal); one case each, so not yet the
 // default anywhere.
-inline bool tc_dq_atomic_requested() {
-  const char* env = std::getenv("PYDL_ATTENTION_TC_DQ_ATOMIC");
-  return env != nullptr && std::strcmp(env, "1") == 0;
-}
+inline bool tc_dq_atomic_requested() { return env_switch_on("PYDL_ATTENTION_TC_DQ_ATOMIC"); }
 
 // delta[r] = sum_c grad_out[r, c] * out[r, c] - grad_lse[r] (grad_lse may be
 // nullptr) for `rows` contiguous rows of `dim`; grad_lse and delta in the

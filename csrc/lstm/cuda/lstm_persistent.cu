@@ -32,7 +32,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <cstring>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -40,6 +39,7 @@
 #include "common/cuda_launch.cuh"
 #include "common/cuda_storage.cuh"
 #include "common/cuda_tagged_word.cuh"
+#include "common/env_switch.h"
 #include "lstm/cuda/lstm_persistent.h"
 
 namespace pydl {
@@ -386,12 +386,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 // shared memory 4 values at a time (the same address in every lane: a
 // broadcast). Lanes over k instead, as first written, took a 31-shuffle
 // reduce-scatter per batch row: ~200 instructions per row and warp in the
-// sm_90 SASS, about twice this. h lives in shared
-// memory, double buffered, so a step ends at a __syncthreads instead of a
-// grid barrier and h never goes through L2. The multi-block kernel's step
-// took 3.4-4.3 us at 8 to 128 blocks on an H200 (scripts/
-// lstm_persistent_ab.py, 2026-11-28), cuDNN's float32 one 1.4 us at batch 1
-// hidden 64: the grid barrier and the L2 round trip of h, not the arithmetic.
+// sm_90 SASS, about twice this. h lives in shared memory, double buffered,
+// so a step ends at a __syncthreads instead of a grid barrier and h never
+// goes through L2. The multi-block kernel's step took 3.4-4.3 us at 8 to 128
+// blocks on an H200 (scripts/lstm_persistent_ab.py, 2026-11-28), cuDNN's
+// float32 one 1.4 us at batch 1 hidden 64: the grid barrier and the L2
+// round trip of h, not the arithmetic.
 // Same arguments and outputs as persistent_forward_kernel (h_buffers and
 // c_state unused), so the persistent backward runs after it unchanged.
 constexpr int kSingleBlockHidden = 8 * kWarps;  // 8 units per warp
@@ -771,10 +771,7 @@ bool launch(Kernel kernel, const Args& a, int blocks, cudaStream_t stream) {
 // PYDL_LSTM_SINGLE_BLOCK=1: the forward in one block where it fits
 // (single_block_forward_kernel). Opt-in until it has run on a GPU: written
 // and checked on the CPU emulator only (2026-11-28). Read per call.
-bool single_block_requested() {
-  const char* env = std::getenv("PYDL_LSTM_SINGLE_BLOCK");
-  return env != nullptr && std::strcmp(env, "1") == 0;
-}
+bool single_block_requested() { return env_switch_on("PYDL_LSTM_SINGLE_BLOCK"); }
 bool single_block_serves(int hidden, int batch) {
   return single_block_requested() && hidden >= 1 && hidden <= kSingleBlockHidden && batch >= 1 &&
          batch <= kSingleBlockRows;
@@ -812,10 +809,7 @@ int with_backward_kernel(StorageType dtype, bool tagged, Fn&& fn) {
 }  // namespace
 
 // Written and checked on the CPU emulator only (2026-11-28): opt-in.
-bool tagged_exchange_requested() {
-  const char* env = std::getenv("PYDL_LSTM_TAGGED_EXCHANGE");
-  return env != nullptr && std::strcmp(env, "1") == 0;
-}
+bool tagged_exchange_requested() { return env_switch_on("PYDL_LSTM_TAGGED_EXCHANGE"); }
 
 int persistent_forward_blocks(StorageType dtype, int hidden, int batch, bool tagged_exchange) {
   // (Never swallow an error some earlier kernel left behind: plan_launch's rule.)
